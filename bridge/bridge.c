@@ -1,0 +1,828 @@
+/*
+ * CoAP -> MQTT (SPEC §3 and the up rows of §6).
+ *
+ * A request for a QoS 1/2 mapping is registered with libcoap's async support
+ * and answered once the broker acknowledges: libcoap sends the empty ACK when
+ * the handler returns without an answer, and re-runs the handler when the
+ * async entry is triggered, which then sends the separate response.
+ */
+#include "bridge.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dtls.h"
+#include "inbox.h"
+#include "log.h"
+#include "mapping.h"
+#include "mqtt.h"
+
+/* Answers remembered per session for duplicate detection (RFC 7252 §4.5). */
+#define DEDUP_SLOTS 16
+/* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
+#define EXCHANGE_LIFETIME_MS 247000
+/* A Block1 transfer with no block for this long is dropped, ms. */
+#define BLOCK1_IDLE_MS 60000
+/* Longest reconnect backoff, s. */
+#define BACKOFF_MAX_S 30
+/* Events taken from the inbox per turn. */
+#define INBOX_BATCH 64
+/* How often bridge_tick needs to run while anything waits, ms. */
+#define TICK_MS 100
+/* Code for "no answer yet". */
+#define CODE_PENDING 0
+#define NO_BLOCK1 UINT32_MAX
+
+struct dedup {
+    bool used;
+    uint16_t mid;
+    uint16_t code;   /* e.g. 204 */
+    uint32_t block1; /* Block1 option value echoed, or NO_BLOCK1 */
+    uint16_t max_age;
+    uint64_t at_ms;
+};
+
+/* Bridge state of one CoAP session (dtls_peer_t.app). */
+struct sess {
+    struct dedup recent[DEDUP_SLOTS];
+    unsigned next;
+    /* The Block1 transfer in progress, one per session. */
+    bool b1_active;
+    char b1_topic[MAP_PATH_MAX + 1];
+    char *b1_body; /* owned */
+    size_t b1_len, b1_cap;
+    unsigned b1_next, b1_szx;
+    int b1_cf;
+    uint64_t b1_at_ms;
+};
+
+/* A publish waiting for the broker. */
+struct pending {
+    bool used;
+    uint32_t gen;        /* bumped at each release; part of the request id */
+    coap_async_t *async; /* libcoap's; valid until the handler re-runs */
+    uint16_t mid;        /* the request's MID, for the dedup record */
+    uint16_t ok_code;    /* 204, or 202 for DELETE */
+    uint16_t code;       /* the answer once known, else CODE_PENDING */
+    uint32_t block1;
+    size_t map;
+    uint64_t started_ms, deadline_ms;
+};
+
+struct map_counters {
+    uint64_t up, down, refused;
+};
+
+struct bridge {
+    const gw_config_t *cfg; /* borrowed */
+    coap_context_t *ctx;    /* borrowed */
+    bridge_inbox_t *inbox;  /* owned */
+    bridge_mqtt_t *mqtt;    /* owned */
+
+    bool connected, connecting, draining, ever_connected;
+    uint64_t reconnect_at_ms;
+    unsigned backoff_s;
+
+    struct pending *pend; /* owned, cfg->max_inflight slots */
+    size_t npend, inflight;
+    uint64_t last_tick_ms, started_ms;
+
+    struct map_counters *maps; /* owned, one per mapping */
+    struct {
+        uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
+        uint64_t responses[256]; /* by class*32 + detail */
+        uint64_t reconnects, published, acked, timeouts, duplicates;
+        uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
+    } st;
+};
+
+/* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
+static bridge_t *event_bridge;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sess_free(void *p)
+{
+    struct sess *s = p;
+    if (!s)
+        return;
+    free(s->b1_body);
+    free(s);
+}
+
+static struct sess *sess_get(coap_session_t *session)
+{
+    dtls_peer_t *peer = dtls_peer_get(session);
+    if (!peer)
+        return NULL;
+    if (!peer->app)
+        peer->app = calloc(1, sizeof(struct sess));
+    return peer->app;
+}
+
+static const struct dedup *dedup_find(const struct sess *s, uint16_t mid, uint64_t now)
+{
+    for (unsigned i = 0; i < DEDUP_SLOTS; i++) {
+        const struct dedup *d = &s->recent[i];
+        if (d->used && d->mid == mid && now - d->at_ms < EXCHANGE_LIFETIME_MS)
+            return d;
+    }
+    return NULL;
+}
+
+static void dedup_add(struct sess *s, uint16_t mid, int code, uint32_t block1, int max_age)
+{
+    struct dedup *d = &s->recent[s->next++ % DEDUP_SLOTS];
+    *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
+                        .max_age = (uint16_t)max_age, .at_ms = now_ms()};
+}
+
+/* Sets the response code and its options. */
+static void answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
+                   int size1)
+{
+    uint8_t buf[4];
+    coap_pdu_set_code(resp, COAP_RESPONSE_CODE(code));
+    if (max_age >= 0)
+        coap_add_option(resp, COAP_OPTION_MAXAGE,
+                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)max_age), buf);
+    if (block1 != NO_BLOCK1)
+        coap_add_option(resp, COAP_OPTION_BLOCK1, coap_encode_var_safe(buf, sizeof(buf), block1),
+                        buf);
+    if (size1 >= 0)
+        coap_add_option(resp, COAP_OPTION_SIZE1,
+                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)size1), buf);
+    b->st.responses[(code / 100) * 32 + code % 100]++;
+}
+
+/* Seconds a device should wait before retrying while the broker is away. */
+static int retry_after_s(const bridge_t *b)
+{
+    uint64_t now = now_ms();
+    if (b->connecting || b->reconnect_at_ms <= now)
+        return 1;
+    return (int)((b->reconnect_at_ms - now + 999) / 1000);
+}
+
+/* MQTT 5 Content Type for a CoAP Content-Format (RFC 7252 §12.3 registry). */
+static const char *content_type(int cf, bool *text)
+{
+    static const struct {
+        int cf;
+        const char *type;
+        bool text;
+    } table[] = {
+        {0, "text/plain;charset=utf-8", true},
+        {16, "application/cose; cose-type=\"cose-encrypt0\"", false},
+        {17, "application/cose; cose-type=\"cose-mac0\"", false},
+        {18, "application/cose; cose-type=\"cose-sign1\"", false},
+        {40, "application/link-format", true},
+        {41, "application/xml", true},
+        {42, "application/octet-stream", false},
+        {47, "application/exi", false},
+        {50, "application/json", true},
+        {51, "application/json-patch+json", true},
+        {52, "application/merge-patch+json", true},
+        {60, "application/cbor", false},
+        {61, "application/cwt", false},
+        {62, "application/multipart-core", false},
+        {63, "application/cbor-seq", false},
+        {110, "application/senml+json", true},
+        {111, "application/sensml+json", true},
+        {112, "application/senml+cbor", false},
+        {113, "application/sensml+cbor", false},
+        {256, "application/coap-group+json", true},
+        {320, "application/senml+xml", true},
+        {11050, "application/json", true}, /* with deflate coding */
+        {11542, "application/vnd.oma.lwm2m+tlv", false},
+        {11543, "application/vnd.oma.lwm2m+json", true},
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        if (table[i].cf == cf) {
+            *text = table[i].text;
+            return table[i].type;
+        }
+    }
+    *text = false;
+    return NULL;
+}
+
+static struct pending *pending_alloc(bridge_t *b)
+{
+    for (size_t i = 0; i < b->npend; i++) {
+        if (!b->pend[i].used) {
+            struct pending *p = &b->pend[i];
+            p->used = true;
+            p->code = CODE_PENDING;
+            b->inflight++;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void pending_release(bridge_t *b, struct pending *p)
+{
+    p->used = false;
+    p->async = NULL;
+    p->gen++;
+    b->inflight--;
+}
+
+static uint64_t pending_id(const bridge_t *b, const struct pending *p)
+{
+    return (uint64_t)p->gen << 32 | (uint64_t)(p - b->pend);
+}
+
+static struct pending *pending_by_id(bridge_t *b, uint64_t id)
+{
+    size_t slot = (size_t)(id & 0xffffffffu);
+    if (slot >= b->npend)
+        return NULL;
+    struct pending *p = &b->pend[slot];
+    return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
+}
+
+/* Settles a pending publish with code and wakes its request handler. */
+static void pending_settle(struct pending *p, int code)
+{
+    if (p->code != CODE_PENDING)
+        return;
+    p->code = (uint16_t)code;
+    coap_async_trigger(p->async);
+}
+
+/* The handler re-run by libcoap for a triggered async request. */
+static void answer_async(bridge_t *b, coap_session_t *session, coap_async_t *async,
+                         coap_pdu_t *resp)
+{
+    struct pending *p = coap_async_get_app_data(async);
+    struct sess *s = sess_get(session);
+    int code = p && p->code != CODE_PENDING ? p->code : 504;
+    int max_age = code == 503 ? retry_after_s(b) : -1;
+
+    answer(b, resp, code, p ? p->block1 : NO_BLOCK1, max_age, -1);
+    if (p) {
+        if (s)
+            dedup_add(s, p->mid, code, p->block1, max_age);
+        if (code == p->ok_code)
+            b->maps[p->map].up++;
+        else
+            b->maps[p->map].refused++;
+        pending_release(b, p);
+    }
+}
+
+/* Collects the Uri-Path options as segments; false when there are too many. */
+static bool uri_segments(const coap_pdu_t *req, map_segs_t *segs)
+{
+    coap_opt_iterator_t it;
+    coap_opt_filter_t filter;
+    coap_opt_t *opt;
+
+    coap_option_filter_clear(&filter);
+    coap_option_filter_set(&filter, COAP_OPTION_URI_PATH);
+    coap_option_iterator_init(req, &it, &filter);
+    segs->n = 0;
+    while ((opt = coap_option_next(&it))) {
+        if (segs->n == MAP_SEGMENTS_MAX)
+            return false;
+        segs->s[segs->n] = (const char *)coap_opt_value(opt);
+        segs->len[segs->n] = coap_opt_length(opt);
+        segs->n++;
+    }
+    return true;
+}
+
+static int option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
+{
+    coap_opt_iterator_t it;
+    coap_opt_t *opt = coap_check_option(pdu, num, &it);
+    if (!opt)
+        return dflt;
+    return (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
+}
+
+enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
+
+/*
+ * Block1 (RFC 7959 §2.3): blocks are taken in order into the session's
+ * buffer, bounded by coap.max_payload. Sets *code (and *size1) on error,
+ * *block1 to the option to echo.
+ */
+static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session_t *session,
+                                 const coap_pdu_t *req, const char *topic, const uint8_t **data,
+                                 size_t *len, uint32_t *block1, int *code, int *size1)
+{
+    coap_block_b_t blk;
+    size_t max = (size_t)b->cfg->max_payload;
+    int cf = option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
+
+    *block1 = NO_BLOCK1;
+    if (!coap_get_block_b(session, req, COAP_OPTION_BLOCK1, &blk)) {
+        if (*len > max) {
+            *code = 413;
+            *size1 = (int)max;
+            return BODY_ERROR;
+        }
+        return BODY_READY;
+    }
+    size_t size = (size_t)1 << (blk.szx + 4);
+    uint64_t now = now_ms();
+    if (blk.num == 0) {
+        int announced = option_uint(req, COAP_OPTION_SIZE1, -1);
+        if (announced > (int)max) {
+            *code = 413;
+            *size1 = (int)max;
+            s->b1_active = false;
+            return BODY_ERROR;
+        }
+        s->b1_active = true;
+        s->b1_len = 0;
+        s->b1_next = 0;
+        s->b1_szx = blk.szx;
+        s->b1_cf = cf;
+        s->b1_at_ms = now;
+        memcpy(s->b1_topic, topic, strlen(topic) + 1); /* both MAP_PATH_MAX + 1 */
+    }
+    if (!s->b1_active || blk.num != s->b1_next || blk.szx != s->b1_szx || s->b1_cf != cf ||
+        strcmp(s->b1_topic, topic) || now - s->b1_at_ms > BLOCK1_IDLE_MS) {
+        /* Out of order, another resource, or a stale transfer. */
+        *code = 408;
+        s->b1_active = false;
+        return BODY_ERROR;
+    }
+    if ((blk.m && *len != size) || *len > size) {
+        *code = 400;
+        s->b1_active = false;
+        return BODY_ERROR;
+    }
+    if (s->b1_len + *len > max) {
+        *code = 413;
+        *size1 = (int)max;
+        s->b1_active = false;
+        return BODY_ERROR;
+    }
+    if (s->b1_len + *len > s->b1_cap) {
+        size_t cap = s->b1_cap ? s->b1_cap : 1024;
+        while (cap < s->b1_len + *len)
+            cap *= 2;
+        char *body = realloc(s->b1_body, cap);
+        if (!body) {
+            *code = 500;
+            s->b1_active = false;
+            return BODY_ERROR;
+        }
+        s->b1_body = body;
+        s->b1_cap = cap;
+    }
+    memcpy(s->b1_body + s->b1_len, *data, *len);
+    s->b1_len += *len;
+    s->b1_next++;
+    s->b1_at_ms = now;
+    *block1 = blk.num << 4 | (unsigned)blk.m << 3 | blk.szx;
+    if (blk.m)
+        return BODY_CONTINUE;
+    s->b1_active = false;
+    *data = (const uint8_t *)s->b1_body;
+    *len = s->b1_len;
+    return BODY_READY;
+}
+
+static void on_request(coap_resource_t *resource, coap_session_t *session,
+                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
+{
+    bridge_t *b = coap_resource_get_userdata(resource);
+    coap_async_t *async = coap_find_async(session, coap_pdu_get_token(req));
+    struct sess *s;
+    map_segs_t segs;
+    const map_entry_t *e = NULL;
+    char topic[MAP_PATH_MAX + 1];
+    const uint8_t *data = NULL;
+    size_t len = 0;
+    uint32_t block1 = NO_BLOCK1;
+    int code = 0, size1 = -1, max_age = -1;
+    coap_pdu_code_t method = coap_pdu_get_code(req);
+    uint16_t mid = (uint16_t)coap_pdu_get_mid(req);
+    (void)query;
+
+    if (async) {
+        answer_async(b, session, async, resp);
+        return;
+    }
+    b->st.requests++;
+    s = sess_get(session);
+    if (!s) {
+        answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        return;
+    }
+    coap_get_data(req, &len, &data);
+    b->st.bytes_in += len;
+
+    const struct dedup *d = dedup_find(s, mid, now_ms());
+    if (d) {
+        b->st.duplicates++;
+        answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
+        return;
+    }
+
+    int dir = method == COAP_REQUEST_CODE_POST || method == COAP_REQUEST_CODE_PUT ||
+                      method == COAP_REQUEST_CODE_DELETE
+                  ? MAP_UP
+              : method == COAP_REQUEST_CODE_GET || method == COAP_REQUEST_CODE_FETCH ? MAP_DOWN
+                                                                                    : 0;
+    enum map_status ms = uri_segments(req, &segs)
+                             ? map_route(b->cfg->maps, &segs, dir, dtls_identity(session), &e,
+                                         topic, sizeof(topic))
+                             : MAP_NOT_FOUND;
+    if (ms != MAP_OK) {
+        code = map_status_code(ms);
+        goto refuse;
+    }
+    if (method == COAP_REQUEST_CODE_DELETE && !map_entry_retain(e)) {
+        code = 405;
+        goto refuse;
+    }
+    if (b->draining) {
+        code = 503;
+        max_age = 5;
+        goto refuse;
+    }
+    if (method == COAP_REQUEST_CODE_DELETE) {
+        len = 0;
+    } else {
+        switch (take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1)) {
+        case BODY_ERROR:
+            goto refuse;
+        case BODY_CONTINUE:
+            answer(b, resp, 231, block1, -1, -1);
+            dedup_add(s, mid, 231, block1, -1);
+            return;
+        case BODY_READY:
+            break;
+        }
+    }
+    if (!b->connected) {
+        code = 503;
+        max_age = retry_after_s(b);
+        goto refuse;
+    }
+
+    bool text = false;
+    int cf = option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
+    const char *ctype = cf >= 0 ? content_type(cf, &text) : NULL;
+    mqtt_msg_t msg = {
+        .topic = topic,
+        .payload = len ? data : (const uint8_t *)"",
+        .len = len,
+        .qos = map_entry_qos(e),
+        .retain = map_entry_retain(e) || method == COAP_REQUEST_CODE_DELETE,
+        .content_type = ctype,
+        .utf8 = text && map_utf8_ok((const char *)data, len),
+        .device = dtls_identity(session),
+    };
+    int ok_code = method == COAP_REQUEST_CODE_DELETE ? 202 : 204;
+    size_t mi = map_entry_index(e);
+
+    if (msg.qos == 0) {
+        int rc = mqtt_publish(b->mqtt, &msg, 0);
+        if (rc < 0) {
+            code = 503;
+            max_age = retry_after_s(b);
+            goto refuse;
+        }
+        b->st.published++;
+        b->maps[mi].up++;
+        answer(b, resp, ok_code, block1, -1, -1);
+        dedup_add(s, mid, ok_code, block1, -1);
+        return;
+    }
+
+    struct pending *p = pending_alloc(b);
+    if (!p) {
+        code = 503;
+        max_age = 1;
+        goto refuse;
+    }
+    p->async = coap_register_async(session, req, 0);
+    if (!p->async) {
+        pending_release(b, p);
+        code = 503;
+        max_age = 1;
+        goto refuse;
+    }
+    p->mid = mid;
+    p->ok_code = (uint16_t)ok_code;
+    p->block1 = block1;
+    p->map = mi;
+    p->started_ms = now_ms();
+    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
+    coap_async_set_app_data(p->async, p);
+    int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
+    if (rc < 0) {
+        coap_free_async(session, p->async);
+        pending_release(b, p);
+        code = 503;
+        max_age = retry_after_s(b);
+        goto refuse;
+    }
+    b->st.published++;
+    /* No answer now: libcoap sends the empty ACK; the 2.04 follows on PUBACK. */
+    return;
+
+refuse:
+    if (e)
+        b->maps[map_entry_index(e)].refused++;
+    gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
+    answer(b, resp, code, block1, max_age, size1);
+    dedup_add(s, mid, code, block1, max_age);
+}
+
+static int on_event(coap_session_t *session, const coap_event_t event)
+{
+    bridge_t *b = event_bridge;
+    if (!b)
+        return 0;
+    switch (event) {
+    case COAP_EVENT_DTLS_CONNECTED:
+        b->st.handshakes_ok++;
+        break;
+    case COAP_EVENT_DTLS_ERROR:
+        b->st.handshakes_failed++;
+        break;
+    case COAP_EVENT_SERVER_SESSION_NEW:
+        b->st.sessions++;
+        break;
+    case COAP_EVENT_SERVER_SESSION_DEL:
+        if (b->st.sessions)
+            b->st.sessions--;
+        dtls_peer_release(session, sess_free);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
+{
+    bridge_t *b = calloc(1, sizeof(*b));
+    coap_resource_t *r;
+
+    if (!b)
+        return NULL;
+    b->cfg = cfg;
+    b->ctx = ctx;
+    b->npend = (size_t)cfg->max_inflight;
+    b->pend = calloc(b->npend, sizeof(*b->pend));
+    b->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->maps));
+    /* Room for every acknowledgement in flight plus connection news. */
+    b->inbox = inbox_new(b->npend + 64);
+    if (!b->pend || !b->maps || !b->inbox)
+        goto fail;
+    b->mqtt = mqtt_new(cfg, b->inbox);
+    if (!b->mqtt)
+        goto fail;
+    b->backoff_s = 1;
+    b->started_ms = now_ms();
+
+    r = coap_resource_unknown_init(on_request);
+    if (!r)
+        goto fail;
+    coap_register_request_handler(r, COAP_REQUEST_POST, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_GET, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_DELETE, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_FETCH, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PATCH, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_IPATCH, on_request);
+    coap_resource_set_userdata(r, b);
+    coap_add_resource(ctx, r);
+    event_bridge = b;
+    coap_register_event_handler(ctx, on_event);
+    return b;
+fail:
+    bridge_free(b);
+    return NULL;
+}
+
+void bridge_free(bridge_t *b)
+{
+    if (!b)
+        return;
+    if (event_bridge == b)
+        event_bridge = NULL;
+    mqtt_free(b->mqtt);
+    inbox_free(b->inbox);
+    free(b->pend);
+    free(b->maps);
+    free(b);
+}
+
+int bridge_start(bridge_t *b)
+{
+    b->connecting = true;
+    gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
+    return mqtt_connect(b->mqtt);
+}
+
+int bridge_inbox_fd(const bridge_t *b)
+{
+    return inbox_fd(b->inbox);
+}
+
+static void schedule_reconnect(bridge_t *b)
+{
+    b->connected = false;
+    b->connecting = false;
+    b->reconnect_at_ms = now_ms() + (uint64_t)b->backoff_s * 1000;
+    b->backoff_s = b->backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->backoff_s * 2;
+}
+
+static void on_connected(bridge_t *b)
+{
+    b->connected = true;
+    b->connecting = false;
+    b->backoff_s = 1;
+    if (b->ever_connected)
+        b->st.reconnects++;
+    b->ever_connected = true;
+    gw_info("mqtt", "connected to %s", b->cfg->mqtt_uri);
+    if (*b->cfg->status_topic) {
+        mqtt_msg_t online = {.topic = b->cfg->status_topic, .payload = "online", .len = 6,
+                             .qos = 1, .retain = true};
+        if (mqtt_publish(b->mqtt, &online, UINT64_MAX) < 0)
+            gw_warn("mqtt", "cannot publish \"online\" on %s", b->cfg->status_topic);
+    }
+}
+
+void bridge_process_inbox(bridge_t *b)
+{
+    inbox_event_t ev[INBOX_BATCH];
+    size_t n = inbox_drain(b->inbox, ev, INBOX_BATCH);
+
+    for (size_t i = 0; i < n; i++) {
+        struct pending *p;
+        switch (ev[i].type) {
+        case EV_CONNECTED:
+            on_connected(b);
+            break;
+        case EV_CONNECT_FAILED:
+            gw_warn("mqtt", "cannot connect to %s (%s); retrying in %us", b->cfg->mqtt_uri,
+                    ev[i].text, b->backoff_s);
+            schedule_reconnect(b);
+            break;
+        case EV_CONN_LOST:
+            gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
+            b->backoff_s = 1;
+            schedule_reconnect(b);
+            break;
+        case EV_PUB_OK:
+            if (ev[i].id == UINT64_MAX)
+                break;
+            p = pending_by_id(b, ev[i].id);
+            if (!p || p->code != CODE_PENDING)
+                break; /* answered already (timed out) */
+            b->st.acked++;
+            uint64_t lat = now_ms() - p->started_ms;
+            b->st.lat_ms[lat < 1023 ? lat : 1023]++;
+            pending_settle(p, p->ok_code);
+            break;
+        case EV_PUB_FAILED:
+            if (ev[i].id == UINT64_MAX)
+                break;
+            p = pending_by_id(b, ev[i].id);
+            if (!p)
+                break;
+            gw_warn("mqtt", "publish failed (%s)", ev[i].text);
+            /* A broker's refusal (reason >= 0x80) is final; anything else is an outage. */
+            pending_settle(p, ev[i].rc >= 0x80 ? 502 : 503);
+            break;
+        }
+    }
+}
+
+void bridge_tick(bridge_t *b)
+{
+    uint64_t now = now_ms();
+    if (now - b->last_tick_ms < TICK_MS)
+        return;
+    b->last_tick_ms = now;
+    if (b->inflight) {
+        for (size_t i = 0; i < b->npend; i++) {
+            struct pending *p = &b->pend[i];
+            if (p->used && p->code == CODE_PENDING && now >= p->deadline_ms) {
+                b->st.timeouts++;
+                gw_warn("mqtt", "no acknowledgement within %ds; answering 5.04",
+                        b->cfg->publish_timeout);
+                pending_settle(p, 504);
+            }
+        }
+    }
+    if (!b->connected && !b->connecting && !b->draining && now >= b->reconnect_at_ms) {
+        b->connecting = true;
+        gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
+        mqtt_connect(b->mqtt);
+    }
+}
+
+int bridge_timeout_ms(const bridge_t *b)
+{
+    if (b->inflight || (!b->connected && !b->connecting))
+        return TICK_MS;
+    return -1;
+}
+
+size_t bridge_inflight(const bridge_t *b)
+{
+    return b->inflight;
+}
+
+void bridge_drain(bridge_t *b)
+{
+    b->draining = true;
+}
+
+void bridge_abandon(bridge_t *b)
+{
+    for (size_t i = 0; i < b->npend; i++)
+        if (b->pend[i].used)
+            pending_settle(&b->pend[i], 503);
+}
+
+void bridge_publish_stats(bridge_t *b)
+{
+    char *json = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    if (!b->connected || !(f = open_memstream(&json, &len)))
+        return;
+    bridge_stats_json(b, f);
+    fclose(f);
+    mqtt_msg_t msg = {.topic = b->cfg->stats_topic, .payload = json, .len = len ? len - 1 : 0,
+                      .qos = 0, .content_type = "application/json", .utf8 = true};
+    mqtt_publish(b->mqtt, &msg, 0);
+    free(json);
+}
+
+void bridge_shutdown(bridge_t *b, int timeout_ms)
+{
+    mqtt_shutdown(b->mqtt, timeout_ms);
+    b->connected = false;
+}
+
+static uint64_t percentile(const bridge_t *b, double q)
+{
+    uint64_t total = 0, seen = 0;
+    for (size_t i = 0; i < 1024; i++)
+        total += b->st.lat_ms[i];
+    if (!total)
+        return 0;
+    for (size_t i = 0; i < 1024; i++) {
+        seen += b->st.lat_ms[i];
+        if ((double)seen >= q * (double)total)
+            return i;
+    }
+    return 1023;
+}
+
+void bridge_stats_json(const bridge_t *b, FILE *out)
+{
+    fprintf(out,
+            "{\"gateway\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
+            "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
+            "\"duplicates\":%llu,\"bytes_in\":%llu,\"responses\":{",
+            b->cfg->id, (unsigned long long)((now_ms() - b->started_ms) / 1000),
+            (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
+            (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
+            (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in);
+    bool first = true;
+    for (int i = 0; i < 256; i++) {
+        if (!b->st.responses[i])
+            continue;
+        fprintf(out, "%s\"%d.%02d\":%llu", first ? "" : ",", i / 32, i % 32,
+                (unsigned long long)b->st.responses[i]);
+        first = false;
+    }
+    fprintf(out,
+            "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
+            "\"acked\":%llu,\"timeouts\":%llu,\"inflight\":%zu,\"inbox_dropped\":%llu,"
+            "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
+            b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
+            (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
+            (unsigned long long)b->st.timeouts, b->inflight,
+            (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)percentile(b, 0.5),
+            (unsigned long long)percentile(b, 0.99));
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
+        fprintf(out, "%s\"%s\":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}", i ? "," : "",
+                map_entry_name(map_table_get(b->cfg->maps, i)), (unsigned long long)b->maps[i].up,
+                (unsigned long long)b->maps[i].down, (unsigned long long)b->maps[i].refused);
+    fprintf(out, "}}\n");
+}

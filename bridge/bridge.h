@@ -1,0 +1,58 @@
+/*
+ * The bridge: CoAP requests in, MQTT publishes out (the "up" direction), the
+ * broker connection's life, and the statistics. Everything here runs on the
+ * loop thread, which owns libcoap.
+ */
+#ifndef TANDEM_BRIDGE_H
+#define TANDEM_BRIDGE_H
+
+#include <coap3/coap.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+
+typedef struct bridge bridge_t;
+
+/*
+ * cfg and ctx are borrowed and must outlive the bridge. Registers the request
+ * handlers and the session event handler on ctx.
+ */
+bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx);
+void bridge_free(bridge_t *b);
+
+/* Starts the broker connection. */
+int bridge_start(bridge_t *b);
+
+/* The eventfd that becomes readable when the MQTT client has news. */
+int bridge_inbox_fd(const bridge_t *b);
+
+/* Handles what the MQTT client reported. */
+void bridge_process_inbox(bridge_t *b);
+
+/* Expires publishes past publish_timeout, reconnects when it is time. */
+void bridge_tick(bridge_t *b);
+
+/* Milliseconds until bridge_tick has work, or -1 for none. */
+int bridge_timeout_ms(const bridge_t *b);
+
+/* Publishes awaiting a broker acknowledgement. */
+size_t bridge_inflight(const bridge_t *b);
+
+/* Graceful stop: refuse new requests from now on (5.03). */
+void bridge_drain(bridge_t *b);
+
+/* Answers every publish still waiting with 5.03 (at the end of a stop). */
+void bridge_abandon(bridge_t *b);
+
+/* Publishes the statistics JSON on mqtt.stats_topic (QoS 0). */
+void bridge_publish_stats(bridge_t *b);
+
+/* Says "offline" on the status topic and disconnects. */
+void bridge_shutdown(bridge_t *b, int timeout_ms);
+
+/* Writes the statistics as one JSON object (SPEC §9). */
+void bridge_stats_json(const bridge_t *b, FILE *out);
+
+#endif

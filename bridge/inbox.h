@@ -1,0 +1,42 @@
+/*
+ * The bounded inbox between the MQTT client's threads and the loop thread.
+ * Producers copy an event in and write the eventfd; the loop drains it.
+ */
+#ifndef TANDEM_INBOX_H
+#define TANDEM_INBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum inbox_type {
+    EV_CONNECTED,      /* the MQTT connection is up */
+    EV_CONNECT_FAILED, /* a connection attempt failed */
+    EV_CONN_LOST,      /* an established connection was lost */
+    EV_PUB_OK,         /* a publish was acknowledged */
+    EV_PUB_FAILED,     /* a publish failed or was refused */
+};
+
+typedef struct inbox_event {
+    enum inbox_type type;
+    uint64_t id;     /* EV_PUB_*: the publish's request id */
+    int rc;          /* library or MQTT reason code */
+    char text[120];  /* a short reason, for the log */
+} inbox_event_t;
+
+typedef struct bridge_inbox bridge_inbox_t;
+
+/* capacity: events held at most; at the limit new events are dropped and counted. */
+bridge_inbox_t *inbox_new(size_t capacity);
+void inbox_free(bridge_inbox_t *in);
+int inbox_fd(const bridge_inbox_t *in);
+
+/* Any thread. Returns 0, or -ENOBUFS when full (the event is dropped). */
+int inbox_push(bridge_inbox_t *in, const inbox_event_t *ev);
+
+/* Loop thread: takes up to max events into out; returns how many. */
+size_t inbox_drain(bridge_inbox_t *in, inbox_event_t *out, size_t max);
+
+/* Events dropped because the inbox was full. */
+uint64_t inbox_dropped(bridge_inbox_t *in);
+
+#endif

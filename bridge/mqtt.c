@@ -1,0 +1,305 @@
+/*
+ * Paho MQTTAsync wrapper: TLS, MQTT 5 and 3.1.1, Last Will on the status topic.
+ */
+#include "mqtt.h"
+
+#include <MQTTAsync.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+struct bridge_mqtt {
+    MQTTAsync client;
+    const gw_config_t *cfg; /* borrowed */
+    bridge_inbox_t *inbox;  /* borrowed */
+    bool v5;
+};
+
+static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc, const char *text)
+{
+    inbox_event_t ev = {.type = type, .id = id, .rc = rc};
+    if (text)
+        snprintf(ev.text, sizeof(ev.text), "%s", text);
+    inbox_push(m->inbox, &ev);
+}
+
+/* A request id travels through Paho as the callback context. */
+struct pub_ctx {
+    bridge_mqtt_t *m;
+    uint64_t id;
+};
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
+{
+    (void)r;
+    push(ctx, EV_CONNECTED, 0, 0, NULL);
+}
+
+static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    push(ctx, EV_CONNECTED, 0, 0, NULL);
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    push(ctx, EV_CONNECT_FAILED, 0, r ? r->code : -1,
+         r && r->message ? r->message : (r ? MQTTAsync_strerror(r->code) : "unknown"));
+}
+
+static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    push(ctx, EV_CONNECT_FAILED, 0, r ? r->code : -1,
+         r && r->message ? r->message
+                         : (r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode)
+                                               : (r ? MQTTAsync_strerror(r->code) : "unknown")));
+}
+
+static void on_conn_lost(void *ctx, char *cause)
+{
+    push(ctx, EV_CONN_LOST, 0, 0, cause ? cause : "connection lost");
+}
+
+static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *msg)
+{
+    (void)ctx;
+    (void)topiclen;
+    /* No subscriptions in this version: nothing arrives that is wanted. */
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+static void on_pub_ok(void *ctx, MQTTAsync_successData *r)
+{
+    struct pub_ctx *p = ctx;
+    (void)r;
+    push(p->m, EV_PUB_OK, p->id, 0, NULL);
+    free(p);
+}
+
+static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    struct pub_ctx *p = ctx;
+    if (r && r->reasonCode >= 0x80)
+        push(p->m, EV_PUB_FAILED, p->id, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
+    else
+        push(p->m, EV_PUB_OK, p->id, 0, NULL);
+    free(p);
+}
+
+static void on_pub_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    struct pub_ctx *p = ctx;
+    push(p->m, EV_PUB_FAILED, p->id, r ? r->code : -1, r && r->message ? r->message : "failed");
+    free(p);
+}
+
+static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    struct pub_ctx *p = ctx;
+    push(p->m, EV_PUB_FAILED, p->id, r ? (int)r->reasonCode : -1,
+         r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode)
+                            : (r && r->message ? r->message : "failed"));
+    free(p);
+}
+
+bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox)
+{
+    bridge_mqtt_t *m = calloc(1, sizeof(*m));
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+    gw_uri_t uri;
+    char server[300];
+    int rc;
+
+    if (!m)
+        return NULL;
+    m->cfg = cfg;
+    m->inbox = inbox;
+    m->v5 = cfg->mqtt_version == 5;
+    if (gw_uri_parse(cfg->mqtt_uri, &uri) < 0) {
+        free(m);
+        return NULL;
+    }
+    /* Paho speaks ssl:// and tcp://; IPv6 literals keep their brackets. */
+    snprintf(server, sizeof(server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
+             strchr(uri.host, ':') ? "[" : "", uri.host, strchr(uri.host, ':') ? "]" : "",
+             uri.port);
+    co.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
+    co.sendWhileDisconnected = 0;
+    co.maxBufferedMessages = cfg->max_inflight;
+    rc = MQTTAsync_createWithOptions(&m->client, server, cfg->client_id,
+                                     MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+        free(m);
+        return NULL;
+    }
+    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, NULL);
+    return m;
+}
+
+void mqtt_free(bridge_mqtt_t *m)
+{
+    if (!m)
+        return;
+    MQTTAsync_destroy(&m->client);
+    free(m);
+}
+
+int mqtt_connect(bridge_mqtt_t *m)
+{
+    const gw_config_t *cfg = m->cfg;
+    MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_connectOptions o5 = MQTTAsync_connectOptions_initializer5;
+    MQTTAsync_connectOptions *opts = m->v5 ? &o5 : &o;
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+    MQTTProperties props = MQTTProperties_initializer;
+    gw_uri_t uri;
+    int rc;
+
+    gw_uri_parse(cfg->mqtt_uri, &uri);
+    opts->keepAliveInterval = cfg->keepalive;
+    opts->maxInflight = cfg->max_inflight;
+    opts->connectTimeout = 10;
+    opts->automaticReconnect = 0;
+    opts->context = m;
+    if (m->v5) {
+        opts->cleanstart = cfg->clean_start;
+        opts->onSuccess5 = on_connect_ok5;
+        opts->onFailure5 = on_connect_fail5;
+        if (!cfg->clean_start) {
+            /* MQTT 5 drops a session at disconnect unless it has an expiry. */
+            MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+            p.value.integer4 = 0xFFFFFFFFu;
+            MQTTProperties_add(&props, &p);
+            opts->connectProperties = &props;
+        }
+    } else {
+        opts->cleansession = cfg->clean_start;
+        opts->onSuccess = on_connect_ok;
+        opts->onFailure = on_connect_fail;
+    }
+    if (*cfg->status_topic) {
+        will.topicName = cfg->status_topic;
+        will.message = "offline";
+        will.retained = 1;
+        will.qos = 1;
+        opts->will = &will;
+    }
+    if (*cfg->username)
+        opts->username = cfg->username;
+    if (cfg->password)
+        opts->password = cfg->password;
+    if (uri.tls) {
+        ssl.trustStore = *cfg->mqtt_ca ? cfg->mqtt_ca : NULL;
+        ssl.keyStore = *cfg->mqtt_cert ? cfg->mqtt_cert : NULL;
+        ssl.privateKey = *cfg->mqtt_key ? cfg->mqtt_key : NULL;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = cfg->verify_hostname ? 1 : 0;
+        ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
+        opts->ssl = &ssl;
+    }
+    rc = MQTTAsync_connect(m->client, opts);
+    MQTTProperties_free(&props);
+    if (rc != MQTTASYNC_SUCCESS) {
+        push(m, EV_CONNECT_FAILED, 0, rc, MQTTAsync_strerror(rc));
+        return -EIO;
+    }
+    return 0;
+}
+
+int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
+{
+    MQTTAsync_message pm = MQTTAsync_message_initializer;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTProperties props = MQTTProperties_initializer;
+    struct pub_ctx *ctx = NULL;
+    int rc;
+
+    if (!MQTTAsync_isConnected(m->client))
+        return -ENOTCONN;
+    pm.payload = (void *)msg->payload;
+    pm.payloadlen = (int)msg->len;
+    pm.qos = msg->qos;
+    pm.retained = msg->retain;
+    if (m->v5) {
+        MQTTProperty p;
+        if (msg->content_type) {
+            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
+            p.value.data.data = (char *)msg->content_type;
+            p.value.data.len = (int)strlen(msg->content_type);
+            MQTTProperties_add(&props, &p);
+        }
+        if (msg->utf8) {
+            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR};
+            p.value.byte = 1;
+            MQTTProperties_add(&props, &p);
+        }
+        if (msg->device) {
+            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_USER_PROPERTY};
+            p.value.data.data = "device";
+            p.value.data.len = 6;
+            p.value.value.data = (char *)msg->device;
+            p.value.value.len = (int)strlen(msg->device);
+            MQTTProperties_add(&props, &p);
+        }
+        pm.properties = props;
+    }
+    if (msg->qos > 0) {
+        ctx = malloc(sizeof(*ctx));
+        if (!ctx) {
+            MQTTProperties_free(&props);
+            return -ENOMEM;
+        }
+        ctx->m = m;
+        ctx->id = id;
+        ro.context = ctx;
+        if (m->v5) {
+            ro.onSuccess5 = on_pub_ok5;
+            ro.onFailure5 = on_pub_fail5;
+        } else {
+            ro.onSuccess = on_pub_ok;
+            ro.onFailure = on_pub_fail;
+        }
+    }
+    rc = MQTTAsync_sendMessage(m->client, msg->topic, &pm, &ro);
+    MQTTProperties_free(&props);
+    if (rc != MQTTASYNC_SUCCESS) {
+        free(ctx);
+        gw_debug("mqtt", "publish not handed over (%s)", MQTTAsync_strerror(rc));
+        if (rc == MQTTASYNC_DISCONNECTED)
+            return -ENOTCONN;
+        if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT)
+            return -EAGAIN;
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
+{
+    if (!MQTTAsync_isConnected(m->client))
+        return;
+    if (*m->cfg->status_topic) {
+        MQTTAsync_message pm = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        pm.payload = "offline";
+        pm.payloadlen = 7;
+        pm.qos = 1;
+        pm.retained = 1;
+        if (MQTTAsync_sendMessage(m->client, m->cfg->status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
+            MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms);
+    }
+    MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+    d.timeout = timeout_ms;
+    MQTTAsync_disconnect(m->client, &d);
+    /* Let the DISCONNECT go out before the handle is destroyed (bounded). */
+    for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+}

@@ -1,0 +1,46 @@
+/*
+ * The upstream MQTT connection (Paho MQTTAsync). Paho's callbacks only push
+ * events into the inbox; everything else runs on the loop thread.
+ */
+#ifndef TANDEM_MQTT_H
+#define TANDEM_MQTT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "inbox.h"
+
+typedef struct bridge_mqtt bridge_mqtt_t;
+
+/* What to publish; strings are borrowed for the call. */
+typedef struct mqtt_msg {
+    const char *topic;
+    const void *payload;
+    size_t len;
+    int qos;
+    bool retain;
+    const char *content_type; /* MQTT 5 Content Type, or NULL */
+    bool utf8;                /* MQTT 5 Payload Format Indicator */
+    const char *device;       /* MQTT 5 user property "device", or NULL */
+} mqtt_msg_t;
+
+/* cfg and inbox are borrowed and must outlive the client. */
+bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox);
+void mqtt_free(bridge_mqtt_t *m);
+
+/* Starts a connection attempt; the outcome arrives as an inbox event. */
+int mqtt_connect(bridge_mqtt_t *m);
+
+/*
+ * Hands a message to the client. For QoS 1/2 the acknowledgement arrives as
+ * EV_PUB_OK/EV_PUB_FAILED with id. Returns 0, -ENOTCONN, -EAGAIN (client
+ * queue full) or -EINVAL.
+ */
+int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
+
+/* Publishes "offline" (retained) and disconnects, waiting up to timeout_ms. */
+void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
+
+#endif

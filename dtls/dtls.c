@@ -1,0 +1,295 @@
+/*
+ * DTLS credentials for libcoap (GnuTLS backend) and device identities.
+ */
+#include "dtls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "tls.h"
+
+struct psk {
+    char *identity;      /* owned, NUL-terminated */
+    size_t idlen;
+    uint8_t key[DTLS_PSK_MAX];
+    coap_bin_const_t bin; /* points into key; what libcoap is given */
+};
+
+struct dtls_psk_store {
+    struct psk *v; /* owned, sorted by identity for bsearch */
+    size_t n;
+};
+
+static int psk_cmp(const void *a, const void *b)
+{
+    const struct psk *x = a, *y = b;
+    size_t l = x->idlen < y->idlen ? x->idlen : y->idlen;
+    int c = memcmp(x->identity, y->identity, l);
+    return c ? c : (x->idlen > y->idlen) - (x->idlen < y->idlen);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+void dtls_psk_free(dtls_psk_store_t *store)
+{
+    if (!store)
+        return;
+    for (size_t i = 0; i < store->n; i++) {
+        explicit_bzero(store->v[i].key, sizeof(store->v[i].key));
+        free(store->v[i].identity);
+    }
+    free(store->v);
+    free(store);
+}
+
+size_t dtls_psk_count(const dtls_psk_store_t *store)
+{
+    return store ? store->n : 0;
+}
+
+dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t *errs)
+{
+    FILE *f = fopen(path, "r");
+    dtls_psk_store_t *st;
+    char *line = NULL;
+    size_t cap = 0, alloc = 0;
+    int lineno = 0;
+    unsigned before = errs->count;
+
+    if (!f) {
+        gw_errs_add(errs, path, 0, setting, "cannot read the file (%s)", strerror(errno));
+        return NULL;
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        goto nomem;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '\0' || line[0] == '#')
+            continue;
+        char *colon = strrchr(line, ':');
+        if (!colon) {
+            gw_errs_add(errs, path, lineno, setting, "expected identity:hexkey");
+            continue;
+        }
+        size_t idlen = (size_t)(colon - line);
+        const char *hex = colon + 1;
+        size_t hexlen = strlen(hex);
+        if (!map_identity_ok(line, idlen)) {
+            gw_errs_add(errs, path, lineno, setting,
+                        "identity must be 1..%d bytes of UTF-8 without '/', '+', '#' or a "
+                        "leading '$'",
+                        MAP_IDENTITY_MAX);
+            continue;
+        }
+        if (hexlen == 0 || hexlen % 2 || hexlen / 2 > DTLS_PSK_MAX) {
+            gw_errs_add(errs, path, lineno, setting,
+                        "key must be 2..%d hex digits, an even number", DTLS_PSK_MAX * 2);
+            continue;
+        }
+        if (st->n == alloc) {
+            size_t na = alloc ? alloc * 2 : 16;
+            struct psk *v = realloc(st->v, na * sizeof(*v));
+            if (!v)
+                goto nomem;
+            st->v = v;
+            alloc = na;
+        }
+        struct psk *p = &st->v[st->n];
+        bool ok = true;
+        for (size_t i = 0; i < hexlen / 2 && ok; i++) {
+            int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+            ok = hi >= 0 && lo >= 0;
+            p->key[i] = (uint8_t)(hi << 4 | lo);
+        }
+        if (!ok) {
+            gw_errs_add(errs, path, lineno, setting, "key is not hexadecimal");
+            continue;
+        }
+        p->identity = strndup(line, idlen);
+        if (!p->identity)
+            goto nomem;
+        p->idlen = idlen;
+        p->bin.s = p->key;
+        p->bin.length = hexlen / 2;
+        st->n++;
+        for (size_t i = 0; i + 1 < st->n; i++) {
+            if (st->v[i].idlen == idlen && !memcmp(st->v[i].identity, line, idlen)) {
+                gw_errs_add(errs, path, lineno, setting, "identity \"%s\" appears twice",
+                            p->identity);
+                break;
+            }
+        }
+    }
+    if (line) {
+        explicit_bzero(line, cap);
+        free(line);
+    }
+    fclose(f);
+    if (errs->count != before) {
+        dtls_psk_free(st);
+        return NULL;
+    }
+    qsort(st->v, st->n, sizeof(*st->v), psk_cmp);
+    /* qsort moved the keys: point each binary back at its own key. */
+    for (size_t i = 0; i < st->n; i++)
+        st->v[i].bin.s = st->v[i].key;
+    return st;
+nomem:
+    gw_errs_add(errs, path, lineno, setting, "out of memory");
+    free(line);
+    fclose(f);
+    dtls_psk_free(st);
+    return NULL;
+}
+
+static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint8_t *id,
+                                          size_t len)
+{
+    struct psk key = {.identity = (char *)id, .idlen = len};
+    const struct psk *p = st ? bsearch(&key, st->v, st->n, sizeof(*st->v), psk_cmp) : NULL;
+    return p ? &p->bin : NULL;
+}
+
+/* libcoap asks for the key of an identity during the handshake. */
+static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
+                                               coap_session_t *session, void *arg)
+{
+    const dtls_psk_store_t *st = arg;
+    (void)session;
+    if (!identity || !map_identity_ok((const char *)identity->s, identity->length)) {
+        gw_info("dtls", "handshake refused (PSK identity not acceptable)");
+        return NULL;
+    }
+    const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
+    if (!key)
+        gw_info("dtls", "handshake refused (unknown PSK identity \"%.*s\")",
+                (int)identity->length, (const char *)identity->s);
+    return key;
+}
+
+/* libcoap hands over the device certificate once it has been verified. */
+static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_t *session,
+                   unsigned depth, int validated, void *arg)
+{
+    char subject_cn[MAP_IDENTITY_MAX + 2];
+    (void)cn;
+    (void)arg;
+    if (depth != 0)
+        return 1;
+    if (!validated) {
+        gw_info("dtls", "handshake refused (device certificate not verified)");
+        return 0;
+    }
+    if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
+        !map_identity_ok(subject_cn, strlen(subject_cn))) {
+        gw_info("dtls", "handshake refused (device certificate CN not acceptable)");
+        return 0;
+    }
+    dtls_peer_t *peer = dtls_peer_get(session);
+    if (!peer)
+        return 0;
+    snprintf(peer->identity, sizeof(peer->identity), "%s", subject_cn);
+    peer->has_identity = true;
+    return 1;
+}
+
+int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk)
+{
+    if (!coap_dtls_is_supported()) {
+        gw_err("dtls", "libcoap was built without DTLS");
+        return -ENOTSUP;
+    }
+    if (psk) {
+        coap_dtls_spsk_t s;
+        memset(&s, 0, sizeof(s));
+        s.version = COAP_DTLS_SPSK_SETUP_VERSION;
+        s.validate_id_call_back = on_psk_identity;
+        s.id_call_back_arg = (void *)psk;
+        if (!coap_context_set_psk2(ctx, &s)) {
+            gw_err("dtls", "cannot set up PSK credentials");
+            return -EINVAL;
+        }
+    }
+    if (*cfg->dtls_cert) {
+        coap_dtls_pki_t p;
+        memset(&p, 0, sizeof(p));
+        p.version = COAP_DTLS_PKI_SETUP_VERSION;
+        /*
+         * libcoap 4.3.1's GnuTLS server either requires a client certificate
+         * (verify_peer_cert) or does not ask for one; there is no "request".
+         * So a configured CA means certificate handshakes must present a
+         * device certificate signed by it; PSK handshakes are not affected.
+         */
+        p.verify_peer_cert = *cfg->dtls_ca ? 1 : 0;
+        p.check_common_ca = *cfg->dtls_ca ? 1 : 0;
+        p.allow_self_signed = 0;
+        p.allow_expired_certs = 0;
+        p.cert_chain_validation = 1;
+        p.cert_chain_verify_depth = 4;
+        p.validate_cn_call_back = on_cert;
+        p.pki_key.key_type = COAP_PKI_KEY_PEM;
+        p.pki_key.key.pem.public_cert = cfg->dtls_cert;
+        p.pki_key.key.pem.private_key = cfg->dtls_key;
+        p.pki_key.key.pem.ca_file = *cfg->dtls_ca ? cfg->dtls_ca : NULL;
+        if (!coap_context_set_pki(ctx, &p)) {
+            gw_err("dtls", "cannot set up X.509 credentials from %s", cfg->dtls_cert);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+dtls_peer_t *dtls_peer_get(coap_session_t *session)
+{
+    dtls_peer_t *peer = coap_session_get_app_data(session);
+    if (!peer) {
+        peer = calloc(1, sizeof(*peer));
+        if (!peer)
+            return NULL;
+        coap_session_set_app_data(session, peer);
+    }
+    return peer;
+}
+
+void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app))
+{
+    dtls_peer_t *peer = coap_session_get_app_data(session);
+    if (!peer)
+        return;
+    if (free_app)
+        free_app(peer->app);
+    coap_session_set_app_data(session, NULL);
+    free(peer);
+}
+
+const char *dtls_identity(coap_session_t *session)
+{
+    dtls_peer_t *peer = dtls_peer_get(session);
+    if (!peer)
+        return NULL;
+    if (peer->has_identity)
+        return peer->identity;
+    if (coap_session_get_proto(session) != COAP_PROTO_DTLS)
+        return NULL;
+    const coap_bin_const_t *id = coap_session_get_psk_identity(session);
+    if (!id || !map_identity_ok((const char *)id->s, id->length))
+        return NULL;
+    memcpy(peer->identity, id->s, id->length);
+    peer->identity[id->length] = '\0';
+    peer->has_identity = true;
+    return peer->identity;
+}

@@ -1,0 +1,52 @@
+/*
+ * libcoap's DTLS credentials (PSK and X.509) and device identities.
+ */
+#ifndef TANDEM_DTLS_H
+#define TANDEM_DTLS_H
+
+#include <coap3/coap.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "mapping.h"
+
+/* Pre-shared keys read from a Mosquitto-style psk_file ("identity:hexkey"). */
+typedef struct dtls_psk_store dtls_psk_store_t;
+
+/* Longest PSK accepted, bytes. */
+#define DTLS_PSK_MAX 64
+
+/*
+ * Reads path; errors go to errs as "PSKFILE:LINE: setting: reason". NULL on
+ * any error: a file with one bad line is refused whole.
+ */
+dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t *errs);
+void dtls_psk_free(dtls_psk_store_t *store);
+size_t dtls_psk_count(const dtls_psk_store_t *store);
+
+/*
+ * Sets up DTLS on ctx from cfg. psk may be NULL; it is borrowed and must live
+ * as long as ctx. Returns 0, or a negative errno code (logged).
+ */
+int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk);
+
+/*
+ * Per-session state kept as the session's app data: the device identity, and
+ * an opaque slot for the bridge, freed with free_app when the session goes.
+ */
+typedef struct dtls_peer {
+    char identity[MAP_IDENTITY_MAX + 1];
+    bool has_identity;
+    void *app;
+} dtls_peer_t;
+
+/* The session's peer state, created on first use; NULL on ENOMEM. */
+dtls_peer_t *dtls_peer_get(coap_session_t *session);
+
+/* Frees the session's peer state (at COAP_EVENT_SERVER_SESSION_DEL). */
+void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app));
+
+/* The device identity of the session, or NULL when anonymous. */
+const char *dtls_identity(coap_session_t *session);
+
+#endif

@@ -1,0 +1,687 @@
+/*
+ * Configuration loading. The schema table below is the single description of
+ * every setting: its name, type, range, default, and whether a reload may
+ * change it.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum stype { S_GROUP, S_STR, S_PATH, S_INT, S_BOOL, S_ENUM };
+
+struct setting {
+    const char *name; /* full path, e.g. "coap.dtls.port" */
+    enum stype type;
+    size_t off;         /* offset in gw_config_t (not for groups) */
+    long min, max;      /* S_INT range */
+    const char *def;    /* default, as text ("" for empty strings) */
+    const char *values; /* S_ENUM: "a|b|c"; the index is stored */
+    bool reloadable;    /* SIGHUP may change it */
+};
+
+#define OFF(f) offsetof(gw_config_t, f)
+
+static const struct setting schema[] = {
+    {"gateway", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"gateway.id", S_STR, OFF(id), 0, 0, "edge-01", NULL, false},
+    {"gateway.log_level", S_ENUM, OFF(log_level), 0, 0, "info", "error|warning|info|debug", true},
+    {"gateway.control_socket", S_PATH, OFF(control_socket), 0, 0, "/run/tandem/control.sock",
+     NULL, false},
+    {"gateway.state_dir", S_PATH, OFF(state_dir), 0, 0, "/var/lib/tandem", NULL, false},
+
+    {"coap", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"coap.bind", S_STR, OFF(coap_bind), 0, 0, "::", NULL, false},
+    {"coap.plain", S_BOOL, OFF(coap_plain), 0, 0, "false", NULL, false},
+    {"coap.port", S_INT, OFF(coap_port), 1, 65535, "5683", NULL, false},
+    {"coap.max_sessions", S_INT, OFF(max_sessions), 1, 1000000, "10000", NULL, true},
+    {"coap.max_payload", S_INT, OFF(max_payload), 1, 16777216, "65536", NULL, true},
+    {"coap.max_resources", S_INT, OFF(max_resources), 1, 10000000, "100000", NULL, true},
+    {"coap.session_idle_timeout", S_INT, OFF(session_idle_timeout), 1, 86400, "300", NULL, true},
+    {"coap.dtls", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"coap.dtls.port", S_INT, OFF(dtls_port), 1, 65535, "5684", NULL, false},
+    {"coap.dtls.psk_file", S_PATH, OFF(psk_file), 0, 0, "", NULL, true},
+    {"coap.dtls.cert", S_PATH, OFF(dtls_cert), 0, 0, "", NULL, true},
+    {"coap.dtls.key", S_PATH, OFF(dtls_key), 0, 0, "", NULL, true},
+    {"coap.dtls.ca", S_PATH, OFF(dtls_ca), 0, 0, "", NULL, true},
+    {"coap.dtls.require_client_cert", S_BOOL, OFF(require_client_cert), 0, 0, "false", NULL,
+     true},
+
+    {"mqtt", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"mqtt.uri", S_STR, OFF(mqtt_uri), 0, 0, "mqtts://localhost:8883", NULL, false},
+    {"mqtt.client_id", S_STR, OFF(client_id), 0, 0, "tandem-{gateway}", NULL, false},
+    {"mqtt.version", S_INT, OFF(mqtt_version), 3, 5, "5", NULL, false},
+    {"mqtt.username", S_STR, OFF(username), 0, 0, "", NULL, false},
+    {"mqtt.password_file", S_PATH, OFF(password_file), 0, 0, "", NULL, false},
+    {"mqtt.ca", S_PATH, OFF(mqtt_ca), 0, 0, "", NULL, false},
+    {"mqtt.cert", S_PATH, OFF(mqtt_cert), 0, 0, "", NULL, false},
+    {"mqtt.key", S_PATH, OFF(mqtt_key), 0, 0, "", NULL, false},
+    {"mqtt.verify_hostname", S_BOOL, OFF(verify_hostname), 0, 0, "true", NULL, false},
+    {"mqtt.keepalive", S_INT, OFF(keepalive), 0, 65535, "30", NULL, false},
+    {"mqtt.clean_start", S_BOOL, OFF(clean_start), 0, 0, "false", NULL, false},
+    {"mqtt.max_inflight", S_INT, OFF(max_inflight), 1, 65535, "1000", NULL, false},
+    {"mqtt.publish_timeout", S_INT, OFF(publish_timeout), 1, 3600, "10", NULL, true},
+    {"mqtt.offline_buffer", S_INT, OFF(offline_buffer), 0, 10000000, "10000", NULL, false},
+    {"mqtt.status_topic", S_STR, OFF(status_topic), 0, 0, "tandem/{gateway}/status", NULL, false},
+    {"mqtt.stats_topic", S_STR, OFF(stats_topic), 0, 0, "tandem/{gateway}/stats", NULL, true},
+    {"mqtt.stats_interval", S_INT, OFF(stats_interval), 0, 86400, "60", NULL, true},
+
+    {"mqtt_listener", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"mqtt_listener.enabled", S_BOOL, OFF(ml_enabled), 0, 0, "false", NULL, false},
+    {"mqtt_listener.bind", S_STR, OFF(ml_bind), 0, 0, "::", NULL, false},
+    {"mqtt_listener.port", S_INT, OFF(ml_port), 1, 65535, "8883", NULL, false},
+    {"mqtt_listener.cert", S_PATH, OFF(ml_cert), 0, 0, "", NULL, true},
+    {"mqtt_listener.key", S_PATH, OFF(ml_key), 0, 0, "", NULL, true},
+    {"mqtt_listener.ca", S_PATH, OFF(ml_ca), 0, 0, "", NULL, true},
+    {"mqtt_listener.require_client_cert", S_BOOL, OFF(ml_require_client_cert), 0, 0, "true",
+     NULL, true},
+    {"mqtt_listener.max_connections", S_INT, OFF(ml_max_connections), 1, 100000, "1000", NULL,
+     true},
+
+    {"metrics", S_GROUP, 0, 0, 0, NULL, NULL, false},
+    {"metrics.listen", S_STR, OFF(metrics_listen), 0, 0, "", NULL, false},
+};
+
+#define NSETTINGS (sizeof(schema) / sizeof(schema[0]))
+
+/* The settings of one element of the mappings list. */
+static const char *const mapping_keys[] = {"name", "resource", "topic", "direction", "qos",
+                                           "retain"};
+
+void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
+                 const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    e->count++;
+    for (;;) {
+        size_t room = e->cap - e->len;
+        n = line > 0 ? snprintf(e->text ? e->text + e->len : NULL, e->text ? room : 0,
+                                "%s:%d: %s: %s\n", file, line, setting, msg)
+                     : snprintf(e->text ? e->text + e->len : NULL, e->text ? room : 0,
+                                "%s: %s: %s\n", file, setting, msg);
+        if (n < 0)
+            return;
+        if (e->text && (size_t)n < room) {
+            e->len += (size_t)n;
+            return;
+        }
+        size_t cap = e->cap * 2 + (size_t)n + 64;
+        char *t = realloc(e->text, cap);
+        if (!t)
+            return;
+        e->text = t;
+        e->cap = cap;
+    }
+}
+
+void gw_errs_clear(gw_errs_t *e)
+{
+    free(e->text);
+    memset(e, 0, sizeof(*e));
+}
+
+static const struct setting *find_setting(const char *name)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (!strcmp(schema[i].name, name))
+            return &schema[i];
+    return NULL;
+}
+
+int gw_config_line(const gw_config_t *cfg, const char *setting)
+{
+    const struct setting *s = find_setting(setting);
+    return s ? cfg->lines[s - schema] : 0;
+}
+
+/* Joins a relative path to the configuration folder; "" stays "". */
+static char *resolve_path(const char *dir, const char *p)
+{
+    char *out;
+    if (!*p || p[0] == '/' || !dir)
+        return strdup(p);
+    if (asprintf(&out, "%s/%s", dir, p) < 0)
+        return NULL;
+    return out;
+}
+
+static int enum_index(const char *values, const char *v)
+{
+    int idx = 0;
+    size_t vlen = strlen(v);
+    for (const char *p = values; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == vlen && !memcmp(p, v, len))
+            return idx;
+        idx++;
+        p += len + (bar ? 1 : 0);
+    }
+    return -1;
+}
+
+/* Stores one setting's value (from the file, or its default when s is NULL). */
+static void store(gw_config_t *cfg, const struct setting *d, config_setting_t *s, gw_errs_t *errs)
+{
+    void *at = (char *)cfg + d->off;
+    const char *file = cfg->file;
+    int line = s ? config_setting_source_line(s) : 0;
+
+    switch (d->type) {
+    case S_GROUP:
+        if (s && !config_setting_is_group(s))
+            gw_errs_add(errs, file, line, d->name, "must be a group { ... }");
+        return;
+    case S_STR:
+    case S_PATH:
+    case S_ENUM: {
+        const char *v = d->def;
+        if (s) {
+            if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+                gw_errs_add(errs, file, line, d->name, "must be a string");
+                return;
+            }
+            v = config_setting_get_string(s);
+        }
+        if (d->type == S_ENUM) {
+            int idx = enum_index(d->values, v);
+            if (idx < 0) {
+                char choices[128];
+                snprintf(choices, sizeof(choices), "%s", d->values);
+                for (char *c = choices; *c; c++)
+                    if (*c == '|')
+                        *c = ',';
+                gw_errs_add(errs, file, line, d->name, "\"%s\" is not one of %s", v, choices);
+                return;
+            }
+            *(int *)at = idx;
+            return;
+        }
+        char *copy = d->type == S_PATH ? resolve_path(cfg->dir, v) : strdup(v);
+        if (!copy) {
+            gw_errs_add(errs, file, line, d->name, "out of memory");
+            return;
+        }
+        free(*(char **)at);
+        *(char **)at = copy;
+        return;
+    }
+    case S_INT: {
+        long long v = strtoll(d->def, NULL, 10);
+        if (s) {
+            int t = config_setting_type(s);
+            if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64) {
+                gw_errs_add(errs, file, line, d->name, "must be an integer");
+                return;
+            }
+            v = config_setting_get_int64(s);
+        }
+        if (v < d->min || v > d->max) {
+            gw_errs_add(errs, file, line, d->name, "%lld is out of range %ld..%ld", v, d->min,
+                        d->max);
+            return;
+        }
+        *(int *)at = (int)v;
+        return;
+    }
+    case S_BOOL: {
+        bool v = !strcmp(d->def, "true");
+        if (s) {
+            if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+                gw_errs_add(errs, file, line, d->name, "must be true or false");
+                return;
+            }
+            v = config_setting_get_bool(s);
+        }
+        *(bool *)at = v;
+        return;
+    }
+    }
+}
+
+/* Full path name of a setting below the root, e.g. "coap.dtls.port". */
+static void setting_path(config_setting_t *s, char *buf, size_t len)
+{
+    config_setting_t *parent = config_setting_parent(s);
+    const char *name = config_setting_name(s);
+    if (parent && config_setting_parent(parent)) {
+        setting_path(parent, buf, len);
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, ".%s", name ? name : "?");
+    } else {
+        snprintf(buf, len, "%s", name ? name : "?");
+    }
+}
+
+/* First pass, part one: every setting in the file must be in the schema. */
+static void check_unknown(const gw_config_t *cfg, config_setting_t *group, gw_errs_t *errs)
+{
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+        char path[256];
+        setting_path(s, path, sizeof(path));
+        if (!strcmp(path, "mappings"))
+            continue;
+        const struct setting *d = find_setting(path);
+        if (!d) {
+            gw_errs_add(errs, cfg->file, config_setting_source_line(s), path, "unknown setting");
+            continue;
+        }
+        if (d->type == S_GROUP && config_setting_is_group(s))
+            check_unknown(cfg, s, errs);
+    }
+}
+
+static int parse_direction(const char *v)
+{
+    if (!strcmp(v, "up"))
+        return MAP_UP;
+    if (!strcmp(v, "down"))
+        return MAP_DOWN;
+    if (!strcmp(v, "both"))
+        return MAP_BOTH;
+    return -1;
+}
+
+static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
+{
+    config_setting_t *list = config_lookup(lc, "mappings");
+    const char *file = cfg->file;
+
+    if (!list)
+        return;
+    if (!config_setting_is_list(list) && !config_setting_is_array(list)) {
+        gw_errs_add(errs, file, config_setting_source_line(list), "mappings",
+                    "must be a list ( { ... }, ... )");
+        return;
+    }
+    int n = config_setting_length(list);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *m = config_setting_get_elem(list, (unsigned)i);
+        int line = config_setting_source_line(m);
+        char where[48];
+        map_spec_t spec = {.qos = 0, .retain = false, .direction = -1};
+        const char *dir = NULL;
+        int bad = 0;
+
+        snprintf(where, sizeof(where), "mappings[%d]", i);
+        if (!config_setting_is_group(m)) {
+            gw_errs_add(errs, file, line, where, "must be a group { ... }");
+            continue;
+        }
+        int nk = config_setting_length(m);
+        for (int k = 0; k < nk; k++) {
+            config_setting_t *s = config_setting_get_elem(m, (unsigned)k);
+            const char *key = config_setting_name(s);
+            int sl = config_setting_source_line(s);
+            bool known = false;
+            char full[96];
+            snprintf(full, sizeof(full), "%s.%s", where, key);
+            for (size_t j = 0; j < sizeof(mapping_keys) / sizeof(mapping_keys[0]); j++)
+                known |= !strcmp(key, mapping_keys[j]);
+            if (!known) {
+                gw_errs_add(errs, file, sl, full, "unknown setting");
+                bad++;
+                continue;
+            }
+            int t = config_setting_type(s);
+            if (!strcmp(key, "qos") || !strcmp(key, "retain")) {
+                bool isq = key[0] == 'q';
+                if (isq ? (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+                        : t != CONFIG_TYPE_BOOL) {
+                    gw_errs_add(errs, file, sl, full, isq ? "must be 0, 1 or 2"
+                                                          : "must be true or false");
+                    bad++;
+                } else if (isq) {
+                    long long q = config_setting_get_int64(s);
+                    if (q < 0 || q > 2) {
+                        gw_errs_add(errs, file, sl, full, "must be 0, 1 or 2");
+                        bad++;
+                    }
+                    spec.qos = (int)q;
+                } else {
+                    spec.retain = config_setting_get_bool(s);
+                }
+                continue;
+            }
+            if (t != CONFIG_TYPE_STRING) {
+                gw_errs_add(errs, file, sl, full, "must be a string");
+                bad++;
+                continue;
+            }
+            const char *v = config_setting_get_string(s);
+            if (!strcmp(key, "name"))
+                spec.name = v;
+            else if (!strcmp(key, "resource"))
+                spec.resource = v;
+            else if (!strcmp(key, "topic"))
+                spec.topic = v;
+            else {
+                dir = v;
+                spec.direction = parse_direction(v);
+                if (spec.direction < 0) {
+                    gw_errs_add(errs, file, sl, full, "\"%s\" is not one of up, down, both", v);
+                    bad++;
+                } else if (spec.direction != MAP_UP) {
+                    gw_errs_add(errs, file, sl, full,
+                                "\"%s\" is not supported yet (only \"up\" mappings in this "
+                                "version)",
+                                v);
+                    bad++;
+                }
+            }
+        }
+        const char *missing = !spec.name       ? "name"
+                              : !spec.resource ? "resource"
+                              : !spec.topic    ? "topic"
+                              : !dir           ? "direction"
+                                               : NULL;
+        if (missing) {
+            gw_errs_add(errs, file, line, where, "%s is required", missing);
+            continue;
+        }
+        if (bad)
+            continue;
+        char err[256];
+        snprintf(where, sizeof(where), "mappings.%s", spec.name);
+        if (map_table_add(cfg->maps, &spec, err, sizeof(err)) < 0)
+            gw_errs_add(errs, file, line, where, "%s", err);
+    }
+}
+
+int gw_uri_parse(const char *uri, gw_uri_t *out)
+{
+    const char *p;
+    memset(out, 0, sizeof(*out));
+    if (!strncmp(uri, "mqtts://", 8)) {
+        out->tls = true;
+        out->port = 8883;
+        p = uri + 8;
+    } else if (!strncmp(uri, "mqtt://", 7)) {
+        out->port = 1883;
+        p = uri + 7;
+    } else {
+        return -EINVAL;
+    }
+    const char *host_end;
+    if (*p == '[') {
+        host_end = strchr(p, ']');
+        if (!host_end)
+            return -EINVAL;
+        p++;
+    } else {
+        host_end = p + strcspn(p, ":/");
+    }
+    size_t hlen = (size_t)(host_end - p);
+    if (hlen == 0 || hlen >= sizeof(out->host))
+        return -EINVAL;
+    memcpy(out->host, p, hlen);
+    out->host[hlen] = '\0';
+    const char *rest = host_end + (*host_end == ']' ? 1 : 0);
+    if (*rest == ':') {
+        char *end;
+        long port = strtol(rest + 1, &end, 10);
+        if (end == rest + 1 || port < 1 || port > 65535 || (*end && strcmp(end, "/")))
+            return -EINVAL;
+        out->port = (int)port;
+    } else if (*rest && strcmp(rest, "/")) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Replaces {gateway} in a template setting; any other brace is an error. */
+static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
+{
+    const char *src = *field;
+    char out[1100];
+    size_t pos = 0;
+    while (*src) {
+        if (!strncmp(src, "{gateway}", 9)) {
+            size_t l = strlen(cfg->id);
+            if (pos + l >= sizeof(out) - 1)
+                break;
+            memcpy(out + pos, cfg->id, l);
+            pos += l;
+            src += 9;
+            continue;
+        }
+        if (*src == '{' || *src == '}') {
+            gw_errs_add(errs, cfg->file, gw_config_line(cfg, name), name,
+                        "only {gateway} may be used here");
+            return;
+        }
+        if (pos >= sizeof(out) - 1)
+            break;
+        out[pos++] = *src++;
+    }
+    if (*src) {
+        gw_errs_add(errs, cfg->file, gw_config_line(cfg, name), name, "too long");
+        return;
+    }
+    out[pos] = '\0';
+    char *copy = strdup(out);
+    if (copy) {
+        free(*field);
+        *field = copy;
+    }
+}
+
+static bool topic_ok(const char *t)
+{
+    size_t len = strlen(t);
+    return len > 0 && len <= MAP_PATH_MAX && t[0] != '$' && !strchr(t, '+') && !strchr(t, '#') &&
+           map_utf8_ok(t, len);
+}
+
+static bool is_ip(const char *s)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+static char *read_first_line(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    if (!f)
+        return NULL;
+    ssize_t n = getline(&line, &cap, f);
+    fclose(f);
+    if (n < 0) {
+        free(line);
+        return strdup("");
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    return line;
+}
+
+/* Second pass: the rules between settings. */
+static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
+{
+    const char *f = cfg->file;
+#define LINE(n) gw_config_line(cfg, n)
+
+    if (!map_value_ok(cfg->id, strlen(cfg->id)) || strlen(cfg->id) > 64)
+        gw_errs_add(errs, f, LINE("gateway.id"), "gateway.id",
+                    "must be 1..64 bytes of UTF-8 without '/', '+', '#' or a leading '$'");
+    if (!is_ip(cfg->coap_bind))
+        gw_errs_add(errs, f, LINE("coap.bind"), "coap.bind", "\"%s\" is not an IP address",
+                    cfg->coap_bind);
+    if (!*cfg->dtls_cert != !*cfg->dtls_key)
+        gw_errs_add(errs, f, LINE(*cfg->dtls_cert ? "coap.dtls.cert" : "coap.dtls.key"),
+                    *cfg->dtls_cert ? "coap.dtls.cert" : "coap.dtls.key",
+                    "coap.dtls.cert and coap.dtls.key must be set together");
+    if (*cfg->dtls_ca && !*cfg->dtls_cert)
+        gw_errs_add(errs, f, LINE("coap.dtls.ca"), "coap.dtls.ca",
+                    "verifying device certificates needs coap.dtls.cert and coap.dtls.key");
+    if (cfg->require_client_cert && !*cfg->dtls_ca)
+        gw_errs_add(errs, f, LINE("coap.dtls.require_client_cert"),
+                    "coap.dtls.require_client_cert", "needs coap.dtls.ca to verify devices");
+    if (!cfg->coap_plain && !*cfg->psk_file && !*cfg->dtls_cert)
+        gw_errs_add(errs, f, LINE("coap.dtls"), "coap.dtls",
+                    "neither psk_file nor cert is set, so no device could connect "
+                    "(plain CoAP is off)");
+    if (cfg->coap_plain && cfg->coap_port == cfg->dtls_port &&
+        (*cfg->psk_file || *cfg->dtls_cert))
+        gw_errs_add(errs, f, LINE("coap.port"), "coap.port", "is the same as coap.dtls.port");
+
+    gw_uri_t uri;
+    if (gw_uri_parse(cfg->mqtt_uri, &uri) < 0)
+        gw_errs_add(errs, f, LINE("mqtt.uri"), "mqtt.uri",
+                    "\"%s\" is not mqtt://host[:port] or mqtts://host[:port]", cfg->mqtt_uri);
+    else if (!uri.tls && (*cfg->mqtt_ca || *cfg->mqtt_cert))
+        gw_errs_add(errs, f, LINE("mqtt.uri"), "mqtt.uri",
+                    "mqtt.ca/mqtt.cert are set but the URI is not mqtts://");
+    if (cfg->mqtt_version != 3 && cfg->mqtt_version != 5)
+        gw_errs_add(errs, f, LINE("mqtt.version"), "mqtt.version", "must be 5 or 3");
+    if (!*cfg->mqtt_cert != !*cfg->mqtt_key)
+        gw_errs_add(errs, f, LINE(*cfg->mqtt_cert ? "mqtt.cert" : "mqtt.key"),
+                    *cfg->mqtt_cert ? "mqtt.cert" : "mqtt.key",
+                    "mqtt.cert and mqtt.key must be set together");
+    if (*cfg->password_file) {
+        cfg->password = read_first_line(cfg->password_file);
+        if (!cfg->password)
+            gw_errs_add(errs, f, LINE("mqtt.password_file"), "mqtt.password_file",
+                        "cannot read %s (%s)", cfg->password_file, strerror(errno));
+    }
+    render_gateway(cfg, &cfg->client_id, "mqtt.client_id", errs);
+    if (!*cfg->client_id || strlen(cfg->client_id) > 256)
+        gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id", "must be 1..256 bytes");
+    render_gateway(cfg, &cfg->status_topic, "mqtt.status_topic", errs);
+    render_gateway(cfg, &cfg->stats_topic, "mqtt.stats_topic", errs);
+    if (*cfg->status_topic && !topic_ok(cfg->status_topic))
+        gw_errs_add(errs, f, LINE("mqtt.status_topic"), "mqtt.status_topic",
+                    "is not a valid topic (no '+', '#', leading '$')");
+    if (*cfg->stats_topic && !topic_ok(cfg->stats_topic))
+        gw_errs_add(errs, f, LINE("mqtt.stats_topic"), "mqtt.stats_topic",
+                    "is not a valid topic (no '+', '#', leading '$')");
+
+    if (cfg->ml_enabled)
+        gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",
+                    "the MQTT device listener is not supported yet");
+    if (*cfg->metrics_listen)
+        gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen",
+                    "the metrics endpoint is not supported yet");
+#undef LINE
+}
+
+static char *dirname_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
+{
+    config_t lc;
+    unsigned before = errs->count;
+    gw_config_t *cfg = calloc(1, sizeof(*cfg));
+
+    if (!cfg)
+        return NULL;
+    cfg->file = strdup(path);
+    cfg->dir = dirname_of(path);
+    cfg->lines = calloc(NSETTINGS, sizeof(int));
+    if (!cfg->file || !cfg->dir || !cfg->lines) {
+        gw_errs_add(errs, path, 0, "config", "out of memory");
+        gw_config_free(cfg);
+        return NULL;
+    }
+
+    config_init(&lc);
+    if (!config_read_file(&lc, path)) {
+        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
+            gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
+        else
+            gw_errs_add(errs, config_error_file(&lc) ? config_error_file(&lc) : path,
+                        config_error_line(&lc), "syntax", "%s", config_error_text(&lc));
+        config_destroy(&lc);
+        gw_config_free(cfg);
+        return NULL;
+    }
+
+    check_unknown(cfg, config_root_setting(&lc), errs);
+    /* Groups first, so that a misplaced group does not hide its members' defaults. */
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        config_setting_t *s = config_lookup(&lc, schema[i].name);
+        cfg->lines[i] = s ? config_setting_source_line(s) : 0;
+        store(cfg, &schema[i], s, errs);
+    }
+    if (errs->count == before) {
+        cfg->maps = map_table_new(cfg->id);
+        if (!cfg->maps)
+            gw_errs_add(errs, path, 0, "mappings", "out of memory");
+        else
+            load_mappings(cfg, &lc, errs);
+        check_rules(cfg, errs);
+    }
+    config_destroy(&lc);
+    if (errs->count != before) {
+        gw_config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+void gw_config_free(gw_config_t *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *d = &schema[i];
+        if (d->type == S_STR || d->type == S_PATH)
+            free(*(char **)((char *)cfg + d->off));
+    }
+    if (cfg->password) {
+        explicit_bzero(cfg->password, strlen(cfg->password));
+        free(cfg->password);
+    }
+    map_table_free(cfg->maps);
+    free(cfg->lines);
+    free(cfg->file);
+    free(cfg->dir);
+    free(cfg);
+}
+
+void gw_config_print_mappings(const gw_config_t *cfg, FILE *out)
+{
+    static const char *dirs[] = {"?", "up", "down", "both"};
+    size_t n = map_table_count(cfg->maps);
+    fprintf(out, "%-16s %-5s %-3s %-6s %-36s %s\n", "NAME", "DIR", "QOS", "RETAIN", "RESOURCE",
+            "TOPIC");
+    for (size_t i = 0; i < n; i++) {
+        const map_entry_t *e = map_table_get(cfg->maps, i);
+        fprintf(out, "%-16s %-5s %-3d %-6s %-36s %s\n", map_entry_name(e),
+                dirs[map_entry_direction(e)], map_entry_qos(e),
+                map_entry_retain(e) ? "yes" : "no", map_entry_resource(e), map_entry_topic(e));
+    }
+    for (size_t i = 0; i < n; i++) {
+        const map_entry_t *e = map_table_get(cfg->maps, i);
+        const map_entry_t *by = map_table_shadowed_by(cfg->maps, e);
+        if (by)
+            fprintf(out, "warning: mapping \"%s\" is shadowed completely by \"%s\" before it\n",
+                    map_entry_name(e), map_entry_name(by));
+    }
+    if (n == 0)
+        fprintf(out, "warning: no mappings; every request will get 4.04\n");
+}

@@ -1,0 +1,90 @@
+/*
+ * Configuration: one schema table, two validation passes (each setting, then
+ * the rules between settings), errors as "FILE:LINE: setting: reason".
+ */
+#ifndef TANDEM_CONFIG_H
+#define TANDEM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "mapping.h"
+
+enum gw_log_level { GW_LOG_ERROR, GW_LOG_WARNING, GW_LOG_INFO, GW_LOG_DEBUG };
+
+/* Collected error lines; each is "FILE:LINE: setting: reason". */
+typedef struct gw_errs {
+    char *text; /* owned, NUL-terminated, lines end in '\n' */
+    size_t len, cap;
+    unsigned count;
+} gw_errs_t;
+
+void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void gw_errs_clear(gw_errs_t *e);
+
+/* Every setting of SPEC §2. Strings are owned; paths are already resolved. */
+typedef struct gw_config {
+    char *file; /* the configuration file as given */
+    char *dir;  /* its folder, for relative paths */
+
+    char *id;
+    int log_level;
+    char *control_socket, *state_dir;
+
+    char *coap_bind;
+    bool coap_plain;
+    int coap_port, max_sessions, max_payload, max_resources, session_idle_timeout;
+    int dtls_port;
+    char *psk_file, *dtls_cert, *dtls_key, *dtls_ca;
+    bool require_client_cert;
+
+    char *mqtt_uri, *client_id;
+    int mqtt_version;
+    char *username, *password_file;
+    char *mqtt_ca, *mqtt_cert, *mqtt_key;
+    bool verify_hostname;
+    int keepalive;
+    bool clean_start;
+    int max_inflight, publish_timeout, offline_buffer;
+    char *status_topic, *stats_topic;
+    int stats_interval;
+
+    bool ml_enabled;
+    char *ml_bind;
+    int ml_port;
+    char *ml_cert, *ml_key, *ml_ca;
+    bool ml_require_client_cert;
+    int ml_max_connections;
+
+    char *metrics_listen;
+
+    /* Derived in the second pass. */
+    char *password;       /* read from password_file, owned; NULL when none */
+    map_table_t *maps;    /* owned */
+    int *lines;           /* line of each schema setting, 0 when defaulted; owned */
+} gw_config_t;
+
+/*
+ * Loads and validates path. Returns NULL with errs filled when anything is
+ * wrong; nothing is half-loaded.
+ */
+gw_config_t *gw_config_load(const char *path, gw_errs_t *errs);
+void gw_config_free(gw_config_t *cfg);
+
+/* Line in the file of setting (e.g. "coap.dtls.cert"), 0 when defaulted. */
+int gw_config_line(const gw_config_t *cfg, const char *setting);
+
+/* Prints the mapping table, with shadowing warnings, for `tandem check`. */
+void gw_config_print_mappings(const gw_config_t *cfg, FILE *out);
+
+/* Parsed mqtt.uri. */
+typedef struct gw_uri {
+    bool tls;
+    char host[256];
+    int port;
+} gw_uri_t;
+int gw_uri_parse(const char *uri, gw_uri_t *out);
+
+#endif

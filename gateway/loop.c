@@ -1,0 +1,219 @@
+/*
+ * The one loop: a single thread owns libcoap and all bridge state. One epoll
+ * waits on libcoap's own epoll fd (which carries its timers), the bridge's
+ * inbox eventfd and a signalfd.
+ */
+#include <arpa/inet.h>
+#include <coap3/coap.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bridge.h"
+#include "gateway.h"
+#include "log.h"
+#include "tandem_build.h"
+#if HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+/* How long a graceful stop waits for broker acknowledgements, ms (SPEC §7). */
+#define STOP_WAIT_MS 5000
+
+enum { TAG_COAP = 1, TAG_INBOX, TAG_SIGNAL };
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void coap_log_to_gw(coap_log_t level, const char *message)
+{
+    char line[512];
+    snprintf(line, sizeof(line), "%s", message);
+    line[strcspn(line, "\n")] = '\0';
+    /* libcoap's warnings are mostly about what devices send: keep them below ours. */
+    gw_log(level <= LOG_ERR ? GW_LOG_WARNING : level <= LOG_WARNING ? GW_LOG_INFO : GW_LOG_DEBUG,
+           "coap", "%s", line);
+}
+
+static int make_address(const char *host, int port, coap_address_t *addr)
+{
+    coap_address_init(addr);
+    if (inet_pton(AF_INET6, host, &addr->addr.sin6.sin6_addr) == 1) {
+        addr->addr.sin6.sin6_family = AF_INET6;
+        addr->addr.sin6.sin6_port = htons((uint16_t)port);
+        addr->size = sizeof(addr->addr.sin6);
+        return 0;
+    }
+    if (inet_pton(AF_INET, host, &addr->addr.sin.sin_addr) == 1) {
+        addr->addr.sin.sin_family = AF_INET;
+        addr->addr.sin.sin_port = htons((uint16_t)port);
+        addr->size = sizeof(addr->addr.sin);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static int add_fd(int ep, int fd, int tag)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)tag};
+    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void publish_stats(bridge_t *b, const gw_config_t *cfg, uint64_t *next_ms)
+{
+    uint64_t now = now_ms();
+    if (cfg->stats_interval <= 0 || !*cfg->stats_topic || now < *next_ms)
+        return;
+    *next_ms = now + (uint64_t)cfg->stats_interval * 1000;
+    bridge_publish_stats(b);
+}
+
+int gw_run(const gw_config_t *cfg, const dtls_psk_store_t *psk)
+{
+    int status = GW_EXIT_RUNTIME, ep = -1, sfd = -1;
+    coap_context_t *ctx = NULL;
+    bridge_t *b = NULL;
+    sigset_t mask;
+    bool stopping = false;
+    uint64_t stop_deadline = 0, next_stats = 0;
+
+    /* Block the signals before any thread exists, so that all go to the signalfd. */
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    coap_startup();
+    coap_set_log_handler(coap_log_to_gw);
+    coap_set_log_level(gw_log_level() >= GW_LOG_DEBUG ? LOG_INFO : LOG_WARNING);
+    coap_dtls_set_log_level(gw_log_level() >= GW_LOG_DEBUG ? LOG_INFO : LOG_WARNING);
+
+    ctx = coap_new_context(NULL);
+    if (!ctx) {
+        gw_err("coap", "cannot create the CoAP context");
+        goto out;
+    }
+    coap_context_set_max_idle_sessions(ctx, (unsigned)cfg->max_sessions);
+    coap_context_set_session_timeout(ctx, (unsigned)cfg->session_idle_timeout);
+    bool dtls = psk || *cfg->dtls_cert;
+    if (dtls && dtls_setup(ctx, cfg, psk) < 0)
+        goto out;
+
+    coap_address_t addr;
+    if (dtls) {
+        make_address(cfg->coap_bind, cfg->dtls_port, &addr);
+        if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS)) {
+            gw_err("coap", "cannot bind DTLS to [%s]:%d (%s)", cfg->coap_bind, cfg->dtls_port,
+                   strerror(errno));
+            goto out;
+        }
+        gw_info("coap", "listening for CoAP over DTLS on [%s]:%d", cfg->coap_bind,
+                cfg->dtls_port);
+    }
+    if (cfg->coap_plain) {
+        make_address(cfg->coap_bind, cfg->coap_port, &addr);
+        if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP)) {
+            gw_err("coap", "cannot bind plain CoAP to [%s]:%d (%s)", cfg->coap_bind,
+                   cfg->coap_port, strerror(errno));
+            goto out;
+        }
+        gw_warn("coap", "plain CoAP (unencrypted) on [%s]:%d", cfg->coap_bind, cfg->coap_port);
+    }
+
+    b = bridge_new(cfg, ctx);
+    if (!b) {
+        gw_err("bridge", "cannot set up the bridge");
+        goto out;
+    }
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    int coap_fd = coap_context_get_coap_fd(ctx);
+    if (ep < 0 || sfd < 0 || coap_fd < 0 || add_fd(ep, coap_fd, TAG_COAP) < 0 ||
+        add_fd(ep, bridge_inbox_fd(b), TAG_INBOX) < 0 || add_fd(ep, sfd, TAG_SIGNAL) < 0) {
+        gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
+        goto out;
+    }
+    if (cfg->offline_buffer > 0)
+        gw_info("bridge", "offline buffer not available in this version: while the broker is "
+                          "unreachable, devices get 5.03 with Max-Age");
+    bridge_start(b);
+#if HAVE_SYSTEMD
+    sd_notify(0, "READY=1");
+#endif
+    gw_info("gateway", "%s ready (tandem %s)", cfg->id, TANDEM_VERSION);
+
+    for (;;) {
+        struct epoll_event evs[8];
+        int timeout = bridge_timeout_ms(b);
+        if (cfg->stats_interval > 0 && (timeout < 0 || timeout > 1000))
+            timeout = 1000;
+        if (stopping)
+            timeout = 50;
+        int n = epoll_wait(ep, evs, 8, timeout);
+        if (n < 0 && errno != EINTR) {
+            gw_err("gateway", "epoll_wait failed (%s)", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            switch (evs[i].data.u32) {
+            case TAG_COAP:
+                coap_io_process(ctx, COAP_IO_NO_WAIT);
+                break;
+            case TAG_INBOX:
+                bridge_process_inbox(b);
+                /* Send the answers that acknowledgements have released. */
+                coap_io_process(ctx, COAP_IO_NO_WAIT);
+                break;
+            case TAG_SIGNAL: {
+                struct signalfd_siginfo si;
+                while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+                    if (si.ssi_signo == SIGHUP) {
+                        gw_warn("gateway", "reload (SIGHUP) is not supported yet; ignored");
+                    } else if (stopping) {
+                        gw_warn("gateway", "second stop signal: exiting now");
+                        status = GW_EXIT_OK;
+                        goto out;
+                    } else {
+                        gw_info("gateway", "stopping (%s)", strsignal((int)si.ssi_signo));
+                        stopping = true;
+                        stop_deadline = now_ms() + STOP_WAIT_MS;
+                        bridge_drain(b);
+                    }
+                }
+                break;
+            }
+            }
+        }
+        bridge_tick(b);
+        publish_stats(b, cfg, &next_stats);
+        if (stopping && (bridge_inflight(b) == 0 || now_ms() >= stop_deadline))
+            break;
+    }
+    /* Whatever is still waiting gets 5.03: the device will retry elsewhere or later. */
+    bridge_abandon(b);
+    coap_io_process(ctx, COAP_IO_NO_WAIT);
+    bridge_shutdown(b, 1000);
+    gw_info("gateway", "stopped");
+    status = GW_EXIT_OK;
+out:
+    if (sfd >= 0)
+        close(sfd);
+    if (ep >= 0)
+        close(ep);
+    bridge_free(b);
+    coap_free_context(ctx);
+    coap_cleanup();
+    return status;
+}

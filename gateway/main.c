@@ -1,0 +1,158 @@
+/*
+ * tandem: the command line (SPEC §1).
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "dtls.h"
+#include "gateway.h"
+#include "log.h"
+#include "tandem_build.h"
+#include "tls.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: tandem [run] -c FILE       run the gateway in the foreground\n"
+            "       tandem check -c FILE       validate the configuration, print the mappings\n"
+            "       tandem stats [-c FILE] [--json|--prometheus] [--watch SECONDS]\n"
+            "       tandem pki ...\n"
+            "       tandem --version | --help | COMMAND --help\n");
+}
+
+/*
+ * Checks what the configuration points at: certificates and keys match and
+ * are in date, CA bundles load, the PSK file parses. Warnings go to stderr.
+ */
+static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
+{
+    char err[512];
+    int days;
+    dtls_psk_store_t *psk = NULL;
+    const struct {
+        const char *name, *cert, *key;
+    } pairs[] = {
+        {"coap.dtls.cert", cfg->dtls_cert, cfg->dtls_key},
+        {"mqtt.cert", cfg->mqtt_cert, cfg->mqtt_key},
+    };
+    const struct {
+        const char *name, *path;
+    } cas[] = {{"coap.dtls.ca", cfg->dtls_ca}, {"mqtt.ca", cfg->mqtt_ca}};
+
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        if (!*pairs[i].cert)
+            continue;
+        if (tls_cert_check(pairs[i].cert, pairs[i].key, &days, err, sizeof(err)) < 0)
+            gw_errs_add(errs, cfg->file, gw_config_line(cfg, pairs[i].name), pairs[i].name, "%s",
+                        err);
+        else if (days < TLS_EXPIRY_WARN_DAYS)
+            fprintf(stderr, "warning config: %s: %s expires in %d days\n", pairs[i].name,
+                    pairs[i].cert, days);
+    }
+    for (size_t i = 0; i < sizeof(cas) / sizeof(cas[0]); i++)
+        if (*cas[i].path && tls_ca_check(cas[i].path, err, sizeof(err)) < 0)
+            gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s",
+                        err);
+    if (*cfg->psk_file) {
+        psk = dtls_psk_load(cfg->psk_file, "coap.dtls.psk_file", errs);
+        if (psk && dtls_psk_count(psk) == 0)
+            fprintf(stderr, "warning config: coap.dtls.psk_file: %s holds no identities\n",
+                    cfg->psk_file);
+    }
+    return psk;
+}
+
+/* Loads and checks everything; prints errors. NULL when anything is wrong. */
+static gw_config_t *load(const char *path, dtls_psk_store_t **psk)
+{
+    gw_errs_t errs = {0};
+    gw_config_t *cfg = gw_config_load(path, &errs);
+    if (cfg) {
+        *psk = check_files(cfg, &errs);
+        if (errs.count) {
+            dtls_psk_free(*psk);
+            *psk = NULL;
+            gw_config_free(cfg);
+            cfg = NULL;
+        }
+    }
+    if (errs.count)
+        fputs(errs.text ? errs.text : "tandem: configuration error\n", stderr);
+    gw_errs_clear(&errs);
+    return cfg;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = "run", *path = NULL;
+    int first = 1;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+
+    if (argc > 1 && argv[1][0] != '-') {
+        cmd = argv[1];
+        first = 2;
+    }
+    if (strcmp(cmd, "run") && strcmp(cmd, "check")) {
+        if (!strcmp(cmd, "stats") || !strcmp(cmd, "pki")) {
+            fprintf(stderr, "tandem: '%s' is not supported yet in this version\n", cmd);
+            return GW_EXIT_USAGE;
+        }
+        fprintf(stderr, "tandem: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return GW_EXIT_USAGE;
+    }
+    optind = first;
+    int c;
+    while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return GW_EXIT_OK;
+        case 'V':
+            printf("tandem %s\n", TANDEM_VERSION);
+            return GW_EXIT_OK;
+        default:
+            usage(stderr);
+            return GW_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tandem: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return GW_EXIT_USAGE;
+    }
+    if (!path) {
+        fprintf(stderr, "tandem: %s needs -c FILE\n", cmd);
+        usage(stderr);
+        return GW_EXIT_USAGE;
+    }
+
+    dtls_psk_store_t *psk = NULL;
+    gw_config_t *cfg = load(path, &psk);
+    if (!cfg)
+        return GW_EXIT_CONFIG;
+    int status = GW_EXIT_OK;
+    if (!strcmp(cmd, "check")) {
+        gw_config_print_mappings(cfg, stdout);
+        if (*cfg->psk_file)
+            printf("psk_file: %zu identities\n", dtls_psk_count(psk));
+        printf("%s: configuration OK\n", path);
+    } else {
+        gw_log_set_level(cfg->log_level);
+        status = gw_run(cfg, psk);
+    }
+    dtls_psk_free(psk);
+    gw_config_free(cfg);
+    return status;
+}

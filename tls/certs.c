@@ -1,0 +1,142 @@
+/*
+ * Certificate and key checks (SPEC §8).
+ */
+#include "tls.h"
+
+#include <errno.h>
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+/* Loads every certificate of a PEM file. */
+static int load_chain(const char *path, gnutls_x509_crt_t **list, unsigned *n, char *err,
+                      size_t errlen)
+{
+    gnutls_datum_t data = {NULL, 0};
+    int rc = gnutls_load_file(path, &data);
+    if (rc < 0)
+        return fail(err, errlen, "cannot read %s (%s)", path, strerror(errno ? errno : ENOENT));
+    rc = gnutls_x509_crt_list_import2(list, n, &data, GNUTLS_X509_FMT_PEM, 0);
+    gnutls_free(data.data);
+    if (rc < 0 || *n == 0)
+        return fail(err, errlen, "%s holds no PEM certificate (%s)", path,
+                    rc < 0 ? gnutls_strerror(rc) : "empty");
+    return 0;
+}
+
+static void free_chain(gnutls_x509_crt_t *list, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        gnutls_x509_crt_deinit(list[i]);
+    gnutls_free(list);
+}
+
+/* Validity window of one certificate; days_left may be NULL. */
+static int check_dates(gnutls_x509_crt_t crt, const char *path, int *days_left, char *err,
+                       size_t errlen)
+{
+    time_t now = time(NULL);
+    time_t from = gnutls_x509_crt_get_activation_time(crt);
+    time_t until = gnutls_x509_crt_get_expiration_time(crt);
+    if (from != (time_t)-1 && now < from)
+        return fail(err, errlen, "%s is not valid yet", path);
+    if (until != (time_t)-1 && now > until)
+        return fail(err, errlen, "%s has expired", path);
+    if (days_left)
+        *days_left = until == (time_t)-1 ? 99999 : (int)((until - now) / 86400);
+    return 0;
+}
+
+int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, char *err,
+                   size_t errlen)
+{
+    gnutls_x509_crt_t *chain = NULL;
+    unsigned n = 0;
+    gnutls_datum_t kdata = {NULL, 0};
+    gnutls_privkey_t key = NULL;
+    gnutls_pubkey_t certpub = NULL, keypub = NULL;
+    unsigned char id1[64], id2[64];
+    size_t l1 = sizeof(id1), l2 = sizeof(id2);
+    int rc;
+
+    if ((rc = load_chain(cert_path, &chain, &n, err, errlen)) < 0)
+        return rc;
+    if ((rc = check_dates(chain[0], cert_path, days_left, err, errlen)) < 0)
+        goto out;
+    if (gnutls_load_file(key_path, &kdata) < 0) {
+        rc = fail(err, errlen, "cannot read %s (%s)", key_path, strerror(errno ? errno : ENOENT));
+        goto out;
+    }
+    if (gnutls_privkey_init(&key) < 0 || gnutls_pubkey_init(&certpub) < 0 ||
+        gnutls_pubkey_init(&keypub) < 0) {
+        rc = fail(err, errlen, "out of memory");
+        goto out;
+    }
+    if (gnutls_privkey_import_x509_raw(key, &kdata, GNUTLS_X509_FMT_PEM, NULL, 0) < 0) {
+        rc = fail(err, errlen, "%s is not a PEM private key (or it is encrypted)", key_path);
+        goto out;
+    }
+    if (gnutls_pubkey_import_x509(certpub, chain[0], 0) < 0 ||
+        gnutls_pubkey_import_privkey(keypub, key, 0, 0) < 0 ||
+        gnutls_pubkey_get_key_id(certpub, 0, id1, &l1) < 0 ||
+        gnutls_pubkey_get_key_id(keypub, 0, id2, &l2) < 0 || l1 != l2 || memcmp(id1, id2, l1)) {
+        rc = fail(err, errlen, "%s does not match the key in %s", cert_path, key_path);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (kdata.data) {
+        gnutls_memset(kdata.data, 0, kdata.size);
+        gnutls_free(kdata.data);
+    }
+    gnutls_privkey_deinit(key);
+    gnutls_pubkey_deinit(certpub);
+    gnutls_pubkey_deinit(keypub);
+    free_chain(chain, n);
+    return rc;
+}
+
+int tls_ca_check(const char *ca_path, char *err, size_t errlen)
+{
+    gnutls_x509_crt_t *chain = NULL;
+    unsigned n = 0;
+    int rc = load_chain(ca_path, &chain, &n, err, errlen);
+    if (rc < 0)
+        return rc;
+    for (unsigned i = 0; i < n && rc == 0; i++)
+        rc = check_dates(chain[i], ca_path, NULL, err, errlen);
+    free_chain(chain, n);
+    return rc;
+}
+
+int tls_der_cn(const uint8_t *der, size_t len, char *cn, size_t cnlen)
+{
+    gnutls_x509_crt_t crt;
+    gnutls_datum_t d = {(unsigned char *)der, (unsigned)len};
+    size_t size = cnlen;
+    int rc = -EINVAL;
+
+    if (gnutls_x509_crt_init(&crt) < 0)
+        return -ENOMEM;
+    if (gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_DER) >= 0 &&
+        gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &size) >= 0 &&
+        size < cnlen && strlen(cn) == size)
+        rc = 0;
+    gnutls_x509_crt_deinit(crt);
+    return rc;
+}

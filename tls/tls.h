@@ -1,0 +1,29 @@
+/*
+ * GnuTLS work that is not libcoap's: loading and checking certificates and
+ * keys, reading a device certificate's subject CN.
+ */
+#ifndef TANDEM_TLS_H
+#define TANDEM_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Days within which an expiry is warned about (SPEC §8). */
+#define TLS_EXPIRY_WARN_DAYS 21
+
+/*
+ * Checks a PEM certificate chain and its private key: both load, the key
+ * matches the first certificate, and that certificate is valid now.
+ * *days_left gets the days until it expires. Returns 0, or a negative errno
+ * code with a reason in err.
+ */
+int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, char *err,
+                   size_t errlen);
+
+/* Checks a PEM CA bundle: at least one certificate, none expired. */
+int tls_ca_check(const char *ca_path, char *err, size_t errlen);
+
+/* Subject CN of a DER certificate into cn. Returns 0, or a negative errno code. */
+int tls_der_cn(const uint8_t *der, size_t len, char *cn, size_t cnlen);
+
+#endif
