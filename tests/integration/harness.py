@@ -1,0 +1,420 @@
+"""Integration test harness: a real Mosquitto with TLS, the real tandem binary,
+libcoap's coap-client as the device. Loopback only, free ports, every process
+and file cleaned up at exit, every wait bounded and driven by an event."""
+
+import atexit
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+TANDEM = os.environ.get("TANDEM", "tandem")
+WAIT = float(os.environ.get("TANDEM_TEST_WAIT", "15"))  # bound on any single wait, s
+
+_procs = []
+_dirs = []
+_gateways = []
+
+
+def _cleanup(*_):
+    for p in _procs:
+        if p.poll() is None:
+            p.kill()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    for d in _dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _on_signal(signum, _frame):
+    _cleanup()
+    sys.exit(128 + signum)
+
+
+atexit.register(_cleanup)
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+class Failure(AssertionError):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failure(what)
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, **kw)
+    _procs.append(p)
+    return p
+
+
+def workdir():
+    d = tempfile.mkdtemp(prefix="tandem-it-")
+    _dirs.append(d)
+    return d
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port free for both TCP and UDP on 127.0.0.1, at the time of asking."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise Failure("no free port")
+
+
+def wait_until(pred, what, timeout=WAIT):
+    """Polls pred (cheap, local) until true; the bound turns a hang into a failure."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise Failure("timed out waiting for " + what)
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+class Pki:
+    """A throw-away CA, a gateway/broker certificate, device certificates, and a
+    second, foreign CA."""
+
+    def __init__(self, d):
+        self.dir = d
+        self._ca("ca")
+        self._ca("other-ca")
+        self.server = self.leaf("server", "localhost", "ca",
+                                san="DNS:localhost,IP:127.0.0.1,IP:::1", server=True)
+
+    def _ca(self, name):
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", name + ".key",
+                cwd=self.dir)
+        openssl("req", "-x509", "-new", "-key", name + ".key", "-sha256", "-days", "30",
+                "-subj", "/CN=Tandem test " + name, "-out", name + ".pem", cwd=self.dir)
+
+    def leaf(self, name, cn, ca="ca", san=None, server=False):
+        ext = os.path.join(self.dir, name + ".ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyAgreement\n")
+            f.write("extendedKeyUsage=%s\n" % ("serverAuth,clientAuth" if server else "clientAuth"))
+            if san:
+                f.write("subjectAltName=%s\n" % san)
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", name + ".key",
+                cwd=self.dir)
+        openssl("req", "-new", "-key", name + ".key", "-subj", "/CN=" + cn, "-out", name + ".csr",
+                cwd=self.dir)
+        openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+                "-CAcreateserial", "-days", "30", "-sha256", "-extfile", ext, "-out",
+                name + ".pem", cwd=self.dir)
+        return (os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key"))
+
+    @property
+    def ca(self):
+        return os.path.join(self.dir, "ca.pem")
+
+
+class Broker:
+    """Mosquitto with one TLS listener on loopback."""
+
+    def __init__(self, d, pki, port=None):
+        self.dir, self.pki = d, pki
+        self.port = port or free_port()
+        self.conf = os.path.join(d, "mosquitto-%d.conf" % self.port)
+        with open(self.conf, "w") as f:
+            if os.geteuid() == 0:
+                f.write("user root\n")
+            f.write("per_listener_settings false\nallow_anonymous true\npersistence false\n")
+            f.write("listener %d 127.0.0.1\n" % self.port)
+            f.write("cafile %s\ncertfile %s\nkeyfile %s\n" % (pki.ca, pki.server[0], pki.server[1]))
+        self.proc = None
+        self.log = os.path.join(d, "mosquitto-%d.log" % self.port)
+
+    def start(self):
+        self.proc = spawn(["mosquitto", "-c", self.conf], stdout=open(self.log, "a"),
+                          stderr=subprocess.STDOUT)
+
+        def listening():
+            check(self.proc.poll() is None, "mosquitto exited: " + open(self.log).read())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_until(listening, "mosquitto to listen on %d" % self.port)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(WAIT)
+
+    def client_args(self):
+        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca]
+
+    def publish(self, topic, payload, *extra):
+        subprocess.run(["mosquitto_pub", *self.client_args(), "-t", topic, "-m", payload, *extra],
+                       check=True, timeout=WAIT)
+
+
+class Subscriber:
+    """mosquitto_sub (MQTT 5, QoS 2) collecting messages as dicts."""
+
+    FORMAT = r"%t\t%q\t%r\t%C\t%F\t%P\t%x"
+
+    def __init__(self, broker, *filters):
+        self.broker = broker
+        self.probe_topic = "probe/" + secrets.token_hex(4)
+        args = ["stdbuf", "-oL", "mosquitto_sub", "-V", "5", "-q", "2", *broker.client_args(),
+                "-F", self.FORMAT, "-t", self.probe_topic]
+        for f in filters:
+            args += ["-t", f]
+        self.proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.messages = []
+        self.probes = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.sync()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 7:
+                continue
+            t, q, r, ctype, pfi, props, hexdata = parts
+            with self.lock:
+                if t == self.probe_topic:
+                    self.probes += 1
+                    continue
+                self.messages.append({"topic": t, "qos": int(q), "retain": r == "1",
+                                      "content_type": ctype, "pfi": pfi, "props": props,
+                                      "payload": bytes.fromhex(hexdata)})
+
+    def sync(self):
+        """Publishes a probe and waits until it arrives: everything the broker had
+        routed to this subscriber before it has arrived too."""
+        with self.lock:
+            want = self.probes + 1
+        deadline = time.monotonic() + WAIT
+        while True:
+            self.broker.publish(self.probe_topic, "probe", "-q", "1")
+            try:
+                wait_until(lambda: self.probes >= want, "probe", timeout=1.0)
+                return
+            except Failure:
+                if time.monotonic() > deadline:
+                    raise Failure("the subscriber never received its probe")
+
+    def wait_for(self, n, what="messages"):
+        wait_until(lambda: len(self.messages) >= n, "%d %s" % (n, what))
+        with self.lock:
+            return list(self.messages)
+
+    def stop(self):
+        self.proc.terminate()
+
+
+class Gateway:
+    """The tandem binary with a generated configuration."""
+
+    def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
+                 mappings=None, gateway="", psk=None):
+        self.dir = d
+        self.dtls_port = free_port(socket.SOCK_DGRAM)
+        self.plain_port = free_port(socket.SOCK_DGRAM)
+        self.psk = psk if psk is not None else {"bike-1": "secret-bike-1",
+                                                 "bike-2": "secret-bike-2"}
+        psk_file = os.path.join(d, "psk.txt")
+        with open(psk_file, "w") as f:
+            f.write("# test identities\n")
+            for ident, key in self.psk.items():
+                f.write("%s:%s\n" % (ident, key.encode().hex()))
+        if mappings is None:
+            mappings = DEFAULT_MAPPINGS
+        self.conf = os.path.join(d, "tandem.conf")
+        with open(self.conf, "w") as f:
+            f.write('gateway = { id = "it"; log_level = "debug"; %s };\n' % gateway)
+            f.write('coap = { bind = "127.0.0.1"; port = %d; %s\n' % (self.plain_port, coap))
+            f.write('  dtls = { port = %d; %s };\n' % (self.dtls_port, dtls))
+            f.write("};\n")
+            f.write('mqtt = { uri = "mqtts://127.0.0.1:%d"; ca = "%s"; stats_interval = 0; %s };\n'
+                    % (broker.port, pki.ca, mqtt))
+            f.write("mappings = (\n%s\n);\n" % mappings)
+        self.log = os.path.join(d, "tandem.log")
+        self.proc = None
+        self.lines = []
+        _gateways.append(self)
+
+    def start(self, wait_connected=True):
+        self.proc = spawn([TANDEM, "run", "-c", self.conf], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        wait_until(lambda: self.count("ready") or self.proc.poll() is not None, "tandem ready")
+        check(self.proc.poll() is None, "tandem exited at start:\n" + self.text())
+        if wait_connected:
+            self.wait_log("mqtt: connected to")
+        return self
+
+    def _read(self):
+        with open(self.log, "a") as out:
+            for line in self.proc.stderr:
+                out.write(line)
+                out.flush()
+                self.lines.append(line)
+
+    def text(self):
+        return "".join(self.lines)
+
+    def count(self, needle):
+        return sum(needle in l for l in list(self.lines))
+
+    def wait_log(self, needle, n=1):
+        wait_until(lambda: self.count(needle) >= n, "'%s' x%d in the gateway log" % (needle, n))
+
+    def stop(self):
+        """SIGTERM, then the exit status once the log is read to its end."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(WAIT)
+        self.reader.join(WAIT)
+        return self.proc.returncode
+
+
+DEFAULT_MAPPINGS = """
+  { name = "telemetry"; resource = "bikes/{identity}/telemetry";
+    topic = "redback/p1/bikes/{identity}/telemetry"; direction = "up"; qos = 1; },
+  { name = "status"; resource = "bikes/{identity}/status";
+    topic = "redback/p1/bikes/{identity}/status"; direction = "up"; qos = 0; retain = true; },
+  { name = "exact"; resource = "bikes/{identity}/workout";
+    topic = "redback/p1/bikes/{identity}/workout"; direction = "up"; qos = 2; },
+  { name = "zones"; resource = "zones/{zone}/{rest*}";
+    topic = "redback/p1/zones/{zone}/{rest*}"; direction = "up"; qos = 1; },
+  { name = "public"; resource = "public/{name}";
+    topic = "redback/p1/public/{name}"; direction = "up"; qos = 1; }
+"""
+
+
+class Response:
+    def __init__(self, code, options, raw):
+        self.code, self.options, self.raw = code, options, raw
+
+    def __repr__(self):
+        return "Response(%s, %r)" % (self.code, self.options)
+
+
+_PDU = re.compile(r"^v:1 t:(CON|NON|ACK|RST) c:(\d\.\d\d) i:[0-9a-f]+ \{[0-9a-f]*\} \[(.*?)\]")
+
+
+def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls", psk=None,
+         cert=None, ca=None, cf=None, block=None, extra=(), timeout=5):
+    """Runs coap-client; returns the last response (code "2.04", options text), or
+    None when no response came. coap-client exits 0 whatever the answer, so the
+    answer is read from the PDUs it prints at verbosity 6."""
+    args = [client, "-v", "6", "-B", str(timeout), "-m", method]
+    if psk:
+        args += ["-u", psk[0], "-k", psk[1]]
+    if cert:
+        args += ["-c", cert[0], "-j", cert[1]]
+    if ca:
+        args += ["-R", ca]
+    if cf is not None:
+        args += ["-t", str(cf)]
+    if block:
+        args += ["-b", str(block)]
+    if payload is not None:
+        args += ["-e", payload]
+    if file:
+        args += ["-f", file]
+    args += list(extra) + [url]
+    out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         errors="replace", timeout=timeout + WAIT)
+    last = None
+    for line in out.stdout.splitlines():
+        m = _PDU.match(line)
+        if m and m.group(2) != "0.00" and int(m.group(2)[0]) >= 2:
+            last = Response(m.group(2), m.group(3), out.stdout)
+    return last
+
+
+def coap_raw_post(port, path, payload, mid, token, confirmable=True):
+    """Encodes a CoAP POST by hand (RFC 7252 §3), for tests that must control the
+    Message ID."""
+    head = struct.pack("!BBH", 0x40 | (0 if confirmable else 0x10) | len(token), 0x02, mid) + token
+    opts, last = b"", 0
+    for seg in path.split("/"):
+        s = seg.encode()
+        delta = 11 - last
+        last = 11
+        check(len(s) < 13, "short segments only")
+        opts += bytes([(delta << 4) | len(s)]) + s
+    return head + opts + b"\xff" + payload
+
+
+def coap_decode(data):
+    """(type, code "c.dd", mid, token) of a CoAP message."""
+    b0, code, mid = struct.unpack("!BBH", data[:4])
+    tkl = b0 & 0x0F
+    return ((b0 >> 4) & 3, "%d.%02d" % (code >> 5, code & 31), mid, data[4:4 + tkl])
+
+
+def sanitizer_reports():
+    """What AddressSanitizer/UndefinedBehaviorSanitizer said in any gateway's log."""
+    found = []
+    for g in _gateways:
+        for line in g.lines:
+            if "runtime error:" in line or "Sanitizer" in line:
+                found.append(line.strip())
+    return found
+
+
+def run(cases):
+    """Runs the case named on the command line (or all); prints a summary line."""
+    names = sys.argv[1:] or list(cases)
+    passed = failed = 0
+    for name in names:
+        start = time.monotonic()
+        try:
+            cases[name]()
+            for g in _gateways:
+                g.stop()
+            reports = sanitizer_reports()
+            check(not reports, "sanitizer reports:\n" + "\n".join(reports[:20]))
+            passed += 1
+            print("ok %s (%.1fs)" % (name, time.monotonic() - start), flush=True)
+        except Exception as e:  # report every kind of failure as this case's
+            failed += 1
+            print("FAIL %s: %s: %s" % (name, type(e).__name__, e), flush=True)
+            import traceback
+            traceback.print_exc()
+        finally:
+            _cleanup()
+            _procs.clear()
+            _dirs.clear()
+            _gateways.clear()
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)

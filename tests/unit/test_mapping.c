@@ -1,0 +1,249 @@
+/*
+ * Mapping engine: the SPEC's examples as test vectors, and every refusal.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mapping.h"
+
+static map_table_t *table;
+
+static void add(const char *name, const char *res, const char *topic, int dir, int qos)
+{
+    char err[256] = "";
+    map_spec_t s = {.name = name, .resource = res, .topic = topic, .direction = dir, .qos = qos};
+    cr_assert_eq(map_table_add(table, &s, err, sizeof(err)), 0, "%s: %s", name, err);
+}
+
+static int add_err(const char *res, const char *topic, int dir, char *err, size_t len)
+{
+    map_spec_t s = {.name = "x", .resource = res, .topic = topic, .direction = dir, .qos = 1};
+    return map_table_add(table, &s, err, len);
+}
+
+static void setup(void)
+{
+    table = map_table_new("edge-01");
+    cr_assert_not_null(table);
+}
+
+static void teardown(void)
+{
+    map_table_free(table);
+}
+
+static enum map_status route(const char *path, int dir, const char *identity, char *topic,
+                             const map_entry_t **e)
+{
+    map_segs_t segs;
+    cr_assert_eq(map_split(path, strlen(path), &segs), 0);
+    return map_route(table, &segs, dir, identity, e, topic, MAP_PATH_MAX + 1);
+}
+
+TestSuite(mapping, .init = setup, .fini = teardown);
+
+Test(mapping, spec_telemetry_example)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e = NULL;
+    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry",
+        MAP_UP, 1);
+    cr_assert_eq(route("bikes/bike-7/telemetry", MAP_UP, "bike-7", topic, &e), MAP_OK);
+    cr_assert_str_eq(topic, "redback/p1/bikes/bike-7/telemetry");
+    cr_assert_str_eq(map_entry_name(e), "telemetry");
+    cr_assert_eq(map_entry_qos(e), 1);
+}
+
+Test(mapping, another_identity_is_forbidden)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP,
+        1);
+    cr_assert_eq(route("bikes/bike-8/telemetry", MAP_UP, "bike-7", topic, &e), MAP_FORBIDDEN);
+    cr_assert_eq(map_status_code(MAP_FORBIDDEN), 403);
+}
+
+Test(mapping, identity_needed_but_anonymous)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP,
+        1);
+    add("hello", "hello", "redback/hello/{identity}", MAP_UP, 0);
+    cr_assert_eq(route("bikes/bike-7/telemetry", MAP_UP, NULL, topic, &e), MAP_UNAUTHORIZED);
+    /* {identity} only in the topic needs an identity too. */
+    cr_assert_eq(route("hello", MAP_UP, NULL, topic, &e), MAP_UNAUTHORIZED);
+    cr_assert_eq(route("hello", MAP_UP, "bike-1", topic, &e), MAP_OK);
+    cr_assert_str_eq(topic, "redback/hello/bike-1");
+}
+
+Test(mapping, variables_and_multi_segment)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("ev", "fleet/{site}/events/{rest*}", "{gateway}/sites/{site}/{rest*}", MAP_UP, 0);
+    cr_assert_eq(route("fleet/perth/events/a/b/c", MAP_UP, NULL, topic, &e), MAP_OK);
+    cr_assert_str_eq(topic, "edge-01/sites/perth/a/b/c");
+    cr_assert_eq(route("fleet/perth/events", MAP_UP, NULL, topic, &e), MAP_NOT_FOUND);
+}
+
+Test(mapping, not_found_and_wrong_method)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("up", "a/{x}", "t/{x}", MAP_UP, 0);
+    cr_assert_eq(route("b/1", MAP_UP, NULL, topic, &e), MAP_NOT_FOUND);
+    cr_assert_eq(route("a/1/2", MAP_UP, NULL, topic, &e), MAP_NOT_FOUND);
+    cr_assert_eq(route("a/1", MAP_DOWN, NULL, topic, &e), MAP_BAD_METHOD);
+    cr_assert_eq(map_status_code(MAP_NOT_FOUND), 404);
+    cr_assert_eq(map_status_code(MAP_BAD_METHOD), 405);
+}
+
+Test(mapping, first_match_in_file_order_for_the_direction)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("down", "a/{x}", "down/{x}", MAP_DOWN, 0);
+    add("up", "a/{x}", "up/{x}", MAP_UP, 0);
+    add("late", "a/{x}", "late/{x}", MAP_UP, 0);
+    cr_assert_eq(route("a/1", MAP_UP, NULL, topic, &e), MAP_OK);
+    cr_assert_str_eq(topic, "up/1");
+    cr_assert_str_eq(map_entry_name(map_table_shadowed_by(table, map_table_get(table, 2))), "up");
+    cr_assert_null(map_table_shadowed_by(table, map_table_get(table, 1)));
+}
+
+Test(mapping, bad_values_are_refused)
+{
+    static const char *bad[] = {"a/+",  "a/#",    "a/$SYS", "a/x+y", "a/x#", "a/",
+                                "a/\xff", "a/\xc0\xaf", "a/\xed\xa0\x80"};
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    add("up", "a/{x}", "t/{x}", MAP_UP, 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_expect_eq(route(bad[i], MAP_UP, NULL, topic, &e), MAP_BAD_VALUE, "%zu", i);
+    /* A NUL inside a segment (CoAP options are binary). */
+    map_segs_t segs = {.n = 2, .s = {"a", "x\0y"}, .len = {1, 3}};
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
+    /* A '/' inside one Uri-Path option would add topic levels. */
+    map_segs_t slash = {.n = 2, .s = {"a", "x/y"}, .len = {1, 3}};
+    cr_assert_eq(map_route(table, &slash, MAP_UP, NULL, &e, topic, sizeof(topic)),
+                 MAP_BAD_VALUE);
+    cr_assert_eq(map_status_code(MAP_BAD_VALUE), 400);
+    cr_assert_eq(route("a/caf\xc3\xa9", MAP_UP, NULL, topic, &e), MAP_OK);
+}
+
+Test(mapping, refused_templates)
+{
+    static const struct {
+        const char *res, *topic, *why;
+    } cases[] = {
+        {"a/{x}", "t/{y}", "does not appear"},
+        {"a/{x}", "t", "does not appear"},
+        {"a", "t/{y}", "does not appear"},
+        {"a/{x*}/b", "t/{x*}", "last segment"},
+        {"a/{x*}", "t/{x}", "is {x*}"},
+        {"a/+", "t", "wildcard"},
+        {"a", "t/#", "wildcard"},
+        {"a", "$SYS/x", "'$'"},
+        {"/a", "t", "empty segment"},
+        {"a//b", "t", "empty segment"},
+        {"a/", "t", "empty segment"},
+        {"", "t", "empty"},
+        {"a/b{x}", "t/{x}", "whole segment"},
+        {"a/{x-y}", "t", "not a variable"},
+        {"a/{x}/{x}", "t/{x}", "twice"},
+        {"a/{identity*}", "t", "{identity}"},
+        {"a/{}", "t", "not a variable"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[256] = "";
+        cr_expect_lt(add_err(cases[i].res, cases[i].topic, MAP_UP, err, sizeof(err)), 0,
+                     "%s -> %s accepted", cases[i].res, cases[i].topic);
+        cr_expect(strstr(err, cases[i].why) != NULL, "%s -> %s: \"%s\" lacks \"%s\"",
+                  cases[i].res, cases[i].topic, err, cases[i].why);
+    }
+    cr_assert_eq(map_table_count(table), 0);
+}
+
+Test(mapping, names_qos_direction_checked)
+{
+    char err[256];
+    map_spec_t s = {.name = "a", .resource = "r", .topic = "t", .direction = MAP_UP, .qos = 3};
+    cr_assert_lt(map_table_add(table, &s, err, sizeof(err)), 0);
+    s.qos = 0;
+    s.direction = 0;
+    cr_assert_lt(map_table_add(table, &s, err, sizeof(err)), 0);
+    s.direction = MAP_UP;
+    cr_assert_eq(map_table_add(table, &s, err, sizeof(err)), 0);
+    cr_assert_lt(map_table_add(table, &s, err, sizeof(err)), 0);
+    cr_assert(strstr(err, "already used") != NULL);
+}
+
+Test(mapping, subscription_filters)
+{
+    char buf[256];
+    add("c", "bikes/{identity}/commands", "redback/{gateway}/bikes/{identity}/commands", MAP_DOWN,
+        1);
+    add("w", "plans/{plan}/{rest*}", "redback/plans/{plan}/{rest*}", MAP_DOWN, 0);
+    cr_assert_gt(map_entry_filter(map_table_get(table, 0), buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "redback/edge-01/bikes/+/commands");
+    cr_assert_gt(map_entry_filter(map_table_get(table, 1), buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "redback/plans/+/#");
+    cr_assert_eq(map_entry_filter(map_table_get(table, 1), buf, 8), -ENAMETOOLONG);
+}
+
+Test(mapping, topic_back_to_resource)
+{
+    char res[MAP_PATH_MAX + 1], id[MAP_IDENTITY_MAX + 1];
+    const map_entry_t *e = NULL;
+    const char *t = "redback/p1/bikes/bike-7/commands";
+    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry",
+        MAP_UP, 1);
+    add("commands", "bikes/{identity}/commands", "redback/p1/bikes/{identity}/commands",
+        MAP_DOWN, 1);
+    add("plans", "plans/{rest*}", "redback/plans/{rest*}", MAP_BOTH, 0);
+    cr_assert_eq(map_reverse(table, t, strlen(t), &e, res, sizeof(res), id, sizeof(id)), MAP_OK);
+    cr_assert_str_eq(res, "bikes/bike-7/commands");
+    cr_assert_str_eq(id, "bike-7");
+    cr_assert_str_eq(map_entry_name(e), "commands");
+    t = "redback/plans/a/b";
+    cr_assert_eq(map_reverse(table, t, strlen(t), &e, res, sizeof(res), id, sizeof(id)), MAP_OK);
+    cr_assert_str_eq(res, "plans/a/b");
+    cr_assert_str_eq(id, "");
+    /* An up-only mapping's topic is not a resource. */
+    t = "redback/p1/bikes/bike-7/telemetry";
+    cr_assert_eq(map_reverse(table, t, strlen(t), &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_NOT_FOUND);
+    t = "redback/p1/bikes/$x/commands";
+    cr_assert_eq(map_reverse(table, t, strlen(t), &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_BAD_VALUE);
+}
+
+Test(mapping, identities)
+{
+    char longid[MAP_IDENTITY_MAX + 2];
+    memset(longid, 'a', sizeof(longid));
+    cr_assert(map_identity_ok("bike-7", 6));
+    cr_assert(map_identity_ok(longid, MAP_IDENTITY_MAX));
+    cr_assert_not(map_identity_ok(longid, MAP_IDENTITY_MAX + 1));
+    cr_assert_not(map_identity_ok("", 0));
+    cr_assert_not(map_identity_ok("a/b", 3));
+    cr_assert_not(map_identity_ok("a+b", 3));
+    cr_assert_not(map_identity_ok("a#", 2));
+    cr_assert_not(map_identity_ok("$a", 2));
+    cr_assert_not(map_identity_ok("a\0b", 3));
+    cr_assert_not(map_identity_ok("\xfe", 1));
+}
+
+Test(mapping, too_many_segments)
+{
+    char path[200];
+    map_segs_t segs;
+    size_t n = 0;
+    for (int i = 0; i < MAP_SEGMENTS_MAX + 1; i++)
+        n += (size_t)snprintf(path + n, sizeof(path) - n, i ? "/a" : "a");
+    cr_assert_eq(map_split(path, n, &segs), -E2BIG);
+}
