@@ -618,6 +618,7 @@ void bridge_free(bridge_t *b)
         return;
     if (event_bridge == b)
         event_bridge = NULL;
+    dtls_peers_free(sess_free);
     mqtt_free(b->mqtt);
     inbox_free(b->inbox);
     free(b->pend);

@@ -253,6 +253,12 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
     return 0;
 }
 
+/*
+ * Every live peer state. The loop thread owns libcoap and so this list; one
+ * CoAP context per process.
+ */
+static dtls_peer_t *peers;
+
 dtls_peer_t *dtls_peer_get(coap_session_t *session)
 {
     dtls_peer_t *peer = coap_session_get_app_data(session);
@@ -260,20 +266,41 @@ dtls_peer_t *dtls_peer_get(coap_session_t *session)
         peer = calloc(1, sizeof(*peer));
         if (!peer)
             return NULL;
+        peer->session = session;
+        peer->next = peers;
+        if (peers)
+            peers->prev = peer;
+        peers = peer;
         coap_session_set_app_data(session, peer);
     }
     return peer;
 }
 
+static void peer_free(dtls_peer_t *peer, void (*free_app)(void *app))
+{
+    if (peer->prev)
+        peer->prev->next = peer->next;
+    else
+        peers = peer->next;
+    if (peer->next)
+        peer->next->prev = peer->prev;
+    if (free_app)
+        free_app(peer->app);
+    coap_session_set_app_data(peer->session, NULL);
+    free(peer);
+}
+
 void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app))
 {
     dtls_peer_t *peer = coap_session_get_app_data(session);
-    if (!peer)
-        return;
-    if (free_app)
-        free_app(peer->app);
-    coap_session_set_app_data(session, NULL);
-    free(peer);
+    if (peer)
+        peer_free(peer, free_app);
+}
+
+void dtls_peers_free(void (*free_app)(void *app))
+{
+    while (peers)
+        peer_free(peers, free_app);
 }
 
 const char *dtls_identity(coap_session_t *session)

@@ -38,6 +38,8 @@ typedef struct dtls_peer {
     char identity[MAP_IDENTITY_MAX + 1];
     bool has_identity;
     void *app;
+    coap_session_t *session;              /* the session this belongs to */
+    struct dtls_peer *prev, *next;        /* every live peer, for dtls_peers_free */
 } dtls_peer_t;
 
 /* The session's peer state, created on first use; NULL on ENOMEM. */
@@ -45,6 +47,13 @@ dtls_peer_t *dtls_peer_get(coap_session_t *session);
 
 /* Frees the session's peer state (at COAP_EVENT_SERVER_SESSION_DEL). */
 void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app));
+
+/*
+ * Frees every peer state still held: libcoap 4.3 frees the sessions left at
+ * coap_free_context() without a COAP_EVENT_SERVER_SESSION_DEL. Call it just
+ * before coap_free_context().
+ */
+void dtls_peers_free(void (*free_app)(void *app));
 
 /* The device identity of the session, or NULL when anonymous. */
 const char *dtls_identity(coap_session_t *session);

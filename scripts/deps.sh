@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Tandem needs to build, test and run its demo (Debian 12).
+set -euo pipefail
+
+packages=(
+  build-essential meson ninja-build pkg-config
+  libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
+  libcriterion-dev
+  mosquitto mosquitto-clients openssl python3 coreutils procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+echo "deps: installing ${missing[*]}"
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Tandem runs its own brokers; the packaged one is not needed.
+"${sudo[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
