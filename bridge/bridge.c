@@ -1,10 +1,11 @@
 /*
  * CoAP -> MQTT (SPEC §3 and the up rows of §6).
  *
- * A request for a QoS 1/2 mapping is registered with libcoap's async support
- * and answered once the broker acknowledges: libcoap sends the empty ACK when
- * the handler returns without an answer, and re-runs the handler when the
- * async entry is triggered, which then sends the separate response.
+ * A request for a QoS 1/2 mapping waits for the broker's acknowledgement.
+ * The handler leaves libcoap nothing to send (an empty NON response, which
+ * libcoap drops), and the bridge answers by itself: piggybacked on the ACK
+ * when the acknowledgement comes within PIGGYBACK_MS, otherwise with an
+ * empty ACK then and a separate response later (RFC 7252 §5.2.2).
  */
 #include "bridge.h"
 
@@ -31,6 +32,8 @@
 #define INBOX_BATCH 64
 /* How often bridge_tick needs to run while anything waits, ms. */
 #define TICK_MS 100
+/* How long a confirmable request waits for a piggybacked answer, ms. */
+#define PIGGYBACK_MS 500
 /* Code for "no answer yet". */
 #define CODE_PENDING 0
 #define NO_BLOCK1 UINT32_MAX
@@ -38,7 +41,8 @@
 struct dedup {
     bool used;
     uint16_t mid;
-    uint16_t code;   /* e.g. 204 */
+    uint16_t code;   /* e.g. 204, or CODE_PENDING while the broker has it */
+    uint64_t pending; /* CODE_PENDING: the publish's request id */
     uint32_t block1; /* Block1 option value echoed, or NO_BLOCK1 */
     uint16_t max_age;
     uint64_t at_ms;
@@ -58,17 +62,20 @@ struct sess {
     uint64_t b1_at_ms;
 };
 
-/* A publish waiting for the broker. */
+/* A publish waiting for the broker, and the request it will answer. */
 struct pending {
     bool used;
-    uint32_t gen;        /* bumped at each release; part of the request id */
-    coap_async_t *async; /* libcoap's; valid until the handler re-runs */
-    uint16_t mid;        /* the request's MID, for the dedup record */
-    uint16_t ok_code;    /* 204, or 202 for DELETE */
-    uint16_t code;       /* the answer once known, else CODE_PENDING */
+    uint32_t gen;             /* bumped at each release; part of the request id */
+    coap_session_t *session;  /* a reference is held until the answer is sent */
+    uint8_t token[8];
+    size_t token_len;
+    uint16_t mid;             /* the request's Message ID */
+    bool con;                 /* confirmable request */
+    bool separate;            /* the empty ACK went out: the answer is separate */
+    uint16_t ok_code;         /* 204, or 202 for DELETE */
     uint32_t block1;
     size_t map;
-    uint64_t started_ms, deadline_ms;
+    uint64_t started_ms, piggyback_ms, deadline_ms;
 };
 
 struct map_counters {
@@ -137,11 +144,13 @@ static const struct dedup *dedup_find(const struct sess *s, uint16_t mid, uint64
     return NULL;
 }
 
-static void dedup_add(struct sess *s, uint16_t mid, int code, uint32_t block1, int max_age)
+static struct dedup *dedup_add(struct sess *s, uint16_t mid, int code, uint32_t block1,
+                               int max_age)
 {
     struct dedup *d = &s->recent[s->next++ % DEDUP_SLOTS];
     *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
                         .max_age = (uint16_t)max_age, .at_ms = now_ms()};
+    return d;
 }
 
 /* Sets the response code and its options. */
@@ -149,7 +158,7 @@ static void answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int
                    int size1)
 {
     uint8_t buf[4];
-    coap_pdu_set_code(resp, COAP_RESPONSE_CODE(code));
+    coap_pdu_set_code(resp, (coap_pdu_code_t)COAP_RESPONSE_CODE(code));
     if (max_age >= 0)
         coap_add_option(resp, COAP_OPTION_MAXAGE,
                         coap_encode_var_safe(buf, sizeof(buf), (unsigned)max_age), buf);
@@ -220,7 +229,7 @@ static struct pending *pending_alloc(bridge_t *b)
         if (!b->pend[i].used) {
             struct pending *p = &b->pend[i];
             p->used = true;
-            p->code = CODE_PENDING;
+            p->separate = false;
             b->inflight++;
             return p;
         }
@@ -230,8 +239,9 @@ static struct pending *pending_alloc(bridge_t *b)
 
 static void pending_release(bridge_t *b, struct pending *p)
 {
+    coap_session_release(p->session);
+    p->session = NULL;
     p->used = false;
-    p->async = NULL;
     p->gen++;
     b->inflight--;
 }
@@ -250,34 +260,52 @@ static struct pending *pending_by_id(bridge_t *b, uint64_t id)
     return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
 }
 
-/* Settles a pending publish with code and wakes its request handler. */
-static void pending_settle(struct pending *p, int code)
+/* Sends the empty ACK of a request whose answer will be separate. */
+static void send_empty_ack(struct pending *p)
 {
-    if (p->code != CODE_PENDING)
-        return;
-    p->code = (uint16_t)code;
-    coap_async_trigger(p->async);
+    coap_pdu_t *ack = coap_pdu_init(COAP_MESSAGE_ACK, 0, p->mid, 4);
+    p->separate = true;
+    if (ack && coap_send(p->session, ack) == COAP_INVALID_MID)
+        gw_debug("coap", "cannot send an empty ACK");
 }
 
-/* The handler re-run by libcoap for a triggered async request. */
-static void answer_async(bridge_t *b, coap_session_t *session, coap_async_t *async,
-                         coap_pdu_t *resp)
+/*
+ * Answers the request of p with code, piggybacked on the ACK or as a separate
+ * response, and releases p.
+ */
+static void pending_answer(bridge_t *b, struct pending *p, int code)
 {
-    struct pending *p = coap_async_get_app_data(async);
-    struct sess *s = sess_get(session);
-    int code = p && p->code != CODE_PENDING ? p->code : 504;
+    coap_session_t *session = p->session;
     int max_age = code == 503 ? retry_after_s(b) : -1;
+    coap_pdu_type_t type = !p->separate ? COAP_MESSAGE_ACK
+                           : p->con     ? COAP_MESSAGE_CON
+                                        : COAP_MESSAGE_NON;
+    coap_mid_t mid = p->separate ? coap_new_message_id(session) : p->mid;
+    coap_pdu_t *resp = coap_pdu_init(type, 0, mid, coap_session_max_pdu_size(session));
 
-    answer(b, resp, code, p ? p->block1 : NO_BLOCK1, max_age, -1);
-    if (p) {
-        if (s)
-            dedup_add(s, p->mid, code, p->block1, max_age);
-        if (code == p->ok_code)
-            b->maps[p->map].up++;
-        else
-            b->maps[p->map].refused++;
-        pending_release(b, p);
+    if (resp && coap_add_token(resp, p->token_len, p->token)) {
+        answer(b, resp, code, p->block1, max_age, -1);
+        if (coap_send(session, resp) == COAP_INVALID_MID)
+            gw_debug("coap", "cannot send an answer");
+    } else {
+        coap_delete_pdu(resp);
     }
+    /* Retransmissions of the request from now on get the same answer. */
+    struct sess *s = sess_get(session);
+    if (s) {
+        for (unsigned i = 0; i < DEDUP_SLOTS; i++) {
+            struct dedup *d = &s->recent[i];
+            if (d->used && d->code == CODE_PENDING && d->pending == pending_id(b, p)) {
+                d->code = (uint16_t)code;
+                d->max_age = (uint16_t)(max_age < 0 ? 0 : max_age);
+            }
+        }
+    }
+    if (code == p->ok_code)
+        b->maps[p->map].up++;
+    else
+        b->maps[p->map].refused++;
+    pending_release(b, p);
 }
 
 /* Collects the Uri-Path options as segments; false when there are too many. */
@@ -400,7 +428,6 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
                        const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
 {
     bridge_t *b = coap_resource_get_userdata(resource);
-    coap_async_t *async = coap_find_async(session, coap_pdu_get_token(req));
     struct sess *s;
     map_segs_t segs;
     const map_entry_t *e = NULL;
@@ -413,10 +440,6 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
     uint16_t mid = (uint16_t)coap_pdu_get_mid(req);
     (void)query;
 
-    if (async) {
-        answer_async(b, session, async, resp);
-        return;
-    }
     b->st.requests++;
     s = sess_get(session);
     if (!s) {
@@ -429,6 +452,17 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
     const struct dedup *d = dedup_find(s, mid, now_ms());
     if (d) {
         b->st.duplicates++;
+        if (d->code == CODE_PENDING) {
+            /*
+             * The device retransmits while the broker has not answered:
+             * libcoap sends the empty ACK (the response is left empty), and
+             * the answer will be separate.
+             */
+            struct pending *p = pending_by_id(b, d->pending);
+            if (p)
+                p->separate = true;
+            return;
+        }
         answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
         return;
     }
@@ -511,30 +545,30 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
         max_age = 1;
         goto refuse;
     }
-    p->async = coap_register_async(session, req, 0);
-    if (!p->async) {
-        pending_release(b, p);
-        code = 503;
-        max_age = 1;
-        goto refuse;
-    }
+    coap_bin_const_t token = coap_pdu_get_token(req);
+    p->session = coap_session_reference(session);
+    p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
+    memcpy(p->token, token.s, p->token_len);
     p->mid = mid;
+    p->con = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
+    p->separate = !p->con;
     p->ok_code = (uint16_t)ok_code;
     p->block1 = block1;
     p->map = mi;
     p->started_ms = now_ms();
+    p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
     p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
-    coap_async_set_app_data(p->async, p);
     int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
     if (rc < 0) {
-        coap_free_async(session, p->async);
         pending_release(b, p);
         code = 503;
         max_age = retry_after_s(b);
         goto refuse;
     }
     b->st.published++;
-    /* No answer now: libcoap sends the empty ACK; the 2.04 follows on PUBACK. */
+    dedup_add(s, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+    /* Nothing for libcoap to send: an empty NON response is dropped. */
+    coap_pdu_set_type(resp, COAP_MESSAGE_NON);
     return;
 
 refuse:
@@ -618,6 +652,9 @@ void bridge_free(bridge_t *b)
         return;
     if (event_bridge == b)
         event_bridge = NULL;
+    for (size_t i = 0; b->pend && i < b->npend; i++)
+        if (b->pend[i].used)
+            pending_release(b, &b->pend[i]);
     dtls_peers_free(sess_free);
     mqtt_free(b->mqtt);
     inbox_free(b->inbox);
@@ -688,12 +725,12 @@ void bridge_process_inbox(bridge_t *b)
             if (ev[i].id == UINT64_MAX)
                 break;
             p = pending_by_id(b, ev[i].id);
-            if (!p || p->code != CODE_PENDING)
+            if (!p)
                 break; /* answered already (timed out) */
             b->st.acked++;
             uint64_t lat = now_ms() - p->started_ms;
             b->st.lat_ms[lat < 1023 ? lat : 1023]++;
-            pending_settle(p, p->ok_code);
+            pending_answer(b, p, p->ok_code);
             break;
         case EV_PUB_FAILED:
             if (ev[i].id == UINT64_MAX)
@@ -703,7 +740,7 @@ void bridge_process_inbox(bridge_t *b)
                 break;
             gw_warn("mqtt", "publish failed (%s)", ev[i].text);
             /* A broker's refusal (reason >= 0x80) is final; anything else is an outage. */
-            pending_settle(p, ev[i].rc >= 0x80 ? 502 : 503);
+            pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
             break;
         }
     }
@@ -718,11 +755,16 @@ void bridge_tick(bridge_t *b)
     if (b->inflight) {
         for (size_t i = 0; i < b->npend; i++) {
             struct pending *p = &b->pend[i];
-            if (p->used && p->code == CODE_PENDING && now >= p->deadline_ms) {
+            if (!p->used)
+                continue;
+            if (now >= p->deadline_ms) {
                 b->st.timeouts++;
                 gw_warn("mqtt", "no acknowledgement within %ds; answering 5.04",
                         b->cfg->publish_timeout);
-                pending_settle(p, 504);
+                pending_answer(b, p, 504);
+            } else if (!p->separate && now >= p->piggyback_ms) {
+                gw_debug("coap", "broker slow: empty ACK now, separate answer later");
+                send_empty_ack(p);
             }
         }
     }
@@ -754,7 +796,7 @@ void bridge_abandon(bridge_t *b)
 {
     for (size_t i = 0; i < b->npend; i++)
         if (b->pend[i].used)
-            pending_settle(&b->pend[i], 503);
+            pending_answer(b, &b->pend[i], 503);
 }
 
 void bridge_publish_stats(bridge_t *b)

@@ -171,6 +171,13 @@ class Broker:
             self.proc.terminate()
             self.proc.wait(WAIT)
 
+    def pause(self):
+        """Freezes the broker: connections stay open, nothing is acknowledged."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
     def client_args(self):
         return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca]
 
@@ -320,11 +327,11 @@ DEFAULT_MAPPINGS = """
 
 
 class Response:
-    def __init__(self, code, options, raw):
-        self.code, self.options, self.raw = code, options, raw
+    def __init__(self, type_, code, options, raw):
+        self.type, self.code, self.options, self.raw = type_, code, options, raw
 
     def __repr__(self):
-        return "Response(%s, %r)" % (self.code, self.options)
+        return "Response(%s %s, %r)" % (self.type, self.code, self.options)
 
 
 _PDU = re.compile(r"^v:1 t:(CON|NON|ACK|RST) c:(\d\.\d\d) i:[0-9a-f]+ \{[0-9a-f]*\} \[(.*?)\]")
@@ -357,7 +364,7 @@ def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls
     for line in out.stdout.splitlines():
         m = _PDU.match(line)
         if m and m.group(2) != "0.00" and int(m.group(2)[0]) >= 2:
-            last = Response(m.group(2), m.group(3), out.stdout)
+            last = Response(m.group(1), m.group(2), m.group(3), out.stdout)
     return last
 
 

@@ -4,6 +4,7 @@ duplicates, block-wise bodies, broker outages, plain CoAP off by default."""
 import os
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,7 @@ def post_psk_arrives(client):
         fh.write(body)
     r = coap(url(g, "bikes/bike-1/telemetry"), file=f, cf=42, psk=BIKE1, client=client)
     check(r and r.code == "2.04", "POST answered %r" % r)
+    check(r.type == "ACK", "a quick PUBACK is piggybacked: %r" % r)
     m = sub.wait_for(1)[0]
     check(m["topic"] == "redback/p1/bikes/bike-1/telemetry", "topic %s" % m["topic"])
     check(m["payload"] == body, "payload differs (%d bytes vs %d)" % (len(m["payload"]), len(body)))
@@ -208,6 +210,36 @@ def broker_outage():
     check(sub.wait_for(1)[0]["payload"] == b"after", "recovered publish missing")
 
 
+def slow_broker_separate_response_then_timeout():
+    d, pki, broker, sub, g = setup(mqtt="publish_timeout = 2;")
+    # The broker freezes: the answer cannot be piggybacked, an empty ACK goes first.
+    broker.pause()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=coap(url(g, "bikes/bike-1/telemetry"), payload="slow", psk=BIKE1, timeout=10)))
+    t.start()
+    try:
+        g.wait_log("empty ACK now")
+    finally:
+        broker.resume()
+    t.join(30)
+    r = result.get("r")
+    check(r and r.code == "2.04" and r.type == "CON", "separate 2.04 expected: %r" % r)
+    check(sub.wait_for(1)[0]["payload"] == b"slow", "slow publish missing")
+
+    # Frozen for longer than publish_timeout: 5.04.
+    broker.pause()
+    try:
+        r = coap(url(g, "bikes/bike-1/telemetry"), payload="late", psk=BIKE1, timeout=10)
+    finally:
+        broker.resume()
+    check(r and r.code == "5.04", "wanted 5.04: %r" % r)
+    g.wait_log("no acknowledgement within 2s")
+    # The gateway goes on: the next request is answered normally.
+    r = coap(url(g, "bikes/bike-1/telemetry"), payload="next", psk=BIKE1)
+    check(r and r.code == "2.04", "after the timeout: %r" % r)
+
+
 def plain_off_by_default():
     d, pki, broker, sub, g = setup()
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -245,4 +277,5 @@ def sigterm_stops_cleanly():
 if __name__ == "__main__":
     run({f.__name__: f for f in [post_psk_gnutls, post_psk_openssl, wrong_psk_gets_nothing,
                                   refusals, x509, duplicate_con_published_once, broker_outage,
+                                  slow_broker_separate_response_then_timeout,
                                   plain_off_by_default, sigterm_stops_cleanly]})
