@@ -247,7 +247,7 @@ class Gateway:
     """The tandem binary with a generated configuration."""
 
     def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
-                 mappings=None, gateway="", psk=None):
+                 mappings=None, gateway="", psk=None, log_level="debug"):
         self.dir = d
         self.dtls_port = free_port(socket.SOCK_DGRAM)
         self.plain_port = free_port(socket.SOCK_DGRAM)
@@ -262,7 +262,7 @@ class Gateway:
             mappings = DEFAULT_MAPPINGS
         self.conf = os.path.join(d, "tandem.conf")
         with open(self.conf, "w") as f:
-            f.write('gateway = { id = "it"; log_level = "debug"; %s };\n' % gateway)
+            f.write('gateway = { id = "it"; log_level = "%s"; %s };\n' % (log_level, gateway))
             f.write('coap = { bind = "127.0.0.1"; port = %d; %s\n' % (self.plain_port, coap))
             f.write('  dtls = { port = %d; %s };\n' % (self.dtls_port, dtls))
             f.write("};\n")
@@ -279,7 +279,8 @@ class Gateway:
                           stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        wait_until(lambda: self.count("ready") or self.proc.poll() is not None, "tandem ready")
+        wait_until(lambda: self.count(" ready (tandem") or self.proc.poll() is not None,
+                   "tandem ready")
         check(self.proc.poll() is None, "tandem exited at start:\n" + self.text())
         if wait_connected:
             self.wait_log("mqtt: connected to")
