@@ -209,7 +209,6 @@ static const char *content_type(int cf, bool *text)
         {113, "application/sensml+cbor", false},
         {256, "application/coap-group+json", true},
         {320, "application/senml+xml", true},
-        {11050, "application/json", true}, /* with deflate coding */
         {11542, "application/vnd.oma.lwm2m+tlv", false},
         {11543, "application/vnd.oma.lwm2m+json", true},
     };

@@ -31,10 +31,13 @@ void gw_log(int level, const char *subsystem, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     va_end(ap);
-    /* One line per event: no newlines from the message itself. */
+    /*
+     * One line per event, and nothing a device sent may drive a terminal:
+     * control characters in the message become '?'.
+     */
     for (char *p = line + n; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
     size_t len = strlen(line);
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);

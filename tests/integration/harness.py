@@ -139,18 +139,27 @@ class Pki:
 class Broker:
     """Mosquitto with one TLS listener on loopback."""
 
-    def __init__(self, d, pki, port=None):
+    def __init__(self, d, pki, port=None, require_certificate=False, plain=False, server=None):
+        """plain: also a TCP listener without TLS (self.plain_port); server: the
+        broker's certificate and key, the PKI's server certificate by default."""
         self.dir, self.pki = d, pki
         self.port = port or free_port()
+        self.plain_port = free_port() if plain else None
         self.conf = os.path.join(d, "mosquitto-%d.conf" % self.port)
+        cert, key = server or pki.server
         with open(self.conf, "w") as f:
             if os.geteuid() == 0:
                 f.write("user root\n")
             f.write("per_listener_settings false\nallow_anonymous true\npersistence false\n")
+            if self.plain_port:
+                f.write("listener %d 127.0.0.1\n" % self.plain_port)
             f.write("listener %d 127.0.0.1\n" % self.port)
-            f.write("cafile %s\ncertfile %s\nkeyfile %s\n" % (pki.ca, pki.server[0], pki.server[1]))
+            f.write("cafile %s\ncertfile %s\nkeyfile %s\n" % (pki.ca, cert, key))
+            if require_certificate:
+                f.write("require_certificate true\n")
         self.proc = None
         self.log = os.path.join(d, "mosquitto-%d.log" % self.port)
+        self.client_cert = pki.leaf("mqtt-client", "test-client") if require_certificate else None
 
     def start(self):
         self.proc = spawn(["mosquitto", "-c", self.conf], stdout=open(self.log, "a"),
@@ -179,7 +188,10 @@ class Broker:
         self.proc.send_signal(signal.SIGCONT)
 
     def client_args(self):
-        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca]
+        args = ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", self.pki.ca]
+        if self.client_cert:
+            args += ["--cert", self.client_cert[0], "--key", self.client_cert[1]]
+        return args
 
     def publish(self, topic, payload, *extra):
         subprocess.run(["mosquitto_pub", *self.client_args(), "-t", topic, "-m", payload, *extra],
@@ -247,7 +259,7 @@ class Gateway:
     """The tandem binary with a generated configuration."""
 
     def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
-                 mappings=None, gateway="", psk=None, log_level="debug"):
+                 mappings=None, gateway="", psk=None, log_level="debug", uri=None):
         self.dir = d
         self.dtls_port = free_port(socket.SOCK_DGRAM)
         self.plain_port = free_port(socket.SOCK_DGRAM)
@@ -266,8 +278,9 @@ class Gateway:
             f.write('coap = { bind = "127.0.0.1"; port = %d; %s\n' % (self.plain_port, coap))
             f.write('  dtls = { port = %d; %s };\n' % (self.dtls_port, dtls))
             f.write("};\n")
-            f.write('mqtt = { uri = "mqtts://127.0.0.1:%d"; ca = "%s"; stats_interval = 0; %s };\n'
-                    % (broker.port, pki.ca, mqtt))
+            uri = uri or "mqtts://127.0.0.1:%d" % broker.port
+            ca = 'ca = "%s"; ' % pki.ca if uri.startswith("mqtts") and "ca =" not in mqtt else ""
+            f.write('mqtt = { uri = "%s"; %sstats_interval = 0; %s };\n' % (uri, ca, mqtt))
             f.write("mappings = (\n%s\n);\n" % mappings)
         self.log = os.path.join(d, "tandem.log")
         self.proc = None
@@ -411,6 +424,9 @@ def run(cases):
             for g in _gateways:
                 g.stop()
             reports = sanitizer_reports()
+            if reports:
+                for g in _gateways:
+                    sys.stderr.write("---- gateway log %s\n%s" % (g.conf, g.text()))
             check(not reports, "sanitizer reports:\n" + "\n".join(reports[:20]))
             passed += 1
             print("ok %s (%.1fs)" % (name, time.monotonic() - start), flush=True)

@@ -1,0 +1,121 @@
+"""The upstream MQTT connection: TLS verification, mutual TLS, plain TCP,
+MQTT 3.1.1, the Last Will, max_inflight."""
+
+import os
+import signal
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Broker, Gateway, Pki, Subscriber, check, coap, wait_until, workdir  # noqa: E402
+
+BIKE1 = ("bike-1", "secret-bike-1")
+
+
+def url(g, path):
+    return "coaps://127.0.0.1:%d/%s" % (g.dtls_port, path)
+
+
+def post_arrives(g, sub, payload):
+    n = len(sub.messages)
+    r = coap(url(g, "bikes/bike-1/telemetry"), payload=payload, psk=BIKE1)
+    check(r and r.code == "2.04", "POST answered %r" % r)
+    m = sub.wait_for(n + 1)[-1]
+    check(m["payload"] == payload.encode(), "arrived %r" % m["payload"])
+    return m
+
+
+def mutual_tls():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, require_certificate=True).start()
+    sub = Subscriber(broker, "redback/#")
+    cert, key = pki.leaf("gw-client", "tandem-it")
+    g = Gateway(d, broker, pki, mqtt='cert = "%s"; key = "%s";' % (cert, key)).start()
+    post_arrives(g, sub, "mutual")
+    g.stop()
+    # Without a client certificate the broker refuses the gateway: devices get 5.03.
+    g2 = Gateway(d, broker, pki).start(wait_connected=False)
+    g2.wait_log("cannot connect to")
+    r = coap(url(g2, "bikes/bike-1/telemetry"), payload="x", psk=BIKE1)
+    check(r and r.code == "5.03", "unconnected gateway answered %r" % r)
+
+
+def broker_certificate_verified():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    # A CA that did not sign the broker's certificate: no connection.
+    g = Gateway(d, broker, pki, mqtt='ca = "%s";' % os.path.join(d, "other-ca.pem"))
+    g.start(wait_connected=False)
+    g.wait_log("cannot connect to")
+    check(g.count("mqtt: connected") == 0, "connected to an unverified broker")
+    g.stop()
+    # A certificate for another name: refused with verify_hostname, accepted without.
+    other = pki.leaf("elsewhere", "elsewhere.example", san="DNS:elsewhere.example", server=True)
+    broker2 = Broker(d, pki, server=other).start()
+    g2 = Gateway(d, broker2, pki).start(wait_connected=False)
+    g2.wait_log("cannot connect to")
+    check(g2.count("mqtt: connected") == 0, "hostname not verified")
+    g2.stop()
+    g3 = Gateway(d, broker2, pki, mqtt="verify_hostname = false;").start()
+    check(g3.count("mqtt: connected") == 1, "verify_hostname = false did not connect")
+
+
+def plain_tcp_and_mqtt311():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, plain=True).start()
+    sub = Subscriber(broker, "redback/#")
+    g = Gateway(d, broker, pki, uri="mqtt://127.0.0.1:%d" % broker.plain_port,
+                mqtt="version = 3;").start()
+    m = post_arrives(g, sub, "three-one-one")
+    check(m["content_type"] == "" and m["props"] == "", "MQTT 3.1.1 has no properties: %r" % m)
+    check(m["qos"] == 1, "qos %d" % m["qos"])
+
+
+def last_will_on_crash():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    status = Subscriber(broker, "tandem/it/status")
+    g = Gateway(d, broker, pki).start()
+    wait_until(lambda: status.messages and status.messages[-1]["payload"] == b"online",
+               "online status")
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait(10)
+    wait_until(lambda: status.messages[-1]["payload"] == b"offline", "the Last Will")
+    # Retained: a later subscriber learns the gateway is offline.
+    late = Subscriber(broker, "tandem/it/status")
+    m = late.wait_for(1)[0]
+    check(m["payload"] == b"offline" and m["retain"], "retained offline: %r" % m)
+
+
+def max_inflight_is_a_bound():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    sub = Subscriber(broker, "redback/#")
+    g = Gateway(d, broker, pki, mqtt="max_inflight = 1; publish_timeout = 20;").start()
+    broker.pause()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=coap(url(g, "bikes/bike-1/telemetry"), payload="first", psk=BIKE1, timeout=20)))
+    try:
+        t.start()
+        g.wait_log("empty ACK now")
+        r = coap(url(g, "bikes/bike-2/telemetry"), payload="second",
+                 psk=("bike-2", "secret-bike-2"))
+        check(r and r.code == "5.03" and "Max-Age:" in r.options, "over the bound: %r" % r)
+    finally:
+        broker.resume()
+    t.join(30)
+    check(result.get("r") and result["r"].code == "2.04", "first: %r" % result.get("r"))
+    sub.sync()
+    check([m["payload"] for m in sub.messages] == [b"first"], "published %r" % sub.messages)
+
+
+if __name__ == "__main__":
+    from harness import run
+    run({f.__name__: f for f in [mutual_tls, broker_certificate_verified, plain_tcp_and_mqtt311,
+                                  last_will_on_crash, max_inflight_is_a_bound]})
