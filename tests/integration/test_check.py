@@ -1,6 +1,8 @@
 """`tandem check` and the command line, through the real binary."""
 
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -86,6 +88,13 @@ def certificate_problems():
     conf = config(d, '    cert = "old.pem";\n    key = "other.key";')
     r = tandem("check", "-c", conf)
     check(r.returncode == 1 and "has expired" in r.stderr, "expired: %s" % r.stderr)
+    # Valid but close to its end: accepted, with a warning.
+    openssl("x509", "-req", "-in", "other.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "5", "-out", "soon.pem", cwd=d)
+    conf = config(d, '    cert = "soon.pem";\n    key = "other.key";')
+    r = tandem("check", "-c", conf)
+    check(r.returncode == 0 and re.search(r"soon.pem expires in [45] days", r.stderr),
+          "expiring: %r" % r.stderr)
     # A missing file.
     conf = config(d, '    cert = "missing.pem";\n    key = "other.key";')
     r = tandem("check", "-c", conf)
@@ -106,6 +115,20 @@ def expired_cert(d):
             "-out", "old.pem", cwd=d)
 
 
+def port_in_use_is_a_runtime_failure():
+    d = workdir()
+    write(d, "psk.txt", "bike-1:00112233\n")
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    conf = write(d, "tandem.conf", 'coap = {\n  bind = "127.0.0.1";\n  dtls = {\n    port = %d;\n'
+                 '    psk_file = "psk.txt";\n  };\n};\n%s' % (port, MAPPINGS))
+    r = tandem("run", "-c", conf)
+    busy.close()
+    check(r.returncode == 3, "exit %d: %s" % (r.returncode, r.stderr))
+    check("cannot bind DTLS to [127.0.0.1]:%d" % port in r.stderr, "stderr: %s" % r.stderr)
+
+
 def command_line():
     r = tandem("--version")
     check(r.returncode == 0 and r.stdout.startswith("tandem "), "--version: %r" % r.stdout)
@@ -123,4 +146,4 @@ def command_line():
 if __name__ == "__main__":
     run({f.__name__: f for f in [valid_config_prints_the_table, broken_config_reports_the_line,
                                   broken_psk_file_reports_its_line, certificate_problems,
-                                  command_line]})
+                                  port_in_use_is_a_runtime_failure, command_line]})

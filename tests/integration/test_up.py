@@ -265,6 +265,54 @@ def plain_off_by_default():
     check(r and r.code == "4.01", "plain identity: %r" % r)
 
 
+def garbage_does_not_crash():
+    """Random datagrams, and CoAP messages with random codes, options and paths,
+    on both ports: the gateway answers or ignores them and stays up."""
+    import random
+    rnd = random.Random(7)
+    d, pki, broker, sub, g = setup(coap="plain = true; max_payload = 300;")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    for i in range(3000):
+        if i % 3 == 0:
+            data = rnd.randbytes(rnd.randrange(0, 1400))
+        else:
+            tkl = rnd.randrange(0, 9)
+            head = bytes([0x40 | rnd.choice([0, 0x10]) | tkl, rnd.choice([1, 2, 3, 4, 5, 7, 0x45]),
+                          rnd.randrange(256), rnd.randrange(256)]) + rnd.randbytes(tkl)
+            opts, last = b"", 0
+            for _ in range(rnd.randrange(0, 8)):
+                num = rnd.choice([11, 11, 11, 12, 23, 27, 28, 60, rnd.randrange(0, 300)])
+                if num < last:
+                    num = last
+                val = rnd.choice([b"bikes", b"bike-1", b"zones", b"+", b"#", b"$x", b"\xff",
+                                  b"telemetry", b"public", rnd.randbytes(rnd.randrange(0, 20))])
+                delta, last = num - last, num
+                dd = delta if delta < 13 else 13
+                ll = len(val) if len(val) < 13 else 13
+                opts += bytes([(dd << 4) | ll])
+                if dd == 13:
+                    if delta - 13 > 255:
+                        break
+                    opts += bytes([delta - 13])
+                if ll == 13:
+                    opts += bytes([len(val) - 13])
+                opts += val
+            data = head + opts + (b"\xff" + rnd.randbytes(rnd.randrange(1, 400))
+                                  if rnd.random() < 0.5 else b"")
+        port = g.dtls_port if i % 10 == 0 else g.plain_port
+        try:
+            s.sendto(data, ("127.0.0.1", port))
+        except OSError:
+            pass
+        if i % 50 == 0:  # keep up with the gateway rather than overflow its socket
+            r = coap(url(g, "public/alive", plain=True), payload="ping", timeout=5)
+            check(r is not None, "no answer after %d datagrams" % i)
+    check(g.proc.poll() is None, "gateway died")
+    r = coap(url(g, "bikes/bike-1/telemetry"), payload="still here", psk=BIKE1)
+    check(r and r.code == "2.04", "after the garbage: %r" % r)
+
+
 def sigterm_stops_cleanly():
     d, pki, broker, sub, g = setup()
     status = Subscriber(broker, "tandem/it/status")
@@ -278,4 +326,5 @@ if __name__ == "__main__":
     run({f.__name__: f for f in [post_psk_gnutls, post_psk_openssl, wrong_psk_gets_nothing,
                                   refusals, x509, duplicate_con_published_once, broker_outage,
                                   slow_broker_separate_response_then_timeout,
-                                  plain_off_by_default, sigterm_stops_cleanly]})
+                                  plain_off_by_default, garbage_does_not_crash,
+                                  sigterm_stops_cleanly]})
