@@ -53,10 +53,16 @@ echo "== 2. Mosquitto with a TLS listener on 127.0.0.1:$mqtt_port"
 } > mosquitto.conf
 mosquitto -c mosquitto.conf > mosquitto.log 2>&1 & pids+=($!)
 
+pub() { mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" --cafile ca.pem "$@"; }
+for i in $(seq 1 50); do  # until Mosquitto accepts TLS connections
+  pub -t demo/ready -m ready 2>/dev/null && break
+  [ "$i" -lt 50 ] || { echo "demo: Mosquitto did not start" >&2; cat mosquitto.log >&2; exit 1; }
+  sleep 0.2
+done
 stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" --cafile ca.pem -V 5 -q 1 -v \
   -t 'redback/#' -t demo/ready > received.txt 2>&1 & pids+=($!)
-for _ in $(seq 1 50); do  # until Mosquitto listens and the subscription is in place
-  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" --cafile ca.pem -t demo/ready -m ready 2>/dev/null || true
+for _ in $(seq 1 50); do  # until the subscription is in place
+  pub -t demo/ready -m ready
   grep -q ready received.txt && break
   sleep 0.2
 done
