@@ -9,6 +9,7 @@
  */
 #include "bridge.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "log.h"
 #include "mapping.h"
 #include "mqtt.h"
+#include "bridge_int.h"
 
 /* Answers remembered per session for duplicate detection (RFC 7252 §4.5). */
 #define DEDUP_SLOTS 16
@@ -30,6 +32,8 @@
 #define BACKOFF_MAX_S 30
 /* Events taken from the inbox per turn. */
 #define INBOX_BATCH 64
+/* Bytes of arrived messages the inbox holds at most. */
+#define INBOX_BYTES (16u << 20)
 /* How often bridge_tick needs to run while anything waits, ms. */
 #define TICK_MS 100
 /* How long a confirmable request waits for a piggybacked answer, ms. */
@@ -38,77 +42,10 @@
 #define CODE_PENDING 0
 #define NO_BLOCK1 UINT32_MAX
 
-struct dedup {
-    bool used;
-    uint16_t mid;
-    uint16_t code;   /* e.g. 204, or CODE_PENDING while the broker has it */
-    uint64_t pending; /* CODE_PENDING: the publish's request id */
-    uint32_t block1; /* Block1 option value echoed, or NO_BLOCK1 */
-    uint16_t max_age;
-    uint64_t at_ms;
-};
-
-/* Bridge state of one CoAP session (dtls_peer_t.app). */
-struct sess {
-    struct dedup recent[DEDUP_SLOTS];
-    unsigned next;
-    /* The Block1 transfer in progress, one per session. */
-    bool b1_active;
-    char b1_topic[MAP_PATH_MAX + 1];
-    char *b1_body; /* owned */
-    size_t b1_len, b1_cap;
-    unsigned b1_next, b1_szx;
-    int b1_cf;
-    uint64_t b1_at_ms;
-};
-
-/* A publish waiting for the broker, and the request it will answer. */
-struct pending {
-    bool used;
-    uint32_t gen;             /* bumped at each release; part of the request id */
-    coap_session_t *session;  /* a reference is held until the answer is sent */
-    uint8_t token[8];
-    size_t token_len;
-    uint16_t mid;             /* the request's Message ID */
-    bool con;                 /* confirmable request */
-    bool separate;            /* the empty ACK went out: the answer is separate */
-    uint16_t ok_code;         /* 204, or 202 for DELETE */
-    uint32_t block1;
-    size_t map;
-    uint64_t started_ms, piggyback_ms, deadline_ms;
-};
-
-struct map_counters {
-    uint64_t up, down, refused;
-};
-
-struct bridge {
-    const gw_config_t *cfg; /* borrowed */
-    coap_context_t *ctx;    /* borrowed */
-    bridge_inbox_t *inbox;  /* owned */
-    bridge_mqtt_t *mqtt;    /* owned */
-
-    bool connected, connecting, draining, ever_connected;
-    uint64_t reconnect_at_ms;
-    unsigned backoff_s;
-
-    struct pending *pend; /* owned, cfg->max_inflight slots */
-    size_t npend, inflight;
-    uint64_t last_tick_ms, started_ms;
-
-    struct map_counters *maps; /* owned, one per mapping */
-    struct {
-        uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
-        uint64_t responses[256]; /* by class*32 + detail */
-        uint64_t reconnects, published, acked, timeouts, duplicates;
-        uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
-    } st;
-};
-
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
 
-static uint64_t now_ms(void)
+uint64_t bridge_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -149,12 +86,12 @@ static struct dedup *dedup_add(struct sess *s, uint16_t mid, int code, uint32_t 
 {
     struct dedup *d = &s->recent[s->next++ % DEDUP_SLOTS];
     *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
-                        .max_age = (uint16_t)max_age, .at_ms = now_ms()};
+                        .max_age = (uint16_t)max_age, .at_ms = bridge_now_ms()};
     return d;
 }
 
 /* Sets the response code and its options. */
-static void answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
+void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
                    int size1)
 {
     uint8_t buf[4];
@@ -174,14 +111,14 @@ static void answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int
 /* Seconds a device should wait before retrying while the broker is away. */
 static int retry_after_s(const bridge_t *b)
 {
-    uint64_t now = now_ms();
+    uint64_t now = bridge_now_ms();
     if (b->connecting || b->reconnect_at_ms <= now)
         return 1;
     return (int)((b->reconnect_at_ms - now + 999) / 1000);
 }
 
 /* MQTT 5 Content Type for a CoAP Content-Format (RFC 7252 §12.3 registry). */
-static const char *content_type(int cf, bool *text)
+const char *bridge_content_type(int cf, bool *text)
 {
     static const struct {
         int cf;
@@ -220,6 +157,34 @@ static const char *content_type(int cf, bool *text)
     }
     *text = false;
     return NULL;
+}
+
+/* Compares media types ignoring case and spaces ("text/plain; charset=utf-8"). */
+static bool same_type(const char *a, const char *b)
+{
+    for (;;) {
+        while (*a == ' ')
+            a++;
+        while (*b == ' ')
+            b++;
+        if (!*a || !*b)
+            return !*a && !*b;
+        if (tolower((unsigned char)*a++) != tolower((unsigned char)*b++))
+            return false;
+    }
+}
+
+int bridge_content_format(const char *type)
+{
+    bool text;
+    for (int cf = 0; cf < 12000; cf++) {
+        const char *t = bridge_content_type(cf, &text);
+        if (t && same_type(t, type))
+            return cf;
+    }
+    if (same_type(type, "text/plain"))
+        return 0;
+    return -1;
 }
 
 static struct pending *pending_alloc(bridge_t *b)
@@ -283,7 +248,7 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
     coap_pdu_t *resp = coap_pdu_init(type, 0, mid, coap_session_max_pdu_size(session));
 
     if (resp && coap_add_token(resp, p->token_len, p->token)) {
-        answer(b, resp, code, p->block1, max_age, -1);
+        bridge_answer(b, resp, code, p->block1, max_age, -1);
         if (coap_send(session, resp) == COAP_INVALID_MID)
             gw_debug("coap", "cannot send an answer");
     } else {
@@ -308,7 +273,7 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
 }
 
 /* Collects the Uri-Path options as segments; false when there are too many. */
-static bool uri_segments(const coap_pdu_t *req, map_segs_t *segs)
+bool bridge_uri_segments(const coap_pdu_t *req, map_segs_t *segs)
 {
     coap_opt_iterator_t it;
     coap_opt_filter_t filter;
@@ -328,7 +293,7 @@ static bool uri_segments(const coap_pdu_t *req, map_segs_t *segs)
     return true;
 }
 
-static int option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
+int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
 {
     coap_opt_iterator_t it;
     coap_opt_t *opt = coap_check_option(pdu, num, &it);
@@ -350,7 +315,7 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
 {
     coap_block_b_t blk;
     size_t max = (size_t)b->cfg->max_payload;
-    int cf = option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
+    int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
 
     *block1 = NO_BLOCK1;
     if (!coap_get_block_b(session, req, COAP_OPTION_BLOCK1, &blk)) {
@@ -362,9 +327,9 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
         return BODY_READY;
     }
     size_t size = (size_t)1 << (blk.szx + 4);
-    uint64_t now = now_ms();
+    uint64_t now = bridge_now_ms();
     if (blk.num == 0) {
-        int announced = option_uint(req, COAP_OPTION_SIZE1, -1);
+        int announced = bridge_option_uint(req, COAP_OPTION_SIZE1, -1);
         if (announced > (int)max) {
             *code = 413;
             *size1 = (int)max;
@@ -423,7 +388,7 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
     return BODY_READY;
 }
 
-static void on_request(coap_resource_t *resource, coap_session_t *session,
+void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
                        const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
 {
     bridge_t *b = coap_resource_get_userdata(resource);
@@ -442,13 +407,13 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
     b->st.requests++;
     s = sess_get(session);
     if (!s) {
-        answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
     coap_get_data(req, &len, &data);
     b->st.bytes_in += len;
 
-    const struct dedup *d = dedup_find(s, mid, now_ms());
+    const struct dedup *d = dedup_find(s, mid, bridge_now_ms());
     if (d) {
         b->st.duplicates++;
         if (d->code == CODE_PENDING) {
@@ -462,16 +427,16 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
                 p->separate = true;
             return;
         }
-        answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
+        bridge_answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
         return;
     }
 
+    /* GET has its own handler (down.c); other methods no mapping allows. */
     int dir = method == COAP_REQUEST_CODE_POST || method == COAP_REQUEST_CODE_PUT ||
                       method == COAP_REQUEST_CODE_DELETE
                   ? MAP_UP
-              : method == COAP_REQUEST_CODE_GET || method == COAP_REQUEST_CODE_FETCH ? MAP_DOWN
-                                                                                    : 0;
-    enum map_status ms = uri_segments(req, &segs)
+                  : 0;
+    enum map_status ms = bridge_uri_segments(req, &segs)
                              ? map_route(b->cfg->maps, &segs, dir, dtls_identity(session), &e,
                                          topic, sizeof(topic))
                              : MAP_NOT_FOUND;
@@ -495,7 +460,7 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
         case BODY_ERROR:
             goto refuse;
         case BODY_CONTINUE:
-            answer(b, resp, 231, block1, -1, -1);
+            bridge_answer(b, resp, 231, block1, -1, -1);
             dedup_add(s, mid, 231, block1, -1);
             return;
         case BODY_READY:
@@ -509,8 +474,8 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
     }
 
     bool text = false;
-    int cf = option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
-    const char *ctype = cf >= 0 ? content_type(cf, &text) : NULL;
+    int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
+    const char *ctype = cf >= 0 ? bridge_content_type(cf, &text) : NULL;
     mqtt_msg_t msg = {
         .topic = topic,
         .payload = len ? data : (const uint8_t *)"",
@@ -533,7 +498,7 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
         }
         b->st.published++;
         b->maps[mi].up++;
-        answer(b, resp, ok_code, block1, -1, -1);
+        bridge_answer(b, resp, ok_code, block1, -1, -1);
         dedup_add(s, mid, ok_code, block1, -1);
         return;
     }
@@ -554,7 +519,7 @@ static void on_request(coap_resource_t *resource, coap_session_t *session,
     p->ok_code = (uint16_t)ok_code;
     p->block1 = block1;
     p->map = mi;
-    p->started_ms = now_ms();
+    p->started_ms = bridge_now_ms();
     p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
     p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
     int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
@@ -574,7 +539,7 @@ refuse:
     if (e)
         b->maps[map_entry_index(e)].refused++;
     gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
-    answer(b, resp, code, block1, max_age, size1);
+    bridge_answer(b, resp, code, block1, max_age, size1);
     dedup_add(s, mid, code, block1, max_age);
 }
 
@@ -617,26 +582,30 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->pend = calloc(b->npend, sizeof(*b->pend));
     b->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->maps));
     /* Room for every acknowledgement in flight plus connection news. */
-    b->inbox = inbox_new(b->npend + 64);
+    /* Room for every acknowledgement in flight, connection news and messages. */
+    b->inbox = inbox_new(b->npend + 4096, INBOX_BYTES);
     if (!b->pend || !b->maps || !b->inbox)
         goto fail;
     b->mqtt = mqtt_new(cfg, b->inbox);
     if (!b->mqtt)
         goto fail;
     b->backoff_s = 1;
-    b->started_ms = now_ms();
+    b->started_ms = bridge_now_ms();
 
-    r = coap_resource_unknown_init(on_request);
+    r = coap_resource_unknown_init(bridge_on_request);
     if (!r)
         goto fail;
-    coap_register_request_handler(r, COAP_REQUEST_POST, on_request);
-    coap_register_request_handler(r, COAP_REQUEST_GET, on_request);
-    coap_register_request_handler(r, COAP_REQUEST_DELETE, on_request);
-    coap_register_request_handler(r, COAP_REQUEST_FETCH, on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PATCH, on_request);
-    coap_register_request_handler(r, COAP_REQUEST_IPATCH, on_request);
+    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_GET, down_on_get);
+    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
     coap_resource_set_userdata(r, b);
     coap_add_resource(ctx, r);
+    b->unknown = r;
+    if (down_init(b) < 0)
+        goto fail;
     event_bridge = b;
     coap_register_event_handler(ctx, on_event);
     return b;
@@ -655,6 +624,7 @@ void bridge_free(bridge_t *b)
         if (b->pend[i].used)
             pending_release(b, &b->pend[i]);
     dtls_peers_free(sess_free);
+    down_free(b);
     mqtt_free(b->mqtt);
     inbox_free(b->inbox);
     free(b->pend);
@@ -678,7 +648,7 @@ static void schedule_reconnect(bridge_t *b)
 {
     b->connected = false;
     b->connecting = false;
-    b->reconnect_at_ms = now_ms() + (uint64_t)b->backoff_s * 1000;
+    b->reconnect_at_ms = bridge_now_ms() + (uint64_t)b->backoff_s * 1000;
     b->backoff_s = b->backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->backoff_s * 2;
 }
 
@@ -691,6 +661,7 @@ static void on_connected(bridge_t *b)
         b->st.reconnects++;
     b->ever_connected = true;
     gw_info("mqtt", "connected to %s", b->cfg->mqtt_uri);
+    down_on_connected(b);
     if (*b->cfg->status_topic) {
         mqtt_msg_t online = {.topic = b->cfg->status_topic, .payload = "online", .len = 6,
                              .qos = 1, .retain = true};
@@ -727,9 +698,17 @@ void bridge_process_inbox(bridge_t *b)
             if (!p)
                 break; /* answered already (timed out) */
             b->st.acked++;
-            uint64_t lat = now_ms() - p->started_ms;
+            uint64_t lat = bridge_now_ms() - p->started_ms;
             b->st.lat_ms[lat < 1023 ? lat : 1023]++;
             pending_answer(b, p, p->ok_code);
+            break;
+        case EV_MESSAGE:
+            down_message(b, ev[i].data);
+            free(ev[i].data);
+            break;
+        case EV_SUB_FAILED:
+            b->down.subscriptions_failed++;
+            gw_err("mqtt", "subscription refused by the broker (%s)", ev[i].text);
             break;
         case EV_PUB_FAILED:
             if (ev[i].id == UINT64_MAX)
@@ -747,7 +726,7 @@ void bridge_process_inbox(bridge_t *b)
 
 void bridge_tick(bridge_t *b)
 {
-    uint64_t now = now_ms();
+    uint64_t now = bridge_now_ms();
     if (now - b->last_tick_ms < TICK_MS)
         return;
     b->last_tick_ms = now;
@@ -841,7 +820,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             "{\"gateway\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
             "\"duplicates\":%llu,\"bytes_in\":%llu,\"responses\":{",
-            b->cfg->id, (unsigned long long)((now_ms() - b->started_ms) / 1000),
+            b->cfg->id, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
             (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
             (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
             (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in);
@@ -866,5 +845,9 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
         fprintf(out, "%s\"%s\":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}", i ? "," : "",
                 map_entry_name(map_table_get(b->cfg->maps, i)), (unsigned long long)b->maps[i].up,
                 (unsigned long long)b->maps[i].down, (unsigned long long)b->maps[i].refused);
-    fprintf(out, "}}\n");
+    uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
+    fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
+            (unsigned long long)dropped, (unsigned long long)too_large);
+    down_stats_json(b, out);
+    fprintf(out, "}\n");
 }

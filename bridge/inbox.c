@@ -9,18 +9,19 @@
 struct bridge_inbox {
     pthread_mutex_t lock;
     inbox_event_t *ring; /* owned, capacity entries */
-    size_t capacity, head, count;
+    size_t capacity, head, count, bytes, max_bytes;
     uint64_t dropped;
     int efd;
 };
 
-bridge_inbox_t *inbox_new(size_t capacity)
+bridge_inbox_t *inbox_new(size_t capacity, size_t max_bytes)
 {
     bridge_inbox_t *in = calloc(1, sizeof(*in));
     if (!in)
         return NULL;
     in->ring = calloc(capacity, sizeof(*in->ring));
     in->capacity = capacity;
+    in->max_bytes = max_bytes;
     in->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!in->ring || in->efd < 0 || pthread_mutex_init(&in->lock, NULL)) {
         if (in->efd >= 0)
@@ -36,6 +37,8 @@ void inbox_free(bridge_inbox_t *in)
 {
     if (!in)
         return;
+    for (size_t i = 0; i < in->count; i++)
+        free(in->ring[(in->head + i) % in->capacity].data);
     pthread_mutex_destroy(&in->lock);
     close(in->efd);
     free(in->ring);
@@ -51,12 +54,13 @@ int inbox_push(bridge_inbox_t *in, const inbox_event_t *ev)
 {
     int rc = 0;
     pthread_mutex_lock(&in->lock);
-    if (in->count == in->capacity) {
+    if (in->count == in->capacity || in->bytes + ev->bytes > in->max_bytes) {
         in->dropped++;
         rc = -ENOBUFS;
     } else {
         in->ring[(in->head + in->count) % in->capacity] = *ev;
         in->count++;
+        in->bytes += ev->bytes;
     }
     pthread_mutex_unlock(&in->lock);
     if (rc == 0) {
@@ -75,6 +79,7 @@ size_t inbox_drain(bridge_inbox_t *in, inbox_event_t *out, size_t max)
     (void)r;
     pthread_mutex_lock(&in->lock);
     while (n < max && in->count) {
+        in->bytes -= in->ring[in->head].bytes;
         out[n++] = in->ring[in->head];
         in->head = (in->head + 1) % in->capacity;
         in->count--;

@@ -5,6 +5,7 @@
 
 #include <MQTTAsync.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,9 @@ struct bridge_mqtt {
     const gw_config_t *cfg; /* borrowed */
     bridge_inbox_t *inbox;  /* borrowed */
     bool v5;
+    int nsubs;                /* filters in the last subscribe */
+    atomic_ullong too_large;  /* messages over coap.max_payload */
+    atomic_ullong dropped;    /* messages the inbox had no room for */
 };
 
 static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc, const char *text)
@@ -64,14 +68,92 @@ static void on_conn_lost(void *ctx, char *cause)
     push(ctx, EV_CONN_LOST, 0, 0, cause ? cause : "connection lost");
 }
 
+/*
+ * A message on a subscription: copied into one allocation for the loop.
+ * Values larger than coap.max_payload are dropped here and counted.
+ */
 static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *msg)
 {
-    (void)ctx;
-    (void)topiclen;
-    /* No subscriptions in this version: nothing arrives that is wanted. */
+    bridge_mqtt_t *m = ctx;
+    size_t tlen = topiclen > 0 ? (size_t)topiclen : strlen(topic);
+    size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+
+    if (len > (size_t)m->cfg->max_payload) {
+        atomic_fetch_add(&m->too_large, 1);
+        goto done;
+    }
+    inbox_msg_t *im = malloc(sizeof(*im) + tlen + len);
+    if (!im) {
+        atomic_fetch_add(&m->dropped, 1);
+        goto done;
+    }
+    im->topic_len = tlen;
+    im->len = len;
+    im->qos = msg->qos;
+    im->expiry_s = -1;
+    im->content_type[0] = '\0';
+    memcpy(im->bytes, topic, tlen);
+    memcpy(im->bytes + tlen, msg->payload, len);
+    if (m->v5) {
+        MQTTProperty *p =
+            MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL);
+        if (p)
+            im->expiry_s = (long)p->value.integer4;
+        p = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_CONTENT_TYPE);
+        if (p && p->value.data.len > 0 &&
+            (size_t)p->value.data.len < sizeof(im->content_type)) {
+            memcpy(im->content_type, p->value.data.data, (size_t)p->value.data.len);
+            im->content_type[p->value.data.len] = '\0';
+        }
+    }
+    inbox_event_t ev = {.type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len};
+    if (inbox_push(m->inbox, &ev) < 0) {
+        free(im);
+        atomic_fetch_add(&m->dropped, 1);
+    }
+done:
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
     return 1;
+}
+
+static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->alt.sub.reasonCodeCount; i++)
+        if (r->alt.sub.reasonCodes[i] >= 0x80)
+            push(ctx, EV_SUB_FAILED, 0, r->alt.sub.reasonCodes[i],
+                 MQTTReasonCode_toString(r->alt.sub.reasonCodes[i]));
+    if (r->alt.sub.reasonCodeCount <= 1 && r->reasonCode >= 0x80)
+        push(ctx, EV_SUB_FAILED, 0, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
+}
+
+static void on_sub_ok(void *ctx, MQTTAsync_successData *r)
+{
+    bridge_mqtt_t *m = ctx;
+    if (!r)
+        return;
+    /* Paho reports one filter's granted QoS in qos, several in qosList. */
+    if (m->nsubs == 1 && r->alt.qos == 0x80)
+        push(m, EV_SUB_FAILED, 0, 0x80, "refused");
+    for (int i = 0; m->nsubs > 1 && r->alt.qosList && i < m->nsubs; i++) {
+        if (r->alt.qosList[i] == 0x80) {
+            push(m, EV_SUB_FAILED, 0, 0x80, "refused");
+            break;
+        }
+    }
+}
+
+static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    push(ctx, EV_SUB_FAILED, 0, r ? (int)r->reasonCode : -1,
+         r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode) : "failed");
+}
+
+static void on_sub_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    push(ctx, EV_SUB_FAILED, 0, r ? r->code : -1, r && r->message ? r->message : "failed");
 }
 
 static void on_pub_ok(void *ctx, MQTTAsync_successData *r)
@@ -280,6 +362,35 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
         return -EINVAL;
     }
     return 0;
+}
+
+int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    int rc;
+    if (n == 0)
+        return 0;
+    ro.context = m;
+    if (m->v5) {
+        ro.onSuccess5 = on_sub_ok5;
+        ro.onFailure5 = on_sub_fail5;
+    } else {
+        ro.onSuccess = on_sub_ok;
+        ro.onFailure = on_sub_fail;
+    }
+    m->nsubs = n;
+    rc = MQTTAsync_subscribeMany(m->client, n, filters, (int *)qos, &ro);
+    if (rc != MQTTASYNC_SUCCESS) {
+        gw_warn("mqtt", "cannot subscribe (%s)", MQTTAsync_strerror(rc));
+        return -EIO;
+    }
+    return 0;
+}
+
+uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large)
+{
+    *too_large = atomic_load(&m->too_large);
+    return atomic_load(&m->dropped);
 }
 
 void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)

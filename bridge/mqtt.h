@@ -40,6 +40,15 @@ int mqtt_connect(bridge_mqtt_t *m);
  */
 int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
 
+/*
+ * Subscribes to n filters with their QoS; messages arrive as EV_MESSAGE, a
+ * refusal as EV_SUB_FAILED.
+ */
+int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n);
+
+/* Messages dropped for want of inbox room; *too_large: over coap.max_payload. */
+uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large);
+
 /* Publishes "offline" (retained) and disconnects, waiting up to timeout_ms. */
 void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
 

@@ -164,6 +164,22 @@ static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint
     return p ? &p->bin : NULL;
 }
 
+/* Who wants to know of authenticated identities (one CoAP context per process). */
+static void (*identity_hook)(void *arg, const char *identity);
+static void *identity_hook_arg;
+
+void dtls_set_identity_hook(void (*hook)(void *arg, const char *identity), void *arg)
+{
+    identity_hook = hook;
+    identity_hook_arg = arg;
+}
+
+static void identity_known(const char *identity)
+{
+    if (identity_hook)
+        identity_hook(identity_hook_arg, identity);
+}
+
 /* libcoap asks for the key of an identity during the handshake. */
 static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
                                                coap_session_t *session, void *arg)
@@ -175,9 +191,15 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
         return NULL;
     }
     const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
-    if (!key)
+    if (!key) {
         gw_info("dtls", "handshake refused (unknown PSK identity \"%.*s\")",
                 (int)identity->length, (const char *)identity->s);
+        return NULL;
+    }
+    char id[MAP_IDENTITY_MAX + 1];
+    memcpy(id, identity->s, identity->length);
+    id[identity->length] = '\0';
+    identity_known(id);
     return key;
 }
 
@@ -204,6 +226,7 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         return 0;
     snprintf(peer->identity, sizeof(peer->identity), "%s", subject_cn);
     peer->has_identity = true;
+    identity_known(subject_cn);
     return 1;
 }
 

@@ -31,6 +31,15 @@ size_t dtls_psk_count(const dtls_psk_store_t *store);
 int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk);
 
 /*
+ * Called during a handshake once the device's identity is known (a PSK
+ * identity found in the PSK file, or a verified certificate's CN), before its
+ * first request. libcoap 4.3's GnuTLS server reports no event when a DTLS
+ * session is established, so this is where a device's resources can be
+ * prepared. The hook must not call back into the handshake.
+ */
+void dtls_set_identity_hook(void (*hook)(void *arg, const char *identity), void *arg);
+
+/*
  * Per-session state kept as the session's app data: the device identity, and
  * an opaque slot for the bridge, freed with free_app when the session goes.
  */

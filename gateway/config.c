@@ -376,12 +376,6 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
                 if (spec.direction < 0) {
                     gw_errs_add(errs, file, sl, full, "\"%s\" is not one of up, down, both", v);
                     bad++;
-                } else if (spec.direction != MAP_UP) {
-                    gw_errs_add(errs, file, sl, full,
-                                "\"%s\" is not supported yet (only \"up\" mappings in this "
-                                "version)",
-                                v);
-                    bad++;
                 }
             }
         }

@@ -473,6 +473,27 @@ int map_entry_filter(const map_entry_t *e, char *buf, size_t len)
     return (int)pos;
 }
 
+int map_entry_fixed_resource(const map_entry_t *e, const char *identity, char *buf, size_t len)
+{
+    size_t pos = 0;
+    if (len)
+        buf[0] = '\0';
+    for (size_t i = 0; i < e->res.n; i++) {
+        const struct seg *g = &e->res.seg[i];
+        if (g->kind == SEG_VAR || g->kind == SEG_MULTI)
+            return -EINVAL;
+    }
+    if (map_entry_uses_identity(e) && !identity)
+        return -EACCES;
+    for (size_t i = 0; i < e->res.n; i++) {
+        const struct seg *g = &e->res.seg[i];
+        const char *s = g->kind == SEG_IDENTITY ? identity : g->text;
+        if ((i && !put(buf, len, &pos, "/", 1)) || !put(buf, len, &pos, s, strlen(s)))
+            return -ENAMETOOLONG;
+    }
+    return (int)pos;
+}
+
 /* Structural match of a template against segments; fills cap per template segment. */
 static bool tmpl_match(const struct tmpl *t, const map_segs_t *p, struct capture *cap)
 {

@@ -80,6 +80,14 @@ size_t map_entry_index(const map_entry_t *e);
  */
 int map_entry_filter(const map_entry_t *e, char *buf, size_t len);
 
+/*
+ * Renders e's resource template when it has no variables other than
+ * {identity} and {gateway}: the one concrete resource a device has there.
+ * Returns its length, -EINVAL when the template has other variables,
+ * -EACCES when it needs an identity and identity is NULL, -ENAMETOOLONG.
+ */
+int map_entry_fixed_resource(const map_entry_t *e, const char *identity, char *buf, size_t len);
+
 /* The earlier mapping that shadows e completely, or NULL. */
 const map_entry_t *map_table_shadowed_by(const map_table_t *t, const map_entry_t *e);
 

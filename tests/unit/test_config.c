@@ -170,10 +170,6 @@ Test(config, features_not_there_yet_are_refused)
     gw_errs_clear(&errs);
     expect_error(BASE "metrics = {\n  listen = \"127.0.0.1:9464\";\n};\n", 3, "metrics.listen",
                  "not supported yet");
-    gw_errs_clear(&errs);
-    expect_error(BASE "mappings = (\n  { name = \"c\"; resource = \"r\"; topic = \"t\";\n"
-                      "    direction = \"down\"; }\n);\n",
-                 4, "mappings[0].direction", "not supported yet");
 }
 
 Test(config, mapping_errors_have_lines)
@@ -195,6 +191,10 @@ Test(config, mapping_errors_have_lines)
     expect_error(BASE "mappings = (\n  { name = \"a\"; resource = \"r\"; direction = \"up\"; }\n"
                       ");\n",
                  3, "mappings[0]", "topic is required");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mappings = (\n  { name = \"a\"; resource = \"r\"; topic = \"t\";\n"
+                      "    direction = \"sideways\"; }\n);\n",
+                 4, "mappings[0].direction", "not one of up, down, both");
     gw_errs_clear(&errs);
     expect_error(BASE "mappings = (\n  { name = \"a\"; resource = \"r\"; topic = \"t\";\n"
                       "    direction = \"up\"; colour = \"red\"; }\n);\n",

@@ -5,12 +5,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdlib.h>
 
 #include "inbox.h"
 
 Test(inbox, bounded_and_in_order)
 {
-    bridge_inbox_t *in = inbox_new(4);
+    bridge_inbox_t *in = inbox_new(4, 1 << 20);
     inbox_event_t ev = {.type = EV_PUB_OK}, out[8];
     cr_assert_not_null(in);
     for (uint64_t i = 0; i < 4; i++) {
@@ -43,7 +44,7 @@ static void *producer(void *arg)
 
 Test(inbox, threads)
 {
-    bridge_inbox_t *in = inbox_new(16);
+    bridge_inbox_t *in = inbox_new(16, 1 << 20);
     pthread_t t[4];
     inbox_event_t out[16];
     size_t got = 0;
@@ -58,4 +59,21 @@ Test(inbox, threads)
         pthread_join(t[i], NULL);
     cr_assert_eq(got, 4000);
     inbox_free(in);
+}
+
+Test(inbox, byte_limit)
+{
+    bridge_inbox_t *in = inbox_new(8, 100);
+    inbox_event_t ev = {.type = EV_MESSAGE, .bytes = 60}, out[8];
+    ev.data = malloc(60);
+    cr_assert_eq(inbox_push(in, &ev), 0);
+    void *second = malloc(60);
+    ev.data = second;
+    cr_assert_eq(inbox_push(in, &ev), -ENOBUFS, "60 + 60 bytes is over 100");
+    free(second);
+    cr_assert_eq(inbox_drain(in, out, 8), 1);
+    free(out[0].data);
+    ev.data = malloc(60);
+    cr_assert_eq(inbox_push(in, &ev), 0, "room again once drained");
+    inbox_free(in); /* frees what it still holds */
 }

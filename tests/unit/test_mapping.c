@@ -247,3 +247,22 @@ Test(mapping, too_many_segments)
         n += (size_t)snprintf(path + n, sizeof(path) - n, i ? "/a" : "a");
     cr_assert_eq(map_split(path, n, &segs), -E2BIG);
 }
+
+Test(mapping, fixed_resources_for_discovery)
+{
+    char buf[MAP_PATH_MAX + 1];
+    add("c", "bikes/{identity}/commands", "redback/bikes/{identity}/commands", MAP_DOWN, 1);
+    add("v", "zones/{zone}", "redback/zones/{zone}", MAP_DOWN, 0);
+    add("h", "{gateway}/hello", "redback/hello", MAP_UP, 0);
+    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), "bike-7", buf, sizeof(buf)),
+                 21);
+    cr_assert_str_eq(buf, "bikes/bike-7/commands");
+    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), NULL, buf, sizeof(buf)),
+                 -EACCES);
+    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 1), "bike-7", buf, sizeof(buf)),
+                 -EINVAL);
+    cr_assert_gt(map_entry_fixed_resource(map_table_get(table, 2), NULL, buf, sizeof(buf)), 0);
+    cr_assert_str_eq(buf, "edge-01/hello");
+    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), "bike-7", buf, 8),
+                 -ENAMETOOLONG);
+}

@@ -1,0 +1,402 @@
+/*
+ * MQTT -> CoAP (SPEC §4): subscriptions, current values, GET, Observe,
+ * Block2 and discovery.
+ *
+ * libcoap 4.3 cannot observe its unknown-resource handler, so every concrete
+ * resource that can be observed is a real coap_resource_t, created ahead of
+ * the request: for each identity-bound resource when a device's DTLS session
+ * is established (so a device can observe before the first value), for
+ * resources without variables at start, and for each new concrete topic when
+ * its first message arrives. They are bounded by coap.max_resources and by
+ * STORE_BYTES_MAX; at a limit the least recently used resource that nobody
+ * observes is dropped.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bridge_int.h"
+#include "dtls.h"
+#include "log.h"
+
+/* Value bytes held at most, whatever coap.max_resources says. */
+#define STORE_BYTES_MAX (64u << 20)
+/* Least recently used candidates looked at per eviction before giving up. */
+#define EVICT_TRIES 64
+/* Largest Block2 size used (szx 6 = 1024 bytes). */
+#define BLOCK2_SZX_MAX 6
+
+static void on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
+                   const coap_string_t *query, coap_pdu_t *resp);
+
+/*
+ * Whether libcoap holds observers for r. libcoap 4.3 does not say so
+ * directly; coap_resource_notify_observers() tells, and when there are
+ * observers it also schedules a notification of the current value, which is
+ * harmless (an observer may always be told the current state again).
+ */
+static bool observed(coap_resource_t *r)
+{
+    return r && coap_resource_notify_observers(r, NULL);
+}
+
+static void drop_entry(bridge_t *b, store_entry_t *e)
+{
+    if (e->res)
+        coap_delete_resource(b->ctx, e->res);
+    store_remove(b->store, e);
+    b->down.evicted++;
+}
+
+/* Evicts until one more entry of need bytes fits. 0, or -ENOSPC. */
+static int make_room(bridge_t *b, size_t need)
+{
+    size_t max = (size_t)b->cfg->max_resources;
+    for (int tries = 0; tries < EVICT_TRIES; tries++) {
+        if (store_count(b->store) < max && store_bytes(b->store) + need <= STORE_BYTES_MAX)
+            return 0;
+        store_entry_t *e = store_lru(b->store);
+        if (!e)
+            break;
+        if (observed(e->res)) {
+            store_touch(b->store, e); /* in use: look at the next one */
+            continue;
+        }
+        drop_entry(b, e);
+    }
+    return store_count(b->store) < max && store_bytes(b->store) + need <= STORE_BYTES_MAX
+               ? 0
+               : -ENOSPC;
+}
+
+/* The entry for a concrete resource, created with its coap_resource_t. */
+static store_entry_t *entry_for(bridge_t *b, const char *path, size_t len, size_t map,
+                                size_t need)
+{
+    store_entry_t *e = store_find(b->store, path, len);
+    if (e)
+        return e;
+    if (make_room(b, need) < 0) {
+        b->down.dropped_full++;
+        return NULL;
+    }
+    const map_entry_t *m = map_table_get(b->cfg->maps, map);
+    coap_str_const_t *uri = coap_new_str_const((const uint8_t *)path, len);
+    if (!uri)
+        return NULL;
+    coap_resource_t *r =
+        coap_resource_init(uri, COAP_RESOURCE_FLAGS_RELEASE_URI |
+                                    (map_entry_qos(m) > 0 ? COAP_RESOURCE_FLAGS_NOTIFY_CON
+                                                          : COAP_RESOURCE_FLAGS_NOTIFY_NON));
+    if (!r) {
+        coap_delete_str_const(uri);
+        return NULL;
+    }
+    e = store_add(b->store, path, len, map);
+    if (!e) {
+        coap_delete_resource(NULL, r);
+        return NULL;
+    }
+    coap_register_request_handler(r, COAP_REQUEST_GET, on_get);
+    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PUT, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
+    coap_resource_set_get_observable(r, 1);
+    coap_resource_set_userdata(r, b);
+    coap_add_resource(b->ctx, r);
+    e->res = r;
+    return e;
+}
+
+/* Creates the resources without variables of down mappings, for identity (may be NULL). */
+static void create_fixed(bridge_t *b, const char *identity)
+{
+    char path[MAP_PATH_MAX + 1];
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+        const map_entry_t *m = map_table_get(b->cfg->maps, i);
+        if (!(map_entry_direction(m) & MAP_DOWN))
+            continue;
+        if (!identity && map_entry_uses_identity(m))
+            continue;
+        if (identity && !map_entry_uses_identity(m))
+            continue; /* made once, at start */
+        int len = map_entry_fixed_resource(m, identity, path, sizeof(path));
+        if (len > 0)
+            entry_for(b, path, (size_t)len, i, 0);
+    }
+}
+
+/* A device authenticated itself: its own resources are made ready to observe. */
+static void on_identity(void *arg, const char *identity)
+{
+    create_fixed(arg, identity);
+}
+
+int down_init(bridge_t *b)
+{
+    size_t buckets = (size_t)b->cfg->max_resources / 2 + 1;
+    b->store = store_new(buckets);
+    if (!b->store)
+        return -ENOMEM;
+    coap_resource_t *wk = coap_resource_init(coap_make_str_const(".well-known/core"), 0);
+    if (!wk)
+        return -ENOMEM;
+    coap_register_request_handler(wk, COAP_REQUEST_GET, on_get);
+    coap_resource_set_userdata(wk, b);
+    coap_add_resource(b->ctx, wk);
+    b->wellknown = wk;
+    create_fixed(b, NULL);
+    dtls_set_identity_hook(on_identity, b);
+    return 0;
+}
+
+void down_free(bridge_t *b)
+{
+    dtls_set_identity_hook(NULL, NULL);
+    /* The resources belong to the CoAP context, which frees them. */
+    store_free(b->store);
+    b->store = NULL;
+}
+
+void down_on_connected(bridge_t *b)
+{
+    size_t n = map_table_count(b->cfg->maps);
+    char *filters[n ? n : 1];
+    int qos[n ? n : 1];
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const map_entry_t *m = map_table_get(b->cfg->maps, i);
+        char buf[MAP_PATH_MAX + 1];
+        if (!(map_entry_direction(m) & MAP_DOWN) || map_entry_filter(m, buf, sizeof(buf)) < 0)
+            continue;
+        filters[k] = strdup(buf);
+        if (!filters[k])
+            break;
+        qos[k++] = map_entry_qos(m);
+    }
+    if (k) {
+        gw_info("mqtt", "subscribing to %d filter%s", k, k > 1 ? "s" : "");
+        mqtt_subscribe(b->mqtt, filters, qos, k);
+    }
+    for (int i = 0; i < k; i++)
+        free(filters[i]);
+}
+
+void down_message(bridge_t *b, inbox_msg_t *msg)
+{
+    char path[MAP_PATH_MAX + 1], identity[MAP_IDENTITY_MAX + 1];
+    const map_entry_t *m = NULL;
+    const char *payload = msg->bytes + msg->topic_len;
+
+    b->down.received++;
+    if (map_reverse(b->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
+                    sizeof(identity)) != MAP_OK) {
+        b->down.dropped_bad_topic++;
+        gw_debug("mqtt", "message on %.*s matches no down mapping; dropped",
+                 (int)msg->topic_len, msg->bytes);
+        return;
+    }
+    size_t map = map_entry_index(m);
+    store_entry_t *e = entry_for(b, path, strlen(path), map, msg->len);
+    if (!e)
+        return;
+    /* An empty message clears the value, as it clears a retained one. */
+    if (msg->len == 0)
+        store_clear(b->store, e);
+    int cf = msg->content_type[0] ? bridge_content_format(msg->content_type) : -1;
+    uint64_t expires = msg->expiry_s > 0 ? bridge_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
+    if (msg->len && store_set(b->store, e, payload, msg->len, cf, expires) < 0) {
+        b->down.dropped_full++;
+        return;
+    }
+    store_touch(b->store, e);
+    b->maps[map].down++;
+    if (coap_resource_notify_observers(e->res, NULL)) {
+        b->down.notifications++;
+        /* Send now, so that the next message does not overtake this one. */
+        coap_io_process(b->ctx, COAP_IO_NO_WAIT);
+    }
+}
+
+/* Joins validated path segments with '/'. */
+static size_t join(const map_segs_t *segs, char *buf, size_t size)
+{
+    size_t pos = 0;
+    for (size_t i = 0; i < segs->n; i++) {
+        if (pos + segs->len[i] + 2 > size)
+            return 0;
+        if (i)
+            buf[pos++] = '/';
+        memcpy(buf + pos, segs->s[i], segs->len[i]);
+        pos += segs->len[i];
+    }
+    buf[pos] = '\0';
+    return pos;
+}
+
+/* Adds data to resp, as one block of it when it does not fit (RFC 7959 §2.4). */
+static int add_body(coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp,
+                    const uint8_t *data, size_t len)
+{
+    coap_block_b_t blk;
+    uint8_t buf[4];
+    bool asked = coap_get_block_b(session, req, COAP_OPTION_BLOCK2, &blk);
+    unsigned szx = asked && blk.szx < BLOCK2_SZX_MAX ? blk.szx : BLOCK2_SZX_MAX;
+    /* Leave room for the header and options in the session's datagram. */
+    while (szx > 0 && ((size_t)1 << (szx + 4)) + 128 > coap_session_max_pdu_size(session))
+        szx--;
+    size_t size = (size_t)1 << (szx + 4);
+    if (!asked && len <= size) {
+        if (len)
+            coap_add_data(resp, len, data);
+        return 205;
+    }
+    unsigned num = asked ? blk.num : 0;
+    size_t offset = (size_t)num * size;
+    if (offset >= len && !(len == 0 && num == 0))
+        return 402;
+    size_t chunk = len - offset < size ? len - offset : size;
+    bool more = offset + chunk < len;
+    coap_opt_iterator_t it;
+    if (coap_check_option(resp, COAP_OPTION_BLOCK2, &it)) {
+        /*
+         * A notification to an observer that registered with Block2: libcoap
+         * put Block2 (block 0) on it already, and 4.3 cannot change it. The
+         * observer gets the first block and can ask for the rest.
+         */
+        coap_add_data(resp, chunk, data + offset);
+        return 205;
+    }
+    coap_add_option(resp, COAP_OPTION_BLOCK2,
+                       coap_encode_var_safe(buf, sizeof(buf), num << 4 | (unsigned)more << 3 | szx),
+                       buf);
+    if (num == 0)
+        coap_add_option(resp, COAP_OPTION_SIZE2,
+                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)len), buf);
+    coap_add_data(resp, chunk, data + offset);
+    return 205;
+}
+
+/* Discovery (RFC 6690): only what the asking device may use. */
+static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *req,
+                      coap_pdu_t *resp)
+{
+    const char *identity = dtls_identity(session);
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    char path[MAP_PATH_MAX + 1];
+    map_segs_t segs;
+    const map_entry_t *m;
+    char topic[MAP_PATH_MAX + 1];
+    bool first = true;
+
+    if (!out) {
+        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        return;
+    }
+    /* Up resources that have one concrete form for this device. */
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+        const map_entry_t *e = map_table_get(b->cfg->maps, i);
+        if (!(map_entry_direction(e) & MAP_UP) || (map_entry_direction(e) & MAP_DOWN))
+            continue;
+        if (map_entry_fixed_resource(e, identity, path, sizeof(path)) > 0) {
+            fprintf(out, "%s</%s>", first ? "" : ",", path);
+            first = false;
+        }
+    }
+    /* Down resources held now that this device may read. */
+    for (store_entry_t *e = store_mru(b->store); e; e = e->older) {
+        if (map_split(e->path, strlen(e->path), &segs) < 0 ||
+            map_route(b->cfg->maps, &segs, MAP_DOWN, identity, &m, topic, sizeof(topic)) !=
+                MAP_OK)
+            continue;
+        fprintf(out, "%s</%s>;obs", first ? "" : ",", e->path);
+        if (e->has_value && e->cf >= 0)
+            fprintf(out, ";ct=%d", e->cf);
+        first = false;
+    }
+    fclose(out);
+    uint8_t buf[2];
+    coap_add_option(resp, COAP_OPTION_CONTENT_FORMAT,
+                    coap_encode_var_safe(buf, sizeof(buf), COAP_MEDIATYPE_APPLICATION_LINK_FORMAT),
+                    buf);
+    int code = add_body(session, req, resp, (const uint8_t *)text, size);
+    bridge_answer(b, resp, code, NO_BLOCK1, -1, -1);
+    free(text);
+}
+
+static void on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
+                   const coap_string_t *query, coap_pdu_t *resp)
+{
+    bridge_t *b = coap_resource_get_userdata(resource);
+    map_segs_t segs;
+    const map_entry_t *m = NULL;
+    char topic[MAP_PATH_MAX + 1], path[MAP_PATH_MAX + 1];
+    uint8_t buf[4];
+    (void)query;
+
+    b->st.requests++;
+    if (resource == b->wellknown) {
+        discovery(b, session, req, resp);
+        return;
+    }
+    enum map_status st = bridge_uri_segments(req, &segs)
+                             ? map_route(b->cfg->maps, &segs, MAP_DOWN, dtls_identity(session),
+                                         &m, topic, sizeof(topic))
+                             : MAP_NOT_FOUND;
+    if (st != MAP_OK) {
+        if (m)
+            b->maps[map_entry_index(m)].refused++;
+        bridge_answer(b, resp, map_status_code(st), NO_BLOCK1, -1, -1);
+        return;
+    }
+    size_t len = join(&segs, path, sizeof(path));
+    store_entry_t *e = len ? store_find(b->store, path, len) : NULL;
+    uint64_t now = bridge_now_ms();
+    if (e && e->has_value && e->expires_ms && now >= e->expires_ms)
+        store_clear(b->store, e); /* expired (MQTT 5 Message Expiry Interval) */
+    if (e)
+        store_touch(b->store, e);
+    bool observing = resource != b->unknown &&
+                     bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) == COAP_OBSERVE_ESTABLISH;
+    if (!e || !e->has_value) {
+        /* Observing before the first value: registered, empty until it comes. */
+        bridge_answer(b, resp, observing ? 205 : 404, NO_BLOCK1, -1, -1);
+        return;
+    }
+    coap_add_option(resp, COAP_OPTION_ETAG, coap_encode_var_safe(buf, sizeof(buf), e->version),
+                    buf);
+    if (e->cf >= 0)
+        coap_add_option(resp, COAP_OPTION_CONTENT_FORMAT,
+                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)e->cf), buf);
+    if (e->expires_ms)
+        coap_add_option(resp, COAP_OPTION_MAXAGE,
+                        coap_encode_var_safe(buf, sizeof(buf),
+                                             (unsigned)((e->expires_ms - now + 999) / 1000)),
+                        buf);
+    bridge_answer(b, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
+}
+
+void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
+                 const coap_string_t *query, coap_pdu_t *resp)
+{
+    on_get(resource, session, req, query, resp);
+}
+
+void down_stats_json(const bridge_t *b, FILE *out)
+{
+    fprintf(out,
+            "\"down\":{\"resources\":%zu,\"value_bytes\":%zu,\"received\":%llu,"
+            "\"evicted\":%llu,\"dropped_full\":%llu,\"dropped_bad_topic\":%llu,"
+            "\"notifications\":%llu,\"subscriptions_failed\":%llu}",
+            store_count(b->store), store_bytes(b->store), (unsigned long long)b->down.received,
+            (unsigned long long)b->down.evicted, (unsigned long long)b->down.dropped_full,
+            (unsigned long long)b->down.dropped_bad_topic,
+            (unsigned long long)b->down.notifications,
+            (unsigned long long)b->down.subscriptions_failed);
+}
