@@ -198,6 +198,51 @@ class Broker:
                        check=True, timeout=WAIT)
 
 
+def _mqtt_str(s):
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def _mqtt_packet(kind, body):
+    n, rem = len(body), b""
+    while True:
+        byte, n = n % 128, n // 128
+        rem += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return bytes([kind]) + rem + body
+
+
+def mqtt_publish_many(broker, messages, retain=False):
+    """Publishes (topic, payload bytes) pairs at QoS 0 over one TLS connection
+    (MQTT 3.1.1, encoded here: mosquitto_pub starts a process per message),
+    then waits for a PINGRESP, by which the broker has handled them all."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=broker.pki.ca)
+    raw = socket.create_connection(("127.0.0.1", broker.port), WAIT)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    s.sendall(_mqtt_packet(0x10, _mqtt_str("MQTT") + bytes([4, 0x02, 0, 60]) +
+                           _mqtt_str("bulk-" + secrets.token_hex(4))))
+    check(s.recv(4)[:1] == b"\x20", "no CONNACK")
+    buf = []
+    for topic, payload in messages:
+        buf.append(_mqtt_packet(0x30 | (1 if retain else 0), _mqtt_str(topic) + payload))
+        if len(buf) >= 200:
+            s.sendall(b"".join(buf))
+            buf = []
+    s.sendall(b"".join(buf) + _mqtt_packet(0xC0, b""))
+    check(s.recv(2) == b"\xd0\x00", "no PINGRESP")
+    s.sendall(_mqtt_packet(0xE0, b""))
+    s.close()
+
+
+def proc_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Subscriber:
     """mosquitto_sub (MQTT 5, QoS 2) collecting messages as dicts."""
 
@@ -259,7 +304,7 @@ class Gateway:
     """The tandem binary with a generated configuration."""
 
     def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
-                 mappings=None, gateway="", psk=None, log_level="debug", uri=None):
+                 mappings=None, gateway="", psk=None, log_level="debug", uri=None, env=None):
         self.dir = d
         self.dtls_port = free_port(socket.SOCK_DGRAM)
         self.plain_port = free_port(socket.SOCK_DGRAM)
@@ -280,16 +325,18 @@ class Gateway:
             f.write("};\n")
             uri = uri or "mqtts://127.0.0.1:%d" % broker.port
             ca = 'ca = "%s"; ' % pki.ca if uri.startswith("mqtts") and "ca =" not in mqtt else ""
-            f.write('mqtt = { uri = "%s"; %sstats_interval = 0; %s };\n' % (uri, ca, mqtt))
+            quiet = "" if "stats_interval" in mqtt else "stats_interval = 0; "
+            f.write('mqtt = { uri = "%s"; %s%s%s };\n' % (uri, ca, quiet, mqtt))
             f.write("mappings = (\n%s\n);\n" % mappings)
         self.log = os.path.join(d, "tandem.log")
         self.proc = None
         self.lines = []
+        self.env = dict(os.environ, **(env or {}))
         _gateways.append(self)
 
     def start(self, wait_connected=True):
         self.proc = spawn([TANDEM, "run", "-c", self.conf], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=self.env)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         wait_until(lambda: self.count(" ready (tandem") or self.proc.poll() is not None,
@@ -356,7 +403,7 @@ def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls
     """Runs coap-client; returns the last response (code "2.04", options text), or
     None when no response came. coap-client exits 0 whatever the answer, so the
     answer is read from the PDUs it prints at verbosity 6."""
-    args = [client, "-v", "6", "-B", str(timeout), "-m", method]
+    args = [client, "-v", "6", "-w", "-B", str(timeout), "-m", method]
     if psk:
         args += ["-u", psk[0], "-k", psk[1]]
     if cert:
