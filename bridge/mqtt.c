@@ -119,14 +119,20 @@ done:
 
 static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
+    bridge_mqtt_t *m = ctx;
     if (!r)
         return;
-    for (int i = 0; i < r->alt.sub.reasonCodeCount; i++)
-        if (r->alt.sub.reasonCodes[i] >= 0x80)
-            push(ctx, EV_SUB_FAILED, 0, r->alt.sub.reasonCodes[i],
+    /* Paho reports one filter's reason code in reasonCode, several in alt.sub. */
+    if (m->nsubs == 1 && r->reasonCode >= 0x80)
+        push(m, EV_SUB_FAILED, 0, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
+    for (int i = 0; m->nsubs > 1 && r->alt.sub.reasonCodes && i < r->alt.sub.reasonCodeCount;
+         i++) {
+        if (r->alt.sub.reasonCodes[i] >= 0x80) {
+            push(m, EV_SUB_FAILED, 0, r->alt.sub.reasonCodes[i],
                  MQTTReasonCode_toString(r->alt.sub.reasonCodes[i]));
-    if (r->alt.sub.reasonCodeCount <= 1 && r->reasonCode >= 0x80)
-        push(ctx, EV_SUB_FAILED, 0, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
+            break;
+        }
+    }
 }
 
 static void on_sub_ok(void *ctx, MQTTAsync_successData *r)

@@ -226,6 +226,41 @@ def max_resources_bounds_memory():
     check(r and r.code == "4.04", "oldest value should be gone: %r" % r)
 
 
+def observed_resources_are_kept():
+    """At the bound, what someone observes stays; once deregistered, it may go."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="max_resources = 20;")
+    o = Observer(g, "bikes/bike-1/commands", BIKE1, seconds=3)
+    o.wait(1, "registration")
+    mqtt_publish_many(broker, [("redback/p1/firmware/f%d" % i, b"v") for i in range(200)])
+    broker.publish("redback/p1/bikes/bike-1/commands", "still observed", "-q", "1")
+    notes = o.wait(2, "a notification after the flood")
+    check(notes[-1][2] == "still observed", "observer got %r" % notes)
+    r = coap(url(g, "bikes/bike-1/commands"), method="get", psk=BIKE1)
+    check(r and r.code == "2.05", "observed value evicted: %r" % r)
+    # coap-client deregisters (Observe: 1) when its -s time is over.
+    o.proc.wait(WAIT)
+    mqtt_publish_many(broker, [("redback/p1/firmware/g%d" % i, b"v") for i in range(200)])
+    r = coap(url(g, "bikes/bike-1/commands"), method="get", psk=BIKE1)
+    check(r and r.code == "4.04", "an unobserved old value stays: %r" % r)
+
+
+def one_subscription_mqtt5_and_311():
+    """A single down mapping (Paho reports one subscription differently from
+    several), over MQTT 5 and 3.1.1."""
+    d, pki, broker = setup()
+    one = """{ name = "commands"; resource = "bikes/{identity}/commands";
+               topic = "redback/p1/bikes/{identity}/commands"; direction = "down"; qos = 1; }"""
+    broker.publish("redback/p1/bikes/bike-1/commands", "go", "-r", "-q", "1")
+    for version in (5, 3):
+        g = start_gateway(d, broker, pki, mappings=one, mqtt="version = %d;" % version)
+        wait_until(lambda: (coap(url(g, "bikes/bike-1/commands"), method="get", psk=BIKE1) or
+                            type("r", (), {"code": None})).code == "2.05",
+                   "the retained value over MQTT %d" % version)
+        check(g.count("subscription refused") == 0, "subscription refused")
+        check(g.stop() == 0, "exit status with MQTT %d" % version)
+
+
 def both_mapping_put_and_observe():
     d, pki, broker = setup()
     g = start_gateway(d, broker, pki)
@@ -247,4 +282,5 @@ if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
                                   resubscribe_after_broker_restart, max_resources_bounds_memory,
+                                  observed_resources_are_kept, one_subscription_mqtt5_and_311,
                                   both_mapping_put_and_observe]})

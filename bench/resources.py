@@ -1,0 +1,63 @@
+"""What the down direction's values cost: RSS of the gateway holding N
+concrete resources (coap.max_resources = N), and how fast values arrive.
+Prints the figures."""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "integration"))
+from harness import (Broker, Gateway, Pki, Subscriber, check, mqtt_publish_many,  # noqa: E402
+                     proc_rss_kib, wait_until, workdir)
+
+N = int(os.environ.get("BENCH_RESOURCES", "100000"))
+SIZE = int(os.environ.get("BENCH_VALUE_BYTES", "64"))
+
+MAPPINGS = """
+  { name = "commands"; resource = "bikes/{bike}/commands"; topic = "redback/bikes/{bike}/commands";
+    direction = "down"; qos = 0; }
+"""
+
+
+def main():
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = Gateway(d, broker, pki, mappings=MAPPINGS, log_level="info",
+                coap="max_resources = %d;" % N, mqtt="stats_interval = 1;").start()
+    stats = Subscriber(broker, "tandem/it/stats")
+    g.wait_log("subscribing to")
+    idle = proc_rss_kib(g.proc.pid)
+
+    def received():
+        """Values the gateway took in or had to drop, from its latest statistics."""
+        if not stats.messages:
+            return 0
+        s = json.loads(stats.messages[-1]["payload"])
+        return (s["down"]["received"] + s["mqtt_in"]["dropped_inbox_full"] +
+                s["mqtt_in"]["dropped_too_large"])
+
+    value = b"v" * SIZE
+    for rnd, (lo, hi) in enumerate([(0, N), (N, 2 * N)]):
+        t0 = time.monotonic()
+        mqtt_publish_many(broker, [("redback/bikes/b%d/commands" % i, value)
+                                   for i in range(lo, hi)])
+        wait_until(lambda: received() >= hi, "%d values at the gateway" % hi, timeout=300)
+        dt = time.monotonic() - t0
+        full = json.loads(stats.messages[-1]["payload"])
+        s = full["down"]
+        rss = proc_rss_kib(g.proc.pid)
+        print("%s %d distinct topics of %d bytes in %.1f s (%.0f/s, broker included): "
+              "resources %d, evicted %d, dropped (inbox full) %d, RSS %d KiB (idle %d KiB, "
+              "%.0f bytes per resource)"
+              % ("first" if rnd == 0 else "then", hi - lo, SIZE, dt, (hi - lo) / dt,
+                 s["resources"], s["evicted"], full["mqtt_in"]["dropped_inbox_full"], rss, idle,
+                 (rss - idle) * 1024.0 / max(s["resources"], 1)), flush=True)
+    check(s["resources"] <= N, "over the bound")
+    g.stop()
+
+
+if __name__ == "__main__":
+    main()
