@@ -32,6 +32,8 @@
 #define BACKOFF_MAX_S 30
 /* Events taken from the inbox per turn. */
 #define INBOX_BATCH 64
+/* Bytes the offline buffer holds at most, besides mqtt.offline_buffer messages. */
+#define OFFLINE_BYTES_MAX (64ull << 20)
 /* Bytes of arrived messages the inbox holds at most. */
 #define INBOX_BYTES (16u << 20)
 /* How often bridge_tick needs to run while anything waits, ms. */
@@ -467,7 +469,8 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
             break;
         }
     }
-    if (!b->connected) {
+    if (!b->connected && (b->cfg->offline_buffer == 0 ||
+                          persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
         code = 503;
         max_age = retry_after_s(b);
         goto refuse;
@@ -489,6 +492,20 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
     int ok_code = method == COAP_REQUEST_CODE_DELETE ? 202 : 204;
     size_t mi = map_entry_index(e);
 
+    if (!b->connected) {
+        /* Into the offline buffer: once Paho has stored it, the promise is kept. */
+        int rc = mqtt_publish(b->mqtt, &msg, UINT64_MAX);
+        if (rc < 0) {
+            code = 503;
+            max_age = retry_after_s(b);
+            goto refuse;
+        }
+        b->st.offline_buffered++;
+        b->maps[mi].up++;
+        bridge_answer(b, resp, ok_code, block1, -1, -1);
+        dedup_add(s, mid, ok_code, block1, -1);
+        return;
+    }
     if (msg.qos == 0) {
         int rc = mqtt_publish(b->mqtt, &msg, 0);
         if (rc < 0) {
@@ -586,7 +603,16 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->inbox = inbox_new(b->npend + 4096, INBOX_BYTES);
     if (!b->pend || !b->maps || !b->inbox)
         goto fail;
-    b->mqtt = mqtt_new(cfg, b->inbox);
+    b->persist = persist_new(cfg->state_dir);
+    if (!b->persist) {
+        gw_err("bridge", "cannot keep state in %s/mqtt (%s)", cfg->state_dir, strerror(errno));
+        goto fail;
+    }
+    persist_set_durable(b->persist, true); /* not connected yet */
+    if (persist_records(b->persist))
+        gw_info("mqtt", "%u messages kept from before the restart will be delivered",
+                persist_records(b->persist));
+    b->mqtt = mqtt_new(cfg, b->inbox, b->persist);
     if (!b->mqtt)
         goto fail;
     b->backoff_s = 1;
@@ -626,6 +652,7 @@ void bridge_free(bridge_t *b)
     dtls_peers_free(sess_free);
     down_free(b);
     mqtt_free(b->mqtt);
+    persist_free(b->persist);
     inbox_free(b->inbox);
     free(b->pend);
     free(b->maps);
@@ -646,6 +673,7 @@ int bridge_inbox_fd(const bridge_t *b)
 
 static void schedule_reconnect(bridge_t *b)
 {
+    persist_set_durable(b->persist, true);
     b->connected = false;
     b->connecting = false;
     b->reconnect_at_ms = bridge_now_ms() + (uint64_t)b->backoff_s * 1000;
@@ -654,6 +682,7 @@ static void schedule_reconnect(bridge_t *b)
 
 static void on_connected(bridge_t *b)
 {
+    persist_set_durable(b->persist, false);
     b->connected = true;
     b->connecting = false;
     b->backoff_s = 1;
@@ -772,9 +801,15 @@ void bridge_drain(bridge_t *b)
 
 void bridge_abandon(bridge_t *b)
 {
+    /*
+     * With an offline buffer, what is still waiting is in the MQTT client's
+     * store and is sent again after a restart: made durable, it is answered
+     * 2.04. Without one it gets 5.03 and the device sends it again.
+     */
+    bool kept = b->cfg->offline_buffer > 0 && b->inflight && persist_flush(b->persist) == 0;
     for (size_t i = 0; i < b->npend; i++)
         if (b->pend[i].used)
-            pending_answer(b, &b->pend[i], 503);
+            pending_answer(b, &b->pend[i], kept ? b->pend[i].ok_code : 503);
 }
 
 void bridge_publish_stats(bridge_t *b)
@@ -835,11 +870,14 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     fprintf(out,
             "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
             "\"acked\":%llu,\"timeouts\":%llu,\"inflight\":%zu,\"inbox_dropped\":%llu,"
+            "\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
             (unsigned long long)b->st.timeouts, b->inflight,
-            (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)percentile(b, 0.5),
+            (unsigned long long)inbox_dropped(b->inbox),
+            (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
+            (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
             (unsigned long long)percentile(b, 0.99));
     for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
         fprintf(out, "%s\"%s\":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}", i ? "," : "",

@@ -70,6 +70,7 @@ struct bridge {
     coap_context_t *ctx;    /* borrowed */
     bridge_inbox_t *inbox;  /* owned */
     bridge_mqtt_t *mqtt;    /* owned */
+    persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
 
     bool connected, connecting, draining, ever_connected;
     uint64_t reconnect_at_ms;
@@ -92,7 +93,7 @@ struct bridge {
     struct {
         uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
         uint64_t responses[256]; /* by class*32 + detail */
-        uint64_t reconnects, published, acked, timeouts, duplicates;
+        uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
         uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
     } st;
 };

@@ -18,6 +18,8 @@ struct bridge_mqtt {
     const gw_config_t *cfg; /* borrowed */
     bridge_inbox_t *inbox;  /* borrowed */
     bool v5;
+    bool buffering;             /* publishes are kept while disconnected */
+    MQTTClient_persistence pp;  /* Paho's view of the persist_t it was given */
     int nsubs;                /* filters in the last subscribe */
     atomic_ullong too_large;  /* messages over coap.max_payload */
     atomic_ullong dropped;    /* messages the inbox had no room for */
@@ -196,7 +198,7 @@ static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
     free(p);
 }
 
-bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox)
+bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t *store)
 {
     bridge_mqtt_t *m = calloc(1, sizeof(*m));
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
@@ -217,11 +219,23 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox)
     snprintf(server, sizeof(server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
              strchr(uri.host, ':') ? "[" : "", uri.host, strchr(uri.host, ':') ? "]" : "",
              uri.port);
+    co.struct_version = 2; /* Paho 1.3.12 refuses 3 (persistQoS0); it persists QoS 0 anyway */
     co.MQTTVersion = m->v5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
-    co.sendWhileDisconnected = 0;
-    co.maxBufferedMessages = cfg->max_inflight;
+    /*
+     * The offline buffer is Paho's own: publishes made while disconnected are
+     * kept (in the persistence store, so they survive a restart) and sent in
+     * order once connected; at offline_buffer of them, new ones are refused.
+     */
+    m->buffering = cfg->offline_buffer > 0;
+    co.sendWhileDisconnected = m->buffering;
+    co.allowDisconnectedSendAtAnyTime = m->buffering;
+    co.maxBufferedMessages = m->buffering ? cfg->offline_buffer : cfg->max_inflight;
+    co.deleteOldestMessages = 0;
+    co.restoreMessages = 1;
+    co.persistQoS0 = 1;
+    m->pp = persist_paho(store);
     rc = MQTTAsync_createWithOptions(&m->client, server, cfg->client_id,
-                                     MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+                                     MQTTCLIENT_PERSISTENCE_USER, &m->pp, &co);
     if (rc != MQTTASYNC_SUCCESS) {
         gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
         free(m);
@@ -310,7 +324,7 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     struct pub_ctx *ctx = NULL;
     int rc;
 
-    if (!MQTTAsync_isConnected(m->client))
+    if (!m->buffering && !MQTTAsync_isConnected(m->client))
         return -ENOTCONN;
     pm.payload = (void *)msg->payload;
     pm.payloadlen = (int)msg->len;
@@ -363,7 +377,9 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
         gw_debug("mqtt", "publish not handed over (%s)", MQTTAsync_strerror(rc));
         if (rc == MQTTASYNC_DISCONNECTED)
             return -ENOTCONN;
-        if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT)
+        if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+            return -ENOBUFS;
+        if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT)
             return -EAGAIN;
         return -EINVAL;
     }

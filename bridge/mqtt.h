@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "inbox.h"
+#include "persist.h"
 
 typedef struct bridge_mqtt bridge_mqtt_t;
 
@@ -26,8 +27,11 @@ typedef struct mqtt_msg {
     const char *device;       /* MQTT 5 user property "device", or NULL */
 } mqtt_msg_t;
 
-/* cfg and inbox are borrowed and must outlive the client. */
-bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox);
+/*
+ * cfg, inbox and store are borrowed and must outlive the client. What the
+ * client has not delivered is kept in store, and restored from it here.
+ */
+bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t *store);
 void mqtt_free(bridge_mqtt_t *m);
 
 /* Starts a connection attempt; the outcome arrives as an inbox event. */
@@ -35,8 +39,9 @@ int mqtt_connect(bridge_mqtt_t *m);
 
 /*
  * Hands a message to the client. For QoS 1/2 the acknowledgement arrives as
- * EV_PUB_OK/EV_PUB_FAILED with id. Returns 0, -ENOTCONN, -EAGAIN (client
- * queue full) or -EINVAL.
+ * EV_PUB_OK/EV_PUB_FAILED with id. While disconnected with an offline
+ * buffer, 0 means the message is stored. Returns 0, -ENOTCONN, -ENOBUFS
+ * (offline buffer full), -EAGAIN (too many in flight) or -EINVAL.
  */
 int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
 

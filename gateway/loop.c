@@ -145,9 +145,6 @@ int gw_run(const gw_config_t *cfg, const dtls_psk_store_t *psk)
         gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
-    if (cfg->offline_buffer > 0)
-        gw_info("bridge", "offline buffer not available in this version: while the broker is "
-                          "unreachable, devices get 5.03 with Max-Age");
     bridge_start(b);
 #if HAVE_SYSTEMD
     sd_notify(0, "READY=1");

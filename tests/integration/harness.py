@@ -319,6 +319,8 @@ class Gateway:
             mappings = DEFAULT_MAPPINGS
         self.conf = os.path.join(d, "tandem.conf")
         with open(self.conf, "w") as f:
+            if "state_dir" not in gateway:
+                gateway += ' state_dir = "%s";' % os.path.join(d, "state-%d" % self.dtls_port)
             f.write('gateway = { id = "it"; log_level = "%s"; %s };\n' % (log_level, gateway))
             f.write('coap = { bind = "127.0.0.1"; port = %d; %s\n' % (self.plain_port, coap))
             f.write('  dtls = { port = %d; %s };\n' % (self.dtls_port, dtls))

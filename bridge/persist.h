@@ -1,0 +1,37 @@
+/*
+ * Where the MQTT client keeps what it has not delivered yet: Paho's
+ * persistence interface, implemented on files in gateway.state_dir/mqtt.
+ *
+ * Each record is written to a temporary file and renamed into place, so a
+ * crash never leaves a half-written record. While the broker is unreachable
+ * (persist_set_durable(true)) every record is also fsync'ed with its folder
+ * before Paho reports it stored: what a device was answered 2.04 for then
+ * survives a power cut too. While connected, a 2.04 waits for the broker's
+ * acknowledgement, so records are not fsync'ed.
+ */
+#ifndef TANDEM_PERSIST_H
+#define TANDEM_PERSIST_H
+
+#include <MQTTClientPersistence.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct persist persist_t;
+
+/* state_dir must exist; the subfolder "mqtt" is made. NULL with errno on failure. */
+persist_t *persist_new(const char *state_dir);
+void persist_free(persist_t *p);
+
+/* The Paho persistence callbacks for p; p must outlive the client. */
+MQTTClient_persistence persist_paho(persist_t *p);
+
+void persist_set_durable(persist_t *p, bool durable);
+
+/* fsyncs every record held and the folder. 0, or -errno of the first failure. */
+int persist_flush(persist_t *p);
+
+/* Records and bytes held now (safe from any thread). */
+uint64_t persist_bytes(persist_t *p);
+unsigned persist_records(persist_t *p);
+
+#endif
