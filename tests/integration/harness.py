@@ -139,7 +139,8 @@ class Pki:
 class Broker:
     """Mosquitto with one TLS listener on loopback."""
 
-    def __init__(self, d, pki, port=None, require_certificate=False, plain=False, server=None):
+    def __init__(self, d, pki, port=None, require_certificate=False, plain=False, server=None,
+                 persistent=False):
         """plain: also a TCP listener without TLS (self.plain_port); server: the
         broker's certificate and key, the PKI's server certificate by default."""
         self.dir, self.pki = d, pki
@@ -150,7 +151,14 @@ class Broker:
         with open(self.conf, "w") as f:
             if os.geteuid() == 0:
                 f.write("user root\n")
-            f.write("per_listener_settings false\nallow_anonymous true\npersistence false\n")
+            f.write("per_listener_settings false\nallow_anonymous true\n")
+            if persistent:
+                # Saved at every change: a kill -9 loses nothing it acknowledged.
+                f.write("persistence true\npersistence_location %s/\n" % d)
+                f.write("autosave_on_changes true\nautosave_interval 1\n")
+                f.write("max_queued_messages 100000\n")
+            else:
+                f.write("persistence false\n")
             if self.plain_port:
                 f.write("listener %d 127.0.0.1\n" % self.plain_port)
             f.write("listener %d 127.0.0.1\n" % self.port)
@@ -178,6 +186,11 @@ class Broker:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(WAIT)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(WAIT)
 
     def pause(self):
@@ -248,11 +261,15 @@ class Subscriber:
 
     FORMAT = r"%t\t%q\t%r\t%C\t%F\t%P\t%x"
 
-    def __init__(self, broker, *filters):
+    def __init__(self, broker, *filters, session=None):
+        """session: a client id whose session the broker keeps while this
+        subscriber is away (messages for it are queued)."""
         self.broker = broker
-        self.probe_topic = "probe/" + secrets.token_hex(4)
+        self.probe_topic = "probe/" + (session or secrets.token_hex(4))
         args = ["stdbuf", "-oL", "mosquitto_sub", "-V", "5", "-q", "2", *broker.client_args(),
                 "-F", self.FORMAT, "-t", self.probe_topic]
+        if session:
+            args += ["-i", session, "-c", "-x", "86400"]
         for f in filters:
             args += ["-t", f]
         self.proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -347,6 +364,11 @@ class Gateway:
         if wait_connected:
             self.wait_log("mqtt: connected to")
         return self
+
+    def restart(self):
+        """Starts the same configuration again (same ports, same state_dir)."""
+        self.lines = []
+        return self.start(wait_connected=False)
 
     def _read(self):
         with open(self.log, "a") as out:
