@@ -267,7 +267,9 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
             }
         }
     }
-    if (code == p->ok_code)
+    if (p->map == SIZE_MAX) /* its mapping went at a reload */
+        ;
+    else if (code == p->ok_code)
         b->maps[p->map].up++;
     else
         b->maps[p->map].refused++;
@@ -680,6 +682,24 @@ static void schedule_reconnect(bridge_t *b)
     b->backoff_s = b->backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->backoff_s * 2;
 }
 
+/*
+ * The connection is lost with publishes still waiting for their
+ * acknowledgement. The client keeps them in its store and sends them again
+ * once reconnected; with an offline buffer, made durable, they are answered
+ * 2.04 now, as a publish made while disconnected would be.
+ */
+static void keep_inflight(bridge_t *b)
+{
+    if (b->cfg->offline_buffer == 0 || b->inflight == 0 || persist_flush(b->persist) < 0)
+        return;
+    for (size_t i = 0; i < b->npend; i++) {
+        if (b->pend[i].used) {
+            b->st.offline_buffered++;
+            pending_answer(b, &b->pend[i], b->pend[i].ok_code);
+        }
+    }
+}
+
 static void on_connected(bridge_t *b)
 {
     persist_set_durable(b->persist, false);
@@ -719,6 +739,7 @@ void bridge_process_inbox(bridge_t *b)
             gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
             b->backoff_s = 1;
             schedule_reconnect(b);
+            keep_inflight(b);
             break;
         case EV_PUB_OK:
             if (ev[i].id == UINT64_MAX)
@@ -812,6 +833,56 @@ void bridge_abandon(bridge_t *b)
             pending_answer(b, &b->pend[i], kept ? b->pend[i].ok_code : 503);
 }
 
+/* Index in next of the mapping named as mapping i of cur, or SIZE_MAX. */
+static size_t same_mapping(const gw_config_t *cur, size_t i, const gw_config_t *next)
+{
+    const map_entry_t *e = map_table_get(cur->maps, i);
+    for (size_t k = 0; e && k < map_table_count(next->maps); k++)
+        if (!strcmp(map_entry_name(map_table_get(next->maps, k)), map_entry_name(e)))
+            return k;
+    return SIZE_MAX;
+}
+
+void bridge_reload(bridge_t *b, const gw_config_t *next)
+{
+    size_t n = map_table_count(next->maps);
+    struct map_counters *maps = calloc(n + 1, sizeof(*maps));
+    if (!maps) {
+        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        return;
+    }
+    size_t *index = calloc(map_table_count(b->cfg->maps) + 1, sizeof(*index));
+    if (!index) {
+        free(maps);
+        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        return;
+    }
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+        index[i] = same_mapping(b->cfg, i, next);
+        if (index[i] != SIZE_MAX)
+            maps[index[i]] = b->maps[i];
+    }
+    for (size_t i = 0; i < b->npend; i++)
+        if (b->pend[i].used)
+            b->pend[i].map = b->pend[i].map < map_table_count(b->cfg->maps)
+                                 ? index[b->pend[i].map]
+                                 : SIZE_MAX;
+    free(index);
+    down_reload(b, next);
+    free(b->maps);
+    b->maps = maps;
+    b->cfg = next;
+    mqtt_set_config(b->mqtt, next);
+}
+
+void bridge_count_reload(bridge_t *b, bool ok)
+{
+    if (ok)
+        b->st.reloads++;
+    else
+        b->st.reload_failures++;
+}
+
 void bridge_publish_stats(bridge_t *b)
 {
     char *json = NULL;
@@ -886,6 +957,8 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
     fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
             (unsigned long long)dropped, (unsigned long long)too_large);
+    fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
+            (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
     down_stats_json(b, out);
     fprintf(out, "}\n");
 }

@@ -52,6 +52,17 @@ void bridge_publish_stats(bridge_t *b);
 /* Says "offline" on the status topic and disconnects. */
 void bridge_shutdown(bridge_t *b, int timeout_ms);
 
+/*
+ * Takes a reloaded configuration: mappings, counters, held values and
+ * subscriptions follow it. next is borrowed from now on (and the old one no
+ * longer used); it must have the running values of what takes a restart
+ * (gw_config_keep_fixed).
+ */
+void bridge_reload(bridge_t *b, const gw_config_t *next);
+
+/* Counts a reload, or a refused one. */
+void bridge_count_reload(bridge_t *b, bool ok);
+
 /* Writes the statistics as one JSON object (SPEC §9). */
 void bridge_stats_json(const bridge_t *b, FILE *out);
 

@@ -94,6 +94,7 @@ struct bridge {
         uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
         uint64_t responses[256]; /* by class*32 + detail */
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
+        uint64_t reloads, reload_failures;
         uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
     } st;
 };
@@ -121,6 +122,8 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
 int down_init(bridge_t *b);
 void down_free(bridge_t *b);
 void down_on_connected(bridge_t *b);
+/* Before b->cfg becomes next: held values follow the new mappings. */
+void down_reload(bridge_t *b, const gw_config_t *next);
 void down_message(bridge_t *b, inbox_msg_t *msg);
 /* The handler of GET, on the catch-all resource as on concrete ones. */
 void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,

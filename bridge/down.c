@@ -162,28 +162,95 @@ void down_free(bridge_t *b)
     b->store = NULL;
 }
 
-void down_on_connected(bridge_t *b)
+/* The subscription filters of cfg's down mappings, strdup'ed; returns how many. */
+static int filters_of(const gw_config_t *cfg, char **filters, int *qos, int max)
 {
-    size_t n = map_table_count(b->cfg->maps);
-    char *filters[n ? n : 1];
-    int qos[n ? n : 1];
     int k = 0;
-    for (size_t i = 0; i < n; i++) {
-        const map_entry_t *m = map_table_get(b->cfg->maps, i);
+    for (size_t i = 0; i < map_table_count(cfg->maps) && k < max; i++) {
+        const map_entry_t *m = map_table_get(cfg->maps, i);
         char buf[MAP_PATH_MAX + 1];
         if (!(map_entry_direction(m) & MAP_DOWN) || map_entry_filter(m, buf, sizeof(buf)) < 0)
             continue;
         filters[k] = strdup(buf);
         if (!filters[k])
             break;
-        qos[k++] = map_entry_qos(m);
+        if (qos)
+            qos[k] = map_entry_qos(m);
+        k++;
     }
+    return k;
+}
+
+static bool has_filter(char **v, int n, const char *f)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(v[i], f))
+            return true;
+    return false;
+}
+
+void down_on_connected(bridge_t *b)
+{
+    size_t n = map_table_count(b->cfg->maps);
+    char *filters[n ? n : 1];
+    int qos[n ? n : 1];
+    int k = filters_of(b->cfg, filters, qos, (int)(n ? n : 1));
     if (k) {
         gw_info("mqtt", "subscribing to %d filter%s", k, k > 1 ? "s" : "");
         mqtt_subscribe(b->mqtt, filters, qos, k);
     }
     for (int i = 0; i < k; i++)
         free(filters[i]);
+}
+
+void down_reload(bridge_t *b, const gw_config_t *next)
+{
+    /* Held values stay with their mapping when it is still there, the same. */
+    store_entry_t *e = store_lru(b->store);
+    while (e) {
+        store_entry_t *newer = e->newer;
+        const map_entry_t *old = map_table_get(b->cfg->maps, e->map);
+        size_t k;
+        for (k = 0; old && k < map_table_count(next->maps); k++) {
+            const map_entry_t *m = map_table_get(next->maps, k);
+            if (!strcmp(map_entry_name(m), map_entry_name(old)) &&
+                !strcmp(map_entry_resource(m), map_entry_resource(old)) &&
+                !strcmp(map_entry_topic(m), map_entry_topic(old)) &&
+                (map_entry_direction(m) & MAP_DOWN))
+                break;
+        }
+        if (old && k < map_table_count(next->maps))
+            e->map = k;
+        else
+            drop_entry(b, e); /* observers are told 4.04 by libcoap */
+        e = newer;
+    }
+    /* Subscriptions: drop the filters that went, add the new ones. */
+    size_t n = map_table_count(b->cfg->maps) + map_table_count(next->maps) + 1;
+    char **was = calloc(n, sizeof(char *)), **now = calloc(n, sizeof(char *));
+    int *qos = calloc(n, sizeof(int));
+    if (was && now && qos) {
+        int nw = filters_of(b->cfg, was, NULL, (int)n), nn = filters_of(next, now, qos, (int)n);
+        char **gone = calloc(n, sizeof(char *));
+        int ng = 0;
+        for (int i = 0; gone && i < nw; i++)
+            if (!has_filter(now, nn, was[i]))
+                gone[ng++] = was[i];
+        if (b->connected) {
+            if (gone)
+                mqtt_unsubscribe(b->mqtt, gone, ng);
+            /* Subscribing again to a kept filter is harmless (retained values come again). */
+            mqtt_subscribe(b->mqtt, now, qos, nn);
+        }
+        free(gone);
+        for (int i = 0; i < nw; i++)
+            free(was[i]);
+        for (int i = 0; i < nn; i++)
+            free(now[i]);
+    }
+    free(was);
+    free(now);
+    free(qos);
 }
 
 void down_message(bridge_t *b, inbox_msg_t *msg)

@@ -409,6 +409,24 @@ int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n
     return 0;
 }
 
+int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    if (n == 0)
+        return 0;
+    int rc = MQTTAsync_unsubscribeMany(m->client, n, filters, &ro);
+    if (rc != MQTTASYNC_SUCCESS) {
+        gw_warn("mqtt", "cannot unsubscribe (%s)", MQTTAsync_strerror(rc));
+        return -EIO;
+    }
+    return 0;
+}
+
+void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg)
+{
+    m->cfg = cfg;
+}
+
 uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large)
 {
     *too_large = atomic_load(&m->too_large);

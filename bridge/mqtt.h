@@ -51,6 +51,12 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
  */
 int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n);
 
+/* Drops the subscriptions to n filters. */
+int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n);
+
+/* The configuration from now on (a reload); borrowed like the first. */
+void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg);
+
 /* Messages dropped for want of inbox room; *too_large: over coap.max_payload. */
 uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large);
 

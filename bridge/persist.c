@@ -1,5 +1,7 @@
 #include "persist.h"
 
+#include <MQTTAsync.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +12,23 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+/*
+ * What pget and pkeys return, Paho frees with its own allocator (it tracks
+ * its heap), so it must come from Paho's malloc. The library exports it;
+ * this version's headers do not declare it.
+ */
+extern void *MQTTAsync_malloc(size_t size);
+
+static char *paho_strndup(const char *s, size_t n)
+{
+    char *d = MQTTAsync_malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
 
 struct persist {
     char *dir; /* owned: state_dir/mqtt */
@@ -213,11 +232,11 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
             close(fd);
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
-    char *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+    char *buf = MQTTAsync_malloc(st.st_size ? (size_t)st.st_size : 1);
     ssize_t r = buf ? read(fd, buf, (size_t)st.st_size) : -1;
     close(fd);
     if (r != st.st_size) {
-        free(buf);
+        MQTTAsync_free(buf);
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
     *buffer = buf;
@@ -256,12 +275,15 @@ static int p_keys(void *handle, char ***keys, int *nkeys)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
-            char **nv = realloc(v, (size_t)cap * sizeof(*v));
+            char **nv = MQTTAsync_malloc((size_t)cap * sizeof(*v));
             if (!nv)
                 goto fail;
+            if (v)
+                memcpy(nv, v, (size_t)n * sizeof(*v));
+            MQTTAsync_free(v);
             v = nv;
         }
-        v[n] = strndup(de->d_name, strlen(de->d_name) - strlen(SUFFIX));
+        v[n] = paho_strndup(de->d_name, strlen(de->d_name) - strlen(SUFFIX));
         if (!v[n])
             goto fail;
         n++;
@@ -273,8 +295,8 @@ static int p_keys(void *handle, char ***keys, int *nkeys)
 fail:
     closedir(d);
     for (int i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
+        MQTTAsync_free(v[i]);
+    MQTTAsync_free(v);
     return MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
@@ -286,9 +308,9 @@ static int p_clear(void *handle)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     for (int i = 0; i < n; i++) {
         p_remove(handle, keys[i]);
-        free(keys[i]);
+        MQTTAsync_free(keys[i]);
     }
-    free(keys);
+    MQTTAsync_free(keys);
     return 0;
 }
 

@@ -113,7 +113,8 @@ dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t
         for (size_t i = 0; i < hexlen / 2 && ok; i++) {
             int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
             ok = hi >= 0 && lo >= 0;
-            p->key[i] = (uint8_t)(hi << 4 | lo);
+            if (ok)
+                p->key[i] = (uint8_t)(hi << 4 | lo);
         }
         if (!ok) {
             gw_errs_add(errs, path, lineno, setting, "key is not hexadecimal");
@@ -230,13 +231,37 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
     return 1;
 }
 
+/*
+ * The certificate, key and CA paths libcoap was given: it keeps the pointers
+ * and reads the files at each new handshake (so a renewed certificate is
+ * picked up by new sessions). Owned here, replaced by the next setup.
+ */
+static char *pki_paths[3];
+
+static void set_paths(char *paths[3])
+{
+    for (int i = 0; i < 3; i++) {
+        free(pki_paths[i]);
+        pki_paths[i] = paths[i];
+    }
+}
+
+void dtls_release(void)
+{
+    char *none[3] = {NULL, NULL, NULL};
+    set_paths(none);
+}
+
 int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk)
 {
     if (!coap_dtls_is_supported()) {
         gw_err("dtls", "libcoap was built without DTLS");
         return -ENOTSUP;
     }
-    if (psk) {
+    static bool psk_set;
+    if (psk || psk_set) {
+        /* After a reload without psk_file, a NULL store knows no identity. */
+        psk_set = true;
         coap_dtls_spsk_t s;
         memset(&s, 0, sizeof(s));
         s.version = COAP_DTLS_SPSK_SETUP_VERSION;
@@ -264,14 +289,24 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
         p.cert_chain_validation = 1;
         p.cert_chain_verify_depth = 4;
         p.validate_cn_call_back = on_cert;
+        char *paths[3] = {strdup(cfg->dtls_cert), strdup(cfg->dtls_key),
+                          *cfg->dtls_ca ? strdup(cfg->dtls_ca) : NULL};
+        if (!paths[0] || !paths[1] || (*cfg->dtls_ca && !paths[2])) {
+            for (int i = 0; i < 3; i++)
+                free(paths[i]);
+            return -ENOMEM;
+        }
         p.pki_key.key_type = COAP_PKI_KEY_PEM;
-        p.pki_key.key.pem.public_cert = cfg->dtls_cert;
-        p.pki_key.key.pem.private_key = cfg->dtls_key;
-        p.pki_key.key.pem.ca_file = *cfg->dtls_ca ? cfg->dtls_ca : NULL;
+        p.pki_key.key.pem.public_cert = paths[0];
+        p.pki_key.key.pem.private_key = paths[1];
+        p.pki_key.key.pem.ca_file = paths[2];
         if (!coap_context_set_pki(ctx, &p)) {
             gw_err("dtls", "cannot set up X.509 credentials from %s", cfg->dtls_cert);
+            for (int i = 0; i < 3; i++)
+                free(paths[i]);
             return -EINVAL;
         }
+        set_paths(paths);
     }
     return 0;
 }

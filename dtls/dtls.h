@@ -25,10 +25,15 @@ void dtls_psk_free(dtls_psk_store_t *store);
 size_t dtls_psk_count(const dtls_psk_store_t *store);
 
 /*
- * Sets up DTLS on ctx from cfg. psk may be NULL; it is borrowed and must live
- * as long as ctx. Returns 0, or a negative errno code (logged).
+ * Sets up DTLS on ctx from cfg, at start and again at each reload: new
+ * handshakes use the new set, established sessions go on. psk may be NULL;
+ * it is borrowed and must live until the next dtls_setup() or the end of
+ * ctx. Returns 0, or a negative errno code (logged).
  */
 int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk);
+
+/* Frees what dtls_setup() keeps, after coap_free_context(). */
+void dtls_release(void);
 
 /*
  * Called during a handshake once the device's identity is known (a PSK

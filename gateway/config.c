@@ -4,6 +4,7 @@
  * change it.
  */
 #include "config.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -655,6 +656,44 @@ void gw_config_free(gw_config_t *cfg)
     free(cfg->file);
     free(cfg->dir);
     free(cfg);
+}
+
+void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *d = &schema[i];
+        if (d->reloadable || d->type == S_GROUP)
+            continue;
+        void *n = (char *)next + d->off;
+        const void *c = (const char *)cur + d->off;
+        bool same;
+        if (d->type == S_STR || d->type == S_PATH)
+            same = !strcmp(*(char **)n, *(char *const *)c);
+        else if (d->type == S_BOOL)
+            same = *(bool *)n == *(const bool *)c;
+        else
+            same = *(int *)n == *(const int *)c;
+        if (same)
+            continue;
+        gw_warn("config", "%s changed: it takes a restart; the running value stays", d->name);
+        if (d->type == S_STR || d->type == S_PATH) {
+            char *copy = strdup(*(char *const *)c);
+            if (copy) {
+                free(*(char **)n);
+                *(char **)n = copy;
+            }
+        } else if (d->type == S_BOOL) {
+            *(bool *)n = *(const bool *)c;
+        } else {
+            *(int *)n = *(const int *)c;
+        }
+    }
+    /* Read from password_file, which takes a restart too. */
+    if (next->password) {
+        explicit_bzero(next->password, strlen(next->password));
+        free(next->password);
+    }
+    next->password = cur->password ? strdup(cur->password) : NULL;
 }
 
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out)

@@ -11,9 +11,17 @@
 enum { GW_EXIT_OK = 0, GW_EXIT_CONFIG = 1, GW_EXIT_USAGE = 2, GW_EXIT_RUNTIME = 3 };
 
 /*
- * Runs the gateway until SIGTERM or SIGINT. cfg and psk (may be NULL) are
- * borrowed. Returns an exit status.
+ * Loads path and checks the files it names (certificates, keys, PSK file).
+ * NULL with errs filled when anything is wrong; *psk is NULL without a
+ * psk_file.
  */
-int gw_run(const gw_config_t *cfg, const dtls_psk_store_t *psk);
+gw_config_t *gw_load(const char *path, dtls_psk_store_t **psk, gw_errs_t *errs);
+
+/*
+ * Runs the gateway until SIGTERM or SIGINT. *cfg and *psk (may be NULL) stay
+ * the caller's to free; a reload (SIGHUP) replaces them. Returns an exit
+ * status.
+ */
+int gw_run(gw_config_t **cfg, dtls_psk_store_t **psk);
 
 #endif

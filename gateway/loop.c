@@ -78,8 +78,57 @@ static void publish_stats(bridge_t *b, const gw_config_t *cfg, uint64_t *next_ms
     bridge_publish_stats(b);
 }
 
-int gw_run(const gw_config_t *cfg, const dtls_psk_store_t *psk)
+/*
+ * SIGHUP: the configuration, mappings, PSK file and certificates are read
+ * again; the new set is used by new handshakes and requests. Anything
+ * invalid keeps the running set.
+ */
+static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk_store_t **psk)
 {
+    gw_errs_t errs = {0};
+    dtls_psk_store_t *npsk = NULL;
+    const char *file = (*cfg)->file;
+
+    gw_info("gateway", "reloading %s", file);
+    gw_config_t *next = gw_load(file, &npsk, &errs);
+    if (next) {
+        gw_config_keep_fixed(next, *cfg);
+        if ((npsk || *next->dtls_cert || *(*cfg)->dtls_cert || *psk) &&
+            dtls_setup(ctx, next, npsk) < 0) {
+            gw_config_free(next);
+            dtls_psk_free(npsk);
+            next = NULL;
+        }
+    } else {
+        for (char *line = errs.text; line && *line;) {
+            char *end = strchr(line, '\n');
+            gw_err("config", "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
+            line = end ? end + 1 : NULL;
+        }
+    }
+    gw_errs_clear(&errs);
+    if (!next) {
+        gw_err("gateway", "reload refused: the running configuration stays");
+        bridge_count_reload(b, false);
+        return;
+    }
+    coap_context_set_max_idle_sessions(ctx, (unsigned)next->max_sessions);
+    coap_context_set_session_timeout(ctx, (unsigned)next->session_idle_timeout);
+    gw_log_set_level(next->log_level);
+    bridge_reload(b, next);
+    gw_config_free(*cfg);
+    dtls_psk_free(*psk);
+    *cfg = next;
+    *psk = npsk;
+    bridge_count_reload(b, true);
+    gw_info("gateway", "reloaded: %zu mappings%s", map_table_count(next->maps),
+            npsk ? ", PSK identities" : "");
+}
+
+int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
+{
+    const gw_config_t *cfg = *cfgp;
+    const dtls_psk_store_t *psk = *pskp;
     int status = GW_EXIT_RUNTIME, ep = -1, sfd = -1;
     coap_context_t *ctx = NULL;
     bridge_t *b = NULL;
@@ -177,7 +226,10 @@ int gw_run(const gw_config_t *cfg, const dtls_psk_store_t *psk)
                 struct signalfd_siginfo si;
                 while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
                     if (si.ssi_signo == SIGHUP) {
-                        gw_warn("gateway", "reload (SIGHUP) is not supported yet; ignored");
+                        if (!stopping) {
+                            reload(ctx, b, cfgp, pskp);
+                            cfg = *cfgp;
+                        }
                     } else if (stopping) {
                         gw_warn("gateway", "second stop signal: exiting now");
                         status = GW_EXIT_OK;
@@ -211,6 +263,7 @@ out:
         close(ep);
     bridge_free(b);
     coap_free_context(ctx);
+    dtls_release();
     coap_cleanup();
     return status;
 }

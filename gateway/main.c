@@ -11,7 +11,6 @@
 #include "gateway.h"
 #include "log.h"
 #include "tandem_build.h"
-#include "tls.h"
 
 static void usage(FILE *out)
 {
@@ -23,62 +22,11 @@ static void usage(FILE *out)
             "       tandem --version | --help | COMMAND --help\n");
 }
 
-/*
- * Checks what the configuration points at: certificates and keys match and
- * are in date, CA bundles load, the PSK file parses. Warnings go to stderr.
- */
-static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
-{
-    char err[512];
-    int days;
-    dtls_psk_store_t *psk = NULL;
-    const struct {
-        const char *name, *cert, *key;
-    } pairs[] = {
-        {"coap.dtls.cert", cfg->dtls_cert, cfg->dtls_key},
-        {"mqtt.cert", cfg->mqtt_cert, cfg->mqtt_key},
-    };
-    const struct {
-        const char *name, *path;
-    } cas[] = {{"coap.dtls.ca", cfg->dtls_ca}, {"mqtt.ca", cfg->mqtt_ca}};
-
-    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
-        if (!*pairs[i].cert)
-            continue;
-        if (tls_cert_check(pairs[i].cert, pairs[i].key, &days, err, sizeof(err)) < 0)
-            gw_errs_add(errs, cfg->file, gw_config_line(cfg, pairs[i].name), pairs[i].name, "%s",
-                        err);
-        else if (days < TLS_EXPIRY_WARN_DAYS)
-            fprintf(stderr, "warning config: %s: %s expires in %d days\n", pairs[i].name,
-                    pairs[i].cert, days);
-    }
-    for (size_t i = 0; i < sizeof(cas) / sizeof(cas[0]); i++)
-        if (*cas[i].path && tls_ca_check(cas[i].path, err, sizeof(err)) < 0)
-            gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s",
-                        err);
-    if (*cfg->psk_file) {
-        psk = dtls_psk_load(cfg->psk_file, "coap.dtls.psk_file", errs);
-        if (psk && dtls_psk_count(psk) == 0)
-            fprintf(stderr, "warning config: coap.dtls.psk_file: %s holds no identities\n",
-                    cfg->psk_file);
-    }
-    return psk;
-}
-
 /* Loads and checks everything; prints errors. NULL when anything is wrong. */
 static gw_config_t *load(const char *path, dtls_psk_store_t **psk)
 {
     gw_errs_t errs = {0};
-    gw_config_t *cfg = gw_config_load(path, &errs);
-    if (cfg) {
-        *psk = check_files(cfg, &errs);
-        if (errs.count) {
-            dtls_psk_free(*psk);
-            *psk = NULL;
-            gw_config_free(cfg);
-            cfg = NULL;
-        }
-    }
+    gw_config_t *cfg = gw_load(path, psk, &errs);
     if (errs.count)
         fputs(errs.text ? errs.text : "tandem: configuration error\n", stderr);
     gw_errs_clear(&errs);
@@ -150,7 +98,7 @@ int main(int argc, char **argv)
         printf("%s: configuration OK\n", path);
     } else {
         gw_log_set_level(cfg->log_level);
-        status = gw_run(cfg, psk);
+        status = gw_run(&cfg, &psk); /* a reload replaces both */
     }
     dtls_psk_free(psk);
     gw_config_free(cfg);
