@@ -69,6 +69,27 @@ static int add_fd(int ep, int fd, int tag)
     return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
+/* systemd: readiness, reloads, stop and the watchdog (no-ops without it). */
+static void notify(const char *state)
+{
+#if HAVE_SYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
+}
+
+/* Milliseconds between watchdog pings (half of WatchdogSec=), 0 when off. */
+static uint64_t watchdog_interval_ms(void)
+{
+#if HAVE_SYSTEMD
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec >= 2000)
+        return usec / 2000;
+#endif
+    return 0;
+}
+
 static void publish_stats(bridge_t *b, const gw_config_t *cfg, uint64_t *next_ms)
 {
     uint64_t now = now_ms();
@@ -90,6 +111,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     const char *file = (*cfg)->file;
 
     gw_info("gateway", "reloading %s", file);
+    notify("RELOADING=1");
     gw_config_t *next = gw_load(file, &npsk, &errs);
     if (next) {
         gw_config_keep_fixed(next, *cfg);
@@ -110,6 +132,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     if (!next) {
         gw_err("gateway", "reload refused: the running configuration stays");
         bridge_count_reload(b, false);
+        notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
     coap_context_set_max_idle_sessions(ctx, (unsigned)next->max_sessions);
@@ -123,6 +146,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     bridge_count_reload(b, true);
     gw_info("gateway", "reloaded: %zu mappings%s", map_table_count(next->maps),
             npsk ? ", PSK identities" : "");
+    notify("READY=1\nSTATUS=running");
 }
 
 int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
@@ -195,9 +219,9 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         goto out;
     }
     bridge_start(b);
-#if HAVE_SYSTEMD
-    sd_notify(0, "READY=1");
-#endif
+    /* The listeners are bound: ready. */
+    notify("READY=1\nSTATUS=running");
+    uint64_t watchdog_ms = watchdog_interval_ms(), next_watchdog = 0;
     gw_info("gateway", "%s ready (tandem %s)", cfg->id, TANDEM_VERSION);
 
     for (;;) {
@@ -207,6 +231,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
             timeout = 1000;
         if (stopping)
             timeout = 50;
+        if (watchdog_ms && (timeout < 0 || (uint64_t)timeout > watchdog_ms))
+            timeout = (int)watchdog_ms;
         int n = epoll_wait(ep, evs, 8, timeout);
         if (n < 0 && errno != EINTR) {
             gw_err("gateway", "epoll_wait failed (%s)", strerror(errno));
@@ -236,6 +262,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                         goto out;
                     } else {
                         gw_info("gateway", "stopping (%s)", strsignal((int)si.ssi_signo));
+                        notify("STOPPING=1");
                         stopping = true;
                         stop_deadline = now_ms() + STOP_WAIT_MS;
                         bridge_drain(b);
@@ -247,6 +274,10 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         }
         bridge_tick(b);
         publish_stats(b, cfg, &next_stats);
+        if (watchdog_ms && now_ms() >= next_watchdog) {
+            notify("WATCHDOG=1");
+            next_watchdog = now_ms() + watchdog_ms;
+        }
         if (stopping && (bridge_inflight(b) == 0 || now_ms() >= stop_deadline))
             break;
     }
