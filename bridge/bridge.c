@@ -9,6 +9,8 @@
  */
 #include "bridge.h"
 
+#include "tandem_build.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -920,13 +922,31 @@ static uint64_t percentile(const bridge_t *b, double q)
     return 1023;
 }
 
+/* A JSON string: names come from the configuration and may hold any character. */
+static void json_str(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
+}
+
 void bridge_stats_json(const bridge_t *b, FILE *out)
 {
+    fputs("{\"gateway\":", out);
+    json_str(out, b->cfg->id);
     fprintf(out,
-            "{\"gateway\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
+            ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
             "\"duplicates\":%llu,\"bytes_in\":%llu,\"responses\":{",
-            b->cfg->id, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
+            TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
             (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
             (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
             (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in);
@@ -950,10 +970,14 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
             (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
             (unsigned long long)percentile(b, 0.99));
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
-        fprintf(out, "%s\"%s\":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}", i ? "," : "",
-                map_entry_name(map_table_get(b->cfg->maps, i)), (unsigned long long)b->maps[i].up,
-                (unsigned long long)b->maps[i].down, (unsigned long long)b->maps[i].refused);
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+        if (i)
+            fputc(',', out);
+        json_str(out, map_entry_name(map_table_get(b->cfg->maps, i)));
+        fprintf(out, ":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}",
+                (unsigned long long)b->maps[i].up, (unsigned long long)b->maps[i].down,
+                (unsigned long long)b->maps[i].refused);
+    }
     uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
     fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
             (unsigned long long)dropped, (unsigned long long)too_large);

@@ -70,7 +70,10 @@ def broken_file_keeps_the_running_set():
     broker = Broker(d, pki).start()
     stats = Subscriber(broker, "tandem/it/stats")
     sub = Subscriber(broker, "redback/#")
-    g = Gateway(d, broker, pki, mqtt="stats_interval = 1;").start()
+    odd = """,
+  { name = "odd \\"name\\" \\\\"; resource = "odd"; topic = "odd"; direction = "up"; }"""
+    g = Gateway(d, broker, pki, mqtt="stats_interval = 1;",
+                mappings=DEFAULT_MAPPINGS + odd).start()
     good = open(g.conf).read()
     lines = good.splitlines()
     lines.insert(2, "  oops = ;")
@@ -93,6 +96,8 @@ def broken_file_keeps_the_running_set():
             return json.loads(m["payload"])["config"]["reload_failures"]
         return 0
     wait_until(lambda: failures() == 2, "config.reload_failures = 2")
+    names = json.loads(stats.messages[-1]["payload"])["mappings"]
+    check('odd "name" \\' in names, "mapping names in the statistics: %r" % list(names))
 
 
 def certificate_renewal():
