@@ -3,6 +3,7 @@
 #include <MQTTAsync.h>
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -30,11 +31,23 @@ static char *paho_strndup(const char *s, size_t n)
     return d;
 }
 
+/* A record kept in memory while the broker is connected. */
+struct mrec {
+    char key[72];
+    char *data; /* owned */
+    size_t len;
+    struct mrec *next;
+};
+
+#define MEM_BUCKETS 1024
+
 struct persist {
     char *dir; /* owned: state_dir/mqtt */
     atomic_bool durable;
-    atomic_ullong bytes;
-    atomic_uint records;
+    atomic_ullong bytes;   /* on disk and in memory */
+    atomic_uint records;   /* on disk and in memory */
+    pthread_mutex_t lock;  /* the memory tier; Paho's threads and the loop use it */
+    struct mrec *mem[MEM_BUCKETS];
 };
 
 #define SUFFIX ".msg"
@@ -69,6 +82,33 @@ static bool is_record(const char *name)
     return n > s && !strcmp(name + n - s, SUFFIX);
 }
 
+static size_t bucket(const char *key)
+{
+    size_t h = 5381;
+    for (; *key; key++)
+        h = h * 33 + (unsigned char)*key;
+    return h % MEM_BUCKETS;
+}
+
+/* The memory record of key (lock held), and where it hangs. */
+static struct mrec **mem_find(persist_t *p, const char *key)
+{
+    struct mrec **pp = &p->mem[bucket(key)];
+    while (*pp && strcmp((*pp)->key, key))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static void mem_drop(persist_t *p, struct mrec **pp)
+{
+    struct mrec *r = *pp;
+    *pp = r->next;
+    atomic_fetch_sub(&p->bytes, r->len);
+    atomic_fetch_sub(&p->records, 1);
+    free(r->data);
+    free(r);
+}
+
 persist_t *persist_new(const char *state_dir)
 {
     persist_t *p = calloc(1, sizeof(*p));
@@ -77,6 +117,7 @@ persist_t *persist_new(const char *state_dir)
         errno = ENOMEM;
         return NULL;
     }
+    pthread_mutex_init(&p->lock, NULL);
     if ((mkdir(state_dir, 0700) < 0 && errno != EEXIST) ||
         (mkdir(p->dir, 0700) < 0 && errno != EEXIST)) {
         int e = errno;
@@ -107,17 +148,47 @@ persist_t *persist_new(const char *state_dir)
     return p;
 }
 
+static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total);
+
+/* Writes the memory tier to disk, durably (lock held). 0 or -1. */
+static int spill(persist_t *p)
+{
+    int rc = 0;
+    for (size_t b = 0; b < MEM_BUCKETS; b++) {
+        while (p->mem[b]) {
+            struct mrec *r = p->mem[b];
+            struct iovec iov = {r->data, r->len};
+            if (write_record(p, r->key, &iov, 1, r->len) < 0)
+                rc = -1;
+            else /* now counted on disk */
+                atomic_fetch_add(&p->records, 1), atomic_fetch_add(&p->bytes, r->len);
+            mem_drop(p, &p->mem[b]);
+        }
+    }
+    return rc;
+}
+
 void persist_free(persist_t *p)
 {
     if (!p)
         return;
+    /* What the client still held (not acknowledged) is sent after the next start. */
+    pthread_mutex_lock(&p->lock);
+    atomic_store(&p->durable, true);
+    spill(p);
+    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_destroy(&p->lock);
     free(p->dir);
     free(p);
 }
 
 void persist_set_durable(persist_t *p, bool durable)
 {
+    pthread_mutex_lock(&p->lock);
     atomic_store(&p->durable, durable);
+    if (durable)
+        spill(p);
+    pthread_mutex_unlock(&p->lock);
 }
 
 uint64_t persist_bytes(persist_t *p)
@@ -142,9 +213,14 @@ static int sync_dir(const persist_t *p)
 
 int persist_flush(persist_t *p)
 {
+    pthread_mutex_lock(&p->lock);
+    bool was = atomic_load(&p->durable);
+    atomic_store(&p->durable, true);
+    int rc = spill(p) < 0 ? -EIO : 0;
+    atomic_store(&p->durable, was);
+    pthread_mutex_unlock(&p->lock);
     DIR *d = opendir(p->dir);
     struct dirent *de;
-    int rc = 0;
     if (!d)
         return -errno;
     while ((de = readdir(d))) {
@@ -179,44 +255,86 @@ static int p_close(void *handle)
     return 0;
 }
 
+/* Writes one record file: to a temporary name, then renamed (fsync'ed when durable). */
+static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total)
+{
+    char path[4096], tmp[4096];
+    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0 ||
+        path_of(p, key, ".tmp", tmp, sizeof(tmp)) < 0)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    ssize_t w = writev(fd, iov, n);
+    bool durable = atomic_load(&p->durable);
+    if (w < 0 || (size_t)w != total || (durable && fsync(fd) < 0)) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    close(fd);
+    struct stat old;
+    bool existed = stat(path, &old) == 0;
+    if (rename(tmp, path) < 0 || (durable && sync_dir(p) < 0)) {
+        unlink(tmp);
+        return -1;
+    }
+    if (existed) {
+        atomic_fetch_sub(&p->bytes, (unsigned long long)old.st_size);
+        atomic_fetch_sub(&p->records, 1);
+    }
+    return 0;
+}
+
+/*
+ * While connected, records live in memory: a 2.04 then waits for the broker,
+ * so a crash loses nothing that was promised, and the disk is spared two
+ * files per publish. They go to disk when the connection drops, at a stop,
+ * and whenever the gateway must keep what is in flight.
+ */
 static int p_put(void *handle, char *key, int bufcount, char *buffers[], int buflens[])
 {
     persist_t *p = handle;
-    char path[4096], tmp[4096];
-    struct stat old;
     size_t total = 0;
-
-    if (bufcount < 0 || bufcount > 64 || path_of(p, key, SUFFIX, path, sizeof(path)) < 0 ||
-        path_of(p, key, ".tmp", tmp, sizeof(tmp)) < 0)
-        return MQTTCLIENT_PERSISTENCE_ERROR;
     struct iovec iov[64];
+    int rc = 0;
+
+    if (bufcount < 0 || bufcount > 64 || !key_ok(key))
+        return MQTTCLIENT_PERSISTENCE_ERROR;
     for (int i = 0; i < bufcount; i++) {
         iov[i].iov_base = buffers[i];
         iov[i].iov_len = buflens[i] > 0 ? (size_t)buflens[i] : 0;
         total += iov[i].iov_len;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return MQTTCLIENT_PERSISTENCE_ERROR;
-    ssize_t w = writev(fd, iov, bufcount);
-    bool durable = atomic_load(&p->durable);
-    if (w < 0 || (size_t)w != total || (durable && fsync(fd) < 0)) {
-        close(fd);
-        unlink(tmp);
-        return MQTTCLIENT_PERSISTENCE_ERROR;
+    pthread_mutex_lock(&p->lock);
+    struct mrec **pp = mem_find(p, key);
+    if (*pp)
+        mem_drop(p, pp);
+    if (atomic_load(&p->durable)) {
+        rc = write_record(p, key, iov, bufcount, total);
+    } else {
+        struct mrec *r = calloc(1, sizeof(*r));
+        char *data = malloc(total ? total : 1);
+        if (!r || !data) {
+            free(r);
+            free(data);
+            rc = -1;
+        } else {
+            snprintf(r->key, sizeof(r->key), "%s", key);
+            for (int i = 0, off = 0; i < bufcount; off += (int)iov[i].iov_len, i++)
+                memcpy(data + off, iov[i].iov_base, iov[i].iov_len);
+            r->data = data;
+            r->len = total;
+            r->next = p->mem[bucket(key)];
+            p->mem[bucket(key)] = r;
+        }
     }
-    close(fd);
-    bool existed = stat(path, &old) == 0;
-    if (rename(tmp, path) < 0 || (durable && sync_dir(p) < 0)) {
-        unlink(tmp);
-        return MQTTCLIENT_PERSISTENCE_ERROR;
-    }
-    if (existed)
-        atomic_fetch_sub(&p->bytes, (unsigned long long)old.st_size);
-    else
+    if (rc == 0) {
         atomic_fetch_add(&p->records, 1);
-    atomic_fetch_add(&p->bytes, total);
-    return 0;
+        atomic_fetch_add(&p->bytes, total);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc == 0 ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
 static int p_get(void *handle, char *key, char **buffer, int *buflen)
@@ -226,6 +344,19 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
     struct stat st;
     if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
+    pthread_mutex_lock(&p->lock);
+    struct mrec *m = *mem_find(p, key);
+    if (m) {
+        char *buf = MQTTAsync_malloc(m->len ? m->len : 1);
+        if (buf) {
+            memcpy(buf, m->data, m->len);
+            *buffer = buf;
+            *buflen = (int)m->len;
+        }
+        pthread_mutex_unlock(&p->lock);
+        return buf ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
+    }
+    pthread_mutex_unlock(&p->lock);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || fstat(fd, &st) < 0 || st.st_size > (1 << 28)) {
         if (fd >= 0)
@@ -251,6 +382,14 @@ static int p_remove(void *handle, char *key)
     struct stat st;
     if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
+    pthread_mutex_lock(&p->lock);
+    struct mrec **pp = mem_find(p, key);
+    if (*pp) {
+        mem_drop(p, pp);
+        pthread_mutex_unlock(&p->lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&p->lock);
     if (stat(path, &st) < 0 || unlink(path) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     atomic_fetch_sub(&p->bytes, (unsigned long long)st.st_size);
@@ -261,6 +400,13 @@ static int p_remove(void *handle, char *key)
 static int p_keys(void *handle, char ***keys, int *nkeys)
 {
     persist_t *p = handle;
+    /* Paho asks at create, when nothing is in memory yet; spill anything that is. */
+    pthread_mutex_lock(&p->lock);
+    bool was = atomic_load(&p->durable);
+    atomic_store(&p->durable, true);
+    spill(p);
+    atomic_store(&p->durable, was);
+    pthread_mutex_unlock(&p->lock);
     DIR *d = opendir(p->dir);
     char **v = NULL;
     int n = 0, cap = 0;
@@ -318,9 +464,12 @@ static int p_containskey(void *handle, char *key)
 {
     persist_t *p = handle;
     char path[4096];
-    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0 || access(path, F_OK) < 0)
+    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
-    return 0;
+    pthread_mutex_lock(&p->lock);
+    bool in_memory = *mem_find(p, key) != NULL;
+    pthread_mutex_unlock(&p->lock);
+    return in_memory || access(path, F_OK) == 0 ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
 MQTTClient_persistence persist_paho(persist_t *p)
