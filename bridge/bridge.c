@@ -564,6 +564,18 @@ refuse:
     dedup_add(s, mid, code, block1, max_age);
 }
 
+void bridge_set_handlers(bridge_t *b, coap_resource_t *r)
+{
+    coap_register_request_handler(r, COAP_REQUEST_GET, down_on_get);
+    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PUT, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
+    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
+    coap_resource_set_userdata(r, b);
+}
+
 static int on_event(coap_session_t *session, const coap_event_t event)
 {
     bridge_t *b = event_bridge;
@@ -625,13 +637,7 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     r = coap_resource_unknown_init(bridge_on_request);
     if (!r)
         goto fail;
-    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_GET, down_on_get);
-    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
-    coap_resource_set_userdata(r, b);
+    bridge_set_handlers(b, r);
     coap_add_resource(ctx, r);
     b->unknown = r;
     if (down_init(b) < 0)

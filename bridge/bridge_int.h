@@ -118,6 +118,9 @@ int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt);
 void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
                        const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp);
 
+/* Every method's handler on r (the catch-all or a concrete resource), and b as its data. */
+void bridge_set_handlers(bridge_t *b, coap_resource_t *r);
+
 /* down.c: values, GET, Observe, discovery. */
 int down_init(bridge_t *b);
 void down_free(bridge_t *b);

@@ -27,9 +27,6 @@
 /* Largest Block2 size used (szx 6 = 1024 bytes). */
 #define BLOCK2_SZX_MAX 6
 
-static void on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                   const coap_string_t *query, coap_pdu_t *resp);
-
 /*
  * Whether libcoap holds observers for r. libcoap 4.3 does not say so
  * directly; coap_resource_notify_observers() tells, and when there are
@@ -82,31 +79,21 @@ static store_entry_t *entry_for(bridge_t *b, const char *path, size_t len, size_
         return NULL;
     }
     const map_entry_t *m = map_table_get(b->cfg->maps, map);
-    coap_str_const_t *uri = coap_new_str_const((const uint8_t *)path, len);
-    if (!uri)
-        return NULL;
+    e = store_add(b->store, path, len, map);
+    coap_str_const_t *uri = e ? coap_new_str_const((const uint8_t *)path, len) : NULL;
     coap_resource_t *r =
-        coap_resource_init(uri, COAP_RESOURCE_FLAGS_RELEASE_URI |
-                                    (map_entry_qos(m) > 0 ? COAP_RESOURCE_FLAGS_NOTIFY_CON
-                                                          : COAP_RESOURCE_FLAGS_NOTIFY_NON));
+        uri ? coap_resource_init(uri, COAP_RESOURCE_FLAGS_RELEASE_URI |
+                                          (map_entry_qos(m) > 0 ? COAP_RESOURCE_FLAGS_NOTIFY_CON
+                                                                : COAP_RESOURCE_FLAGS_NOTIFY_NON))
+            : NULL;
     if (!r) {
         coap_delete_str_const(uri);
+        if (e)
+            store_remove(b->store, e);
         return NULL;
     }
-    e = store_add(b->store, path, len, map);
-    if (!e) {
-        coap_delete_resource(NULL, r);
-        return NULL;
-    }
-    coap_register_request_handler(r, COAP_REQUEST_GET, on_get);
-    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PUT, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
+    bridge_set_handlers(b, r);
     coap_resource_set_get_observable(r, 1);
-    coap_resource_set_userdata(r, b);
     coap_add_resource(b->ctx, r);
     e->res = r;
     return e;
@@ -145,7 +132,7 @@ int down_init(bridge_t *b)
     coap_resource_t *wk = coap_resource_init(coap_make_str_const(".well-known/core"), 0);
     if (!wk)
         return -ENOMEM;
-    coap_register_request_handler(wk, COAP_REQUEST_GET, on_get);
+    coap_register_request_handler(wk, COAP_REQUEST_GET, down_on_get);
     coap_resource_set_userdata(wk, b);
     coap_add_resource(b->ctx, wk);
     b->wellknown = wk;
@@ -397,8 +384,8 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
     free(text);
 }
 
-static void on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                   const coap_string_t *query, coap_pdu_t *resp)
+void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
+                 const coap_string_t *query, coap_pdu_t *resp)
 {
     bridge_t *b = coap_resource_get_userdata(resource);
     map_segs_t segs;
@@ -447,12 +434,6 @@ static void on_get(coap_resource_t *resource, coap_session_t *session, const coa
                                              (unsigned)((e->expires_ms - now + 999) / 1000)),
                         buf);
     bridge_answer(b, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
-}
-
-void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                 const coap_string_t *query, coap_pdu_t *resp)
-{
-    on_get(resource, session, req, query, resp);
 }
 
 void down_stats_json(const bridge_t *b, FILE *out)
