@@ -21,6 +21,7 @@ struct bridge_mqtt {
     bool buffering;             /* publishes are kept while disconnected */
     MQTTClient_persistence pp;  /* Paho's view of the persist_t it was given */
     int nsubs;                /* filters in the last subscribe */
+    atomic_int max_payload;   /* coap.max_payload, for Paho's threads (cfg may change) */
     atomic_ullong too_large;  /* messages over coap.max_payload */
     atomic_ullong dropped;    /* messages the inbox had no room for */
 };
@@ -80,7 +81,7 @@ static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *m
     size_t tlen = topiclen > 0 ? (size_t)topiclen : strlen(topic);
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
 
-    if (len > (size_t)m->cfg->max_payload) {
+    if (len > (size_t)atomic_load(&m->max_payload)) {
         atomic_fetch_add(&m->too_large, 1);
         goto done;
     }
@@ -209,6 +210,7 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     if (!m)
         return NULL;
     m->cfg = cfg;
+    atomic_store(&m->max_payload, cfg->max_payload);
     m->inbox = inbox;
     m->v5 = cfg->mqtt_version == 5;
     if (gw_uri_parse(cfg->mqtt_uri, &uri) < 0) {
@@ -424,7 +426,9 @@ int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n)
 
 void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg)
 {
+    /* m->cfg is the loop thread's; Paho's threads read only max_payload. */
     m->cfg = cfg;
+    atomic_store(&m->max_payload, cfg->max_payload);
 }
 
 uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large)
