@@ -24,8 +24,6 @@
 #include "mqtt.h"
 #include "bridge_int.h"
 
-/* Answers remembered per session for duplicate detection (RFC 7252 §4.5). */
-#define DEDUP_SLOTS 16
 /* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
 #define EXCHANGE_LIFETIME_MS 247000
 /* A Block1 transfer with no block for this long is dropped, ms. */
@@ -42,9 +40,6 @@
 #define TICK_MS 100
 /* How long a confirmable request waits for a piggybacked answer, ms. */
 #define PIGGYBACK_MS 500
-/* Code for "no answer yet". */
-#define CODE_PENDING 0
-#define NO_BLOCK1 UINT32_MAX
 
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;

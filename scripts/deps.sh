@@ -7,6 +7,7 @@ packages=(
   libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
+  systemd  # systemd-analyze checks the unit in deploy/
 )
 
 missing=()

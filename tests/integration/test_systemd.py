@@ -62,9 +62,7 @@ def notifications():
 
 
 def unit_file_verifies():
-    if not shutil.which("systemd-analyze"):
-        print("systemd-analyze not installed: the unit is checked where systemd is")
-        return
+    check(shutil.which("systemd-analyze"), "systemd-analyze is missing (scripts/deps.sh installs it)")
     d = workdir()
     text = open(UNIT).read().replace("/usr/bin/tandem", os.path.abspath(TANDEM))
     for needle in ("Type=notify", "WatchdogSec=", "ExecReload=/bin/kill -HUP $MAINPID",
