@@ -25,7 +25,9 @@ _dirs = []
 _gateways = []
 
 
-def _cleanup(*_):
+def _cleanup(*_, keep=False):
+    """Stops every process a case started and removes its folders (kept for a
+    failed case when TANDEM_TEST_KEEP is set, to read the logs)."""
     for p in _procs:
         if p.poll() is None:
             p.kill()
@@ -34,7 +36,10 @@ def _cleanup(*_):
             except subprocess.TimeoutExpired:
                 pass
     for d in _dirs:
-        shutil.rmtree(d, ignore_errors=True)
+        if keep:
+            sys.stderr.write("kept %s\n" % d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _on_signal(signum, _frame):
@@ -264,7 +269,7 @@ class Subscriber:
     def __init__(self, broker, *filters, session=None):
         """session: a client id whose session the broker keeps while this
         subscriber is away (messages for it are queued)."""
-        self.broker = broker
+        self.broker, self.filters, self.session = broker, filters, session
         self.probe_topic = "probe/" + (session or secrets.token_hex(4))
         args = ["stdbuf", "-oL", "mosquitto_sub", "-V", "5", "-q", "2", *broker.client_args(),
                 "-F", self.FORMAT, "-t", self.probe_topic]
@@ -276,7 +281,8 @@ class Subscriber:
         self.messages = []
         self.probes = 0
         self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.sync()
 
     def _read(self):
@@ -315,6 +321,32 @@ class Subscriber:
 
     def stop(self):
         self.proc.terminate()
+
+    def reconnected(self):
+        """After the broker went away and came back: this subscriber if
+        mosquitto_sub reconnected by itself, else (it exits on some connection
+        losses) a new one for the same session that starts with what this one
+        received."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.reader.join(WAIT)
+                check(not self.reader.is_alive(), "the subscriber's output was not read")
+                new = Subscriber(self.broker, *self.filters, session=self.session)
+                with new.lock:
+                    new.messages[:0] = self.messages
+                return new
+            with self.lock:
+                want = self.probes + 1
+            self.broker.publish(self.probe_topic, "probe", "-q", "1")
+            try:
+                wait_until(lambda: self.probes >= want or self.proc.poll() is not None,
+                           "probe", timeout=1.0)
+            except Failure:
+                continue
+            if self.probes >= want:
+                return self
+        raise Failure("the subscriber neither reconnected nor exited")
 
 
 class Gateway:
@@ -490,6 +522,7 @@ def run(cases):
     passed = failed = 0
     for name in names:
         start = time.monotonic()
+        case_failed = True
         try:
             cases[name]()
             for g in _gateways:
@@ -500,6 +533,7 @@ def run(cases):
                     sys.stderr.write("---- gateway log %s\n%s" % (g.conf, g.text()))
             check(not reports, "sanitizer reports:\n" + "\n".join(reports[:20]))
             passed += 1
+            case_failed = False
             print("ok %s (%.1fs)" % (name, time.monotonic() - start), flush=True)
         except Exception as e:  # report every kind of failure as this case's
             failed += 1
@@ -507,7 +541,7 @@ def run(cases):
             import traceback
             traceback.print_exc()
         finally:
-            _cleanup()
+            _cleanup(keep=case_failed and bool(os.environ.get("TANDEM_TEST_KEEP")))
             _procs.clear()
             _dirs.clear()
             _gateways.clear()
