@@ -20,17 +20,22 @@ def url(g, path="bikes/bike-1/telemetry"):
 
 
 class Burst:
-    """Posts readings seq-0, seq-1, ... one after another, recording each answer."""
+    """Posts readings seq-0, seq-1, ... one after another, recording each answer.
+    Like a bike, it sends a reading again (once) when no answer came at all."""
 
     def __init__(self, g, n, path="bikes/bike-1/telemetry", start=0):
         self.g, self.n, self.path, self.start = g, n, path, start
         self.answers = {}  # seq -> code or None
+        self.resent = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         for i in range(self.start, self.start + self.n):
             r = coap(url(self.g, self.path), payload="seq-%d" % i, psk=BIKE1, timeout=8)
+            if r is None and self.g.proc.poll() is None:
+                self.resent += 1
+                r = coap(url(self.g, self.path), payload="seq-%d" % i, psk=BIKE1, timeout=8)
             self.answers[i] = r.code if r else None
 
     def done(self):
@@ -52,10 +57,11 @@ def report(name, burst, arrived):
     seqs = [int(m["payload"].decode().split("-")[1]) for m in arrived
             if m["payload"].startswith(b"seq-")]
     codes = list(burst.answers.values())
-    print("%s: sent %d, 2.04 %d, 5.03 %d, other %d, arrived %d, duplicates %d"
-          % (name, len(codes), codes.count("2.04"), codes.count("5.03"),
-             len(codes) - codes.count("2.04") - codes.count("5.03"), len(set(seqs)),
-             len(seqs) - len(set(seqs))), flush=True)
+    print("%s: sent %d (%d sent again, unanswered), 2.04 %d, 5.03 %d, other %d, arrived %d,"
+          " duplicates %d" % (name, len(codes), burst.resent, codes.count("2.04"),
+                              codes.count("5.03"),
+                              len(codes) - codes.count("2.04") - codes.count("5.03"),
+                              len(set(seqs)), len(seqs) - len(set(seqs))), flush=True)
     return seqs
 
 
