@@ -28,6 +28,14 @@
 #define EXCHANGE_LIFETIME_MS 247000
 /* A Block1 transfer with no block for this long is dropped, ms. */
 #define BLOCK1_IDLE_MS 60000
+/*
+ * Block1 bodies being put together, all sessions included, hold at most
+ * BLOCK1_TRANSFERS full-size bodies and BLOCK1_BYTES_MAX bytes (but always room
+ * for one); past that a new block gets 5.03 with Max-Age BLOCK1_RETRY_S.
+ */
+#define BLOCK1_TRANSFERS 512
+#define BLOCK1_BYTES_MAX ((size_t)64 << 20)
+#define BLOCK1_RETRY_S 5
 /* Longest reconnect backoff, s. */
 #define BACKOFF_MAX_S 30
 /* Events taken from the inbox per turn. */
@@ -51,22 +59,36 @@ uint64_t bridge_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Frees the session's Block1 buffer and ends its transfer. */
+static void b1_release(struct sess *s)
+{
+    s->b->b1_bytes -= s->b1_cap;
+    free(s->b1_body);
+    s->b1_body = NULL;
+    s->b1_len = s->b1_cap = 0;
+    s->b1_active = false;
+}
+
 static void sess_free(void *p)
 {
     struct sess *s = p;
     if (!s)
         return;
-    free(s->b1_body);
+    b1_release(s);
     free(s);
 }
 
-static struct sess *sess_get(coap_session_t *session)
+static struct sess *sess_get(bridge_t *b, coap_session_t *session)
 {
     dtls_peer_t *peer = dtls_peer_get(session);
     if (!peer)
         return NULL;
-    if (!peer->app)
-        peer->app = calloc(1, sizeof(struct sess));
+    if (!peer->app) {
+        struct sess *s = calloc(1, sizeof(*s));
+        if (s)
+            s->b = b;
+        peer->app = s;
+    }
     return peer->app;
 }
 
@@ -254,7 +276,7 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
         coap_delete_pdu(resp);
     }
     /* Retransmissions of the request from now on get the same answer. */
-    struct sess *s = sess_get(session);
+    struct sess *s = sess_get(b, session);
     if (s) {
         for (unsigned i = 0; i < DEDUP_SLOTS; i++) {
             struct dedup *d = &s->recent[i];
@@ -305,14 +327,26 @@ int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
 
 enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
 
+/* Bytes every session's Block1 buffers may hold together. */
+static size_t b1_budget(const bridge_t *b)
+{
+    size_t max = (size_t)b->cfg->max_payload, all = BLOCK1_TRANSFERS * max;
+    if (all > BLOCK1_BYTES_MAX)
+        all = BLOCK1_BYTES_MAX > max ? BLOCK1_BYTES_MAX : max;
+    return all;
+}
+
 /*
  * Block1 (RFC 7959 §2.3): blocks are taken in order into the session's
- * buffer, bounded by coap.max_payload. Sets *code (and *size1) on error,
- * *block1 to the option to echo.
+ * buffer, bounded by coap.max_payload, and all sessions' buffers by
+ * b1_budget(). Sets *code (and *size1 or *max_age) on error, *block1 to the
+ * option to echo. After BODY_READY from blocks, *data is the session's buffer
+ * until b1_release().
  */
 static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session_t *session,
                                  const coap_pdu_t *req, const char *topic, const uint8_t **data,
-                                 size_t *len, uint32_t *block1, int *code, int *size1)
+                                 size_t *len, uint32_t *block1, int *code, int *size1,
+                                 int *max_age)
 {
     coap_block_b_t blk;
     size_t max = (size_t)b->cfg->max_payload;
@@ -334,7 +368,7 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
         if (announced > (int)max) {
             *code = 413;
             *size1 = (int)max;
-            s->b1_active = false;
+            b1_release(s);
             return BODY_ERROR;
         }
         s->b1_active = true;
@@ -349,30 +383,40 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
         strcmp(s->b1_topic, topic) || now - s->b1_at_ms > BLOCK1_IDLE_MS) {
         /* Out of order, another resource, or a stale transfer. */
         *code = 408;
-        s->b1_active = false;
+        b1_release(s);
         return BODY_ERROR;
     }
     if ((blk.m && *len != size) || *len > size) {
         *code = 400;
-        s->b1_active = false;
+        b1_release(s);
         return BODY_ERROR;
     }
     if (s->b1_len + *len > max) {
         *code = 413;
         *size1 = (int)max;
-        s->b1_active = false;
+        b1_release(s);
         return BODY_ERROR;
     }
     if (s->b1_len + *len > s->b1_cap) {
         size_t cap = s->b1_cap ? s->b1_cap : 1024;
         while (cap < s->b1_len + *len)
             cap *= 2;
+        if (cap > max)
+            cap = max;
+        if (b->b1_bytes - s->b1_cap + cap > b1_budget(b)) {
+            b->st.block1_refused++;
+            *code = 503;
+            *max_age = BLOCK1_RETRY_S;
+            b1_release(s);
+            return BODY_ERROR;
+        }
         char *body = realloc(s->b1_body, cap);
         if (!body) {
             *code = 500;
-            s->b1_active = false;
+            b1_release(s);
             return BODY_ERROR;
         }
+        b->b1_bytes += cap - s->b1_cap;
         s->b1_body = body;
         s->b1_cap = cap;
     }
@@ -389,8 +433,8 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
     return BODY_READY;
 }
 
-void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
-                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
+static void handle_request(coap_resource_t *resource, coap_session_t *session,
+                           const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
 {
     bridge_t *b = coap_resource_get_userdata(resource);
     struct sess *s;
@@ -406,7 +450,7 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
     (void)query;
 
     b->st.requests++;
-    s = sess_get(session);
+    s = sess_get(b, session);
     if (!s) {
         bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
         return;
@@ -457,7 +501,8 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
     if (method == COAP_REQUEST_CODE_DELETE) {
         len = 0;
     } else {
-        switch (take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1)) {
+        switch (take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1,
+                          &max_age)) {
         case BODY_ERROR:
             goto refuse;
         case BODY_CONTINUE:
@@ -557,6 +602,16 @@ refuse:
     gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
     bridge_answer(b, resp, code, block1, max_age, size1);
     dedup_add(s, mid, code, block1, max_age);
+}
+
+void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
+                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
+{
+    handle_request(resource, session, req, query, resp);
+    /* A body put together from blocks has been handed over: its buffer goes. */
+    struct sess *s = sess_get(coap_resource_get_userdata(resource), session);
+    if (s && !s->b1_active && s->b1_body)
+        b1_release(s);
 }
 
 void bridge_set_handlers(bridge_t *b, coap_resource_t *r)
@@ -946,11 +1001,13 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     fprintf(out,
             ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
-            "\"duplicates\":%llu,\"bytes_in\":%llu,\"responses\":{",
+            "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
+            "\"block1_refused\":%llu,\"responses\":{",
             TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
             (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
             (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
-            (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in);
+            (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in,
+            b->b1_bytes, (unsigned long long)b->st.block1_refused);
     bool first = true;
     for (int i = 0; i < 256; i++) {
         if (!b->st.responses[i])

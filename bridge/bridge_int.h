@@ -33,6 +33,7 @@ struct dedup {
 
 /* Bridge state of one CoAP session (dtls_peer_t.app). */
 struct sess {
+    bridge_t *b; /* borrowed */
     struct dedup recent[DEDUP_SLOTS];
     unsigned next;
     /* The Block1 transfer in progress, one per session. */
@@ -79,6 +80,7 @@ struct bridge {
     struct pending *pend; /* owned, cfg->max_inflight slots */
     size_t npend, inflight;
     uint64_t last_tick_ms, started_ms;
+    size_t b1_bytes; /* held by every session's Block1 buffer */
 
     struct map_counters *maps; /* owned, one per mapping */
 
@@ -94,6 +96,7 @@ struct bridge {
         uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
         uint64_t responses[256]; /* by class*32 + detail */
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
+        uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
         uint64_t reloads, reload_failures;
         uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
     } st;

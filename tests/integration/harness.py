@@ -485,9 +485,9 @@ def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls
     return last
 
 
-def coap_raw_post(port, path, payload, mid, token, confirmable=True):
+def coap_raw_post(port, path, payload, mid, token, confirmable=True, block1=None):
     """Encodes a CoAP POST by hand (RFC 7252 §3), for tests that must control the
-    Message ID."""
+    Message ID; block1: (num, more, szx) of a Block1 option (RFC 7959)."""
     head = struct.pack("!BBH", 0x40 | (0 if confirmable else 0x10) | len(token), 0x02, mid) + token
     opts, last = b"", 0
     for seg in path.split("/"):
@@ -496,7 +496,35 @@ def coap_raw_post(port, path, payload, mid, token, confirmable=True):
         last = 11
         check(len(s) < 13, "short segments only")
         opts += bytes([(delta << 4) | len(s)]) + s
+    if block1:
+        num, more, szx = block1
+        v = num << 4 | (8 if more else 0) | szx
+        value = v.to_bytes((v.bit_length() + 7) // 8, "big")
+        opts += bytes([(13 << 4) | len(value), 27 - last - 13]) + value
     return head + opts + b"\xff" + payload
+
+
+def coap_options(data):
+    """{option number: [values]} of an encoded CoAP message."""
+    tkl = data[0] & 0x0F
+    i, num, found = 4 + tkl, 0, {}
+    while i < len(data) and data[i] != 0xFF:
+        delta, length = data[i] >> 4, data[i] & 0x0F
+        i += 1
+        ext = []
+        for field in (delta, length):
+            if field == 13:
+                ext.append(data[i] + 13)
+                i += 1
+            elif field == 14:
+                ext.append(struct.unpack("!H", data[i:i + 2])[0] + 269)
+                i += 2
+            else:
+                ext.append(field)
+        num += ext[0]
+        found.setdefault(num, []).append(data[i:i + ext[1]])
+        i += ext[1]
+    return found
 
 
 def coap_decode(data):

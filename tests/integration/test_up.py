@@ -1,6 +1,7 @@
 """CoAP -> MQTT through the real gateway: DTLS with PSK and X.509, refusals,
 duplicates, block-wise bodies, broker outages, plain CoAP off by default."""
 
+import json
 import os
 import socket
 import sys
@@ -9,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Gateway, Pki, Subscriber, check, coap, coap_decode,  # noqa: E402
-                     coap_raw_post, run, wait_until, workdir)
+                     coap_options, coap_raw_post, run, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 
@@ -163,6 +164,56 @@ def x509():
     sub.sync()
     check([m["payload"] for m in sub.messages] == [b"anon", b"signed", b"ossl"],
           "published: %r" % [m["payload"] for m in sub.messages])
+
+
+def block1_buffers_are_bounded():
+    """Bodies being put together from blocks hold at most 512 full-size bodies
+    across all sessions: with max_payload = 1024, the 513th device that starts
+    a transfer gets 5.03 with Max-Age (counted), and room comes back as soon as
+    a transfer ends."""
+    d, pki, broker, sub, g = setup(coap="plain = true; max_payload = 1024;",
+                                   mqtt="stats_interval = 1;")
+    stats = Subscriber(broker, "tandem/it/stats")
+    devices = []
+
+    def post(s, mid, num, more, payload):
+        s.send(coap_raw_post(g.plain_port, "public/blocks", payload, mid=mid, token=b"\x0b",
+                             block1=(num, more, 2)))  # 64-byte blocks
+        while True:
+            data = s.recv(2048)
+            typ, code, got_mid, _ = coap_decode(data)
+            if typ == 0:  # a separate CON response: acknowledge it
+                s.send(bytes([0x60, 0, got_mid >> 8, got_mid & 0xFF]))
+            if code != "0.00":
+                return code, coap_options(data)
+
+    try:
+        for i in range(513):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            devices.append(s)
+            s.connect(("127.0.0.1", g.plain_port))
+            s.settimeout(5)
+            code, opts = post(s, 1, 0, True, bytes([i % 251]) * 64)
+            if i < 512:
+                check(code == "2.31", "device %d, first block: %s" % (i, code))
+            else:
+                check(code == "5.03" and 14 in opts, "device 513: %s %r" % (code, opts))
+        code, _ = post(devices[0], 2, 1, False, b"end")
+        check(code == "2.04", "the last block of device 0: %s" % code)
+        code, _ = post(devices[512], 2, 0, True, b"\x01" * 64)
+        check(code == "2.31", "device 513 once device 0 is done: %s" % code)
+    finally:
+        for s in devices:
+            s.close()
+    m = sub.wait_for(1)[0]
+    check(m["payload"] == b"\x00" * 64 + b"end", "published %r" % m["payload"])
+
+    def counted():
+        for m in reversed(stats.messages):
+            coap_stats = json.loads(m["payload"])["coap"]
+            return coap_stats["block1_refused"] == 1 and coap_stats["block1_bytes"] > 0
+        return False
+    wait_until(counted, "block1_refused = 1 in the statistics")
 
 
 def duplicate_con_published_once():
@@ -325,7 +376,8 @@ def sigterm_stops_cleanly():
 
 if __name__ == "__main__":
     run({f.__name__: f for f in [post_psk_gnutls, post_psk_openssl, wrong_psk_gets_nothing,
-                                  refusals, x509, duplicate_con_published_once, broker_outage,
+                                  refusals, x509, duplicate_con_published_once,
+                                  block1_buffers_are_bounded, broker_outage,
                                   slow_broker_separate_response_then_timeout,
                                   plain_off_by_default, garbage_does_not_crash,
                                   sigterm_stops_cleanly]})
