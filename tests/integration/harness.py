@@ -485,27 +485,42 @@ def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls
     return last
 
 
-def coap_raw_post(port, path, payload, mid, token, confirmable=True, block1=None):
-    """Encodes a CoAP POST by hand (RFC 7252 §3), for tests that must control the
-    Message ID; block1: (num, more, szx) of a Block1 option (RFC 7959)."""
-    head = struct.pack("!BBH", 0x40 | (0 if confirmable else 0x10) | len(token), 0x02, mid) + token
-    opts, last = b"", 0
-    for seg in path.split("/"):
-        s = seg.encode()
-        delta = 11 - last
-        last = 11
-        check(len(s) < 13, "short segments only")
-        opts += bytes([(delta << 4) | len(s)]) + s
+def coap_raw(path, payload=b"", mid=1, token=b"", confirmable=True, code=0x02, observe=None,
+             block1=None):
+    """Encodes a CoAP request by hand (RFC 7252 §3; POST unless code says
+    otherwise), for tests that must control the Message ID or the bytes; observe:
+    the Observe value (RFC 7641); block1: (num, more, szx) of a Block1 option
+    (RFC 7959)."""
+    def uint(v):
+        return v.to_bytes((v.bit_length() + 7) // 8, "big")
+
+    options = [(11, seg.encode()) for seg in path.split("/")]
+    if observe is not None:
+        options.append((6, uint(observe)))
     if block1:
         num, more, szx = block1
-        v = num << 4 | (8 if more else 0) | szx
-        value = v.to_bytes((v.bit_length() + 7) // 8, "big")
-        opts += bytes([(13 << 4) | len(value), 27 - last - 13]) + value
-    return head + opts + b"\xff" + payload
+        options.append((27, uint(num << 4 | (8 if more else 0) | szx)))
+    head = struct.pack("!BBH", 0x40 | (0 if confirmable else 0x10) | len(token), code, mid) + token
+    opts, last = b"", 0
+    for num, value in sorted(options, key=lambda o: o[0]):
+        ext = b""
+        fields = []
+        for n in (num - last, len(value)):
+            if n < 13:
+                fields.append(n)
+            elif n < 269:
+                fields.append(13)
+                ext += bytes([n - 13])
+            else:
+                fields.append(14)
+                ext += struct.pack("!H", n - 269)
+        opts += bytes([fields[0] << 4 | fields[1]]) + ext + value
+        last = num
+    return head + opts + (b"\xff" + payload if payload else b"")
 
 
-def coap_options(data):
-    """{option number: [values]} of an encoded CoAP message."""
+def coap_parse(data):
+    """({option number: [values]}, payload) of an encoded CoAP message."""
     tkl = data[0] & 0x0F
     i, num, found = 4 + tkl, 0, {}
     while i < len(data) and data[i] != 0xFF:
@@ -524,7 +539,7 @@ def coap_options(data):
         num += ext[0]
         found.setdefault(num, []).append(data[i:i + ext[1]])
         i += ext[1]
-    return found
+    return found, data[i + 1:]
 
 
 def coap_decode(data):

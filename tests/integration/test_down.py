@@ -4,6 +4,8 @@ resources."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (WAIT, Broker, Failure, Gateway, Pki, Subscriber, check, coap,  # noqa: E402
-                     mqtt_publish_many, proc_rss_kib, run, spawn, wait_until, workdir)
+                     coap_decode, coap_parse, coap_raw, mqtt_publish_many, proc_rss_kib, run,
+                     spawn, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 BIKE2 = ("bike-2", "secret-bike-2")
@@ -25,6 +28,12 @@ MAPPINGS = """
     direction = "both"; qos = 0; },
   { name = "firmware"; resource = "firmware/{rest*}"; topic = "redback/p1/firmware/{rest*}";
     direction = "down"; qos = 0; }
+"""
+
+
+ALERTS = """,
+  { name = "alerts"; resource = "alerts/{alert}"; topic = "redback/p1/alerts/{alert}";
+    direction = "down"; qos = 1; }
 """
 
 
@@ -74,6 +83,62 @@ class Observer:
 
     def stop(self):
         self.proc.terminate()
+
+
+class DtlsObserver:
+    """A device on another DTLS stack (openssl s_client, PSK) that registers as
+    an observer, then ends its DTLS session (close_notify) without deregistering,
+    which coap-client never does. What arrives is kept as raw bytes."""
+
+    def __init__(self, g, path, psk):
+        self.proc = spawn(["openssl", "s_client", "-dtls1_2", "-cipher", "PSK", "-connect",
+                           "127.0.0.1:%d" % g.dtls_port, "-psk_identity", psk[0], "-psk",
+                           psk[1].encode().hex()], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.out = b""
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_until(lambda: b"Verify return code" in self.out, "the DTLS handshake")
+        # s_client sends what one read of its input gives as one record.
+        self.proc.stdin.write(coap_raw(path, mid=0x5151, token=b"\x0b", code=0x01, observe=0))
+        self.proc.stdin.flush()
+        # ACK 2.05, Message ID 0x5151, token 0x0b
+        wait_until(lambda: b"\x61\x45\x51\x51\x0b" in self.out, "the registration")
+
+    def _read(self):
+        while True:
+            data = os.read(self.proc.stdout.fileno(), 4096)
+            if not data:
+                return
+            self.out += data
+
+    def wait_for(self, payload):
+        wait_until(lambda: payload in self.out, "a notification with %r" % payload)
+
+    def end_session(self):
+        """Closes s_client's input: it sends close_notify and exits."""
+        self.proc.stdin.close()
+        self.proc.wait(WAIT)
+
+
+def raw_observer(g, path, token):
+    """A plain CoAP socket registered as an observer of path."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    s.send(coap_raw(path, mid=1, token=token, code=0x01, observe=0))
+    data = s.recv(2048)
+    code = coap_decode(data)[1]
+    check(code == "2.05" and 6 in coap_parse(data)[0], "registration answered %s" % code)
+    return s
+
+
+def next_note(s, payload):
+    """The next notification on s carrying payload: (type, Message ID)."""
+    while True:
+        data = s.recv(2048)
+        typ, code, mid, _ = coap_decode(data)
+        if code == "2.05" and coap_parse(data)[1] == payload:
+            return typ, mid
 
 
 def retained_value_and_properties():
@@ -227,30 +292,85 @@ def max_resources_bounds_memory():
 
 
 def observed_resources_are_kept():
-    """At the bound, what someone observes stays; once deregistered, it may go."""
+    """At the bound, what someone observes stays; once the observer is gone, by
+    deregistering or by the end of its DTLS session, it may go."""
     d, pki, broker = setup()
     g = start_gateway(d, broker, pki, coap="max_resources = 20;")
-    o = Observer(g, "bikes/bike-1/commands", BIKE1, seconds=3)
-    o.wait(1, "registration")
-    mqtt_publish_many(broker, [("redback/p1/firmware/f%d" % i, b"v") for i in range(200)])
-    broker.publish("redback/p1/bikes/bike-1/commands", "still observed", "-q", "1")
-    notes = o.wait(2, "a notification after the flood")
-    check(notes[-1][2] == "still observed", "observer got %r" % notes)
-    r = coap(url(g, "bikes/bike-1/commands"), method="get", psk=BIKE1)
-    check(r and r.code == "2.05", "observed value evicted: %r" % r)
-    # coap-client deregisters (Observe: 1) when its -s time is over.
-    o.proc.wait(WAIT)
-    mqtt_publish_many(broker, [("redback/p1/firmware/g%d" % i, b"v") for i in range(200)])
-    # The broker has them; the gateway receives them a little later.
-    last = []
 
-    def evicted():
-        last[:] = [coap(url(g, "bikes/bike-1/commands"), method="get", psk=BIKE1)]
-        return last[0] and last[0].code == "4.04"
+    def flood(tag):
+        mqtt_publish_many(broker, [("redback/p1/firmware/%s%d" % (tag, i), b"v")
+                                   for i in range(200)])
+
+    def kept_then_evicted(path, notified, end, how):
+        flood(how[0] + "a")
+        broker.publish("redback/p1/" + path, "still observed", "-q", "1")
+        notified("still observed")
+        r = coap(url(g, path), method="get", psk=BIKE1)
+        check(r and r.code == "2.05", "observed value evicted: %r" % r)
+        end()
+        flood(how[0] + "b")
+        # The broker has them; the gateway receives them a little later.
+        last = []
+
+        def evicted():
+            last[:] = [coap(url(g, path), method="get", psk=BIKE1)]
+            return last[0] and last[0].code == "4.04"
+        try:
+            wait_until(evicted, "the value no longer observed to go")
+        except Failure:
+            raise Failure("after %s an unobserved old value stays: %r" % (how, last))
+
+    # coap-client deregisters (Observe: 1) when its -s time is over.
+    o = Observer(g, "bikes/bike-1/commands", BIKE1, seconds=6)
+    o.wait(1, "registration")
+
+    def notified(payload):
+        check(o.wait(2, "a notification")[-1][2] == payload, "observer got %r" % o.notes)
+    kept_then_evicted("bikes/bike-1/commands", notified, lambda: o.proc.wait(WAIT),
+                      "deregistration")
+
+    # The end of the DTLS session, without deregistration, ends the observation.
+    broker.publish("redback/p1/plans/keep", "v0", "-q", "1")
+    wait_until(lambda: (coap(url(g, "plans/keep"), method="get", psk=BIKE1) or
+                        type("r", (), {"code": None})).code == "2.05", "a first value")
+    dtls = DtlsObserver(g, "plans/keep", BIKE1)
+    kept_then_evicted("plans/keep", lambda p: dtls.wait_for(p.encode()), dtls.end_session,
+                      "session end")
+
+
+def observer_removed_on_rst():
+    """A device that answers a notification with RST is no longer notified;
+    another observer of the same resource still is."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true;", mappings=MAPPINGS + ALERTS)
+    broker.publish("redback/p1/alerts/a1", "v0", "-r", "-q", "1")
+    plain = "coap://127.0.0.1:%d/alerts/a1" % g.plain_port
+    wait_until(lambda: (coap(plain, method="get") or type("r", (), {"code": None})).code == "2.05",
+               "the retained value")
+    a = raw_observer(g, "alerts/a1", b"A")
+    b = raw_observer(g, "alerts/a1", b"B")
+    broker.publish("redback/p1/alerts/a1", "v1", "-q", "1")
+    typ, mid = next_note(a, b"v1")
+    check(typ == 0, "QoS 1: a confirmable notification, got type %d" % typ)
+    a.send(bytes([0x70, 0, mid >> 8, mid & 0xFF]))  # RST
+    typ, mid = next_note(b, b"v1")
+    b.send(bytes([0x60, 0, mid >> 8, mid & 0xFF]))  # ACK
+    broker.publish("redback/p1/alerts/a1", "v2", "-q", "1")
+    typ, mid = next_note(b, b"v2")
+    b.send(bytes([0x60, 0, mid >> 8, mid & 0xFF]))
+    # One thread sends every notification of a message: once b has answered a
+    # request sent after v2 reached it, whatever a was going to get is sent.
+    b.send(coap_raw("alerts/a1", mid=9, token=b"S", code=0x01))
+    while coap_decode(b.recv(2048))[2] != 9:
+        pass
+    a.setblocking(False)
+    got = []
     try:
-        wait_until(evicted, "the unobserved old value to go")
-    except Failure:
-        raise Failure("an unobserved old value stays: %r" % last)
+        while True:
+            got.append(coap_parse(a.recv(2048))[1])
+    except BlockingIOError:
+        pass
+    check(b"v2" not in got, "notified after RST: %r" % got)
 
 
 def one_subscription_mqtt5_and_311():
@@ -290,5 +410,6 @@ if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
                                   resubscribe_after_broker_restart, max_resources_bounds_memory,
-                                  observed_resources_are_kept, one_subscription_mqtt5_and_311,
+                                  observed_resources_are_kept, observer_removed_on_rst,
+                                  one_subscription_mqtt5_and_311,
                                   both_mapping_put_and_observe]})

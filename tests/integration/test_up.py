@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Broker, Gateway, Pki, Subscriber, check, coap, coap_decode,  # noqa: E402
-                     coap_options, coap_raw_post, run, wait_until, workdir)
+                     coap_parse, coap_raw, run, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 
@@ -177,15 +177,15 @@ def block1_buffers_are_bounded():
     devices = []
 
     def post(s, mid, num, more, payload):
-        s.send(coap_raw_post(g.plain_port, "public/blocks", payload, mid=mid, token=b"\x0b",
-                             block1=(num, more, 2)))  # 64-byte blocks
+        s.send(coap_raw("public/blocks", payload, mid=mid, token=b"\x0b",
+                        block1=(num, more, 2)))  # 64-byte blocks
         while True:
             data = s.recv(2048)
             typ, code, got_mid, _ = coap_decode(data)
             if typ == 0:  # a separate CON response: acknowledge it
                 s.send(bytes([0x60, 0, got_mid >> 8, got_mid & 0xFF]))
             if code != "0.00":
-                return code, coap_options(data)
+                return code, coap_parse(data)[0]
 
     try:
         for i in range(513):
@@ -221,7 +221,7 @@ def duplicate_con_published_once():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect(("127.0.0.1", g.plain_port))
     s.settimeout(5)
-    dgram = coap_raw_post(g.plain_port, "public/dup", b"once", mid=0x1234, token=b"\x01\x02")
+    dgram = coap_raw("public/dup", b"once", mid=0x1234, token=b"\x01\x02")
     s.send(dgram)
     s.send(dgram)  # a retransmission: same Message ID
 
@@ -296,7 +296,7 @@ def plain_off_by_default():
     d, pki, broker, sub, g = setup()
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
-    dgram = coap_raw_post(g.plain_port, "public/x", b"x", mid=7, token=b"\x07")
+    dgram = coap_raw("public/x", b"x", mid=7, token=b"\x07")
     for port in (g.plain_port, 5683, g.dtls_port):
         s.sendto(dgram, ("127.0.0.1", port))
     try:
