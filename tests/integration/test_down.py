@@ -373,6 +373,41 @@ def observer_removed_on_rst():
     check(b"v2" not in got, "notified after RST: %r" % got)
 
 
+def observer_removed_after_retransmissions():
+    """A device that never acknowledges a confirmable notification stops being
+    an observer once its retransmissions run out (RFC 7252 defaults: 4
+    retransmissions, 62 to 93 s in all); until then what it observes is kept."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true; max_resources = 20;",
+                      mappings=MAPPINGS + ALERTS)
+    plain = "coap://127.0.0.1:%d/alerts/a1" % g.plain_port
+    broker.publish("redback/p1/alerts/a1", "v0", "-r", "-q", "1")
+    wait_until(lambda: (coap(plain, method="get") or type("r", (), {"code": None})).code == "2.05",
+               "the retained value")
+    a = raw_observer(g, "alerts/a1", b"A")
+    broker.publish("redback/p1/alerts/a1", "v1", "-q", "1")
+    sent = []  # when each transmission of the notification arrived
+    a.settimeout(40)
+    while len(sent) < 5:  # the notification and its 4 retransmissions
+        typ, mid = next_note(a, b"v1")
+        check(typ == 0, "QoS 1: a confirmable notification, got type %d" % typ)
+        sent.append(time.monotonic())
+    timeout = sent[1] - sent[0]  # ACK_TIMEOUT with its random factor
+
+    def flood_then_get(tag):
+        mqtt_publish_many(broker, [("redback/p1/firmware/%s%d" % (tag, i), b"v")
+                                   for i in range(60)])
+        return coap(plain, method="get")
+    r = flood_then_get("kept")
+    check(r and r.code == "2.05", "evicted while retransmitting: %r" % r)
+    # The last retransmission waits 16 timeouts for its ACK, then the observer goes.
+    rounds = iter(range(1000))
+    wait_until(lambda: (flood_then_get("r%d-" % next(rounds)) or
+                        type("r", (), {"code": None})).code == "4.04",
+               "the observer to be dropped",
+               timeout=sent[-1] + 16 * timeout + WAIT - time.monotonic())
+
+
 def one_subscription_mqtt5_and_311():
     """A single down mapping (Paho reports one subscription differently from
     several), over MQTT 5 and 3.1.1."""
@@ -411,5 +446,6 @@ if __name__ == "__main__":
                                   devices_cannot_see_each_other, large_value_block2,
                                   resubscribe_after_broker_restart, max_resources_bounds_memory,
                                   observed_resources_are_kept, observer_removed_on_rst,
+                                  observer_removed_after_retransmissions,
                                   one_subscription_mqtt5_and_311,
                                   both_mapping_put_and_observe]})
