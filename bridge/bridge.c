@@ -814,6 +814,9 @@ void bridge_process_inbox(bridge_t *b)
             down_message(b, ev[i].data);
             free(ev[i].data);
             break;
+        case EV_DELIVERED:
+            mqtt_kick(b->mqtt);
+            break;
         case EV_SUB_FAILED:
             b->down.subscriptions_failed++;
             gw_err("mqtt", "subscription refused by the broker (%s)", ev[i].text);

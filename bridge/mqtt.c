@@ -24,7 +24,12 @@ struct bridge_mqtt {
     atomic_int max_payload;   /* coap.max_payload, for Paho's threads (cfg may change) */
     atomic_ullong too_large;  /* messages over coap.max_payload */
     atomic_ullong dropped;    /* messages the inbox had no room for */
+    atomic_int window;        /* publishes the broker lets be in flight */
+    atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
 };
+
+/* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
+#define KICK_FILTER "$tandem/kick"
 
 static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc, const char *text)
 {
@@ -42,13 +47,32 @@ struct pub_ctx {
 
 static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 {
+    bridge_mqtt_t *m = ctx;
     (void)r;
+    atomic_store(&m->window, m->cfg->max_inflight);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
+}
+
+/* Paho's thread, for every completed QoS 1/2 publish, restored ones included. */
+static void on_delivered(void *ctx, MQTTAsync_token token)
+{
+    bridge_mqtt_t *m = ctx;
+    (void)token;
+    if (!atomic_exchange(&m->delivered, true))
+        push(m, EV_DELIVERED, 0, 0, NULL);
 }
 
 static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
-    (void)r;
+    bridge_mqtt_t *m = ctx;
+    int window = m->cfg->max_inflight;
+    if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
+        int rm = MQTTProperties_getNumericValue(&r->properties,
+                                                MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+        if (rm > 0 && rm < window)
+            window = rm;
+    }
+    atomic_store(&m->window, window);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
 }
 
@@ -243,7 +267,7 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
         free(m);
         return NULL;
     }
-    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, NULL);
+    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
     return m;
 }
 
@@ -386,6 +410,34 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
         return -EINVAL;
     }
     return 0;
+}
+
+/*
+ * Paho 1.3.12's sending thread waits up to a second whenever the broker's
+ * Receive Maximum (or max_inflight) is reached, and only a new command wakes
+ * it (eclipse-paho/paho.mqtt.c#1404). Live traffic brings new commands; a
+ * backlog from the offline buffer does not, and would go at one window a
+ * second (20 messages a second with Mosquitto's defaults). So while more
+ * publishes wait than can be in flight, each completion adds a command that
+ * costs one small round trip: an UNSUBSCRIBE from a filter never subscribed.
+ */
+void mqtt_kick(bridge_mqtt_t *m)
+{
+    MQTTAsync_token *tokens = NULL;
+    int n = 0;
+
+    atomic_store(&m->delivered, false);
+    if (!MQTTAsync_isConnected(m->client))
+        return;
+    if (MQTTAsync_getPendingTokens(m->client, &tokens) != MQTTASYNC_SUCCESS)
+        return;
+    while (tokens && tokens[n] != -1)
+        n++;
+    MQTTAsync_free(tokens);
+    if (n <= atomic_load(&m->window))
+        return;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_unsubscribe(m->client, KICK_FILTER, &ro);
 }
 
 int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n)

@@ -63,4 +63,11 @@ uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large);
 /* Publishes "offline" (retained) and disconnects, waiting up to timeout_ms. */
 void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
 
+/*
+ * After EV_DELIVERED: when more publishes wait in the client than the broker
+ * lets be in flight, makes the client send the next ones now rather than
+ * within a second.
+ */
+void mqtt_kick(bridge_mqtt_t *m);
+
 #endif

@@ -147,7 +147,8 @@ class Broker:
     def __init__(self, d, pki, port=None, require_certificate=False, plain=False, server=None,
                  persistent=False):
         """plain: also a TCP listener without TLS (self.plain_port); server: the
-        broker's certificate and key, the PKI's server certificate by default."""
+        broker's certificate and key, the PKI's server certificate by default;
+        persistent: True saves at every change, "at_exit" only when it stops."""
         self.dir, self.pki = d, pki
         self.port = port or free_port()
         self.plain_port = free_port() if plain else None
@@ -158,10 +159,14 @@ class Broker:
                 f.write("user root\n")
             f.write("per_listener_settings false\nallow_anonymous true\n")
             if persistent:
-                # Saved at every change: a kill -9 loses nothing it acknowledged.
                 f.write("persistence true\npersistence_location %s/\n" % d)
-                f.write("autosave_on_changes true\nautosave_interval 1\n")
                 f.write("max_queued_messages 100000\n")
+            if persistent == "at_exit":
+                f.write("autosave_interval 0\n")
+            elif persistent:
+                # Saved at every change, so that a kill -9 loses little (see
+                # test_offline.py for what it can still lose).
+                f.write("autosave_on_changes true\nautosave_interval 1\n")
             else:
                 f.write("persistence false\n")
             if self.plain_port:
