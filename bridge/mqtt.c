@@ -58,8 +58,9 @@ static void on_delivered(void *ctx, MQTTAsync_token token)
 {
     bridge_mqtt_t *m = ctx;
     (void)token;
-    if (!atomic_exchange(&m->delivered, true))
-        push(m, EV_DELIVERED, 0, 0, NULL);
+    inbox_event_t ev = {.type = EV_DELIVERED};
+    if (!atomic_exchange(&m->delivered, true) && inbox_push(m->inbox, &ev) < 0)
+        atomic_store(&m->delivered, false); /* the inbox is full: the next one tries */
 }
 
 static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
