@@ -4,13 +4,14 @@ session counts what arrives."""
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (WAIT, Broker, Gateway, Pki, Subscriber, check, coap, run,  # noqa: E402
-                     wait_until, workdir)
+from harness import (WAIT, Broker, Gateway, Pki, Subscriber, check, coap,  # noqa: E402
+                     coap_decode, coap_raw, run, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 
@@ -159,6 +160,38 @@ def buffer_full_503():
     check(sorted(set(seqs)) == list(range(5)), "arrived %r" % seqs)
 
 
+def backlog_drains_promptly():
+    """1,000 readings buffered while the broker is away reach it within 15 s of
+    the reconnection: the MQTT client is not left sending one broker window
+    (Mosquitto: 20 messages) a second."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, persistent="at_exit").start()
+    sub = counting_sub(broker)
+    g = Gateway(d, broker, pki, coap="plain = true;").start()
+    sub.stop()
+    broker.stop()
+    g.wait_log("mqtt: connection to")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    for i in range(1000):
+        s.send(coap_raw("public/backlog", b"seq-%d" % i, mid=i + 1, token=b"\x0b"))
+        while True:
+            code, mid = coap_decode(s.recv(2048))[1:3]
+            if mid == i + 1:
+                break
+        check(code == "2.04", "reading %d buffered: %s" % (i, code))
+    broker.start()
+    g.wait_log("mqtt: connected to", 2)
+    sub = counting_sub(broker)
+    got = lambda: {int(m["payload"].split(b"-")[1]) for m in sub.messages}  # noqa: E731
+    try:
+        wait_until(lambda: len(got()) == 1000, "the backlog at the broker", timeout=15)
+    except AssertionError:
+        raise AssertionError("%d of 1000 arrived within 15 s of the reconnection" % len(got()))
+
+
 def sigterm_during_burst():
     d, pki, broker, sub, g = setup()
     status = Subscriber(broker, "tandem/it/status")
@@ -183,4 +216,4 @@ def sigterm_during_burst():
 if __name__ == "__main__":
     run({f.__name__: f for f in [broker_sigterm_mid_burst, broker_kill9_mid_burst,
                                   gateway_kill9_while_buffering, buffer_full_503,
-                                  sigterm_during_burst]})
+                                  backlog_drains_promptly, sigterm_during_burst]})
