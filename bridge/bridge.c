@@ -224,11 +224,44 @@ static struct pending *pending_alloc(bridge_t *b)
 
 static void pending_release(bridge_t *b, struct pending *p)
 {
+    if (p->stored) {
+        p->stored = false;
+        b->nstored--;
+    }
     coap_session_release(p->session);
     p->session = NULL;
     p->used = false;
     p->gen++;
     b->inflight--;
+}
+
+/* A slot taken for a request that then went another way. */
+static void pending_release_unused(bridge_t *b, struct pending *p)
+{
+    p->used = false;
+    p->gen++;
+    b->inflight--;
+}
+
+/* The request p will answer. */
+static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session,
+                         const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1,
+                         size_t map)
+{
+    coap_bin_const_t token = coap_pdu_get_token(req);
+    p->session = coap_session_reference(session);
+    p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
+    memcpy(p->token, token.s, p->token_len);
+    p->mid = mid;
+    p->con = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
+    p->separate = !p->con;
+    p->ok_code = (uint16_t)ok_code;
+    p->block1 = block1;
+    p->map = map;
+    p->stored = false;
+    p->started_ms = bridge_now_ms();
+    p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
+    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
 }
 
 static uint64_t pending_id(const bridge_t *b, const struct pending *p)
@@ -537,17 +570,33 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     size_t mi = map_entry_index(e);
 
     if (!b->connected) {
-        /* Into the offline buffer: once Paho has stored it, the promise is kept. */
+        /*
+         * Into the offline buffer. The record is written now and fsync'ed
+         * with the others of this turn at bridge_commit(), which answers.
+         */
+        struct pending *p = pending_alloc(b);
+        persist_defer(b->persist, p != NULL);
         int rc = mqtt_publish(b->mqtt, &msg, UINT64_MAX);
+        persist_defer(b->persist, false);
         if (rc < 0) {
+            if (p)
+                pending_release_unused(b, p);
             code = 503;
             max_age = retry_after_s(b);
             goto refuse;
         }
         b->st.offline_buffered++;
-        b->maps[mi].up++;
-        bridge_answer(b, resp, ok_code, block1, -1, -1);
-        dedup_add(s, mid, ok_code, block1, -1);
+        if (!p) { /* no slot to wait in: the record was fsync'ed at once */
+            b->maps[mi].up++;
+            bridge_answer(b, resp, ok_code, block1, -1, -1);
+            dedup_add(s, mid, ok_code, block1, -1);
+            return;
+        }
+        pending_fill(b, p, session, req, mid, ok_code, block1, mi);
+        p->stored = true;
+        b->nstored++;
+        dedup_add(s, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+        coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
         return;
     }
     if (msg.qos == 0) {
@@ -570,19 +619,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         max_age = 1;
         goto refuse;
     }
-    coap_bin_const_t token = coap_pdu_get_token(req);
-    p->session = coap_session_reference(session);
-    p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
-    memcpy(p->token, token.s, p->token_len);
-    p->mid = mid;
-    p->con = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
-    p->separate = !p->con;
-    p->ok_code = (uint16_t)ok_code;
-    p->block1 = block1;
-    p->map = mi;
-    p->started_ms = bridge_now_ms();
-    p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
-    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
+    pending_fill(b, p, session, req, mid, ok_code, block1, mi);
     int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
     if (rc < 0) {
         pending_release(b, p);
@@ -752,7 +789,8 @@ static void keep_inflight(bridge_t *b)
         return;
     for (size_t i = 0; i < b->npend; i++) {
         if (b->pend[i].used) {
-            b->st.offline_buffered++;
+            if (!b->pend[i].stored)
+                b->st.offline_buffered++;
             pending_answer(b, &b->pend[i], b->pend[i].ok_code);
         }
     }
@@ -832,6 +870,21 @@ void bridge_process_inbox(bridge_t *b)
             pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
             break;
         }
+    }
+}
+
+void bridge_commit(bridge_t *b)
+{
+    if (!b->nstored)
+        return;
+    int rc = persist_sync(b->persist);
+    if (rc < 0)
+        gw_err("mqtt", "cannot make the offline buffer durable (%s); answering 5.03",
+               strerror(-rc));
+    for (size_t i = 0; i < b->npend && b->nstored; i++) {
+        struct pending *p = &b->pend[i];
+        if (p->used && p->stored)
+            pending_answer(b, p, rc == 0 ? p->ok_code : 503);
     }
 }
 

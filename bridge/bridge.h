@@ -31,6 +31,12 @@ int bridge_inbox_fd(const bridge_t *b);
 /* Handles what the MQTT client reported. */
 void bridge_process_inbox(bridge_t *b);
 
+/*
+ * Makes the readings put into the offline buffer since the last call durable
+ * (one fsync round for all of them) and answers their devices.
+ */
+void bridge_commit(bridge_t *b);
+
 /* Expires publishes past publish_timeout, reconnects when it is time. */
 void bridge_tick(bridge_t *b);
 

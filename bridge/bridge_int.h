@@ -60,6 +60,7 @@ struct pending {
     uint32_t block1;
     size_t map;
     uint64_t started_ms, piggyback_ms, deadline_ms;
+    bool stored;              /* in the offline buffer: answered at bridge_commit() */
 };
 
 struct map_counters {
@@ -81,6 +82,7 @@ struct bridge {
     size_t npend, inflight;
     uint64_t last_tick_ms, started_ms;
     size_t b1_bytes; /* held by every session's Block1 buffer */
+    size_t nstored;  /* pending entries waiting for bridge_commit() */
 
     struct map_counters *maps; /* owned, one per mapping */
 

@@ -48,6 +48,11 @@ struct persist {
     atomic_uint records;   /* on disk and in memory */
     pthread_mutex_t lock;  /* the memory tier; Paho's threads and the loop use it */
     struct mrec *mem[MEM_BUCKETS];
+    /* Group commit (persist_defer): new records written, not yet fsync'ed. */
+    bool deferring;
+    pthread_t defer_thread;
+    char **dirty; /* owned: their paths */
+    size_t ndirty, dirty_cap;
 };
 
 #define SUFFIX ".msg"
@@ -174,12 +179,48 @@ void persist_free(persist_t *p)
         return;
     /* What the client still held (not acknowledged) is sent after the next start. */
     pthread_mutex_lock(&p->lock);
+    p->deferring = false;
     atomic_store(&p->durable, true);
     spill(p);
     pthread_mutex_unlock(&p->lock);
+    persist_sync(p);
     pthread_mutex_destroy(&p->lock);
     free(p->dir);
     free(p);
+}
+
+void persist_defer(persist_t *p, bool on)
+{
+    pthread_mutex_lock(&p->lock);
+    p->deferring = on;
+    p->defer_thread = pthread_self();
+    pthread_mutex_unlock(&p->lock);
+}
+
+/*
+ * Whether a new record written now by this thread may wait for
+ * persist_sync(). With p->lock held, as in every write_record().
+ */
+static bool deferred_here(const persist_t *p)
+{
+    return p->deferring && pthread_equal(p->defer_thread, pthread_self());
+}
+
+/* Remembers a record for persist_sync(). With p->lock held. */
+static int dirty_add(persist_t *p, const char *path)
+{
+    if (p->ndirty == p->dirty_cap) {
+        size_t cap = p->dirty_cap ? 2 * p->dirty_cap : 64;
+        char **d = realloc(p->dirty, cap * sizeof(*d));
+        if (!d)
+            return -1;
+        p->dirty = d;
+        p->dirty_cap = cap;
+    }
+    if (!(p->dirty[p->ndirty] = strdup(path)))
+        return -1;
+    p->ndirty++;
+    return 0;
 }
 
 void persist_set_durable(persist_t *p, bool durable)
@@ -211,8 +252,38 @@ static int sync_dir(const persist_t *p)
     return rc;
 }
 
+int persist_sync(persist_t *p)
+{
+    pthread_mutex_lock(&p->lock);
+    char **dirty = p->dirty;
+    size_t n = p->ndirty;
+    p->dirty = NULL;
+    p->ndirty = p->dirty_cap = 0;
+    pthread_mutex_unlock(&p->lock);
+    if (n == 0)
+        return 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        int fd = open(dirty[i], O_RDONLY | O_CLOEXEC);
+        /* Gone already: delivered and removed, nothing left to keep. */
+        if (fd < 0 && errno != ENOENT && rc == 0)
+            rc = -errno;
+        if (fd >= 0) {
+            if (fsync(fd) < 0 && rc == 0)
+                rc = -errno;
+            close(fd);
+        }
+        free(dirty[i]);
+    }
+    free(dirty);
+    if (sync_dir(p) < 0 && rc == 0)
+        rc = -errno;
+    return rc;
+}
+
 int persist_flush(persist_t *p)
 {
+    persist_sync(p); /* its list goes; every record is fsync'ed below anyway */
     pthread_mutex_lock(&p->lock);
     bool was = atomic_load(&p->durable);
     atomic_store(&p->durable, true);
@@ -255,29 +326,44 @@ static int p_close(void *handle)
     return 0;
 }
 
-/* Writes one record file: to a temporary name, then renamed (fsync'ed when durable). */
+/*
+ * Writes one record file: to a temporary name, then renamed (fsync'ed when
+ * durable, now or at persist_sync()). With p->lock held.
+ */
 static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total)
 {
     char path[4096], tmp[4096];
     if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0 ||
         path_of(p, key, ".tmp", tmp, sizeof(tmp)) < 0)
         return -1;
+    struct stat old;
+    bool existed = stat(path, &old) == 0;
+    bool durable = atomic_load(&p->durable);
+    /* A replaced record was durable: its new version is, before the rename. */
+    bool defer = durable && !existed && deferred_here(p);
+    bool sync_now = durable && !defer;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
     ssize_t w = writev(fd, iov, n);
-    bool durable = atomic_load(&p->durable);
-    if (w < 0 || (size_t)w != total || (durable && fsync(fd) < 0)) {
+    if (w < 0 || (size_t)w != total || (sync_now && fsync(fd) < 0)) {
         close(fd);
         unlink(tmp);
         return -1;
     }
     close(fd);
-    struct stat old;
-    bool existed = stat(path, &old) == 0;
-    if (rename(tmp, path) < 0 || (durable && sync_dir(p) < 0)) {
+    if (rename(tmp, path) < 0 || (sync_now && sync_dir(p) < 0)) {
         unlink(tmp);
         return -1;
+    }
+    if (defer && dirty_add(p, path) < 0) {
+        /* Cannot remember it for the group commit: make it durable now. */
+        int fd2 = open(path, O_RDONLY | O_CLOEXEC);
+        bool ok = fd2 >= 0 && fsync(fd2) == 0 && sync_dir(p) == 0;
+        if (fd2 >= 0)
+            close(fd2);
+        if (!ok)
+            return -1;
     }
     if (existed) {
         atomic_fetch_sub(&p->bytes, (unsigned long long)old.st_size);

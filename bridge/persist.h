@@ -30,6 +30,17 @@ void persist_set_durable(persist_t *p, bool durable);
 /* fsyncs every record held and the folder. 0, or -errno of the first failure. */
 int persist_flush(persist_t *p);
 
+/*
+ * Group commit. Between persist_defer(p, true) and persist_defer(p, false),
+ * new records that the calling thread makes durable are written and renamed
+ * but not yet fsync'ed; persist_sync() then fsyncs them all and the folder
+ * once. Nothing may be promised about them before persist_sync() returns 0.
+ * Records replaced, and records other threads write, are fsync'ed at once.
+ */
+void persist_defer(persist_t *p, bool on);
+/* 0, or -errno of the first failure (the records stay unsynced then). */
+int persist_sync(persist_t *p);
+
 /* Records and bytes held now (safe from any thread). */
 uint64_t persist_bytes(persist_t *p);
 unsigned persist_records(persist_t *p);

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <coap3/coap.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,16 @@
 #define STOP_WAIT_MS 5000
 
 enum { TAG_COAP = 1, TAG_INBOX, TAG_SIGNAL };
+
+/* Datagrams libcoap may take in one turn of the loop. */
+#define COAP_BATCH 32
+
+/* Whether fd (libcoap's epoll descriptor) has events waiting now. */
+static bool readable(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    return poll(&pfd, 1, 0) == 1;
+}
 
 static uint64_t now_ms(void)
 {
@@ -241,7 +252,12 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         for (int i = 0; i < n; i++) {
             switch (evs[i].data.u32) {
             case TAG_COAP:
-                coap_io_process(ctx, COAP_IO_NO_WAIT);
+                /* Several datagrams per turn: bridge_commit() syncs them together. */
+                for (int k = 0; k < COAP_BATCH; k++) {
+                    coap_io_process(ctx, COAP_IO_NO_WAIT);
+                    if (!readable(coap_fd))
+                        break;
+                }
                 break;
             case TAG_INBOX:
                 bridge_process_inbox(b);
@@ -272,6 +288,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
             }
             }
         }
+        bridge_commit(b);
         bridge_tick(b);
         publish_stats(b, cfg, &next_stats);
         if (watchdog_ms && now_ms() >= next_watchdog) {
@@ -281,6 +298,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         if (stopping && (bridge_inflight(b) == 0 || now_ms() >= stop_deadline))
             break;
     }
+    bridge_commit(b);
     /* Whatever is still waiting gets 5.03: the device will retry elsewhere or later. */
     bridge_abandon(b);
     coap_io_process(ctx, COAP_IO_NO_WAIT);
