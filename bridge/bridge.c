@@ -22,6 +22,7 @@
 #include "log.h"
 #include "mapping.h"
 #include "mqtt.h"
+#include "tls.h"
 #include "bridge_int.h"
 
 /* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
@@ -1050,6 +1051,29 @@ static void json_str(FILE *out, const char *s)
     fputc('"', out);
 }
 
+/* Days left of each certificate Tandem presents, read from the files in use. */
+static void certificates_json(const bridge_t *b, FILE *out)
+{
+    const struct {
+        const char *name, *path;
+    } certs[] = {{"coap.dtls.cert", b->cfg->dtls_cert}, {"mqtt.cert", b->cfg->mqtt_cert}};
+    bool first = true;
+    int days;
+
+    fputs("\"certificates\":{", out);
+    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
+        if (!*certs[i].path)
+            continue;
+        fprintf(out, "%s\"%s\":{\"days_left\":", first ? "" : ",", certs[i].name);
+        if (tls_cert_days_left(certs[i].path, &days) == 0)
+            fprintf(out, "%d}", days);
+        else
+            fputs("null}", out);
+        first = false;
+    }
+    fputs("},", out);
+}
+
 void bridge_stats_json(const bridge_t *b, FILE *out)
 {
     fputs("{\"gateway\":", out);
@@ -1058,12 +1082,13 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
             "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
-            "\"block1_refused\":%llu,\"responses\":{",
+            "\"block1_refused\":%llu,\"notifications\":%llu,\"responses\":{",
             TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
             (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
             (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
             (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in,
-            b->b1_bytes, (unsigned long long)b->st.block1_refused);
+            b->b1_bytes, (unsigned long long)b->st.block1_refused,
+            (unsigned long long)b->down.notifications);
     bool first = true;
     for (int i = 0; i < 256; i++) {
         if (!b->st.responses[i])
@@ -1074,12 +1099,14 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     }
     fprintf(out,
             "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
-            "\"acked\":%llu,\"timeouts\":%llu,\"inflight\":%zu,\"inbox_dropped\":%llu,"
+            "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
+            "\"inbox_dropped\":%llu,"
             "\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
-            (unsigned long long)b->st.timeouts, b->inflight,
+            (unsigned long long)b->down.received, (unsigned long long)b->st.timeouts,
+            b->inflight,
             (unsigned long long)inbox_dropped(b->inbox),
             (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
             (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
@@ -1097,6 +1124,11 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)dropped, (unsigned long long)too_large);
     fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
             (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
+    /* No MQTT device listener in this version: nothing connects to it. */
+    fputs("\"mqtt_listener\":{\"connections\":0,\"rejected\":0,\"denied_publish\":0,"
+          "\"denied_subscribe\":0},",
+          out);
+    certificates_json(b, out);
     down_stats_json(b, out);
     fprintf(out, "}\n");
 }

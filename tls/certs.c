@@ -62,6 +62,23 @@ static int check_dates(gnutls_x509_crt_t crt, const char *path, int *days_left, 
     return 0;
 }
 
+int tls_cert_days_left(const char *cert_path, int *days)
+{
+    gnutls_x509_crt_t *chain = NULL;
+    unsigned n = 0;
+    char err[256];
+    int rc = load_chain(cert_path, &chain, &n, err, sizeof(err));
+    if (rc < 0)
+        return rc;
+    time_t until = gnutls_x509_crt_get_expiration_time(chain[0]);
+    free_chain(chain, n);
+    if (until == (time_t)-1)
+        return -EINVAL;
+    double left = difftime(until, time(NULL)) / 86400;
+    *days = (int)(left < 0 ? left - 1 : left); /* whole days, rounded down */
+    return 0;
+}
+
 int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, char *err,
                    size_t errlen)
 {

@@ -20,6 +20,12 @@
 int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, char *err,
                    size_t errlen);
 
+/*
+ * Whole days until the first certificate of a PEM file expires (negative once
+ * it has). Returns 0, or a negative errno code.
+ */
+int tls_cert_days_left(const char *cert_path, int *days);
+
 /* Checks a PEM CA bundle: at least one certificate, none expired. */
 int tls_ca_check(const char *ca_path, char *err, size_t errlen);
 
