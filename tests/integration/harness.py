@@ -388,6 +388,8 @@ class Gateway:
         self.proc = None
         self.lines = []
         self.env = dict(os.environ, **(env or {}))
+        self.env.setdefault("LSAN_OPTIONS", "suppressions=%s:print_suppressions=0" % os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "lsan.supp"))
         _gateways.append(self)
 
     def start(self, wait_connected=True):
