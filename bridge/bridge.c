@@ -236,14 +236,6 @@ static void pending_release(bridge_t *b, struct pending *p)
     b->inflight--;
 }
 
-/* A slot taken for a request that then went another way. */
-static void pending_release_unused(bridge_t *b, struct pending *p)
-{
-    p->used = false;
-    p->gen++;
-    b->inflight--;
-}
-
 /* The request p will answer. */
 static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session,
                          const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1,
@@ -581,7 +573,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         persist_defer(b->persist, false);
         if (rc < 0) {
             if (p)
-                pending_release_unused(b, p);
+                pending_release(b, p); /* no session held yet: releasing NULL is a no-op */
             code = 503;
             max_age = retry_after_s(b);
             goto refuse;
@@ -854,7 +846,7 @@ void bridge_process_inbox(bridge_t *b)
             free(ev[i].data);
             break;
         case EV_DELIVERED:
-            mqtt_kick(b->mqtt);
+            mqtt_kick(b->mqtt, b->inflight);
             break;
         case EV_SUB_FAILED:
             b->down.subscriptions_failed++;

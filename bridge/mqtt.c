@@ -25,6 +25,7 @@ struct bridge_mqtt {
     atomic_ullong too_large;  /* messages over coap.max_payload */
     atomic_ullong dropped;    /* messages the inbox had no room for */
     atomic_int window;        /* publishes the broker lets be in flight */
+    atomic_bool backlog;      /* what a (re)connection finds may be queued */
     atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
 };
 
@@ -50,10 +51,14 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
     bridge_mqtt_t *m = ctx;
     (void)r;
     atomic_store(&m->window, m->cfg->max_inflight);
+    atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
 }
 
-/* Paho's thread, for every completed QoS 1/2 publish, restored ones included. */
+/*
+ * Paho's thread, for every completed QoS 1/2 publish, restored ones included;
+ * one EV_DELIVERED at a time waits in the inbox.
+ */
 static void on_delivered(void *ctx, MQTTAsync_token token)
 {
     bridge_mqtt_t *m = ctx;
@@ -74,6 +79,7 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
             window = rm;
     }
     atomic_store(&m->window, window);
+    atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
 }
 
@@ -422,12 +428,15 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
  * publishes wait than can be in flight, each completion adds a command that
  * costs one small round trip: an UNSUBSCRIBE from a filter never subscribed.
  */
-void mqtt_kick(bridge_mqtt_t *m)
+void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
 {
     MQTTAsync_token *tokens = NULL;
     int n = 0;
 
     atomic_store(&m->delivered, false);
+    /* Counting Paho's queue takes a walk through it: only when it may be long. */
+    if (!atomic_load(&m->backlog) && waiting <= (size_t)atomic_load(&m->window))
+        return;
     if (!MQTTAsync_isConnected(m->client))
         return;
     if (MQTTAsync_getPendingTokens(m->client, &tokens) != MQTTASYNC_SUCCESS)
@@ -435,8 +444,10 @@ void mqtt_kick(bridge_mqtt_t *m)
     while (tokens && tokens[n] != -1)
         n++;
     MQTTAsync_free(tokens);
-    if (n <= atomic_load(&m->window))
+    if (n <= atomic_load(&m->window)) {
+        atomic_store(&m->backlog, false); /* what a reconnection found has gone */
         return;
+    }
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_unsubscribe(m->client, KICK_FILTER, &ro);
 }

@@ -66,8 +66,8 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
 /*
  * After EV_DELIVERED: when more publishes wait in the client than the broker
  * lets be in flight, makes the client send the next ones now rather than
- * within a second.
+ * within a second. waiting: requests waiting for an acknowledgement.
  */
-void mqtt_kick(bridge_mqtt_t *m);
+void mqtt_kick(bridge_mqtt_t *m, size_t waiting);
 
 #endif

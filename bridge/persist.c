@@ -252,16 +252,26 @@ static int sync_dir(const persist_t *p)
     return rc;
 }
 
-int persist_sync(persist_t *p)
+/* Takes the list of records waiting for persist_sync(); the caller frees it. */
+static char **dirty_take(persist_t *p, size_t *n)
 {
     pthread_mutex_lock(&p->lock);
     char **dirty = p->dirty;
-    size_t n = p->ndirty;
+    *n = p->ndirty;
     p->dirty = NULL;
     p->ndirty = p->dirty_cap = 0;
     pthread_mutex_unlock(&p->lock);
-    if (n == 0)
+    return dirty;
+}
+
+int persist_sync(persist_t *p)
+{
+    size_t n;
+    char **dirty = dirty_take(p, &n);
+    if (n == 0) {
+        free(dirty);
         return 0;
+    }
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         int fd = open(dirty[i], O_RDONLY | O_CLOEXEC);
@@ -283,7 +293,11 @@ int persist_sync(persist_t *p)
 
 int persist_flush(persist_t *p)
 {
-    persist_sync(p); /* its list goes; every record is fsync'ed below anyway */
+    size_t n;
+    char **dirty = dirty_take(p, &n); /* every record is fsync'ed below */
+    for (size_t i = 0; i < n; i++)
+        free(dirty[i]);
+    free(dirty);
     pthread_mutex_lock(&p->lock);
     bool was = atomic_load(&p->durable);
     atomic_store(&p->durable, true);
