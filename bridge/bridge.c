@@ -12,6 +12,7 @@
 #include "tandem_build.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,13 @@
 #define BLOCK1_TRANSFERS 512
 #define BLOCK1_BYTES_MAX ((size_t)64 << 20)
 #define BLOCK1_RETRY_S 5
+/*
+ * A connection that lasted this long was a good one: the next reconnection
+ * starts again at 1 s. One the broker drops sooner (it refuses something we
+ * send, say) does not reset the backoff, so a broker that accepts and drops
+ * at once is not hammered every second. ms.
+ */
+#define STABLE_MS 10000
 /* Longest reconnect backoff, s. */
 #define BACKOFF_MAX_S 30
 /* Events taken from the inbox per turn. */
@@ -351,6 +359,29 @@ int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
     return (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
 }
 
+/*
+ * The answer to a publish the MQTT client did not take (mqtt_publish's
+ * negative code): 5.03 with Max-Age while the broker or the buffer cannot
+ * take it, 4.13 with Size1 when the broker's limit is smaller than the body,
+ * 5.00 for a message the broker would refuse (never handed over).
+ */
+static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_age, int *size1)
+{
+    if (rc == -EMSGSIZE) {
+        size_t room = mqtt_payload_room(b->mqtt, msg);
+        *size1 = room < (size_t)INT_MAX ? (int)room : INT_MAX;
+        return 413;
+    }
+    if (rc == -EINVAL) {
+        b->st.unpublishable++;
+        gw_log_limited(GW_LOG_ERROR, "mqtt", "a message for %s was not published (the broker "
+                       "would refuse it)", msg->topic);
+        return 500;
+    }
+    *max_age = retry_after_s(b);
+    return 503;
+}
+
 enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
 
 /* Bytes every session's Block1 buffers may hold together. */
@@ -574,8 +605,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         if (rc < 0) {
             if (p)
                 pending_release(b, p); /* no session held yet: releasing NULL is a no-op */
-            code = 503;
-            max_age = retry_after_s(b);
+            code = publish_refused(b, rc, &msg, &max_age, &size1);
             goto refuse;
         }
         b->st.offline_buffered++;
@@ -595,8 +625,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     if (msg.qos == 0) {
         int rc = mqtt_publish(b->mqtt, &msg, 0);
         if (rc < 0) {
-            code = 503;
-            max_age = retry_after_s(b);
+            code = publish_refused(b, rc, &msg, &max_age, &size1);
             goto refuse;
         }
         b->st.published++;
@@ -616,8 +645,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
     if (rc < 0) {
         pending_release(b, p);
-        code = 503;
-        max_age = retry_after_s(b);
+        code = publish_refused(b, rc, &msg, &max_age, &size1);
         goto refuse;
     }
     b->st.published++;
@@ -794,7 +822,7 @@ static void on_connected(bridge_t *b)
     persist_set_durable(b->persist, false);
     b->connected = true;
     b->connecting = false;
-    b->backoff_s = 1;
+    b->connected_at_ms = bridge_now_ms();
     if (b->ever_connected)
         b->st.reconnects++;
     b->ever_connected = true;
@@ -825,8 +853,13 @@ void bridge_process_inbox(bridge_t *b)
             schedule_reconnect(b);
             break;
         case EV_CONN_LOST:
+            if (!b->connected)
+                break; /* a DISCONNECT before the CONNACK: the connect failure follows */
+            if (ev[i].rc)
+                b->st.broker_disconnects++;
             gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
-            b->backoff_s = 1;
+            if (bridge_now_ms() - b->connected_at_ms >= STABLE_MS)
+                b->backoff_s = 1;
             schedule_reconnect(b);
             keep_inflight(b);
             break;
@@ -850,7 +883,8 @@ void bridge_process_inbox(bridge_t *b)
             break;
         case EV_SUB_FAILED:
             b->down.subscriptions_failed++;
-            gw_err("mqtt", "subscription refused by the broker (%s)", ev[i].text);
+            gw_log_limited(GW_LOG_ERROR, "mqtt", "subscription refused by the broker (%s)",
+                           ev[i].text);
             break;
         case EV_PUB_FAILED:
             if (ev[i].id == UINT64_MAX)
@@ -858,8 +892,18 @@ void bridge_process_inbox(bridge_t *b)
             p = pending_by_id(b, ev[i].id);
             if (!p)
                 break;
-            gw_warn("mqtt", "publish failed (%s)", ev[i].text);
-            /* A broker's refusal (reason >= 0x80) is final; anything else is an outage. */
+            /*
+             * A broker's refusal (reason >= 0x80) is final: the client has
+             * dropped the message from its store, the device gets 5.02.
+             * Anything else is an outage.
+             */
+            if (ev[i].rc >= 0x80) {
+                b->st.broker_refused++;
+                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish refused by the broker (%s)",
+                               ev[i].text);
+            } else {
+                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish failed (%s)", ev[i].text);
+            }
             pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
             break;
         }
@@ -872,8 +916,9 @@ void bridge_commit(bridge_t *b)
         return;
     int rc = persist_sync(b->persist);
     if (rc < 0)
-        gw_err("mqtt", "cannot make the offline buffer durable (%s); answering 5.03",
-               strerror(-rc));
+        gw_log_limited(GW_LOG_ERROR, "mqtt",
+                       "cannot make the offline buffer durable (%s); answering 5.03",
+                       strerror(-rc));
     for (size_t i = 0; i < b->npend && b->nstored; i++) {
         struct pending *p = &b->pend[i];
         if (p->used && p->stored)
@@ -894,8 +939,8 @@ void bridge_tick(bridge_t *b)
                 continue;
             if (now >= p->deadline_ms) {
                 b->st.timeouts++;
-                gw_warn("mqtt", "no acknowledgement within %ds; answering 5.04",
-                        b->cfg->publish_timeout);
+                gw_log_limited(GW_LOG_WARNING, "mqtt", "no acknowledgement within %ds; answering 5.04",
+                               b->cfg->publish_timeout);
                 pending_answer(b, p, 504);
             } else if (!p->separate && now >= p->piggyback_ms) {
                 gw_debug("coap", "broker slow: empty ACK now, separate answer later");
@@ -1092,14 +1137,15 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     fprintf(out,
             "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
             "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
-            "\"inbox_dropped\":%llu,"
-            "\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
+            "\"inbox_dropped\":%llu,\"refused\":%llu,\"broker_disconnects\":%llu,"
+            "\"unpublishable\":%llu,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
             (unsigned long long)b->down.received, (unsigned long long)b->st.timeouts,
             b->inflight,
-            (unsigned long long)inbox_dropped(b->inbox),
+            (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
+            (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
             (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
             (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
             (unsigned long long)percentile(b, 0.99));
@@ -1116,6 +1162,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)dropped, (unsigned long long)too_large);
     fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
             (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
+    fprintf(out, "\"log\":{\"suppressed\":%llu},", (unsigned long long)gw_log_suppressed());
     /* No MQTT device listener in this version: nothing connects to it. */
     fputs("\"mqtt_listener\":{\"connections\":0,\"rejected\":0,\"denied_publish\":0,"
           "\"denied_subscribe\":0},",

@@ -75,7 +75,7 @@ struct bridge {
     persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
 
     bool connected, connecting, draining, ever_connected;
-    uint64_t reconnect_at_ms;
+    uint64_t reconnect_at_ms, connected_at_ms;
     unsigned backoff_s;
 
     struct pending *pend; /* owned, cfg->max_inflight slots */
@@ -99,6 +99,9 @@ struct bridge {
         uint64_t responses[256]; /* by class*32 + detail */
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
         uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
+        uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
+        uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
+        uint64_t unpublishable;      /* messages the broker would refuse, never sent: 5.00 */
         uint64_t reloads, reload_failures;
         uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
     } st;

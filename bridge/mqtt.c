@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "mapping.h"
 
 struct bridge_mqtt {
     MQTTAsync client;
@@ -27,6 +28,7 @@ struct bridge_mqtt {
     atomic_int window;        /* publishes the broker lets be in flight */
     atomic_bool backlog;      /* what a (re)connection finds may be queued */
     atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
+    atomic_uint max_packet;   /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
 };
 
 /* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
@@ -79,6 +81,11 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
             window = rm;
     }
     atomic_store(&m->window, window);
+    unsigned max_packet = 0;
+    if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE))
+        max_packet = (unsigned)MQTTProperties_getNumericValue(
+            &r->properties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+    atomic_store(&m->max_packet, max_packet);
     atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
 }
@@ -100,6 +107,19 @@ static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
 static void on_conn_lost(void *ctx, char *cause)
 {
     push(ctx, EV_CONN_LOST, 0, 0, cause ? cause : "connection lost");
+}
+
+/*
+ * MQTT 5: the broker closed the connection with a DISCONNECT packet (for a
+ * malformed packet, an oversized one, a session taken over...). Paho does not
+ * report this as a lost connection, so it is reported here, with its reason.
+ */
+static void on_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonCodes rc)
+{
+    char text[96];
+    (void)props;
+    snprintf(text, sizeof(text), "the broker disconnected: %s", MQTTReasonCode_toString(rc));
+    push(ctx, EV_CONN_LOST, 0, (int)rc, text);
 }
 
 /*
@@ -275,6 +295,8 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
         return NULL;
     }
     MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
+    if (m->v5)
+        MQTTAsync_setDisconnected(m->client, m, on_disconnected);
     return m;
 }
 
@@ -349,6 +371,29 @@ int mqtt_connect(bridge_mqtt_t *m)
     return 0;
 }
 
+/* Bytes of the PUBLISH packet msg makes, MQTT 5 properties included (an upper bound). */
+static size_t packet_size(const mqtt_msg_t *msg)
+{
+    size_t props = 0;
+    if (msg->content_type)
+        props += 3 + strlen(msg->content_type);
+    if (msg->utf8)
+        props += 2;
+    if (msg->device)
+        props += 1 + 2 + 6 + 2 + strlen(msg->device);
+    /* fixed header (at most 5), topic, packet id, property length (at most 4) */
+    return 5 + 2 + strlen(msg->topic) + 2 + 4 + props + msg->len;
+}
+
+size_t mqtt_payload_room(bridge_mqtt_t *m, const mqtt_msg_t *msg)
+{
+    unsigned max_packet = atomic_load(&m->max_packet);
+    size_t overhead = packet_size(msg) - msg->len;
+    if (!max_packet)
+        return SIZE_MAX;
+    return max_packet > overhead ? max_packet - overhead : 0;
+}
+
 int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
 {
     MQTTAsync_message pm = MQTTAsync_message_initializer;
@@ -357,6 +402,20 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     struct pub_ctx *ctx = NULL;
     int rc;
 
+    /*
+     * The last check before the broker: a topic or a property it would
+     * refuse makes it drop the connection, and, stored, would do so again at
+     * every reconnection. The mapping engine renders nothing of the kind.
+     */
+    if (!map_topic_ok(msg->topic, strlen(msg->topic)) ||
+        (msg->device && !map_mqtt_string_ok(msg->device, strlen(msg->device))) ||
+        (msg->content_type && !map_mqtt_string_ok(msg->content_type, strlen(msg->content_type))))
+        return -EINVAL;
+    if (msg->len > (size_t)INT32_MAX)
+        return -EMSGSIZE;
+    unsigned max_packet = atomic_load(&m->max_packet);
+    if (max_packet && packet_size(msg) > max_packet)
+        return -EMSGSIZE;
     if (!m->buffering && !MQTTAsync_isConnected(m->client))
         return -ENOTCONN;
     pm.payload = (void *)msg->payload;
@@ -414,7 +473,7 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
             return -ENOBUFS;
         if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT)
             return -EAGAIN;
-        return -EINVAL;
+        return -EIO;
     }
     return 0;
 }

@@ -41,9 +41,14 @@ int mqtt_connect(bridge_mqtt_t *m);
  * Hands a message to the client. For QoS 1/2 the acknowledgement arrives as
  * EV_PUB_OK/EV_PUB_FAILED with id. While disconnected with an offline
  * buffer, 0 means the message is stored. Returns 0, -ENOTCONN, -ENOBUFS
- * (offline buffer full), -EAGAIN (too many in flight) or -EINVAL.
+ * (offline buffer full), -EAGAIN (too many in flight), -EMSGSIZE (larger
+ * than the broker's Maximum Packet Size), -EINVAL (a topic or property the
+ * broker would refuse: never handed over) or -ENOMEM.
  */
 int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
+
+/* The largest payload the broker takes with msg's topic and properties; SIZE_MAX when it set no limit. */
+size_t mqtt_payload_room(bridge_mqtt_t *m, const mqtt_msg_t *msg);
 
 /*
  * Subscribes to n filters with their QoS; messages arrive as EV_MESSAGE, a

@@ -90,8 +90,8 @@ dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t
         size_t hexlen = strlen(hex);
         if (!map_identity_ok(line, idlen)) {
             gw_errs_add(errs, path, lineno, setting,
-                        "identity must be 1..%d bytes of UTF-8 without '/', '+', '#' or a "
-                        "leading '$'",
+                        "identity must be 1..%d bytes of UTF-8 without '/', '+', '#', a "
+                        "leading '$', control characters or Unicode noncharacters",
                         MAP_IDENTITY_MAX);
             continue;
         }
@@ -188,12 +188,12 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
     const dtls_psk_store_t *st = arg;
     (void)session;
     if (!identity || !map_identity_ok((const char *)identity->s, identity->length)) {
-        gw_info("dtls", "handshake refused (PSK identity not acceptable)");
+        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (PSK identity not acceptable)");
         return NULL;
     }
     const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
     if (!key) {
-        gw_info("dtls", "handshake refused (unknown PSK identity \"%.*s\")",
+        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (unknown PSK identity \"%.*s\")",
                 (int)identity->length, (const char *)identity->s);
         return NULL;
     }
@@ -214,12 +214,12 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
     if (depth != 0)
         return 1;
     if (!validated) {
-        gw_info("dtls", "handshake refused (device certificate not verified)");
+        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (device certificate not verified)");
         return 0;
     }
     if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
         !map_identity_ok(subject_cn, strlen(subject_cn))) {
-        gw_info("dtls", "handshake refused (device certificate CN not acceptable)");
+        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (device certificate CN not acceptable)");
         return 0;
     }
     dtls_peer_t *peer = dtls_peer_get(session);

@@ -479,8 +479,7 @@ static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_
 static bool topic_ok(const char *t)
 {
     size_t len = strlen(t);
-    return len > 0 && len <= MAP_PATH_MAX && t[0] != '$' && !strchr(t, '+') && !strchr(t, '#') &&
-           map_utf8_ok(t, len);
+    return len <= MAP_PATH_MAX && t[0] != '$' && map_topic_ok(t, len);
 }
 
 static bool is_ip(const char *s)
@@ -514,7 +513,8 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
 
     if (!map_value_ok(cfg->id, strlen(cfg->id)) || strlen(cfg->id) > 64)
         gw_errs_add(errs, f, LINE("gateway.id"), "gateway.id",
-                    "must be 1..64 bytes of UTF-8 without '/', '+', '#' or a leading '$'");
+                    "must be 1..64 bytes of UTF-8 without '/', '+', '#', a leading '$', control "
+                    "characters or Unicode noncharacters");
     if (!is_ip(cfg->coap_bind))
         gw_errs_add(errs, f, LINE("coap.bind"), "coap.bind", "\"%s\" is not an IP address",
                     cfg->coap_bind);
@@ -556,16 +556,24 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
                         "cannot read %s (%s)", cfg->password_file, strerror(errno));
     }
     render_gateway(cfg, &cfg->client_id, "mqtt.client_id", errs);
-    if (!*cfg->client_id || strlen(cfg->client_id) > 256)
-        gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id", "must be 1..256 bytes");
+    if (!*cfg->client_id || strlen(cfg->client_id) > 256 ||
+        !map_mqtt_string_ok(cfg->client_id, strlen(cfg->client_id)))
+        gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id",
+                    "must be 1..256 bytes of UTF-8 without control characters or Unicode "
+                    "noncharacters");
+    if (!map_mqtt_string_ok(cfg->username, strlen(cfg->username)))
+        gw_errs_add(errs, f, LINE("mqtt.username"), "mqtt.username",
+                    "must be UTF-8 without control characters or Unicode noncharacters");
     render_gateway(cfg, &cfg->status_topic, "mqtt.status_topic", errs);
     render_gateway(cfg, &cfg->stats_topic, "mqtt.stats_topic", errs);
     if (*cfg->status_topic && !topic_ok(cfg->status_topic))
         gw_errs_add(errs, f, LINE("mqtt.status_topic"), "mqtt.status_topic",
-                    "is not a valid topic (no '+', '#', leading '$')");
+                    "is not a valid topic (no '+', '#', leading '$', control characters or "
+                    "Unicode noncharacters)");
     if (*cfg->stats_topic && !topic_ok(cfg->stats_topic))
         gw_errs_add(errs, f, LINE("mqtt.stats_topic"), "mqtt.stats_topic",
-                    "is not a valid topic (no '+', '#', leading '$')");
+                    "is not a valid topic (no '+', '#', leading '$', control characters or "
+                    "Unicode noncharacters)");
 
     if (cfg->ml_enabled)
         gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",

@@ -46,14 +46,22 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/*
+ * libcoap's messages are mostly about what peers send (bad packets, RSTs,
+ * handshake failures): they are kept below Tandem's own levels and limited
+ * in rate, one kind per level.
+ */
 static void coap_log_to_gw(coap_log_t level, const char *message)
 {
     char line[512];
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
-    /* libcoap's warnings are mostly about what devices send: keep them below ours. */
-    gw_log(level <= LOG_ERR ? GW_LOG_WARNING : level <= LOG_WARNING ? GW_LOG_INFO : GW_LOG_DEBUG,
-           "coap", "%s", line);
+    if (level <= LOG_ERR)
+        gw_log_limited(GW_LOG_WARNING, "coap", "%s", line);
+    else if (level <= LOG_WARNING)
+        gw_log_limited(GW_LOG_INFO, "coap", "%s", line);
+    else
+        gw_log_limited(GW_LOG_DEBUG, "coap", "%s", line);
 }
 
 static int make_address(const char *host, int port, coap_address_t *addr)

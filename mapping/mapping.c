@@ -57,7 +57,14 @@ static void errf(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-bool map_utf8_ok(const char *s, size_t len)
+/*
+ * Walks len bytes of UTF-8. With strict, also refuses what MQTT forbids in its
+ * strings (MQTT 5 §1.5.4, as Mosquitto enforces it): the control characters
+ * U+0001..U+001F and U+007F..U+009F, and the Unicode noncharacters
+ * (U+FDD0..U+FDEF and every U+xFFFE, U+xFFFF). NUL, surrogates and overlong
+ * forms are refused either way.
+ */
+static bool utf8_scan(const char *s, size_t len, bool strict)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
@@ -68,6 +75,8 @@ bool map_utf8_ok(const char *s, size_t len)
         if (c == 0)
             return false;
         if (c < 0x80) {
+            if (strict && (c < 0x20 || c == 0x7f))
+                return false;
             i++;
             continue;
         } else if ((c & 0xe0) == 0xc0) {
@@ -88,9 +97,28 @@ bool map_utf8_ok(const char *s, size_t len)
         }
         if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
             return false;
+        if (strict && ((cp >= 0x7f && cp <= 0x9f) || (cp >= 0xfdd0 && cp <= 0xfdef) ||
+                       (cp & 0xfffe) == 0xfffe))
+            return false;
         i += need + 1;
     }
     return true;
+}
+
+bool map_utf8_ok(const char *s, size_t len)
+{
+    return utf8_scan(s, len, false);
+}
+
+bool map_mqtt_string_ok(const char *s, size_t len)
+{
+    return utf8_scan(s, len, true);
+}
+
+bool map_topic_ok(const char *s, size_t len)
+{
+    return len > 0 && len <= MAP_TOPIC_MAX && !memchr(s, '+', len) && !memchr(s, '#', len) &&
+           map_mqtt_string_ok(s, len);
 }
 
 bool map_value_ok(const char *s, size_t len)
@@ -99,7 +127,7 @@ bool map_value_ok(const char *s, size_t len)
         return false;
     if (memchr(s, '+', len) || memchr(s, '#', len) || memchr(s, '/', len))
         return false;
-    return map_utf8_ok(s, len);
+    return map_mqtt_string_ok(s, len);
 }
 
 bool map_identity_ok(const char *s, size_t len)
@@ -163,6 +191,10 @@ static int tmpl_parse(struct tmpl *t, const char *src, const char *gateway, cons
     }
     if (!map_utf8_ok(src, srclen)) {
         errf(err, errlen, "%s is not UTF-8", what);
+        return -EINVAL;
+    }
+    if (!map_mqtt_string_ok(src, srclen)) {
+        errf(err, errlen, "%s contains a control character or a Unicode noncharacter", what);
         return -EINVAL;
     }
     if (map_split(src, srclen, &segs) < 0) {

@@ -19,6 +19,8 @@ enum map_dir { MAP_UP = 1, MAP_DOWN = 2, MAP_BOTH = 3 };
 #define MAP_IDENTITY_MAX 128
 /* Longest template, rendered topic or resource path, bytes. */
 #define MAP_PATH_MAX 1024
+/* Longest topic MQTT allows (a two-byte length), bytes. */
+#define MAP_TOPIC_MAX 65535
 /* Most segments in a template, path or topic. */
 #define MAP_SEGMENTS_MAX 32
 
@@ -116,13 +118,24 @@ enum map_status map_reverse(const map_table_t *t, const char *topic, size_t topi
                             const map_entry_t **out, char *resource, size_t reslen,
                             char *identity_out, size_t idlen);
 
+/*
+ * True when len bytes at s are a string MQTT accepts (MQTT 5 §1.5.4, as
+ * Mosquitto enforces it): well-formed UTF-8 without NUL, without the control
+ * characters U+0001..U+001F and U+007F..U+009F, and without Unicode
+ * noncharacters. A broker disconnects a client that sends anything else.
+ */
+bool map_mqtt_string_ok(const char *s, size_t len);
+
+/* True when len bytes at s are a topic a broker accepts in a PUBLISH. */
+bool map_topic_ok(const char *s, size_t len);
+
 /* True when len bytes at s are a value a variable may take (SPEC §6). */
 bool map_value_ok(const char *s, size_t len);
 
 /* True when len bytes at s are an identity a device may have (SPEC §2). */
 bool map_identity_ok(const char *s, size_t len);
 
-/* True when len bytes at s are well-formed UTF-8 with no NUL. */
+/* True when len bytes at s are well-formed UTF-8 with no NUL (control characters allowed). */
 bool map_utf8_ok(const char *s, size_t len);
 
 /* The CoAP response code (class*100+detail) for a status. */

@@ -238,6 +238,72 @@ Test(mapping, identities)
     cr_assert_not(map_identity_ok("\xfe", 1));
 }
 
+/* MQTT's string rules, as Mosquitto enforces them: what a broker would refuse. */
+Test(mapping, mqtt_string_rules)
+{
+    static const char *const refused[] = {
+        "a\x01b",          /* U+0001 */
+        "tab\there",       /* U+0009 */
+        "nl\n",            /* U+000A */
+        "\x1f",            /* U+001F */
+        "del\x7f",         /* U+007F */
+        "\xc2\x80",         /* U+0080 */
+        "\xc2\x9f",         /* U+009F */
+        "\xef\xb7\x90",     /* U+FDD0, a noncharacter */
+        "\xef\xb7\xaf",     /* U+FDEF */
+        "\xef\xbf\xbe",     /* U+FFFE */
+        "\xef\xbf\xbf",     /* U+FFFF */
+        "\xf0\x9f\xbf\xbe", /* U+1FFFE */
+        "\xf4\x8f\xbf\xbf", /* U+10FFFF */
+        "\xed\xa0\x80",     /* a surrogate */
+        "\xc0\xaf",         /* overlong '/' */
+        "\xf4\x90\x80\x80", /* beyond U+10FFFF */
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        size_t len = strlen(refused[i]);
+        cr_assert_not(map_mqtt_string_ok(refused[i], len), "accepted case %zu", i);
+        cr_assert_not(map_value_ok(refused[i], len), "value accepted, case %zu", i);
+        cr_assert_not(map_identity_ok(refused[i], len), "identity accepted, case %zu", i);
+    }
+    cr_assert_not(map_mqtt_string_ok("a\0b", 3));
+    /* Just around the refused ranges. */
+    cr_assert(map_mqtt_string_ok(" ~", 2));
+    cr_assert(map_mqtt_string_ok("\xc2\xa0", 2));        /* U+00A0 */
+    cr_assert(map_mqtt_string_ok("\xef\xb7\x8f", 3));    /* U+FDCF */
+    cr_assert(map_mqtt_string_ok("\xef\xb7\xb0", 3));    /* U+FDF0 */
+    cr_assert(map_mqtt_string_ok("\xef\xbf\xbd", 3));    /* U+FFFD */
+    cr_assert(map_mqtt_string_ok("\xf0\x9f\x9a\xb2", 4)); /* a bicycle */
+    cr_assert(map_value_ok("\xf0\x9f\x9a\xb2", 4));
+    /* Payloads are not MQTT strings: text with a newline is still UTF-8. */
+    cr_assert(map_utf8_ok("{\n\"a\": 1\n}", 10));
+    /* Topics: no wildcards, not empty, at most 65535 bytes. */
+    cr_assert(map_topic_ok("a/b", 3));
+    cr_assert_not(map_topic_ok("", 0));
+    cr_assert_not(map_topic_ok("a/+", 3));
+    cr_assert_not(map_topic_ok("a/#", 3));
+    cr_assert_not(map_topic_ok("a/\x01", 3));
+}
+
+/* A request whose path holds a control character is refused, never routed. */
+Test(mapping, control_characters_in_paths_are_refused)
+{
+    char topic[MAP_PATH_MAX + 1];
+    const map_entry_t *e;
+    map_segs_t segs;
+    add("z", "zones/{zone}/{rest*}", "redback/zones/{zone}/{rest*}", MAP_UP, 1);
+    map_split("zones/a\x01b/x", 13, &segs);
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
+    map_split("zones/ab/x\x7f", 14, &segs);
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
+    map_split("zones/ab/x", 10, &segs);
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_OK);
+    /* And a template with one is refused when it is read. */
+    map_spec_t spec = {.name = "bad", .resource = "a\tb", .topic = "t", .direction = MAP_UP};
+    char err[200];
+    cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
+    cr_assert(strstr(err, "control character"), "%s", err);
+}
+
 Test(mapping, too_many_segments)
 {
     char path[200];
