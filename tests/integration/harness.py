@@ -145,10 +145,11 @@ class Broker:
     """Mosquitto with one TLS listener on loopback."""
 
     def __init__(self, d, pki, port=None, require_certificate=False, plain=False, server=None,
-                 persistent=False):
+                 persistent=False, extra=""):
         """plain: also a TCP listener without TLS (self.plain_port); server: the
         broker's certificate and key, the PKI's server certificate by default;
-        persistent: True saves at every change, "at_exit" only when it stops."""
+        persistent: True saves at every change, "at_exit" only when it stops;
+        extra: more lines for its configuration."""
         self.dir, self.pki = d, pki
         self.port = port or free_port()
         self.plain_port = free_port() if plain else None
@@ -175,6 +176,7 @@ class Broker:
             f.write("cafile %s\ncertfile %s\nkeyfile %s\n" % (pki.ca, cert, key))
             if require_certificate:
                 f.write("require_certificate true\n")
+            f.write(extra)
         self.proc = None
         self.log = os.path.join(d, "mosquitto-%d.log" % self.port)
         self.client_cert = pki.leaf("mqtt-client", "test-client") if require_certificate else None
@@ -597,3 +599,150 @@ def run(cases):
             _gateways.clear()
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
+
+
+def _mqtt_varint(n):
+    out = b""
+    while True:
+        byte, n = n % 128, n // 128
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+class ScriptedBroker:
+    """A broker that misbehaves on purpose: a TLS listener speaking just enough
+    MQTT (3.1.1 and 5) to accept the gateway, acknowledge what it sends and
+    answer its subscriptions, with a hook at each packet to do what a real
+    broker would not (drop the connection, send a DISCONNECT, garbage, huge or
+    malformed packets). behave(broker, conn, kind, body) returns True when it
+    handled the packet itself. Every connection is served by a thread."""
+
+    def __init__(self, d, pki, behave=None):
+        import ssl
+        self.pki, self.behave = pki, behave
+        self.port = free_port()
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(*pki.server)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.published = []  # (topic, payload) of every PUBLISH received
+        self.session_kept = True  # False: "session present" is never set, as after a broker restart
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    @staticmethod
+    def _read_packet(conn):
+        head = conn.recv(1)
+        if not head:
+            return None, None
+        n, mult = 0, 1
+        for _ in range(4):
+            b = conn.recv(1)
+            if not b:
+                return None, None
+            n += (b[0] & 0x7F) * mult
+            mult *= 128
+            if not b[0] & 0x80:
+                break
+        body = b""
+        while len(body) < n:
+            chunk = conn.recv(n - len(body))
+            if not chunk:
+                return None, None
+            body += chunk
+        return head[0], body
+
+    def send(self, conn, kind, body):
+        conn.sendall(bytes([kind]) + _mqtt_varint(len(body)) + body)
+
+    def _serve(self, raw):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except OSError:
+            return
+        with self.lock:
+            self.connections += 1
+        conn.version5 = False
+        try:
+            while True:
+                kind, body = self._read_packet(conn)
+                if kind is None:
+                    return
+                if self.behave and self.behave(self, conn, kind, body):
+                    continue
+                t = kind >> 4
+                if t == 1:  # CONNECT
+                    plen = struct.unpack("!H", body[:2])[0]
+                    conn.version5 = body[2 + plen] == 5
+                    # A persistent session when the client asks for one, as
+                    # Mosquitto keeps it: "session present" from the second
+                    # connection of a client id on.
+                    with self.lock:
+                        present = not body[3 + plen] & 0x02 and self.connections > 1 and \
+                            self.session_kept
+                    flags = b"\x01" if present else b"\x00"
+                    self.send(conn, 0x20, flags + (b"\x00\x00" if conn.version5 else b"\x00"))
+                elif t == 3:  # PUBLISH
+                    qos = (kind >> 1) & 3
+                    tlen = struct.unpack("!H", body[:2])[0]
+                    topic = body[2:2 + tlen].decode("utf-8", "replace")
+                    rest = body[2 + tlen:]
+                    mid = rest[:2] if qos else b""
+                    rest = rest[2:] if qos else rest
+                    if conn.version5:
+                        n, shift, i = 0, 0, 0
+                        while True:
+                            n |= (rest[i] & 0x7F) << shift
+                            shift += 7
+                            i += 1
+                            if not rest[i - 1] & 0x80:
+                                break
+                        rest = rest[i + n:]
+                    with self.lock:
+                        self.published.append((topic, rest))
+                    if qos == 1:
+                        self.send(conn, 0x40, mid + (b"\x00" if conn.version5 else b""))
+                    elif qos == 2:
+                        self.send(conn, 0x50, mid + (b"\x00" if conn.version5 else b""))
+                elif t == 6:  # PUBREL
+                    self.send(conn, 0x70, body[:2] + (b"\x00" if conn.version5 else b""))
+                elif t == 8:  # SUBSCRIBE: grant QoS 0 to each filter
+                    mid, rest = body[:2], body[2:]
+                    if conn.version5:
+                        rest = rest[1 + rest[0]:] if rest and not rest[0] & 0x80 else rest
+                    codes, i = b"", 0
+                    while i + 2 <= len(rest):
+                        flen = struct.unpack("!H", rest[i:i + 2])[0]
+                        i += 2 + flen + 1
+                        codes += b"\x00"
+                    self.send(conn, 0x90, mid + (b"\x00" if conn.version5 else b"") + codes)
+                elif t == 10:  # UNSUBSCRIBE
+                    self.send(conn, 0xB0, body[:2] + (b"\x00\x00" if conn.version5 else b""))
+                elif t == 12:  # PINGREQ
+                    self.send(conn, 0xD0, b"")
+                elif t == 14:  # DISCONNECT
+                    return
+        except (OSError, IndexError, struct.error):
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.closed = True
+        self.sock.close()
