@@ -55,6 +55,8 @@
 #define INBOX_BYTES (16u << 20)
 /* How often bridge_tick needs to run while anything waits, ms. */
 #define TICK_MS 100
+/* Max-Age of a 5.03 to a new session refused at coap.max_sessions, s. */
+#define SESSIONS_FULL_RETRY_S 5
 /* How long a confirmable request waits for a piggybacked answer, ms. */
 #define PIGGYBACK_MS 500
 
@@ -68,56 +70,57 @@ uint64_t bridge_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Frees the session's Block1 buffer and ends its transfer. */
-static void b1_release(struct sess *s)
-{
-    s->b->b1_bytes -= s->b1_cap;
-    free(s->b1_body);
-    s->b1_body = NULL;
-    s->b1_len = s->b1_cap = 0;
-    s->b1_active = false;
-}
+/* The Block1 transfer in progress on a session (its sess_t's up state). */
+struct b1 {
+    bridge_t *b; /* borrowed */
+    bool active;
+    char topic[MAP_PATH_MAX + 1];
+    char *body; /* owned */
+    size_t len, cap;
+    unsigned next, szx;
+    int cf;
+    uint64_t at_ms;
+};
 
-static void sess_free(void *p)
+/* Frees the Block1 buffer of s and ends its transfer. */
+static void b1_release(sess_t *s)
 {
-    struct sess *s = p;
-    if (!s)
+    struct b1 *t = s->up;
+    if (!t)
         return;
-    b1_release(s);
-    free(s);
+    if (t->active)
+        s->busy--;
+    t->b->b1_bytes -= t->cap;
+    free(t->body);
+    free(t);
+    s->up = NULL;
 }
 
-static struct sess *sess_get(bridge_t *b, coap_session_t *session)
+/* sessions_t's free_up: a session went with its transfer. */
+static void b1_free(void *up)
 {
-    dtls_peer_t *peer = dtls_peer_get(session);
-    if (!peer)
-        return NULL;
-    if (!peer->app) {
-        struct sess *s = calloc(1, sizeof(*s));
-        if (s)
-            s->b = b;
-        peer->app = s;
+    struct b1 *t = up;
+    t->b->b1_bytes -= t->cap;
+    free(t->body);
+    free(t);
+}
+
+/* The Block1 state of s, made on first use; NULL on ENOMEM. */
+static struct b1 *b1_of(bridge_t *b, sess_t *s)
+{
+    if (!s->up) {
+        struct b1 *t = calloc(1, sizeof(*t));
+        if (t)
+            t->b = b;
+        s->up = t;
     }
-    return peer->app;
+    return s->up;
 }
 
-static const struct dedup *dedup_find(const struct sess *s, uint16_t mid, uint64_t now)
+/* The bridge's state of a session. */
+static sess_t *session_state(bridge_t *b, coap_session_t *session)
 {
-    for (unsigned i = 0; i < DEDUP_SLOTS; i++) {
-        const struct dedup *d = &s->recent[i];
-        if (d->used && d->mid == mid && now - d->at_ms < EXCHANGE_LIFETIME_MS)
-            return d;
-    }
-    return NULL;
-}
-
-static struct dedup *dedup_add(struct sess *s, uint16_t mid, int code, uint32_t block1,
-                               int max_age)
-{
-    struct dedup *d = &s->recent[s->next++ % DEDUP_SLOTS];
-    *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
-                        .max_age = (uint16_t)max_age, .at_ms = bridge_now_ms()};
-    return d;
+    return sess_get(b->sessions, session);
 }
 
 /* Sets the response code and its options. */
@@ -138,8 +141,7 @@ void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int
     b->st.responses[(code / 100) * 32 + code % 100]++;
 }
 
-/* Seconds a device should wait before retrying while the broker is away. */
-static int retry_after_s(const bridge_t *b)
+int bridge_retry_after_s(const bridge_t *b)
 {
     uint64_t now = bridge_now_ms();
     if (b->connecting || b->reconnect_at_ms <= now)
@@ -237,6 +239,9 @@ static void pending_release(bridge_t *b, struct pending *p)
         p->stored = false;
         b->nstored--;
     }
+    if (p->sess)
+        p->sess->busy--;
+    p->sess = NULL;
     coap_session_release(p->session);
     p->session = NULL;
     p->used = false;
@@ -251,6 +256,10 @@ static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session
 {
     coap_bin_const_t token = coap_pdu_get_token(req);
     p->session = coap_session_reference(session);
+    /* A session with a publish waiting is busy: never evicted meanwhile. */
+    p->sess = session_state(b, session);
+    if (p->sess)
+        p->sess->busy++;
     p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
     memcpy(p->token, token.s, p->token_len);
     p->mid = mid;
@@ -295,7 +304,7 @@ static void send_empty_ack(struct pending *p)
 static void pending_answer(bridge_t *b, struct pending *p, int code)
 {
     coap_session_t *session = p->session;
-    int max_age = code == 503 ? retry_after_s(b) : -1;
+    int max_age = code == 503 ? bridge_retry_after_s(b) : -1;
     coap_pdu_type_t type = !p->separate ? COAP_MESSAGE_ACK
                            : p->con     ? COAP_MESSAGE_CON
                                         : COAP_MESSAGE_NON;
@@ -310,15 +319,10 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
         coap_delete_pdu(resp);
     }
     /* Retransmissions of the request from now on get the same answer. */
-    struct sess *s = sess_get(b, session);
-    if (s) {
-        for (unsigned i = 0; i < DEDUP_SLOTS; i++) {
-            struct dedup *d = &s->recent[i];
-            if (d->used && d->code == CODE_PENDING && d->pending == pending_id(b, p)) {
-                d->code = (uint16_t)code;
-                d->max_age = (uint16_t)(max_age < 0 ? 0 : max_age);
-            }
-        }
+    struct dedup *d = p->sess ? sess_dedup_pending(p->sess, pending_id(b, p)) : NULL;
+    if (d) {
+        d->code = (uint16_t)code;
+        d->max_age = (uint16_t)(max_age < 0 ? 0 : max_age);
     }
     if (p->map == SIZE_MAX) /* its mapping went at a reload */
         ;
@@ -378,7 +382,7 @@ static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_
                        "would refuse it)", msg->topic);
         return 500;
     }
-    *max_age = retry_after_s(b);
+    *max_age = bridge_retry_after_s(b);
     return 503;
 }
 
@@ -400,7 +404,7 @@ static size_t b1_budget(const bridge_t *b)
  * option to echo. After BODY_READY from blocks, *data is the session's buffer
  * until b1_release().
  */
-static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session_t *session,
+static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *session,
                                  const coap_pdu_t *req, const char *topic, const uint8_t **data,
                                  size_t *len, uint32_t *block1, int *code, int *size1,
                                  int *max_age)
@@ -420,6 +424,11 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
     }
     size_t size = (size_t)1 << (blk.szx + 4);
     uint64_t now = bridge_now_ms();
+    struct b1 *t = b1_of(b, s);
+    if (!t) {
+        *code = 500;
+        return BODY_ERROR;
+    }
     if (blk.num == 0) {
         int announced = bridge_option_uint(req, COAP_OPTION_SIZE1, -1);
         if (announced > (int)max) {
@@ -428,16 +437,18 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
             b1_release(s);
             return BODY_ERROR;
         }
-        s->b1_active = true;
-        s->b1_len = 0;
-        s->b1_next = 0;
-        s->b1_szx = blk.szx;
-        s->b1_cf = cf;
-        s->b1_at_ms = now;
-        memcpy(s->b1_topic, topic, strlen(topic) + 1); /* both MAP_PATH_MAX + 1 */
+        if (!t->active)
+            s->busy++; /* a body being put together: the session is busy */
+        t->active = true;
+        t->len = 0;
+        t->next = 0;
+        t->szx = blk.szx;
+        t->cf = cf;
+        t->at_ms = now;
+        memcpy(t->topic, topic, strlen(topic) + 1); /* both MAP_PATH_MAX + 1 */
     }
-    if (!s->b1_active || blk.num != s->b1_next || blk.szx != s->b1_szx || s->b1_cf != cf ||
-        strcmp(s->b1_topic, topic) || now - s->b1_at_ms > BLOCK1_IDLE_MS) {
+    if (!t->active || blk.num != t->next || blk.szx != t->szx || t->cf != cf ||
+        strcmp(t->topic, topic) || now - t->at_ms > BLOCK1_IDLE_MS) {
         /* Out of order, another resource, or a stale transfer. */
         *code = 408;
         b1_release(s);
@@ -448,45 +459,47 @@ static enum body_state take_body(bridge_t *b, struct sess *s, const coap_session
         b1_release(s);
         return BODY_ERROR;
     }
-    if (s->b1_len + *len > max) {
+    if (t->len + *len > max) {
         *code = 413;
         *size1 = (int)max;
         b1_release(s);
         return BODY_ERROR;
     }
-    if (s->b1_len + *len > s->b1_cap) {
-        size_t cap = s->b1_cap ? s->b1_cap : 1024;
-        while (cap < s->b1_len + *len)
+    if (t->len + *len > t->cap) {
+        size_t cap = t->cap ? t->cap : 1024;
+        while (cap < t->len + *len)
             cap *= 2;
         if (cap > max)
             cap = max;
-        if (b->b1_bytes - s->b1_cap + cap > b1_budget(b)) {
+        if (b->b1_bytes - t->cap + cap > b1_budget(b)) {
             b->st.block1_refused++;
             *code = 503;
             *max_age = BLOCK1_RETRY_S;
             b1_release(s);
             return BODY_ERROR;
         }
-        char *body = realloc(s->b1_body, cap);
+        char *body = realloc(t->body, cap);
         if (!body) {
             *code = 500;
             b1_release(s);
             return BODY_ERROR;
         }
-        b->b1_bytes += cap - s->b1_cap;
-        s->b1_body = body;
-        s->b1_cap = cap;
+        b->b1_bytes += cap - t->cap;
+        t->body = body;
+        t->cap = cap;
     }
-    memcpy(s->b1_body + s->b1_len, *data, *len);
-    s->b1_len += *len;
-    s->b1_next++;
-    s->b1_at_ms = now;
+    if (*len) /* a last block may be empty */
+        memcpy(t->body + t->len, *data, *len);
+    t->len += *len;
+    t->next++;
+    t->at_ms = now;
     *block1 = blk.num << 4 | (unsigned)blk.m << 3 | blk.szx;
     if (blk.m)
         return BODY_CONTINUE;
-    s->b1_active = false;
-    *data = (const uint8_t *)s->b1_body;
-    *len = s->b1_len;
+    t->active = false;
+    s->busy--;
+    *data = (const uint8_t *)t->body;
+    *len = t->len;
     return BODY_READY;
 }
 
@@ -494,7 +507,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
                            const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
 {
     bridge_t *b = coap_resource_get_userdata(resource);
-    struct sess *s;
+    sess_t *s;
     map_segs_t segs;
     const map_entry_t *e = NULL;
     char topic[MAP_PATH_MAX + 1];
@@ -507,15 +520,18 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     (void)query;
 
     b->st.requests++;
-    s = sess_get(b, session);
+    s = session_state(b, session);
     if (!s) {
         bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
+    uint64_t now = bridge_now_ms();
+    sess_touch(s, now);
+    const char *identity = dtls_identity(session);
     coap_get_data(req, &len, &data);
     b->st.bytes_in += len;
 
-    const struct dedup *d = dedup_find(s, mid, bridge_now_ms());
+    const struct dedup *d = sess_dedup_find(s, identity, mid, now);
     if (d) {
         b->st.duplicates++;
         if (d->code == CODE_PENDING) {
@@ -533,14 +549,20 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         return;
     }
 
+    if (s->refused) {
+        /* Over coap.max_sessions with every session busy: this one goes after this turn. */
+        code = 503;
+        max_age = SESSIONS_FULL_RETRY_S;
+        goto refuse;
+    }
     /* GET has its own handler (down.c); other methods no mapping allows. */
     int dir = method == COAP_REQUEST_CODE_POST || method == COAP_REQUEST_CODE_PUT ||
                       method == COAP_REQUEST_CODE_DELETE
                   ? MAP_UP
                   : 0;
     enum map_status ms = bridge_uri_segments(req, &segs)
-                             ? map_route(b->cfg->maps, &segs, dir, dtls_identity(session), &e,
-                                         topic, sizeof(topic))
+                             ? map_route(b->cfg->maps, &segs, dir, identity, &e, topic,
+                                         sizeof(topic))
                              : MAP_NOT_FOUND;
     if (ms != MAP_OK) {
         code = map_status_code(ms);
@@ -564,7 +586,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
             goto refuse;
         case BODY_CONTINUE:
             bridge_answer(b, resp, 231, block1, -1, -1);
-            dedup_add(s, mid, 231, block1, -1);
+            sess_dedup_add(s, identity, mid, 231, block1, -1);
             return;
         case BODY_READY:
             break;
@@ -573,7 +595,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     if (!b->connected && (b->cfg->offline_buffer == 0 ||
                           persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
         code = 503;
-        max_age = retry_after_s(b);
+        max_age = bridge_retry_after_s(b);
         goto refuse;
     }
 
@@ -588,7 +610,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         .retain = map_entry_retain(e) || method == COAP_REQUEST_CODE_DELETE,
         .content_type = ctype,
         .utf8 = text && map_utf8_ok((const char *)data, len),
-        .device = dtls_identity(session),
+        .device = identity,
     };
     int ok_code = method == COAP_REQUEST_CODE_DELETE ? 202 : 204;
     size_t mi = map_entry_index(e);
@@ -612,13 +634,13 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         if (!p) { /* no slot to wait in: the record was fsync'ed at once */
             b->maps[mi].up++;
             bridge_answer(b, resp, ok_code, block1, -1, -1);
-            dedup_add(s, mid, ok_code, block1, -1);
+            sess_dedup_add(s, identity, mid, ok_code, block1, -1);
             return;
         }
         pending_fill(b, p, session, req, mid, ok_code, block1, mi);
         p->stored = true;
         b->nstored++;
-        dedup_add(s, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
         coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
         return;
     }
@@ -631,7 +653,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         b->st.published++;
         b->maps[mi].up++;
         bridge_answer(b, resp, ok_code, block1, -1, -1);
-        dedup_add(s, mid, ok_code, block1, -1);
+        sess_dedup_add(s, identity, mid, ok_code, block1, -1);
         return;
     }
 
@@ -649,7 +671,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         goto refuse;
     }
     b->st.published++;
-    dedup_add(s, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+    sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
     /* Nothing for libcoap to send: an empty NON response is dropped. */
     coap_pdu_set_type(resp, COAP_MESSAGE_NON);
     return;
@@ -659,7 +681,7 @@ refuse:
         b->maps[map_entry_index(e)].refused++;
     gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
     bridge_answer(b, resp, code, block1, max_age, size1);
-    dedup_add(s, mid, code, block1, max_age);
+    sess_dedup_add(s, identity, mid, code, block1, max_age);
 }
 
 void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
@@ -667,8 +689,9 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
 {
     handle_request(resource, session, req, query, resp);
     /* A body put together from blocks has been handed over: its buffer goes. */
-    struct sess *s = sess_get(coap_resource_get_userdata(resource), session);
-    if (s && !s->b1_active && s->b1_body)
+    sess_t *s = session_state(coap_resource_get_userdata(resource), session);
+    struct b1 *t = s ? s->up : NULL;
+    if (t && !t->active && t->body)
         b1_release(s);
 }
 
@@ -690,24 +713,41 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     if (!b)
         return 0;
     switch (event) {
-    case COAP_EVENT_DTLS_CONNECTED:
-        b->st.handshakes_ok++;
-        break;
-    case COAP_EVENT_DTLS_ERROR:
-        b->st.handshakes_failed++;
-        break;
     case COAP_EVENT_SERVER_SESSION_NEW:
-        b->st.sessions++;
+        sess_open(b->sessions, session);
         break;
     case COAP_EVENT_SERVER_SESSION_DEL:
-        if (b->st.sessions)
-            b->st.sessions--;
-        dtls_peer_release(session, sess_free);
+        sess_close(b->sessions, session);
         break;
     default:
         break;
     }
     return 0;
+}
+
+/*
+ * A confirmable message libcoap gave up on (no ACK after its retransmissions,
+ * an RST, the session gone). When it was a notification, libcoap has removed
+ * that observer: so does the session's count of registrations.
+ */
+static void on_nack(coap_session_t *session, const coap_pdu_t *sent, coap_nack_reason_t reason,
+                    const coap_mid_t mid)
+{
+    bridge_t *b = event_bridge;
+    (void)reason;
+    (void)mid;
+    if (!b || !sent || COAP_RESPONSE_CLASS(coap_pdu_get_code(sent)) != 2)
+        return;
+    dtls_peer_t *peer = coap_session_get_app_data(session);
+    if (!peer || !peer->app)
+        return;
+    coap_bin_const_t token = coap_pdu_get_token(sent);
+    sess_obs_remove(peer->app, token.s, token.length);
+}
+
+void bridge_after_io(bridge_t *b)
+{
+    sessions_after_io(b->sessions);
 }
 
 bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
@@ -741,6 +781,9 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         goto fail;
     b->backoff_s = 1;
     b->started_ms = bridge_now_ms();
+    b->sessions = sessions_new(ctx, (size_t)cfg->max_sessions, b1_free, down_on_ready, b);
+    if (!b->sessions)
+        goto fail;
 
     r = coap_resource_unknown_init(bridge_on_request);
     if (!r)
@@ -752,6 +795,7 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         goto fail;
     event_bridge = b;
     coap_register_event_handler(ctx, on_event);
+    coap_register_nack_handler(ctx, on_nack);
     return b;
 fail:
     bridge_free(b);
@@ -767,7 +811,7 @@ void bridge_free(bridge_t *b)
     for (size_t i = 0; b->pend && i < b->npend; i++)
         if (b->pend[i].used)
             pending_release(b, &b->pend[i]);
-    dtls_peers_free(sess_free);
+    sessions_free(b->sessions);
     down_free(b);
     mqtt_free(b->mqtt);
     persist_free(b->persist);
@@ -881,6 +925,9 @@ void bridge_process_inbox(bridge_t *b)
         case EV_DELIVERED:
             mqtt_kick(b->mqtt, b->inflight);
             break;
+        case EV_SUB_OK:
+            down_subscribed(b, ev[i].id);
+            break;
         case EV_SUB_FAILED:
             b->down.subscriptions_failed++;
             gw_log_limited(GW_LOG_ERROR, "mqtt", "subscription refused by the broker (%s)",
@@ -928,10 +975,15 @@ void bridge_commit(bridge_t *b)
 
 void bridge_tick(bridge_t *b)
 {
+    down_check_ready(b);
     uint64_t now = bridge_now_ms();
     if (now - b->last_tick_ms < TICK_MS)
         return;
     b->last_tick_ms = now;
+    if (now - b->last_second_ms >= 1000) {
+        b->last_second_ms = now;
+        down_tick(b);
+    }
     if (b->inflight) {
         for (size_t i = 0; i < b->npend; i++) {
             struct pending *p = &b->pend[i];
@@ -959,7 +1011,12 @@ int bridge_timeout_ms(const bridge_t *b)
 {
     if (b->inflight || (!b->connected && !b->connecting))
         return TICK_MS;
-    return -1;
+    int t = down_timeout_ms(b);
+    struct sessions_stats ss;
+    sessions_stats(b->sessions, &ss);
+    if (ss.observers && (t < 0 || t > 1000))
+        t = 1000; /* observers of silent devices are confirmed (down_tick) */
+    return t;
 }
 
 size_t bridge_inflight(const bridge_t *b)
@@ -1021,6 +1078,7 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
                                  : SIZE_MAX;
     free(index);
     down_reload(b, next);
+    sessions_set_max(b->sessions, (size_t)next->max_sessions);
     free(b->maps);
     b->maps = maps;
     b->cfg = next;
@@ -1113,19 +1171,25 @@ static void certificates_json(const bridge_t *b, FILE *out)
 
 void bridge_stats_json(const bridge_t *b, FILE *out)
 {
+    struct sessions_stats ss;
+    sessions_stats(b->sessions, &ss);
     fputs("{\"gateway\":", out);
     json_str(out, b->cfg->id);
     fprintf(out,
             ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
+            "\"sessions_evicted\":%llu,\"sessions_refused\":%llu,\"observers\":%llu,"
+            "\"observers_refused\":%llu,\"peers_remembered\":%llu,"
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
             "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
             "\"block1_refused\":%llu,\"notifications\":%llu,\"responses\":{",
             TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
-            (unsigned long long)b->st.sessions, (unsigned long long)b->st.handshakes_ok,
-            (unsigned long long)b->st.handshakes_failed, (unsigned long long)b->st.requests,
-            (unsigned long long)b->st.duplicates, (unsigned long long)b->st.bytes_in,
-            b->b1_bytes, (unsigned long long)b->st.block1_refused,
-            (unsigned long long)b->down.notifications);
+            (unsigned long long)ss.sessions, (unsigned long long)ss.evicted,
+            (unsigned long long)ss.refused, (unsigned long long)ss.observers,
+            (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,
+            (unsigned long long)ss.handshakes_ok, (unsigned long long)ss.handshakes_failed,
+            (unsigned long long)b->st.requests, (unsigned long long)b->st.duplicates,
+            (unsigned long long)b->st.bytes_in, b->b1_bytes,
+            (unsigned long long)b->st.block1_refused, (unsigned long long)b->down.notifications);
     bool first = true;
     for (int i = 0; i < 256; i++) {
         if (!b->st.responses[i])

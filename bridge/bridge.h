@@ -37,6 +37,12 @@ void bridge_process_inbox(bridge_t *b);
  */
 void bridge_commit(bridge_t *b);
 
+/*
+ * After each coap_io_process() (never from inside one): handshakes that
+ * finished, sessions refused at coap.max_sessions.
+ */
+void bridge_after_io(bridge_t *b);
+
 /* Expires publishes past publish_timeout, reconnects when it is time. */
 void bridge_tick(bridge_t *b);
 

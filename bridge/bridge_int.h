@@ -13,44 +13,15 @@
 #include "inbox.h"
 #include "mapping.h"
 #include "mqtt.h"
+#include "session.h"
 #include "store.h"
-
-/* Answers remembered per session for duplicate detection (RFC 7252 §4.5). */
-#define DEDUP_SLOTS 16
-/* Code for "no answer yet". */
-#define CODE_PENDING 0
-#define NO_BLOCK1 UINT32_MAX
-
-struct dedup {
-    bool used;
-    uint16_t mid;
-    uint16_t code;   /* e.g. 204, or CODE_PENDING while the broker has it */
-    uint64_t pending; /* CODE_PENDING: the publish's request id */
-    uint32_t block1; /* Block1 option value echoed, or NO_BLOCK1 */
-    uint16_t max_age;
-    uint64_t at_ms;
-};
-
-/* Bridge state of one CoAP session (dtls_peer_t.app). */
-struct sess {
-    bridge_t *b; /* borrowed */
-    struct dedup recent[DEDUP_SLOTS];
-    unsigned next;
-    /* The Block1 transfer in progress, one per session. */
-    bool b1_active;
-    char b1_topic[MAP_PATH_MAX + 1];
-    char *b1_body; /* owned */
-    size_t b1_len, b1_cap;
-    unsigned b1_next, b1_szx;
-    int b1_cf;
-    uint64_t b1_at_ms;
-};
 
 /* A publish waiting for the broker, and the request it will answer. */
 struct pending {
     bool used;
     uint32_t gen;             /* bumped at each release; part of the request id */
     coap_session_t *session;  /* a reference is held until the answer is sent */
+    sess_t *sess;             /* its state, kept busy meanwhile; NULL on ENOMEM */
     uint8_t token[8];
     size_t token_len;
     uint16_t mid;             /* the request's Message ID */
@@ -65,6 +36,7 @@ struct pending {
 
 struct map_counters {
     uint64_t up, down, refused;
+    uint64_t ready_ms; /* down: when its values can be trusted (subscribed); 0 = not yet */
 };
 
 struct bridge {
@@ -73,6 +45,7 @@ struct bridge {
     bridge_inbox_t *inbox;  /* owned */
     bridge_mqtt_t *mqtt;    /* owned */
     persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
+    sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
 
     bool connected, connecting, draining, ever_connected;
     uint64_t reconnect_at_ms, connected_at_ms;
@@ -80,7 +53,7 @@ struct bridge {
 
     struct pending *pend; /* owned, cfg->max_inflight slots */
     size_t npend, inflight;
-    uint64_t last_tick_ms, started_ms;
+    uint64_t last_tick_ms, last_second_ms, started_ms;
     size_t b1_bytes; /* held by every session's Block1 buffer */
     size_t nstored;  /* pending entries waiting for bridge_commit() */
 
@@ -92,10 +65,12 @@ struct bridge {
     coap_resource_t *wellknown;     /* libcoap's; our /.well-known/core */
     struct {
         uint64_t received, evicted, dropped_full, dropped_bad_topic, notifications;
-        uint64_t subscriptions_failed;
+        uint64_t subscriptions_failed, confirmations;
+        uint64_t sub_gen;     /* the latest set of subscriptions asked for */
+        uint64_t ready_at_ms; /* when the values of the last acknowledged set are served; 0 = said */
     } down;
     struct {
-        uint64_t sessions, handshakes_ok, handshakes_failed, requests, bytes_in;
+        uint64_t requests, bytes_in;
         uint64_t responses[256]; /* by class*32 + detail */
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
         uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
@@ -108,6 +83,9 @@ struct bridge {
 };
 
 uint64_t bridge_now_ms(void);
+
+/* Seconds a device should wait before retrying while the broker is away. */
+int bridge_retry_after_s(const bridge_t *b);
 
 /* Sets the response code and its options (-1 / NO_BLOCK1: none). */
 void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
@@ -133,6 +111,15 @@ void bridge_set_handlers(bridge_t *b, coap_resource_t *r);
 int down_init(bridge_t *b);
 void down_free(bridge_t *b);
 void down_on_connected(bridge_t *b);
+/* The broker acknowledged the subscriptions asked for as gen. */
+void down_subscribed(bridge_t *b, uint64_t gen);
+/* Says once when acknowledged subscriptions' values are served; ms until then, or -1. */
+void down_check_ready(bridge_t *b);
+int down_timeout_ms(const bridge_t *b);
+/* sessions_t's on_ready: a device's handshake succeeded; its own resources are made. */
+void down_on_ready(void *arg, coap_session_t *session, const char *identity);
+/* Once a second: observers whose device went silent are confirmed (RFC 7641 §4.5). */
+void down_tick(bridge_t *b);
 /* Before b->cfg becomes next: held values follow the new mappings. */
 void down_reload(bridge_t *b, const gw_config_t *next);
 void down_message(bridge_t *b, inbox_msg_t *msg);

@@ -24,6 +24,14 @@
 #define STORE_BYTES_MAX (64u << 20)
 /* Least recently used candidates looked at per eviction before giving up. */
 #define EVICT_TRIES 64
+/* Discovery lists at most this many bytes of links. */
+#define DISCOVERY_MAX (16u << 10)
+/* How long after a subscription's acknowledgement retained values may still be arriving, ms. */
+#define RETAINED_GRACE_MS 1000
+/* Max-Age of a 4.29 to a session that holds SESS_OBSERVERS_MAX registrations, s. */
+#define OBSERVE_RETRY_S 60
+/* Silent sessions confirmed per tick. */
+#define CONFIRM_BATCH 16
 /* Largest Block2 size used (szx 6 = 1024 bytes). */
 #define BLOCK2_SZX_MAX 6
 
@@ -67,9 +75,12 @@ static int make_room(bridge_t *b, size_t need)
                : -ENOSPC;
 }
 
-/* The entry for a concrete resource, created with its coap_resource_t. */
+/*
+ * The entry for a concrete resource, created with its coap_resource_t;
+ * identity: the device it belongs to, NULL when any device may read it.
+ */
 static store_entry_t *entry_for(bridge_t *b, const char *path, size_t len, size_t map,
-                                size_t need)
+                                size_t need, const char *identity)
 {
     store_entry_t *e = store_find(b->store, path, len);
     if (e)
@@ -79,7 +90,7 @@ static store_entry_t *entry_for(bridge_t *b, const char *path, size_t len, size_
         return NULL;
     }
     const map_entry_t *m = map_table_get(b->cfg->maps, map);
-    e = store_add(b->store, path, len, map);
+    e = store_add(b->store, path, len, map, identity);
     coap_str_const_t *uri = e ? coap_new_str_const((const uint8_t *)path, len) : NULL;
     coap_resource_t *r =
         uri ? coap_resource_init(uri, COAP_RESOURCE_FLAGS_RELEASE_URI |
@@ -113,14 +124,19 @@ static void create_fixed(bridge_t *b, const char *identity)
             continue; /* made once, at start */
         int len = map_entry_fixed_resource(m, identity, path, sizeof(path));
         if (len > 0)
-            entry_for(b, path, (size_t)len, i, 0);
+            entry_for(b, path, (size_t)len, i, 0, identity);
     }
 }
 
-/* A device authenticated itself: its own resources are made ready to observe. */
-static void on_identity(void *arg, const char *identity)
+/*
+ * A device's handshake succeeded (its key or certificate is proven): its own
+ * resources are made ready to observe before its first request.
+ */
+void down_on_ready(void *arg, coap_session_t *session, const char *identity)
 {
-    create_fixed(arg, identity);
+    (void)session;
+    if (identity)
+        create_fixed(arg, identity);
 }
 
 int down_init(bridge_t *b)
@@ -137,13 +153,11 @@ int down_init(bridge_t *b)
     coap_add_resource(b->ctx, wk);
     b->wellknown = wk;
     create_fixed(b, NULL);
-    dtls_set_identity_hook(on_identity, b);
     return 0;
 }
 
 void down_free(bridge_t *b)
 {
-    dtls_set_identity_hook(NULL, NULL);
     /* The resources belong to the CoAP context, which frees them. */
     store_free(b->store);
     b->store = NULL;
@@ -184,7 +198,7 @@ void down_on_connected(bridge_t *b)
     int k = filters_of(b->cfg, filters, qos, (int)(n ? n : 1));
     if (k) {
         gw_info("mqtt", "subscribing to %d filter%s", k, k > 1 ? "s" : "");
-        mqtt_subscribe(b->mqtt, filters, qos, k);
+        mqtt_subscribe(b->mqtt, filters, qos, k, ++b->down.sub_gen);
     }
     for (int i = 0; i < k; i++)
         free(filters[i]);
@@ -227,7 +241,7 @@ void down_reload(bridge_t *b, const gw_config_t *next)
             if (gone)
                 mqtt_unsubscribe(b->mqtt, gone, ng);
             /* Subscribing again to a kept filter is harmless (retained values come again). */
-            mqtt_subscribe(b->mqtt, now, qos, nn);
+            mqtt_subscribe(b->mqtt, now, qos, nn, ++b->down.sub_gen);
         }
         free(gone);
         for (int i = 0; i < nw; i++)
@@ -255,7 +269,7 @@ void down_message(bridge_t *b, inbox_msg_t *msg)
         return;
     }
     size_t map = map_entry_index(m);
-    store_entry_t *e = entry_for(b, path, strlen(path), map, msg->len);
+    store_entry_t *e = entry_for(b, path, strlen(path), map, msg->len, *identity ? identity : NULL);
     if (!e)
         return;
     /* An empty message clears the value, as it clears a retained one. */
@@ -335,44 +349,62 @@ static int add_body(coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *
     return 205;
 }
 
-/* Discovery (RFC 6690): only what the asking device may use. */
+/* Writes one link; false once the listing has reached DISCOVERY_MAX bytes. */
+static bool link_out(FILE *out, size_t *size, bool *first, const store_entry_t *e)
+{
+    int n = fprintf(out, "%s</%s>;obs", *first ? "" : ",", e->path);
+    if (e->has_value && e->cf >= 0)
+        n += fprintf(out, ";ct=%d", e->cf);
+    *first = false;
+    *size += n > 0 ? (size_t)n : 0;
+    return *size < DISCOVERY_MAX;
+}
+
+/*
+ * Discovery (RFC 6690): only what the asking device may use: its own up
+ * resources, then the down resources held now that belong to it, then those
+ * every device may read. The store is indexed by identity, so this costs what
+ * it lists, and the listing stops at DISCOVERY_MAX bytes (then sent with
+ * Block2 as any large body).
+ */
 static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *req,
                       coap_pdu_t *resp)
 {
     const char *identity = dtls_identity(session);
     char *text = NULL;
-    size_t size = 0;
+    size_t size = 0, listed = 0;
     FILE *out = open_memstream(&text, &size);
-    char path[MAP_PATH_MAX + 1];
+    char path[MAP_PATH_MAX + 1], topic[MAP_PATH_MAX + 1];
     map_segs_t segs;
     const map_entry_t *m;
-    char topic[MAP_PATH_MAX + 1];
-    bool first = true;
+    bool first = true, room = true;
 
     if (!out) {
         bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
     /* Up resources that have one concrete form for this device. */
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+    for (size_t i = 0; i < map_table_count(b->cfg->maps) && room; i++) {
         const map_entry_t *e = map_table_get(b->cfg->maps, i);
         if (!(map_entry_direction(e) & MAP_UP) || (map_entry_direction(e) & MAP_DOWN))
             continue;
         if (map_entry_fixed_resource(e, identity, path, sizeof(path)) > 0) {
-            fprintf(out, "%s</%s>", first ? "" : ",", path);
+            int n = fprintf(out, "%s</%s>", first ? "" : ",", path);
+            listed += n > 0 ? (size_t)n : 0;
             first = false;
+            room = listed < DISCOVERY_MAX;
         }
     }
-    /* Down resources held now that this device may read. */
-    for (store_entry_t *e = store_mru(b->store); e; e = e->older) {
-        if (map_split(e->path, strlen(e->path), &segs) < 0 ||
-            map_route(b->cfg->maps, &segs, MAP_DOWN, identity, &m, topic, sizeof(topic)) !=
-                MAP_OK)
-            continue;
-        fprintf(out, "%s</%s>;obs", first ? "" : ",", e->path);
-        if (e->has_value && e->cf >= 0)
-            fprintf(out, ";ct=%d", e->cf);
-        first = false;
+    /* Down resources held now: the device's own, then the shared ones. */
+    store_entry_t *lists[2] = {store_owned(b->store, identity), store_shared(b->store)};
+    for (int l = 0; l < 2; l++) {
+        for (store_entry_t *e = lists[l]; e && room; e = e->inext) {
+            if (map_split(e->path, strlen(e->path), &segs) < 0 ||
+                map_route(b->cfg->maps, &segs, MAP_DOWN, identity, &m, topic, sizeof(topic)) !=
+                    MAP_OK)
+                continue;
+            room = link_out(out, &listed, &first, e);
+        }
     }
     fclose(out);
     uint8_t buf[2];
@@ -384,6 +416,23 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
     free(text);
 }
 
+/*
+ * Whether the values of mapping map can be trusted to be there: its
+ * subscription was acknowledged, and retained values had a moment to arrive.
+ * Otherwise *max_age is when to ask again.
+ */
+static bool values_ready(bridge_t *b, size_t map, uint64_t now, int *max_age)
+{
+    uint64_t at = b->maps[map].ready_ms;
+    if (at && now >= at)
+        return true;
+    if (at)
+        *max_age = (int)((at - now + 999) / 1000);
+    else
+        *max_age = b->connected ? 1 : bridge_retry_after_s(b);
+    return false;
+}
+
 void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
                  const coap_string_t *query, coap_pdu_t *resp)
 {
@@ -392,9 +441,14 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
     const map_entry_t *m = NULL;
     char topic[MAP_PATH_MAX + 1], path[MAP_PATH_MAX + 1];
     uint8_t buf[4];
+    int max_age = -1;
     (void)query;
 
     b->st.requests++;
+    sess_t *s = sess_get(b->sessions, session);
+    uint64_t now = bridge_now_ms();
+    if (s)
+        sess_touch(s, now);
     if (resource == b->wellknown) {
         discovery(b, session, req, resp);
         return;
@@ -411,16 +465,30 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
     }
     size_t len = join(&segs, path, sizeof(path));
     store_entry_t *e = len ? store_find(b->store, path, len) : NULL;
-    uint64_t now = bridge_now_ms();
     if (e && e->has_value && e->expires_ms && now >= e->expires_ms)
         store_clear(b->store, e); /* expired (MQTT 5 Message Expiry Interval) */
     if (e)
         store_touch(b->store, e);
-    bool observing = resource != b->unknown &&
-                     bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) == COAP_OBSERVE_ESTABLISH;
+    int observe = resource != b->unknown ? bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) : -1;
+    coap_bin_const_t token = coap_pdu_get_token(req);
+    if (observe == COAP_OBSERVE_CANCEL && s)
+        sess_obs_remove(s, token.s, token.length);
+    if (observe == COAP_OBSERVE_ESTABLISH && s &&
+        sess_obs_add(s, token.s, token.length, path) < 0) {
+        /* A class 4 answer makes libcoap drop the registration it made. */
+        bridge_answer(b, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+        return;
+    }
     if (!e || !e->has_value) {
+        if (!values_ready(b, map_entry_index(m), now, &max_age)) {
+            /* Not subscribed yet: the value may simply not have arrived. */
+            if (observe == COAP_OBSERVE_ESTABLISH && s)
+                sess_obs_remove(s, token.s, token.length);
+            bridge_answer(b, resp, 503, NO_BLOCK1, max_age, -1);
+            return;
+        }
         /* Observing before the first value: registered, empty until it comes. */
-        bridge_answer(b, resp, observing ? 205 : 404, NO_BLOCK1, -1, -1);
+        bridge_answer(b, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
         return;
     }
     coap_add_option(resp, COAP_OPTION_ETAG, coap_encode_var_safe(buf, sizeof(buf), e->version),
@@ -436,15 +504,81 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
     bridge_answer(b, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
 }
 
+void down_subscribed(bridge_t *b, uint64_t gen)
+{
+    if (gen != b->down.sub_gen)
+        return; /* an earlier set of filters: the newer acknowledgement counts */
+    uint64_t at = bridge_now_ms() + RETAINED_GRACE_MS;
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
+        if (!b->maps[i].ready_ms)
+            b->maps[i].ready_ms = at;
+    b->down.ready_at_ms = at;
+}
+
+int down_timeout_ms(const bridge_t *b)
+{
+    if (!b->down.ready_at_ms)
+        return -1;
+    uint64_t now = bridge_now_ms();
+    return now >= b->down.ready_at_ms ? 0 : (int)(b->down.ready_at_ms - now);
+}
+
+void down_check_ready(bridge_t *b)
+{
+    if (b->down.ready_at_ms && bridge_now_ms() >= b->down.ready_at_ms) {
+        b->down.ready_at_ms = 0;
+        gw_info("mqtt", "subscriptions in place: held values are served");
+    }
+}
+
+/*
+ * RFC 7641 §4.5: an observer whose device has sent nothing for
+ * coap.session_idle_timeout gets its next notification as a confirmable
+ * message; if it is not acknowledged, libcoap removes the observer (and its
+ * session can go). The notification goes to every observer of the resource,
+ * which is harmless: an observer may always be told the current state again.
+ */
+void down_tick(bridge_t *b)
+{
+    sess_t *silent[CONFIRM_BATCH];
+    coap_resource_t *non[CONFIRM_BATCH * SESS_OBSERVERS_MAX];
+    size_t nnon = 0;
+    uint64_t idle = (uint64_t)b->cfg->session_idle_timeout * 1000;
+    size_t n = sessions_silent(b->sessions, bridge_now_ms(), idle, silent, CONFIRM_BATCH);
+
+    for (size_t i = 0; i < n; i++) {
+        for (unsigned k = 0; k < silent[i]->nobs; k++) {
+            const char *path = silent[i]->obs[k].path;
+            store_entry_t *e = store_find(b->store, path, strlen(path));
+            if (!e || !e->res)
+                continue;
+            const map_entry_t *m = map_table_get(b->cfg->maps, e->map);
+            if (m && map_entry_qos(m) == 0) {
+                coap_resource_set_mode(e->res, COAP_RESOURCE_FLAGS_NOTIFY_CON);
+                non[nnon++] = e->res;
+            }
+            if (coap_resource_notify_observers(e->res, NULL))
+                b->down.confirmations++;
+        }
+    }
+    if (!n)
+        return;
+    /* Sends them now, while the resources ask for confirmable notifications. */
+    coap_io_process(b->ctx, COAP_IO_NO_WAIT);
+    for (size_t i = 0; i < nnon; i++)
+        coap_resource_set_mode(non[i], COAP_RESOURCE_FLAGS_NOTIFY_NON);
+}
+
 void down_stats_json(const bridge_t *b, FILE *out)
 {
     fprintf(out,
             "\"down\":{\"resources\":%zu,\"value_bytes\":%zu,\"received\":%llu,"
             "\"evicted\":%llu,\"dropped_full\":%llu,\"dropped_bad_topic\":%llu,"
-            "\"notifications\":%llu,\"subscriptions_failed\":%llu}",
+            "\"notifications\":%llu,\"confirmations\":%llu,\"subscriptions_failed\":%llu}",
             store_count(b->store), store_bytes(b->store), (unsigned long long)b->down.received,
             (unsigned long long)b->down.evicted, (unsigned long long)b->down.dropped_full,
             (unsigned long long)b->down.dropped_bad_topic,
             (unsigned long long)b->down.notifications,
+            (unsigned long long)b->down.confirmations,
             (unsigned long long)b->down.subscriptions_failed);
 }

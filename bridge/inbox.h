@@ -15,6 +15,7 @@ enum inbox_type {
     EV_PUB_OK,         /* a publish was acknowledged */
     EV_PUB_FAILED,     /* a publish failed or was refused */
     EV_MESSAGE,        /* a message arrived on a subscription; data is an inbox_msg_t */
+    EV_SUB_OK,         /* the broker acknowledged subscriptions; id: their generation */
     EV_SUB_FAILED,     /* a subscription was refused */
     EV_DELIVERED,      /* publishes completed: queued ones may go now (mqtt_kick) */
 };

@@ -21,7 +21,6 @@ struct bridge_mqtt {
     bool v5;
     bool buffering;             /* publishes are kept while disconnected */
     MQTTClient_persistence pp;  /* Paho's view of the persist_t it was given */
-    int nsubs;                /* filters in the last subscribe */
     atomic_int max_payload;   /* coap.max_payload, for Paho's threads (cfg may change) */
     atomic_ullong too_large;  /* messages over coap.max_payload */
     atomic_ullong dropped;    /* messages the inbox had no room for */
@@ -171,49 +170,60 @@ done:
     return 1;
 }
 
+/* What a SUBSCRIBE's callbacks need: the client, how many filters, its id. */
+struct sub_ctx {
+    bridge_mqtt_t *m;
+    int n;
+    uint64_t id;
+};
+
 static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
-    bridge_mqtt_t *m = ctx;
-    if (!r)
-        return;
+    struct sub_ctx *c = ctx;
     /* Paho reports one filter's reason code in reasonCode, several in alt.sub. */
-    if (m->nsubs == 1 && r->reasonCode >= 0x80)
-        push(m, EV_SUB_FAILED, 0, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
-    for (int i = 0; m->nsubs > 1 && r->alt.sub.reasonCodes && i < r->alt.sub.reasonCodeCount;
+    if (r && c->n == 1 && r->reasonCode >= 0x80)
+        push(c->m, EV_SUB_FAILED, c->id, r->reasonCode, MQTTReasonCode_toString(r->reasonCode));
+    for (int i = 0; r && c->n > 1 && r->alt.sub.reasonCodes && i < r->alt.sub.reasonCodeCount;
          i++) {
         if (r->alt.sub.reasonCodes[i] >= 0x80) {
-            push(m, EV_SUB_FAILED, 0, r->alt.sub.reasonCodes[i],
+            push(c->m, EV_SUB_FAILED, c->id, r->alt.sub.reasonCodes[i],
                  MQTTReasonCode_toString(r->alt.sub.reasonCodes[i]));
             break;
         }
     }
+    push(c->m, EV_SUB_OK, c->id, 0, NULL);
+    free(c);
 }
 
 static void on_sub_ok(void *ctx, MQTTAsync_successData *r)
 {
-    bridge_mqtt_t *m = ctx;
-    if (!r)
-        return;
+    struct sub_ctx *c = ctx;
     /* Paho reports one filter's granted QoS in qos, several in qosList. */
-    if (m->nsubs == 1 && r->alt.qos == 0x80)
-        push(m, EV_SUB_FAILED, 0, 0x80, "refused");
-    for (int i = 0; m->nsubs > 1 && r->alt.qosList && i < m->nsubs; i++) {
+    if (r && c->n == 1 && r->alt.qos == 0x80)
+        push(c->m, EV_SUB_FAILED, c->id, 0x80, "refused");
+    for (int i = 0; r && c->n > 1 && r->alt.qosList && i < c->n; i++) {
         if (r->alt.qosList[i] == 0x80) {
-            push(m, EV_SUB_FAILED, 0, 0x80, "refused");
+            push(c->m, EV_SUB_FAILED, c->id, 0x80, "refused");
             break;
         }
     }
+    push(c->m, EV_SUB_OK, c->id, 0, NULL);
+    free(c);
 }
 
 static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
 {
-    push(ctx, EV_SUB_FAILED, 0, r ? (int)r->reasonCode : -1,
+    struct sub_ctx *c = ctx;
+    push(c->m, EV_SUB_FAILED, c->id, r ? (int)r->reasonCode : -1,
          r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode) : "failed");
+    free(c);
 }
 
 static void on_sub_fail(void *ctx, MQTTAsync_failureData *r)
 {
-    push(ctx, EV_SUB_FAILED, 0, r ? r->code : -1, r && r->message ? r->message : "failed");
+    struct sub_ctx *c = ctx;
+    push(c->m, EV_SUB_FAILED, c->id, r ? r->code : -1, r && r->message ? r->message : "failed");
+    free(c);
 }
 
 static void on_pub_ok(void *ctx, MQTTAsync_successData *r)
@@ -511,13 +521,17 @@ void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
     MQTTAsync_unsubscribe(m->client, KICK_FILTER, &ro);
 }
 
-int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n)
+int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n, uint64_t id)
 {
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     int rc;
     if (n == 0)
         return 0;
-    ro.context = m;
+    struct sub_ctx *c = malloc(sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    *c = (struct sub_ctx){.m = m, .n = n, .id = id};
+    ro.context = c;
     if (m->v5) {
         ro.onSuccess5 = on_sub_ok5;
         ro.onFailure5 = on_sub_fail5;
@@ -525,9 +539,9 @@ int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n
         ro.onSuccess = on_sub_ok;
         ro.onFailure = on_sub_fail;
     }
-    m->nsubs = n;
     rc = MQTTAsync_subscribeMany(m->client, n, filters, (int *)qos, &ro);
     if (rc != MQTTASYNC_SUCCESS) {
+        free(c);
         gw_warn("mqtt", "cannot subscribe (%s)", MQTTAsync_strerror(rc));
         return -EIO;
     }

@@ -51,10 +51,11 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id);
 size_t mqtt_payload_room(bridge_mqtt_t *m, const mqtt_msg_t *msg);
 
 /*
- * Subscribes to n filters with their QoS; messages arrive as EV_MESSAGE, a
- * refusal as EV_SUB_FAILED.
+ * Subscribes to n filters with their QoS; the broker's acknowledgement
+ * arrives as EV_SUB_OK with id (and a refused filter as EV_SUB_FAILED),
+ * messages as EV_MESSAGE.
  */
-int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n);
+int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n, uint64_t id);
 
 /* Drops the subscriptions to n filters. */
 int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n);

@@ -4,10 +4,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The entries of one identity. */
+struct store_owner {
+    struct store_owner *hnext;
+    store_entry_t *first;
+    size_t count;
+    char id[]; /* NUL-terminated */
+};
+
 struct store {
     store_entry_t **buckets; /* owned; chains own their entries */
     size_t nbuckets, count, bytes;
     store_entry_t *oldest, *newest;
+    struct store_owner **owners; /* owned, nbuckets chains */
+    store_entry_t *shared;
 };
 
 static size_t hash(const char *s, size_t len)
@@ -25,7 +35,10 @@ store_t *store_new(size_t buckets)
         return NULL;
     st->nbuckets = buckets ? buckets : 1;
     st->buckets = calloc(st->nbuckets, sizeof(*st->buckets));
-    if (!st->buckets) {
+    st->owners = calloc(st->nbuckets, sizeof(*st->owners));
+    if (!st->buckets || !st->owners) {
+        free(st->buckets);
+        free(st->owners);
         free(st);
         return NULL;
     }
@@ -46,6 +59,7 @@ void store_free(store_t *st)
     while (st->oldest)
         store_remove(st, st->oldest);
     free(st->buckets);
+    free(st->owners);
     free(st);
 }
 
@@ -81,13 +95,77 @@ static void link_newest(store_t *st, store_entry_t *e)
     st->newest = e;
 }
 
-store_entry_t *store_add(store_t *st, const char *path, size_t len, size_t map)
+static struct store_owner **owner_slot(const store_t *st, const char *identity)
+{
+    struct store_owner **pp = &st->owners[hash(identity, strlen(identity)) % st->nbuckets];
+    while (*pp && strcmp((*pp)->id, identity))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+store_entry_t *store_owned(const store_t *st, const char *identity)
+{
+    struct store_owner *o = identity ? *owner_slot(st, identity) : NULL;
+    return o ? o->first : NULL;
+}
+
+store_entry_t *store_shared(const store_t *st)
+{
+    return st->shared;
+}
+
+/* Puts e at the head of its index list: its owner's, or the shared one. */
+static int index_link(store_t *st, store_entry_t *e, const char *identity)
+{
+    store_entry_t **head = &st->shared;
+    if (identity) {
+        struct store_owner **pp = owner_slot(st, identity);
+        if (!*pp) {
+            size_t n = strlen(identity);
+            struct store_owner *o = calloc(1, sizeof(*o) + n + 1);
+            if (!o)
+                return -ENOMEM;
+            memcpy(o->id, identity, n + 1);
+            *pp = o;
+        }
+        e->owner = *pp;
+        e->owner->count++;
+        head = &e->owner->first;
+    }
+    e->iprev = NULL;
+    e->inext = *head;
+    if (*head)
+        (*head)->iprev = e;
+    *head = e;
+    return 0;
+}
+
+static void index_unlink(store_t *st, store_entry_t *e)
+{
+    store_entry_t **head = e->owner ? &e->owner->first : &st->shared;
+    if (e->iprev)
+        e->iprev->inext = e->inext;
+    else
+        *head = e->inext;
+    if (e->inext)
+        e->inext->iprev = e->iprev;
+    if (e->owner && --e->owner->count == 0) {
+        struct store_owner **pp = owner_slot(st, e->owner->id);
+        *pp = e->owner->hnext;
+        free(e->owner);
+    }
+    e->owner = NULL;
+}
+
+store_entry_t *store_add(store_t *st, const char *path, size_t len, size_t map,
+                         const char *identity)
 {
     store_entry_t *e = calloc(1, sizeof(*e));
     if (!e)
         return NULL;
     e->path = strndup(path, len);
-    if (!e->path) {
+    if (!e->path || index_link(st, e, identity) < 0) {
+        free(e->path);
         free(e);
         return NULL;
     }
@@ -138,6 +216,7 @@ void store_remove(store_t *st, store_entry_t *e)
     if (*pp)
         *pp = e->hnext;
     unlink_lru(st, e);
+    index_unlink(st, e);
     st->count--;
     st->bytes -= e->has_value ? e->len : 0;
     entry_free(e);

@@ -165,22 +165,6 @@ static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint
     return p ? &p->bin : NULL;
 }
 
-/* Who wants to know of authenticated identities (one CoAP context per process). */
-static void (*identity_hook)(void *arg, const char *identity);
-static void *identity_hook_arg;
-
-void dtls_set_identity_hook(void (*hook)(void *arg, const char *identity), void *arg)
-{
-    identity_hook = hook;
-    identity_hook_arg = arg;
-}
-
-static void identity_known(const char *identity)
-{
-    if (identity_hook)
-        identity_hook(identity_hook_arg, identity);
-}
-
 /* libcoap asks for the key of an identity during the handshake. */
 static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
                                                coap_session_t *session, void *arg)
@@ -197,10 +181,6 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
                 (int)identity->length, (const char *)identity->s);
         return NULL;
     }
-    char id[MAP_IDENTITY_MAX + 1];
-    memcpy(id, identity->s, identity->length);
-    id[identity->length] = '\0';
-    identity_known(id);
     return key;
 }
 
@@ -227,7 +207,6 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         return 0;
     snprintf(peer->identity, sizeof(peer->identity), "%s", subject_cn);
     peer->has_identity = true;
-    identity_known(subject_cn);
     return 1;
 }
 
@@ -334,7 +313,7 @@ dtls_peer_t *dtls_peer_get(coap_session_t *session)
     return peer;
 }
 
-static void peer_free(dtls_peer_t *peer, void (*free_app)(void *app))
+static void peer_unlink(dtls_peer_t *peer)
 {
     if (peer->prev)
         peer->prev->next = peer->next;
@@ -342,10 +321,28 @@ static void peer_free(dtls_peer_t *peer, void (*free_app)(void *app))
         peers = peer->next;
     if (peer->next)
         peer->next->prev = peer->prev;
+}
+
+static void peer_free(dtls_peer_t *peer, void (*free_app)(void *app))
+{
+    peer_unlink(peer);
     if (free_app)
         free_app(peer->app);
     coap_session_set_app_data(peer->session, NULL);
     free(peer);
+}
+
+void dtls_peer_forget(void *app, void (*free_app)(void *app))
+{
+    for (dtls_peer_t *peer = peers; peer; peer = peer->next) {
+        if (peer->app == app) {
+            peer_unlink(peer);
+            if (free_app)
+                free_app(app);
+            free(peer);
+            return;
+        }
+    }
 }
 
 void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app))

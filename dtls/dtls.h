@@ -36,15 +36,6 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
 void dtls_release(void);
 
 /*
- * Called during a handshake once the device's identity is known (a PSK
- * identity found in the PSK file, or a verified certificate's CN), before its
- * first request. libcoap 4.3's GnuTLS server reports no event when a DTLS
- * session is established, so this is where a device's resources can be
- * prepared. The hook must not call back into the handshake.
- */
-void dtls_set_identity_hook(void (*hook)(void *arg, const char *identity), void *arg);
-
-/*
  * Per-session state kept as the session's app data: the device identity, and
  * an opaque slot for the bridge, freed with free_app when the session goes.
  */
@@ -61,6 +52,12 @@ dtls_peer_t *dtls_peer_get(coap_session_t *session);
 
 /* Frees the session's peer state (at COAP_EVENT_SERVER_SESSION_DEL). */
 void dtls_peer_release(coap_session_t *session, void (*free_app)(void *app));
+
+/*
+ * Frees the peer state whose app data is app, without touching its session:
+ * for a session libcoap has freed without an event.
+ */
+void dtls_peer_forget(void *app, void (*free_app)(void *app));
 
 /*
  * Frees every peer state still held: libcoap 4.3 frees the sessions left at

@@ -263,6 +263,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                 /* Several datagrams per turn: bridge_commit() syncs them together. */
                 for (int k = 0; k < COAP_BATCH; k++) {
                     coap_io_process(ctx, COAP_IO_NO_WAIT);
+                    /* A handshake that just finished makes its resources before the next request. */
+                    bridge_after_io(b);
                     if (!readable(coap_fd))
                         break;
                 }
@@ -271,6 +273,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                 bridge_process_inbox(b);
                 /* Send the answers that acknowledgements have released. */
                 coap_io_process(ctx, COAP_IO_NO_WAIT);
+                bridge_after_io(b);
                 break;
             case TAG_SIGNAL: {
                 struct signalfd_siginfo si;

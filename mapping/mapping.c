@@ -397,6 +397,15 @@ int map_table_add(map_table_t *t, const map_spec_t *spec, char *err, size_t errl
         rc = -EINVAL;
         goto fail;
     }
+    /*
+     * The other way round, every device's topic would become the same
+     * resource, and one device would read another's value.
+     */
+    if ((spec->direction & MAP_DOWN) && e->top.identity_at >= 0 && e->res.identity_at < 0) {
+        errf(err, errlen, "a down mapping with {identity} in the topic needs it in the resource");
+        rc = -EINVAL;
+        goto fail;
+    }
     e->name = strdup(spec->name);
     e->resource = strdup(spec->resource);
     e->topic = strdup(spec->topic);

@@ -49,8 +49,12 @@ def setup(**gw):
 
 
 def start_gateway(d, broker, pki, **kw):
+    """A gateway whose subscriptions are acknowledged and whose held values are
+    served (before that a GET is answered 5.03)."""
     kw.setdefault("mappings", MAPPINGS)
-    return Gateway(d, broker, pki, **kw).start()
+    g = Gateway(d, broker, pki, **kw).start()
+    g.wait_log("held values are served")
+    return g
 
 
 class Observer:

@@ -38,6 +38,7 @@ def mapping_and_identity_without_restart():
     broker = Broker(d, pki).start()
     sub = Subscriber(broker, "redback/#")
     g = Gateway(d, broker, pki, mappings=DEFAULT_MAPPINGS + COMMANDS).start()
+    g.wait_log("held values are served")
     # An established DTLS session: an observer from before the reload.
     o = Observer(g, "bikes/bike-1/commands", BIKE1, seconds=30)
     o.wait(1, "registration")

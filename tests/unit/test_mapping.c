@@ -332,3 +332,20 @@ Test(mapping, fixed_resources_for_discovery)
     cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), "bike-7", buf, 8),
                  -ENAMETOOLONG);
 }
+
+/*
+ * A down mapping with {identity} only in its topic would make every device's
+ * topic the same resource: one device would read another's value.
+ */
+Test(mapping, down_identity_in_topic_only_is_refused)
+{
+    char err[200];
+    map_spec_t spec = {.name = "mine", .resource = "mine/cmd", .topic = "t/{identity}/cmd",
+                       .direction = MAP_DOWN, .qos = 1};
+    cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
+    cr_assert(strstr(err, "needs it in the resource"), "%s", err);
+    spec.direction = MAP_BOTH;
+    cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
+    spec.direction = MAP_UP; /* up: the identity fills the topic, as the SPEC says */
+    cr_assert_eq(map_table_add(table, &spec, err, sizeof(err)), 0, "%s", err);
+}
