@@ -149,42 +149,45 @@ int bridge_retry_after_s(const bridge_t *b)
     return (int)((b->reconnect_at_ms - now + 999) / 1000);
 }
 
-/* MQTT 5 Content Type for a CoAP Content-Format (RFC 7252 §12.3 registry). */
+/* CoAP Content-Formats and their media types (RFC 7252 §12.3 registry). */
+static const struct {
+    int cf;
+    const char *type;
+    bool text;
+} content_formats[] = {
+    {0, "text/plain;charset=utf-8", true},
+    {16, "application/cose; cose-type=\"cose-encrypt0\"", false},
+    {17, "application/cose; cose-type=\"cose-mac0\"", false},
+    {18, "application/cose; cose-type=\"cose-sign1\"", false},
+    {40, "application/link-format", true},
+    {41, "application/xml", true},
+    {42, "application/octet-stream", false},
+    {47, "application/exi", false},
+    {50, "application/json", true},
+    {51, "application/json-patch+json", true},
+    {52, "application/merge-patch+json", true},
+    {60, "application/cbor", false},
+    {61, "application/cwt", false},
+    {62, "application/multipart-core", false},
+    {63, "application/cbor-seq", false},
+    {110, "application/senml+json", true},
+    {111, "application/sensml+json", true},
+    {112, "application/senml+cbor", false},
+    {113, "application/sensml+cbor", false},
+    {256, "application/coap-group+json", true},
+    {320, "application/senml+xml", true},
+    {11542, "application/vnd.oma.lwm2m+tlv", false},
+    {11543, "application/vnd.oma.lwm2m+json", true},
+};
+#define NFORMATS (sizeof(content_formats) / sizeof(content_formats[0]))
+
+/* MQTT 5 Content Type for a CoAP Content-Format. */
 const char *bridge_content_type(int cf, bool *text)
 {
-    static const struct {
-        int cf;
-        const char *type;
-        bool text;
-    } table[] = {
-        {0, "text/plain;charset=utf-8", true},
-        {16, "application/cose; cose-type=\"cose-encrypt0\"", false},
-        {17, "application/cose; cose-type=\"cose-mac0\"", false},
-        {18, "application/cose; cose-type=\"cose-sign1\"", false},
-        {40, "application/link-format", true},
-        {41, "application/xml", true},
-        {42, "application/octet-stream", false},
-        {47, "application/exi", false},
-        {50, "application/json", true},
-        {51, "application/json-patch+json", true},
-        {52, "application/merge-patch+json", true},
-        {60, "application/cbor", false},
-        {61, "application/cwt", false},
-        {62, "application/multipart-core", false},
-        {63, "application/cbor-seq", false},
-        {110, "application/senml+json", true},
-        {111, "application/sensml+json", true},
-        {112, "application/senml+cbor", false},
-        {113, "application/sensml+cbor", false},
-        {256, "application/coap-group+json", true},
-        {320, "application/senml+xml", true},
-        {11542, "application/vnd.oma.lwm2m+tlv", false},
-        {11543, "application/vnd.oma.lwm2m+json", true},
-    };
-    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
-        if (table[i].cf == cf) {
-            *text = table[i].text;
-            return table[i].type;
+    for (size_t i = 0; i < NFORMATS; i++) {
+        if (content_formats[i].cf == cf) {
+            *text = content_formats[i].text;
+            return content_formats[i].type;
         }
     }
     *text = false;
@@ -208,12 +211,9 @@ static bool same_type(const char *a, const char *b)
 
 int bridge_content_format(const char *type)
 {
-    bool text;
-    for (int cf = 0; cf < 12000; cf++) {
-        const char *t = bridge_content_type(cf, &text);
-        if (t && same_type(t, type))
-            return cf;
-    }
+    for (size_t i = 0; i < NFORMATS; i++)
+        if (same_type(content_formats[i].type, type))
+            return content_formats[i].cf;
     if (same_type(type, "text/plain"))
         return 0;
     return -1;

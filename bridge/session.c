@@ -11,6 +11,11 @@
 
 #include "dtls.h"
 
+/*
+ * A handshake younger than this is left to finish: evicting it would let a
+ * stream of new devices starve each other's handshakes. ms.
+ */
+#define HANDSHAKE_GRACE_MS 10000
 /* Sessions looked at, from the least recently active, for one that may go. */
 #define EVICT_LOOK 64
 /* Longest peer key: protocol, family, port, address, identity. */
@@ -118,8 +123,9 @@ static void peer_leave(sessions_t *ss, struct peer *p)
     ss->idle_newest = p;
     ss->nidle++;
     uint64_t now = now_ms();
+    size_t keep = ss->max > SESS_PEERS_MIN ? ss->max : SESS_PEERS_MIN;
     while (ss->idle_oldest &&
-           (ss->nidle > ss->max || now - ss->idle_oldest->last_ms > EXCHANGE_LIFETIME_MS))
+           (ss->nidle > keep || now - ss->idle_oldest->last_ms > EXCHANGE_LIFETIME_MS))
         peer_free(ss, ss->idle_oldest);
 }
 
@@ -174,7 +180,8 @@ static void sess_free(void *app)
     for (unsigned i = 0; i < s->nobs; i++)
         free(s->obs[i].path);
     ss->st.observers -= s->nobs;
-    ss->count--;
+    if (!s->hello)
+        ss->count--;
     free(s);
 }
 
@@ -207,11 +214,15 @@ static bool evictable(const sess_t *s)
 
 static sess_t *pick_victim(sessions_t *ss, const sess_t *except)
 {
+    uint64_t now = now_ms();
     for (int cls = 0; cls < SESS_CLASSES; cls++) {
         int looked = 0;
-        for (sess_t *s = ss->oldest[cls]; s && looked < EVICT_LOOK; s = s->newer, looked++)
+        for (sess_t *s = ss->oldest[cls]; s && looked < EVICT_LOOK; s = s->newer, looked++) {
+            if (cls == SESS_HANDSHAKE && now - s->last_ms < HANDSHAKE_GRACE_MS)
+                break; /* the rest are younger still */
             if (s != except && evictable(s))
                 return s;
+        }
     }
     return NULL;
 }
@@ -248,38 +259,50 @@ sess_t *sess_get(sessions_t *ss, coap_session_t *session)
     s->cls = coap_session_get_proto(session) == COAP_PROTO_DTLS ? SESS_HANDSHAKE : SESS_PLAIN;
     if (s->cls == SESS_HANDSHAKE && coap_session_get_state(session) == COAP_SESSION_STATE_ESTABLISHED)
         s->cls = SESS_DTLS;
+    /*
+     * A DTLS peer's first ClientHello makes a session before its address is
+     * proven (libcoap's cookie exchange): such sessions are bounded by
+     * libcoap's handshake limit, and counted here once past it.
+     */
+    s->hello = coap_session_get_type(session) == COAP_SESSION_TYPE_HELLO;
     s->last_ms = now_ms();
     class_link_newest(ss, s);
-    ss->count++;
+    if (!s->hello)
+        ss->count++;
     peer->app = s;
     return s;
 }
 
-sess_t *sess_open(sessions_t *ss, coap_session_t *session)
+/* Keeps the count within max_sessions now that s is counted: evicts, or refuses s. */
+static void make_room(sessions_t *ss, sess_t *s)
 {
-    sess_t *s = sess_get(ss, session);
-    if (!s)
-        return NULL;
     if (ss->count <= ss->max)
-        return s;
+        return;
     sess_t *victim = pick_victim(ss, s);
     if (victim) {
         ss->st.evicted++;
         evict(victim);
-        return s;
+        return;
     }
     /* Every other session is busy: this one goes instead, once libcoap is done with it. */
     if (ss->nrefused == ss->refused_cap) {
         size_t cap = ss->refused_cap ? ss->refused_cap * 2 : 8;
         sess_t **v = realloc(ss->refused, cap * sizeof(*v));
         if (!v)
-            return s;
+            return;
         ss->refused = v;
         ss->refused_cap = cap;
     }
     s->refused = true;
     ss->refused[ss->nrefused++] = s;
     ss->st.refused++;
+}
+
+sess_t *sess_open(sessions_t *ss, coap_session_t *session)
+{
+    sess_t *s = sess_get(ss, session);
+    if (s && !s->hello)
+        make_room(ss, s);
     return s;
 }
 
@@ -287,7 +310,7 @@ void sess_close(sessions_t *ss, coap_session_t *session)
 {
     dtls_peer_t *peer = coap_session_get_app_data(session);
     sess_t *s = peer ? peer->app : NULL;
-    if (s && s->cls == SESS_HANDSHAKE)
+    if (s && s->cls == SESS_HANDSHAKE && !s->hello)
         ss->st.handshakes_failed++;
     dtls_peer_release(session, sess_free);
 }
@@ -314,9 +337,16 @@ void sessions_after_io(sessions_t *ss)
         coap_session_t *found = coap_session_get_by_peer(ss->ctx, &s->remote, s->ifindex);
         dtls_peer_t *peer = found ? coap_session_get_app_data(found) : NULL;
         if (found != s->session || !peer || peer->app != s) {
-            ss->st.handshakes_failed++;
+            if (!s->hello)
+                ss->st.handshakes_failed++;
             dtls_peer_forget(s, sess_free);
             continue;
+        }
+        if (s->hello && coap_session_get_type(s->session) == COAP_SESSION_TYPE_SERVER) {
+            /* Past the cookie exchange: counted from now on. */
+            s->hello = false;
+            ss->count++;
+            make_room(ss, s);
         }
         if (coap_session_get_state(s->session) != COAP_SESSION_STATE_ESTABLISHED)
             continue;

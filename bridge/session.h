@@ -4,11 +4,14 @@
  * needs room, duplicate detection that outlives a session, and the Observe
  * registrations each session holds.
  *
- * The bound. Every session libcoap makes (a plain CoAP peer, a DTLS peer from
- * its first ClientHello on) is counted. When a new one would pass
+ * The bound. Every session libcoap makes is counted: a plain CoAP peer's from
+ * its first datagram, a DTLS peer's once it has returned libcoap's cookie
+ * (before that, libcoap's own handshake limit bounds them, and they cost
+ * nothing the peer did not prove its address for). When a new one would pass
  * max_sessions, one is evicted: first a plain CoAP session, then a DTLS
- * session still in its handshake, then an established DTLS session, the least
- * recently active of the first class that has one. A session is never evicted
+ * session whose handshake has lasted more than 10 s, then an established DTLS
+ * session, the least recently active of the first class that has one. A
+ * younger handshake is left to finish. A session is never evicted
  * while it is busy (a publish of its waits for the broker, or a Block1 body
  * of its is being put together); when every session is busy, the new one is
  * refused (plain CoAP: 5.03 with Max-Age; DTLS: its handshake ends). An
@@ -19,7 +22,7 @@
  * identity) are kept for EXCHANGE_LIFETIME (247 s, RFC 7252 §4.8.2), past
  * the end of its session: a retransmission that arrives after an eviction
  * gets the same answer and is not published again. Peers without a session
- * are kept up to max_sessions, the oldest dropped first.
+ * are kept up to max(max_sessions, SESS_PEERS_MIN), the oldest dropped first.
  *
  * Everything here runs on the loop thread.
  */
@@ -38,6 +41,8 @@
 #define NO_BLOCK1 UINT32_MAX
 /* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
 #define EXCHANGE_LIFETIME_MS 247000
+/* Peers without a session remembered at least, whatever max_sessions is. */
+#define SESS_PEERS_MIN 1024
 /* Observe registrations one session may hold. */
 #define SESS_OBSERVERS_MAX 32
 
@@ -75,6 +80,7 @@ typedef struct sess {
     uint64_t confirmed_ms;      /* last confirmable notification sent to check it is there */
     unsigned busy;              /* publishes waiting for the broker, a Block1 body */
     bool refused;               /* over the bound with nothing to evict: goes after this turn */
+    bool hello;                 /* DTLS, still in libcoap's cookie exchange: not counted yet */
     struct peer *peer;          /* duplicate detection, from the first request; shared */
     void *up;                   /* the up path's state of this session, freed with free_up */
     struct obs_reg obs[SESS_OBSERVERS_MAX];

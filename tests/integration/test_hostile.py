@@ -26,16 +26,26 @@ class Plain:
         self.mid = 100
 
     def request(self, path, payload=b"", **kw):
-        """Sends a confirmable request; returns (code, options, payload) of its answer."""
+        """Sends a confirmable request, again every second as a device would
+        (the same Message ID) until answered; returns (code, options, payload)
+        of its answer."""
         self.mid = (self.mid + 1) % 65536
         kw.setdefault("token", b"t%d" % self.mid)
-        self.s.sendto(coap_raw(path, payload, mid=self.mid, **kw), ("127.0.0.1", self.g.plain_port))
-        while True:
-            data = self.s.recv(4096)
-            typ, code, mid, token = coap_decode(data)
-            if token == kw["token"] and code != "0.00":
-                opts, body = coap_parse(data)
-                return code, opts, body
+        msg = coap_raw(path, payload, mid=self.mid, **kw)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            self.s.sendto(msg, ("127.0.0.1", self.g.plain_port))
+            self.s.settimeout(1.0)
+            try:
+                while True:
+                    data = self.s.recv(4096)
+                    typ, code, mid, token = coap_decode(data)
+                    if token == kw["token"] and code != "0.00":
+                        opts, body = coap_parse(data)
+                        return code, opts, body
+            except socket.timeout:
+                continue
+        raise AssertionError("no answer to %s within %ss" % (path, WAIT))
 
 
 def setup(mqtt="", coap_cfg="plain = true;", broker_extra="", **gw):
@@ -177,6 +187,234 @@ def broker_maximum_packet_size():
     check([m["payload"][:1] for m in sub.wait_for(2)] == [b"x", b"z"], "arrived")
 
 
+DOWN = """,
+  { name = "commands"; resource = "bikes/{identity}/commands";
+    topic = "redback/p1/bikes/{identity}/commands"; direction = "down"; qos = 1; },
+  { name = "news"; resource = "news/{item}"; topic = "redback/p1/news/{item}";
+    direction = "down"; qos = 0; }"""
+
+
+def down_gateway(d, broker, pki, **kw):
+    from harness import DEFAULT_MAPPINGS
+    kw.setdefault("mappings", DEFAULT_MAPPINGS + DOWN)
+    g = Gateway(d, broker, pki, **kw).start()
+    g.wait_log("held values are served")
+    return g
+
+
+def observe_socket(g, path, token):
+    """A plain CoAP socket registered as an observer of path, from its own port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    s.send(coap_raw(path, mid=1, token=token, code=0x01, observe=0))
+    data = s.recv(2048)
+    return s, coap_decode(data)[1], 6 in coap_parse(data)[0]
+
+
+def drain(socks, payload, quiet=1.0):
+    """How many of socks receive a notification carrying payload, waiting
+    until quiet seconds pass without one."""
+    import select
+    got, waiting = 0, set(socks)
+    while waiting:
+        ready, _, _ = select.select(list(waiting), [], [], quiet)
+        if not ready:
+            break
+        for s in ready:
+            data = s.recv(2048)
+            if coap_parse(data)[1] == payload:
+                got += 1
+                waiting.discard(s)
+    return got
+
+
+def plain_observers_are_bounded():
+    """100 plain CoAP observers from distinct ports with max_sessions = 20:
+    never more than 20 sessions, so at most 20 notifications per update
+    (no amplification past the bound); a legitimate device is still served."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    broker.publish("redback/p1/news/n1", "v0", "-r")
+    g = down_gateway(d, broker, pki, coap="plain = true; max_sessions = 20;",
+                     mqtt="stats_interval = 1;")
+    socks = []
+    for i in range(100):
+        s, code, observing = observe_socket(g, "news/n1", b"o%d" % i)
+        check(code == "2.05" and observing, "observer %d: %s" % (i, code))
+        socks.append(s)
+    st = stats_now(g, broker)
+    check(st["coap"]["sessions"] <= 20, "sessions %d > 20" % st["coap"]["sessions"])
+    check(st["coap"]["observers"] <= 20, "observers %d > 20" % st["coap"]["observers"])
+    check(st["coap"]["sessions_evicted"] >= 80, "evicted %r" % st["coap"])
+    broker.publish("redback/p1/news/n1", "v1", "-r")
+    notified = drain(socks, b"v1")
+    check(0 < notified <= 20, "%d notifications for one update" % notified)
+    # The most recent observers are the ones kept.
+    check(drain(socks[-5:], b"v1", 0.2) == 0, "notified twice")
+    dev = Plain(g)
+    code, _, body = dev.request("news/n1", code=0x01)
+    check(code == "2.05" and body == b"v1", "a device after the flood: %s %r" % (code, body))
+
+
+def dtls_sessions_are_bounded():
+    """Ten DTLS devices holding sessions (observing) with max_sessions = 5:
+    at most 5 sessions; the least recently active go; a new device is served."""
+    from test_down import Observer
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    psk = {"bike-%d" % i: "secret-%d" % i for i in range(12)}
+    g = down_gateway(d, broker, pki, psk=psk, coap="max_sessions = 5;",
+                     mqtt="stats_interval = 1;")
+    observers = []
+    for i in range(10):
+        o = Observer(g, "bikes/bike-%d/commands" % i, ("bike-%d" % i, "secret-%d" % i),
+                     seconds=30)
+        o.wait(1, "registration of bike-%d" % i)
+        observers.append(o)
+    st = stats_now(g, broker)
+    check(st["coap"]["sessions"] <= 5, "sessions %d > 5" % st["coap"]["sessions"])
+    check(st["coap"]["sessions_evicted"] >= 5, "evicted %r" % st["coap"])
+    check(st["coap"]["dtls_handshakes_ok"] >= 10, "handshakes %r" % st["coap"])
+    r = coap("coaps://127.0.0.1:%d/bikes/bike-11/telemetry" % g.dtls_port, payload="late",
+             psk=("bike-11", "secret-11"))
+    check(r and r.code == "2.04", "a new device at the bound: %r" % r)
+    for o in observers:
+        o.stop()
+
+
+def duplicate_after_eviction():
+    """A device's session is evicted (max_sessions = 3, five other devices
+    come), then its retransmission arrives: same answer, published once."""
+    d, pki, broker, sub, g = setup(coap_cfg="plain = true; max_sessions = 3;")
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.settimeout(WAIT)
+    msg = coap_raw("zones/a/b", b"once", mid=7777, token=b"A")
+    a.sendto(msg, ("127.0.0.1", g.plain_port))
+    check(coap_decode(a.recv(2048))[1] == "2.04", "first answer")
+    for i in range(5):
+        Plain(g).request("zones/other/x", b"other%d" % i)
+    a.sendto(msg, ("127.0.0.1", g.plain_port))  # the retransmission
+    check(coap_decode(a.recv(2048))[1] == "2.04", "answer to the retransmission")
+    sub.sync()
+    once = [m for m in sub.messages if m["payload"] == b"once"]
+    check(len(once) == 1, "published %d times" % len(once))
+
+
+def silent_observer_is_confirmed():
+    """RFC 7641 §4.5: an observer whose device sent nothing for
+    session_idle_timeout gets a confirmable notification; answering it with
+    RST removes the observer, acknowledging it keeps the observer."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    broker.publish("redback/p1/news/n1", "v0", "-r")
+    g = down_gateway(d, broker, pki, coap="plain = true; session_idle_timeout = 2;",
+                     mqtt="stats_interval = 1;")
+    gone, _, ok1 = observe_socket(g, "news/n1", b"G")
+    kept, _, ok2 = observe_socket(g, "news/n1", b"K")
+    check(ok1 and ok2, "registrations")
+
+    def confirm(s):
+        """Waits for the confirmable notification (QoS 0 resource: normally NON)."""
+        while True:
+            data = s.recv(2048)
+            typ, code, mid, _ = coap_decode(data)
+            if typ == 0 and code == "2.05":
+                return mid
+    mid = confirm(gone)
+    gone.send(bytes([0x70, 0, mid >> 8, mid & 0xFF]))  # RST: not interested any more
+    mid = confirm(kept)
+    kept.send(bytes([0x60, 0, mid >> 8, mid & 0xFF]))  # ACK: still there
+    wait_until(lambda: stats_now(g, broker)["coap"]["observers"] == 1, "one observer left")
+    broker.publish("redback/p1/news/n1", "v1", "-r")
+    check(drain([kept], b"v1", 3) == 1, "the observer that acknowledged is notified")
+    check(drain([gone], b"v1", 0.5) == 0, "the observer that answered RST is notified")
+    check(stats_now(g, broker)["down"]["confirmations"] >= 1, "confirmations counted")
+
+
+def get_before_subscribed_is_503():
+    """The broker is down at start: a GET on a down resource is 5.03 with
+    Max-Age (its retained value may simply not be there yet), then, once the
+    subscription is in place, the retained value."""
+    from harness import DEFAULT_MAPPINGS
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki)
+    g = Gateway(d, broker, pki, coap="plain = true;", mappings=DEFAULT_MAPPINGS + DOWN)
+    g.start(wait_connected=False)
+    dev = Plain(g)
+    code, opts, _ = dev.request("news/n1", code=0x01)
+    check(code == "5.03" and 14 in opts, "before the broker: %s %r" % (code, opts))
+    broker.start()
+    broker.publish("redback/p1/news/n1", "retained", "-r")
+    g.wait_log("held values are served")
+    code, _, body = dev.request("news/n1", code=0x01)
+    check(code == "2.05" and body == b"retained", "after: %s %r" % (code, body))
+    code, _, _ = dev.request("news/none", code=0x01)
+    check(code == "4.04", "no value once subscribed: %s" % code)
+
+
+def handshakes_counted_and_wrong_key_creates_nothing():
+    """dtls_handshakes_ok/_failed count handshakes; a handshake with a wrong
+    key makes none of that device's resources."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = down_gateway(d, broker, pki, mqtt="stats_interval = 1;")
+    before = stats_now(g, broker)
+    r = coap("coaps://127.0.0.1:%d/bikes/bike-2/commands" % g.dtls_port, method="get",
+             psk=("bike-2", "not-the-key"), timeout=3)
+    check(r is None, "wrong key answered %r" % r)
+    wait_until(lambda: stats_now(g, broker)["coap"]["dtls_handshakes_failed"] >= 1,
+               "a failed handshake counted")
+    after = stats_now(g, broker)
+    check(after["down"]["resources"] == before["down"]["resources"],
+          "a wrong-key handshake made resources: %d -> %d" % (before["down"]["resources"],
+                                                             after["down"]["resources"]))
+    r = coap("coaps://127.0.0.1:%d/bikes/bike-1/telemetry" % g.dtls_port, payload="x", psk=BIKE1)
+    check(r and r.code == "2.04", "good key: %r" % r)
+    wait_until(lambda: stats_now(g, broker)["coap"]["dtls_handshakes_ok"] >= 1,
+               "a handshake counted")
+    check(stats_now(g, broker)["down"]["resources"] == before["down"]["resources"] + 1,
+          "bike-1's own resource once its handshake succeeded")
+
+
+def block1_empty_last_block():
+    """A Block1 transfer whose last block has no payload: published once,
+    whole, and no undefined behaviour on the way."""
+    d, pki, broker, sub, g = setup()
+    dev = Plain(g)
+    code, _, _ = dev.request("zones/b/c", b"x" * 16, block1=(0, True, 0))
+    check(code == "2.31", "first block: %s" % code)
+    code, _, _ = dev.request("zones/b/c", b"", block1=(1, False, 0))
+    check(code == "2.04", "empty last block: %s" % code)
+    check(sub.wait_for(1)[0]["payload"] == b"x" * 16, "body")
+
+
+def log_cannot_be_flooded():
+    """300 datagrams with about 1,000 empty ETag options each, and other
+    things libcoap complains of: at the default log level the log grows by a
+    few kilobytes at most."""
+    d, pki, broker, sub, g = setup(log_level="info")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start = sum(len(line) for line in g.lines)
+    head = bytes([0x40, 0x02, 0, 0])
+    for i in range(300):
+        etags = bytes([0x40]) + bytes([0x00]) * 999  # ETag (4), then 999 more, empty
+        s.sendto(bytes([0x40, 0x02, i >> 8, i & 0xFF]) + etags, ("127.0.0.1", g.plain_port))
+        s.sendto(bytes([0x70, 0x00, i >> 8, i & 0xFF]), ("127.0.0.1", g.plain_port))  # RST
+        s.sendto(head + b"\xff", ("127.0.0.1", g.plain_port))  # payload marker, no payload
+    # A legitimate reading still answered, after all of that was read.
+    code, _, _ = Plain(g).request("zones/a/b", b"ok")
+    check(code == "2.04", "after the flood: %s" % code)
+    grown = sum(len(line) for line in g.lines) - start
+    check(grown < 16384, "the log grew by %d bytes:\n%s" % (grown, "".join(g.lines[-20:])))
+
+
+
 CASES = {
     "poison_topic_mqtt5": poison_topic_mqtt5,
     "poison_topic_mqtt311": poison_topic_mqtt311,
@@ -184,6 +422,15 @@ CASES = {
     "broker_disconnect_reconnects": broker_disconnect_reconnects,
     "broker_refusal_is_502_and_dropped": broker_refusal_is_502_and_dropped,
     "broker_maximum_packet_size": broker_maximum_packet_size,
+    "plain_observers_are_bounded": plain_observers_are_bounded,
+    "dtls_sessions_are_bounded": dtls_sessions_are_bounded,
+    "duplicate_after_eviction": duplicate_after_eviction,
+    "silent_observer_is_confirmed": silent_observer_is_confirmed,
+    "get_before_subscribed_is_503": get_before_subscribed_is_503,
+    "handshakes_counted_and_wrong_key_creates_nothing":
+        handshakes_counted_and_wrong_key_creates_nothing,
+    "block1_empty_last_block": block1_empty_last_block,
+    "log_cannot_be_flooded": log_cannot_be_flooded,
 }
 
 if __name__ == "__main__":
