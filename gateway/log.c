@@ -22,6 +22,50 @@ int gw_log_level(void)
     return atomic_load(&current);
 }
 
+/* Length of the well-formed UTF-8 sequence at p (2 to 4 bytes), or 0. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    size_t need = (p[0] & 0xe0) == 0xc0 ? 1 : (p[0] & 0xf0) == 0xe0 ? 2 : (p[0] & 0xf8) == 0xf0 ? 3 : 0;
+    uint32_t cp = p[0] & (need == 1 ? 0x1f : need == 2 ? 0x0f : 0x07);
+    static const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
+    if (!need)
+        return 0;
+    for (size_t k = 1; k <= need; k++) {
+        if ((p[k] & 0xc0) != 0x80) /* the NUL at the end stops this too */
+            return 0;
+        cp = cp << 6 | (p[k] & 0x3f);
+    }
+    if (cp < min[need] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
+        (cp >= 0x80 && cp <= 0x9f))
+        return 0;
+    return need + 1;
+}
+
+/*
+ * One line per event, and nothing a device or a broker sent may drive a
+ * terminal or break a log reader: control characters become '?' (line
+ * breaks and tabs a space), and so does every byte that is not part of
+ * well-formed UTF-8.
+ */
+static void sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        if (*p < 0x80) {
+            if (*p < 0x20 || *p == 0x7f)
+                *p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq(p);
+        if (n) {
+            p += n;
+        } else {
+            *p++ = '?';
+        }
+    }
+}
+
 /* Formats and writes one line; suffix (may be NULL) is appended. */
 static void emit(int level, const char *subsystem, const char *suffix, const char *fmt, va_list ap)
 {
@@ -34,13 +78,7 @@ static void emit(int level, const char *subsystem, const char *suffix, const cha
         size_t len = strlen(line);
         snprintf(line + len, sizeof(line) - len - 1, "%s", suffix);
     }
-    /*
-     * One line per event, and nothing a device sent may drive a terminal:
-     * control characters in the message become '?'.
-     */
-    for (char *p = line + n; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
+    sanitize(line + n);
     size_t len = strlen(line);
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);

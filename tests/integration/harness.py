@@ -396,7 +396,7 @@ class Gateway:
 
     def start(self, wait_connected=True):
         self.proc = spawn([TANDEM, "run", "-c", self.conf], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=self.env)
+                          stderr=subprocess.PIPE, text=True, errors="replace", env=self.env)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         wait_until(lambda: self.count(" ready (tandem") or self.proc.poll() is not None,

@@ -415,6 +415,154 @@ def log_cannot_be_flooded():
 
 
 
+
+def mqtt5_publish(topic, payload, props=b"\x00"):
+    import struct
+    t = topic if isinstance(topic, bytes) else topic.encode()
+    body = struct.pack("!H", len(t)) + t + props + payload
+    from harness import _mqtt_varint
+    return bytes([0x30]) + _mqtt_varint(len(body)) + body
+
+
+def hostile_broker_packets():
+    """A broker that sends what no broker should: a topic with a control
+    character, a topic length past the packet, garbage, a packet that claims
+    256 MB, a value over max_payload, a Content Type that is not UTF-8. The
+    gateway drops what is bad, reconnects when it must, and goes on serving:
+    a good value is readable, a reading is published."""
+    from harness import _mqtt_varint
+    d = workdir()
+    pki = Pki(d)
+    scripts = {
+        1: mqtt5_publish("redback/p1/news/a\x01b", b"bad") +
+           mqtt5_publish(b"redback/p1/news/\xff\xfe", b"bad") +
+           mqtt5_publish("redback/p1/news/ct", b"bad", props=b"\x05\x03\x00\x02\xc3\x28") +
+           mqtt5_publish("redback/p1/news/big", b"x" * 70000) +
+           mqtt5_publish("redback/p1/news/ok", b"fine"),
+        2: bytes([0x30, 0x10, 0xff, 0xff]) + b"short" * 3,     # topic length past the packet
+        3: bytes([0x30]) + _mqtt_varint(268435455) + b"\x00",    # claims 256 MB, then nothing
+        4: bytes(range(256)) * 4,                                # garbage
+    }
+
+    def behave(broker, conn, kind, body):
+        if kind >> 4 != 8:
+            return False
+        n = broker.connections
+        broker.send(conn, 0x90, body[:2] + b"\x00" + b"\x00" * 2)  # SUBACK for two filters
+        if n in scripts:
+            conn.sendall(scripts[n])
+            conn.close()
+        return True
+    broker = ScriptedBroker(d, pki, behave)
+    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="stats_interval = 0;",
+                mappings=__import__("harness").DEFAULT_MAPPINGS + DOWN).start()
+    # Each connection the broker breaks is short: the reconnection backoff
+    # grows (1, 2, 4, 8 s).
+    wait_until(lambda: broker.connections >= 5, "the gateway to come back after each break", 60)
+    g.wait_log("held values are served", 2)
+    check(g.proc.poll() is None, "the gateway exited")
+    dev = Plain(g)
+    code, _, body = dev.request("news/ok", code=0x01)
+    check(code == "2.05" and body == b"fine", "the good value: %s %r" % (code, body))
+    code, _, _ = dev.request("news/big", code=0x01)
+    check(code == "4.04", "a value over max_payload held: %s" % code)
+    # A Content Type that is not UTF-8 is ignored; the value itself is fine.
+    code, opts, body = dev.request("news/ct", code=0x01)
+    check(code == "2.05" and body == b"bad" and 12 not in opts, "news/ct: %s %r" % (code, opts))
+    code, _, _ = dev.request("zones/a/b", b"reading")
+    check(code == "2.04", "a reading: %s" % code)
+    wait_until(lambda: (("redback/p1/zones/a/b", b"reading") in broker.published),
+               "the reading at the broker")
+
+
+def structured_coap_fuzz():
+    """A few thousand plain CoAP datagrams built to hurt: truncated and mutated
+    valid messages, bad option deltas and lengths, tokens longer than 8 bytes,
+    repeated options, absurd Block1 values, every method. The gateway stays up
+    with no sanitizer report and bounded memory, publishes nothing outside its
+    mappings, and serves a device afterwards."""
+    import random
+    import re
+    rnd = random.Random(int(os.environ.get("TANDEM_FUZZ_SEED", "11")))
+    d, pki, broker, sub, g = setup(coap_cfg="plain = true; max_payload = 2048;")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    paths = ["zones/a/b", "bikes/bike-1/telemetry", "public/x", "zones/\x01/b", "zones/+/b",
+             "zones/$a/b", "zones/" + "y" * 300 + "/b", "/".join(["z"] * 40), ""]
+    valid = [coap_raw(p, b"v" * rnd.randrange(0, 64), mid=i, token=bytes([i % 256]))
+             for i, p in enumerate(paths)]
+
+    def option(num, value, last):
+        delta, ln = num - last, len(value)
+        out, ext = b"", b""
+        fields = []
+        for n in (delta, ln):
+            if n < 13:
+                fields.append(n)
+            elif n < 269:
+                fields.append(13)
+                ext += bytes([n - 13])
+            else:
+                fields.append(14)
+                ext += (n - 269).to_bytes(2, "big")
+        return bytes([fields[0] << 4 | fields[1]]) + ext + value
+
+    rss0 = __import__("harness").proc_rss_kib(g.proc.pid)
+    for i in range(4000):
+        kind = i % 8
+        if kind == 0:  # a valid message cut short
+            m = rnd.choice(valid)
+            data = m[:rnd.randrange(0, len(m))]
+        elif kind == 1:  # a valid message with bytes flipped
+            data = bytearray(rnd.choice(valid))
+            for _ in range(rnd.randrange(1, 4)):
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+            data = bytes(data)
+        elif kind == 2:  # reserved option delta/length nibbles (15)
+            data = bytes([0x40, 0x02, 0, i & 0xFF]) + bytes([rnd.choice([0xF0, 0x0F, 0xFF, 0xE0])])\
+                + rnd.randbytes(rnd.randrange(0, 8))
+        elif kind == 3:  # token length 9..15
+            tkl = rnd.randrange(9, 16)
+            data = bytes([0x40 | tkl, 0x02, 0, i & 0xFF]) + rnd.randbytes(tkl + 4)
+        elif kind == 4:  # the same option many times
+            opts, last = b"", 0
+            for _ in range(rnd.randrange(2, 200)):
+                num = rnd.choice([11, 12, 14, 15, 17, 23, 27, 60])
+                num = max(num, last)
+                opts += option(num, rnd.randbytes(rnd.randrange(0, 6)), last)
+                last = num
+            data = bytes([0x40, rnd.choice([1, 2, 3, 4]), 0, i & 0xFF]) + opts
+        elif kind == 5:  # absurd Block1
+            num = rnd.choice([0, 1, 2**19, 2**20 - 1, rnd.randrange(0, 2**20)])
+            data = coap_raw("zones/a/b", b"q" * rnd.choice([0, 16, 1024, 1100]), mid=i & 0xFFFF,
+                            token=b"b", block1=(num, rnd.random() < 0.5, rnd.randrange(0, 8)))
+        elif kind == 6:  # every method code, and codes that are not methods
+            data = bytes([0x40 | 1, rnd.randrange(256), 0, i & 0xFF, 0x42]) + \
+                option(11, b"zones", 0) + option(11, b"a", 11) + option(11, b"b", 11)
+        else:  # random bytes
+            data = rnd.randbytes(rnd.randrange(0, 1200))
+        try:
+            s.sendto(data, ("127.0.0.1", g.plain_port))
+        except OSError:
+            pass
+        if i % 100 == 0:
+            Plain(g).request("zones/a/b", b"probe")  # keeps pace, and checks it still answers
+    check(g.proc.poll() is None, "the gateway exited")
+    code, _, _ = Plain(g).request("bikes/bike-1/telemetry", b"anon")
+    check(code == "4.01", "an anonymous reading on an identity resource: %s" % code)
+    code, _, _ = Plain(g).request("zones/after/fuzz", b"ok")
+    check(code == "2.04", "a device after the fuzzing: %s" % code)
+    sub.sync()
+    allowed = re.compile(r"^redback/p1/(zones/[^/]+/.+|public/[^/]+)$")
+    bad = [m["topic"] for m in sub.messages if not allowed.match(m["topic"])]
+    check(not bad, "published outside the mappings: %r" % bad[:5])
+    for m in sub.messages:
+        check(not re.search(r"[\x00-\x1f\x7f-\x9f+#]", m["topic"]), "topic %r" % m["topic"])
+    rss1 = __import__("harness").proc_rss_kib(g.proc.pid)
+    check(rss1 - rss0 < 16384, "memory grew from %d to %d KiB" % (rss0, rss1))
+
+
+
 CASES = {
     "poison_topic_mqtt5": poison_topic_mqtt5,
     "poison_topic_mqtt311": poison_topic_mqtt311,
@@ -431,6 +579,8 @@ CASES = {
         handshakes_counted_and_wrong_key_creates_nothing,
     "block1_empty_last_block": block1_empty_last_block,
     "log_cannot_be_flooded": log_cannot_be_flooded,
+    "hostile_broker_packets": hostile_broker_packets,
+    "structured_coap_fuzz": structured_coap_fuzz,
 }
 
 if __name__ == "__main__":
