@@ -1202,7 +1202,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
             "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
             "\"inbox_dropped\":%llu,\"refused\":%llu,\"broker_disconnects\":%llu,"
-            "\"unpublishable\":%llu,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
+            "\"unpublishable\":%llu,\"stored_refused\":%u,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
@@ -1210,6 +1210,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             b->inflight,
             (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
             (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
+            persist_refused(b->persist),
             (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
             (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
             (unsigned long long)percentile(b, 0.99));

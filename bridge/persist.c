@@ -1,5 +1,8 @@
 #include "persist.h"
 
+#include "log.h"
+#include "record.h"
+
 #include <MQTTAsync.h>
 
 #include <dirent.h>
@@ -46,6 +49,7 @@ struct persist {
     atomic_bool durable;
     atomic_ullong bytes;   /* on disk and in memory */
     atomic_uint records;   /* on disk and in memory */
+    unsigned refused;      /* records removed at start: damaged, or refused by a broker */
     pthread_mutex_t lock;  /* the memory tier; Paho's threads and the loop use it */
     struct mrec *mem[MEM_BUCKETS];
     /* Group commit (persist_defer): new records written, not yet fsync'ed. */
@@ -56,6 +60,8 @@ struct persist {
 };
 
 #define SUFFIX ".msg"
+/* Largest record read back, bytes (what p_get also refuses past). */
+#define RECORD_MAX (1 << 28)
 
 /* Paho's keys are short names such as "s-12"; anything else is refused. */
 static bool key_ok(const char *key)
@@ -114,6 +120,36 @@ static void mem_drop(persist_t *p, struct mrec **pp)
     free(r);
 }
 
+/*
+ * Whether the record file name (of st) is one the client may restore: read
+ * whole and checked, so that neither a damaged record reaches Paho's reader
+ * nor a message a broker would refuse (and drop the connection for) reaches
+ * the broker, at every reconnection again.
+ */
+static bool record_ok(const persist_t *p, const char *name, const char *path,
+                      const struct stat *st)
+{
+    char key[80], why[128];
+    size_t n = strlen(name) - strlen(SUFFIX);
+    (void)p;
+    if (n >= sizeof(key) || st->st_size > RECORD_MAX)
+        return false;
+    memcpy(key, name, n);
+    key[n] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    uint8_t *buf = malloc(st->st_size ? (size_t)st->st_size : 1);
+    ssize_t got = buf ? read(fd, buf, (size_t)st->st_size) : -1;
+    close(fd);
+    bool ok = got == st->st_size && record_read(key, buf, (size_t)got, NULL, why, sizeof(why)) >= 0;
+    if (!ok)
+        gw_log_limited(GW_LOG_WARNING, "mqtt", "stored record %s refused (%s)", key,
+                       got == st->st_size ? why : "unreadable");
+    free(buf);
+    return ok;
+}
+
 persist_t *persist_new(const char *state_dir)
 {
     persist_t *p = calloc(1, sizeof(*p));
@@ -143,6 +179,11 @@ persist_t *persist_new(const char *state_dir)
         struct stat st;
         snprintf(path, sizeof(path), "%s/%s", p->dir, de->d_name);
         if (is_record(de->d_name) && stat(path, &st) == 0) {
+            if (!record_ok(p, de->d_name, path, &st)) {
+                unlink(path);
+                p->refused++;
+                continue;
+            }
             p->bytes += (unsigned long long)st.st_size;
             p->records++;
         } else if (strstr(de->d_name, ".tmp")) {
@@ -150,7 +191,15 @@ persist_t *persist_new(const char *state_dir)
         }
     }
     closedir(d);
+    if (p->refused)
+        gw_err("mqtt", "%u records of the store in %s were damaged or held messages a broker "
+               "refuses; they were removed", p->refused, p->dir);
     return p;
+}
+
+unsigned persist_refused(const persist_t *p)
+{
+    return p->refused;
 }
 
 static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total);
@@ -458,7 +507,7 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
     }
     pthread_mutex_unlock(&p->lock);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size > (1 << 28)) {
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size > RECORD_MAX) {
         if (fd >= 0)
             close(fd);
         return MQTTCLIENT_PERSISTENCE_ERROR;

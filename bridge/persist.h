@@ -18,7 +18,12 @@
 
 typedef struct persist persist_t;
 
-/* state_dir must exist; the subfolder "mqtt" is made. NULL with errno on failure. */
+/*
+ * state_dir must exist; the subfolder "mqtt" is made. Every record found is
+ * read and checked (record.h); one that is damaged or holds a message a
+ * broker would refuse is removed, logged and counted. NULL with errno on
+ * failure.
+ */
 persist_t *persist_new(const char *state_dir);
 void persist_free(persist_t *p);
 
@@ -40,6 +45,9 @@ int persist_flush(persist_t *p);
 void persist_defer(persist_t *p, bool on);
 /* 0, or -errno of the first failure (the records stay unsynced then). */
 int persist_sync(persist_t *p);
+
+/* Records removed when the store was opened: damaged, or refused by a broker. */
+unsigned persist_refused(const persist_t *p);
 
 /* Records and bytes held now (safe from any thread). */
 uint64_t persist_bytes(persist_t *p);

@@ -563,6 +563,49 @@ def structured_coap_fuzz():
 
 
 
+
+def paho_command(topic, payload, qos=1):
+    """A publish queued while disconnected, as the MQTT client stores it
+    (Paho 1.3's command record: host ints, NUL-terminated topic)."""
+    import struct
+    t = topic if isinstance(topic, bytes) else topic.encode()
+    return (struct.pack("=ii", 3, 1) + t + b"\0" + struct.pack("=i", len(payload)) + payload +
+            struct.pack("=ii", qos, 0))
+
+
+def poisoned_store_is_cleaned():
+    """A store that holds a message a broker refuses (written by an older
+    version, say) and damaged records: at start they are taken out of it,
+    logged and counted; the good message is delivered and the connection
+    stays (MQTT 3.1.1, where the broker would drop the connection at every
+    reconnection)."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    sub = Subscriber(broker, "redback/#")
+    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="version = 3; stats_interval = 1;")
+    store = os.path.join(d, "state-%d" % g.dtls_port, "mqtt")
+    os.makedirs(store)
+    records = {
+        "c-1": paho_command(b"redback/p1/zones/a\x01b/x", b"poison"),
+        "c-2": paho_command("redback/p1/zones/a/b", b"good"),
+        "c-3": paho_command("redback/p1/zones/a/b", b"cut")[:-3],   # damaged
+        "c-4": b"\xff" * 40,                                         # not a record at all
+    }
+    for key, data in records.items():
+        with open(os.path.join(store, key + ".msg"), "wb") as f:
+            f.write(data)
+    g.start()
+    msgs = sub.wait_for(1)
+    check([m["payload"] for m in msgs] == [b"good"], "delivered %r" % msgs)
+    check(g.count("3 records of the store") == 1, "not logged:\n" + g.text())
+    st = stats_now(g, broker)
+    check(st["mqtt"]["stored_refused"] == 3, "stored_refused %r" % st["mqtt"])
+    check(st["mqtt"]["stored_records"] == 0, "records left %r" % st["mqtt"])
+    check(g.count("connection to") == 0, "the broker connection dropped:\n" + g.text())
+    check(sorted(os.listdir(store)) == [], "left in the store: %r" % os.listdir(store))
+
+
 CASES = {
     "poison_topic_mqtt5": poison_topic_mqtt5,
     "poison_topic_mqtt311": poison_topic_mqtt311,
@@ -581,6 +624,7 @@ CASES = {
     "log_cannot_be_flooded": log_cannot_be_flooded,
     "hostile_broker_packets": hostile_broker_packets,
     "structured_coap_fuzz": structured_coap_fuzz,
+    "poisoned_store_is_cleaned": poisoned_store_is_cleaned,
 }
 
 if __name__ == "__main__":
