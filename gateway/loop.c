@@ -1,6 +1,7 @@
 /*
  * The one loop: a single thread owns libcoap and all bridge state. One epoll
- * waits on libcoap's own epoll fd (which carries its timers), the bridge's
+ * waits on libcoap's own epoll fd (which carries its timers), the DTLS socket
+ * that the cookie gate (dtls/gate.h) reads ahead of libcoap, the bridge's
  * inbox eventfd and a signalfd.
  */
 #include <arpa/inet.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "gate.h"
 #include "gateway.h"
 #include "log.h"
 #include "tandem_build.h"
@@ -27,7 +29,7 @@
 /* How long a graceful stop waits for broker acknowledgements, ms (SPEC §7). */
 #define STOP_WAIT_MS 5000
 
-enum { TAG_COAP = 1, TAG_INBOX, TAG_SIGNAL };
+enum { TAG_COAP = 1, TAG_DTLS, TAG_INBOX, TAG_SIGNAL };
 
 /* Datagrams libcoap may take in one turn of the loop. */
 #define COAP_BATCH 32
@@ -80,6 +82,29 @@ static int make_address(const char *host, int port, coap_address_t *addr)
         return 0;
     }
     return -EINVAL;
+}
+
+/*
+ * libcoap's session limits from the configuration, at start and at each reload.
+ *
+ * Half-open DTLS handshakes: libcoap's default allows 100. With the cookie
+ * gate, only addresses that answered a cookie get that far, so this no longer
+ * has to hold off spoofed floods; it bounds what a reconnection storm (every
+ * device at once after a restart) may have in flight, and the memory a peer
+ * that does answer cookies could tie up (a GnuTLS session each, about 17 KiB
+ * measured). A tenth of coap.max_sessions, at least 100 (or max_sessions when
+ * smaller), at most 1000.
+ */
+static void coap_limits(coap_context_t *ctx, const gw_config_t *cfg)
+{
+    unsigned sessions = (unsigned)cfg->max_sessions, handshakes = sessions / 10;
+    if (handshakes < 100)
+        handshakes = sessions < 100 ? sessions : 100;
+    if (handshakes > 1000)
+        handshakes = 1000;
+    coap_context_set_max_idle_sessions(ctx, sessions);
+    coap_context_set_max_handshake_sessions(ctx, handshakes);
+    coap_context_set_session_timeout(ctx, (unsigned)cfg->session_idle_timeout);
 }
 
 static int add_fd(int ep, int fd, int tag)
@@ -154,8 +179,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
         notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
-    coap_context_set_max_idle_sessions(ctx, (unsigned)next->max_sessions);
-    coap_context_set_session_timeout(ctx, (unsigned)next->session_idle_timeout);
+    coap_limits(ctx, next);
     gw_log_set_level(next->log_level);
     bridge_reload(b, next);
     gw_config_free(*cfg);
@@ -174,6 +198,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     const dtls_psk_store_t *psk = *pskp;
     int status = GW_EXIT_RUNTIME, ep = -1, sfd = -1;
     coap_context_t *ctx = NULL;
+    dtls_gate_t *gate = NULL;
     bridge_t *b = NULL;
     sigset_t mask;
     bool stopping = false;
@@ -197,8 +222,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err("coap", "cannot create the CoAP context");
         goto out;
     }
-    coap_context_set_max_idle_sessions(ctx, (unsigned)cfg->max_sessions);
-    coap_context_set_session_timeout(ctx, (unsigned)cfg->session_idle_timeout);
+    coap_limits(ctx, cfg);
     bool dtls = psk || *cfg->dtls_cert;
     if (dtls && dtls_setup(ctx, cfg, psk) < 0)
         goto out;
@@ -211,6 +235,9 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                    strerror(errno));
             goto out;
         }
+        gate = dtls_gate_attach(ctx, &addr);
+        if (!gate)
+            goto out;
         gw_info("coap", "listening for CoAP over DTLS on [%s]:%d", cfg->coap_bind,
                 cfg->dtls_port);
     }
@@ -233,7 +260,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     int coap_fd = coap_context_get_coap_fd(ctx);
     if (ep < 0 || sfd < 0 || coap_fd < 0 || add_fd(ep, coap_fd, TAG_COAP) < 0 ||
-        add_fd(ep, bridge_inbox_fd(b), TAG_INBOX) < 0 || add_fd(ep, sfd, TAG_SIGNAL) < 0) {
+        add_fd(ep, bridge_inbox_fd(b), TAG_INBOX) < 0 || add_fd(ep, sfd, TAG_SIGNAL) < 0 ||
+        (gate && add_fd(ep, dtls_gate_fd(gate), TAG_DTLS) < 0)) {
         gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
@@ -269,6 +297,24 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                         break;
                 }
                 break;
+            case TAG_DTLS: {
+                /*
+                 * Hellos without a valid cookie stop at the gate; libcoap
+                 * reads the rest, one datagram at a time so that a handshake
+                 * that just finished makes its resources before the next
+                 * request.
+                 */
+                int handed = 0;
+                while (handed < COAP_BATCH && dtls_gate_run(gate, ctx, 1) > 0) {
+                    handed++;
+                    bridge_after_io(b);
+                }
+                if (handed) {
+                    coap_io_process(ctx, COAP_IO_NO_WAIT);
+                    bridge_after_io(b);
+                }
+                break;
+            }
             case TAG_INBOX:
                 bridge_process_inbox(b);
                 /* Send the answers that acknowledgements have released. */
@@ -322,6 +368,16 @@ out:
     if (ep >= 0)
         close(ep);
     bridge_free(b);
+    if (gate) {
+        const dtls_gate_stats_t *st = dtls_gate_stats(gate);
+        gw_info("dtls",
+                "cookie gate: %llu ClientHellos answered with a cookie, %llu verified, "
+                "%llu datagrams dropped, %llu verified addresses forgotten early",
+                (unsigned long long)st->hellos_answered, (unsigned long long)st->peers_verified,
+                (unsigned long long)st->dropped, (unsigned long long)st->peers_forgotten);
+    }
+    /* Before libcoap closes the socket: it gives it back to libcoap's epoll set. */
+    dtls_gate_free(gate);
     coap_free_context(ctx);
     dtls_release();
     coap_cleanup();

@@ -444,6 +444,8 @@ def hostile_broker_packets():
         4: bytes(range(256)) * 4,                                # garbage
     }
 
+    first = {}
+
     def behave(broker, conn, kind, body):
         if kind >> 4 != 8:
             return False
@@ -451,24 +453,32 @@ def hostile_broker_packets():
         broker.send(conn, 0x90, body[:2] + b"\x00" + b"\x00" * 2)  # SUBACK for two filters
         if n in scripts:
             conn.sendall(scripts[n])
-            conn.close()
+            if n == 1:
+                first["conn"] = conn  # closed by the test once its values are read
+            else:
+                conn.close()
         return True
     broker = ScriptedBroker(d, pki, behave)
-    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="stats_interval = 0;",
+    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="stats_interval = 0; keepalive = 5;",
                 mappings=__import__("harness").DEFAULT_MAPPINGS + DOWN).start()
-    # Each connection the broker breaks is short: the reconnection backoff
-    # grows (1, 2, 4, 8 s).
-    wait_until(lambda: broker.connections >= 5, "the gateway to come back after each break", 60)
-    g.wait_log("held values are served", 2)
-    check(g.proc.poll() is None, "the gateway exited")
+    g.wait_log("held values are served")
     dev = Plain(g)
-    code, _, body = dev.request("news/ok", code=0x01)
-    check(code == "2.05" and body == b"fine", "the good value: %s %r" % (code, body))
+    wait_until(lambda: dev.request("news/ok", code=0x01)[2] == b"fine", "the good value")
     code, _, _ = dev.request("news/big", code=0x01)
     check(code == "4.04", "a value over max_payload held: %s" % code)
     # A Content Type that is not UTF-8 is ignored; the value itself is fine.
     code, opts, body = dev.request("news/ct", code=0x01)
     check(code == "2.05" and body == b"bad" and 12 not in opts, "news/ct: %s %r" % (code, opts))
+    code, _, _ = dev.request("news/a\x01b", code=0x01)
+    check(code == "4.00", "a control character: %s" % code)
+    first["conn"].close()
+    # Each connection the broker breaks is short: the reconnection backoff
+    # grows (1, 2, 4, 8 s).
+    wait_until(lambda: broker.connections >= 5, "the gateway to come back after each break", 60)
+    g.wait_log("held values are served", 2)
+    check(g.proc.poll() is None, "the gateway exited")
+    code, _, body = dev.request("news/ok", code=0x01)
+    check(code == "2.05" and body == b"fine", "the good value kept: %s %r" % (code, body))
     code, _, _ = dev.request("zones/a/b", b"reading")
     check(code == "2.04", "a reading: %s" % code)
     wait_until(lambda: (("redback/p1/zones/a/b", b"reading") in broker.published),
