@@ -1085,6 +1085,11 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
     mqtt_set_config(b->mqtt, next);
 }
 
+void bridge_show_gate(bridge_t *b, const void *gate_stats)
+{
+    b->gate = gate_stats;
+}
+
 void bridge_count_reload(bridge_t *b, bool ok)
 {
     if (ok)
@@ -1228,6 +1233,13 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
             (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
     fprintf(out, "\"log\":{\"suppressed\":%llu},", (unsigned long long)gw_log_suppressed());
+    if (b->gate)
+        fprintf(out,
+                "\"dtls_cookies\":{\"hellos_answered\":%llu,\"peers_verified\":%llu,"
+                "\"dropped\":%llu,\"peers_forgotten\":%llu},",
+                (unsigned long long)b->gate->hellos_answered,
+                (unsigned long long)b->gate->peers_verified, (unsigned long long)b->gate->dropped,
+                (unsigned long long)b->gate->peers_forgotten);
     /* No MQTT device listener in this version: nothing connects to it. */
     fputs("\"mqtt_listener\":{\"connections\":0,\"rejected\":0,\"denied_publish\":0,"
           "\"denied_subscribe\":0},",

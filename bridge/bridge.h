@@ -75,6 +75,9 @@ void bridge_reload(bridge_t *b, const gw_config_t *next);
 /* Counts a reload, or a refused one. */
 void bridge_count_reload(bridge_t *b, bool ok);
 
+/* The DTLS cookie gate's counters, shown in the statistics (borrowed; may be NULL). */
+void bridge_show_gate(bridge_t *b, const void *gate_stats);
+
 /* Writes the statistics as one JSON object (SPEC §9). */
 void bridge_stats_json(const bridge_t *b, FILE *out);
 

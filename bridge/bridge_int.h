@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "bridge.h"
+#include "gate.h"
 #include "inbox.h"
 #include "mapping.h"
 #include "mqtt.h"
@@ -46,6 +47,7 @@ struct bridge {
     bridge_mqtt_t *mqtt;    /* owned */
     persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
     sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
+    const dtls_gate_stats_t *gate; /* borrowed from the loop's cookie gate, or NULL */
 
     bool connected, connecting, draining, ever_connected;
     uint64_t reconnect_at_ms, connected_at_ms;

@@ -265,6 +265,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
+    if (gate)
+        bridge_show_gate(b, dtls_gate_stats(gate));
     bridge_start(b);
     /* The listeners are bound: ready. */
     notify("READY=1\nSTATUS=running");
