@@ -59,6 +59,11 @@ size_t dtls_psk_count(const dtls_psk_store_t *store)
     return store ? store->n : 0;
 }
 
+const char *dtls_psk_identity(const dtls_psk_store_t *store, size_t i)
+{
+    return store && i < store->n ? store->v[i].identity : NULL;
+}
+
 dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t *errs)
 {
     FILE *f = fopen(path, "r");
