@@ -617,6 +617,9 @@ enum map_status map_reverse(const map_table_t *t, const char *topic, size_t topi
 
     if (idlen)
         identity_out[0] = '\0';
+    /* Longer than any topic map_route() renders: its resource could never be read. */
+    if (topiclen > MAP_PATH_MAX)
+        return MAP_BAD_VALUE;
     if (map_split(topic, topiclen, &segs) < 0)
         return MAP_NOT_FOUND;
     for (size_t i = 0; i < t->n; i++) {

@@ -313,3 +313,26 @@ Test(mapping, rendering_keeps_the_segment_bound)
     cr_assert_eq(map_split(res, strlen(res), &segs), 0);
     cr_assert_eq(segs.n, MAP_SEGMENTS_MAX);
 }
+
+/*
+ * A message on a topic longer than MAP_PATH_MAX, whose resource is shorter:
+ * map_route() would never render that topic again (its buffer, as every
+ * caller's, holds MAP_PATH_MAX bytes), so a GET on the resource answered 4.00
+ * while the value sat in the store. Refused like any topic Tandem cannot
+ * render; found by tests/fuzz/fuzz_mapping's round-trip check.
+ */
+Test(mapping, reverse_keeps_the_length_bound)
+{
+    char topic[MAP_PATH_MAX + 2], res[MAP_PATH_MAX + 1], id[MAP_IDENTITY_MAX + 1];
+    const map_entry_t *e = NULL;
+    add("public", "public/{rest*}", "redback/public/{rest*}", MAP_BOTH, 0);
+
+    size_t len = (size_t)snprintf(topic, sizeof(topic), "redback/public/");
+    memset(topic + len, 'w', MAP_PATH_MAX - len);
+    topic[MAP_PATH_MAX] = '\0';
+    cr_assert_eq(map_reverse(table, topic, MAP_PATH_MAX, &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_OK);
+    strcpy(topic + MAP_PATH_MAX, "w");
+    cr_assert_eq(map_reverse(table, topic, MAP_PATH_MAX + 1, &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_BAD_VALUE);
+}
