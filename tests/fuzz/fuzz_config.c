@@ -49,14 +49,18 @@ static bool reads_devices(const uint8_t *data, size_t size)
     return false;
 }
 
-/* A topic from the configuration (SPEC §2): no wildcard, never '$' first, UTF-8. */
-static void check_topic(const char *t)
+/*
+ * A topic from the configuration (SPEC §2): no wildcard, never '$' first,
+ * UTF-8, {gateway} rendered (braces left can only be the id's own).
+ */
+static void check_topic(const char *t, const char *id)
 {
     size_t len = strlen(t);
     if (!len)
         return; /* "" turns the feature off */
     FUZZ_CHECK(len <= MAP_PATH_MAX && t[0] != '$' && map_utf8_ok(t, len));
-    FUZZ_CHECK(!strchr(t, '+') && !strchr(t, '#') && !strchr(t, '{') && !strchr(t, '}'));
+    FUZZ_CHECK(!strchr(t, '+') && !strchr(t, '#'));
+    FUZZ_CHECK(strchr(id, '{') || strchr(id, '}') || (!strchr(t, '{') && !strchr(t, '}')));
 }
 
 static void check_config(const gw_config_t *cfg)
@@ -77,9 +81,10 @@ static void check_config(const gw_config_t *cfg)
     FUZZ_CHECK(gw_uri_parse(cfg->mqtt_uri, &uri) == 0);
     FUZZ_CHECK(uri.host[0] && uri.port >= 1 && uri.port <= 65535);
     FUZZ_CHECK(*cfg->client_id && strlen(cfg->client_id) <= 256);
-    FUZZ_CHECK(!strstr(cfg->client_id, "{gateway}"));
-    check_topic(cfg->status_topic);
-    check_topic(cfg->stats_topic);
+    /* {gateway} was rendered (the id itself may hold braces: "a{gateway}b" is a valid id). */
+    FUZZ_CHECK(strchr(cfg->id, '{') || !strstr(cfg->client_id, "{gateway}"));
+    check_topic(cfg->status_topic, cfg->id);
+    check_topic(cfg->stats_topic, cfg->id);
 
     FUZZ_CHECK(cfg->maps);
     size_t n = map_table_count(cfg->maps);
