@@ -88,7 +88,7 @@ for t in "${targets[@]}"; do
       "$exe" "${common[@]}" -runs=0 "$out/corpus" </dev/null >>"$out/fuzz.log" 2>&1 || rc=$?
   fi
   if [ $rc -eq 0 ]; then
-    grep -E '^#[0-9]+ +DONE' "$out/fuzz.log" | tail -1 || true
+    grep -E '^#[0-9]+[[:space:]]+DONE' "$out/fuzz.log" | tail -1 || true
     grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "$out/fuzz.log" || true
     continue
   fi
