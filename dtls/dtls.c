@@ -59,6 +59,11 @@ size_t dtls_psk_count(const dtls_psk_store_t *store)
     return store ? store->n : 0;
 }
 
+const char *dtls_psk_identity(const dtls_psk_store_t *store, size_t i)
+{
+    return store && i < store->n ? store->v[i].identity : NULL;
+}
+
 dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t *errs)
 {
     FILE *f = fopen(path, "r");
@@ -144,7 +149,9 @@ dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t
         dtls_psk_free(st);
         return NULL;
     }
-    qsort(st->v, st->n, sizeof(*st->v), psk_cmp);
+    /* A file without keys leaves v NULL, which qsort() and bsearch() must not get. */
+    if (st->n)
+        qsort(st->v, st->n, sizeof(*st->v), psk_cmp);
     /* qsort moved the keys: point each binary back at its own key. */
     for (size_t i = 0; i < st->n; i++)
         st->v[i].bin.s = st->v[i].key;
@@ -161,7 +168,7 @@ static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint
                                           size_t len)
 {
     struct psk key = {.identity = (char *)id, .idlen = len};
-    const struct psk *p = st ? bsearch(&key, st->v, st->n, sizeof(*st->v), psk_cmp) : NULL;
+    const struct psk *p = st && st->n ? bsearch(&key, st->v, st->n, sizeof(*st->v), psk_cmp) : NULL;
     return p ? &p->bin : NULL;
 }
 

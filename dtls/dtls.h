@@ -23,6 +23,8 @@ typedef struct dtls_psk_store dtls_psk_store_t;
 dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t *errs);
 void dtls_psk_free(dtls_psk_store_t *store);
 size_t dtls_psk_count(const dtls_psk_store_t *store);
+/* The i-th identity in byte order, NUL-terminated and owned by store; NULL past the end. */
+const char *dtls_psk_identity(const dtls_psk_store_t *store, size_t i);
 
 /*
  * Sets up DTLS on ctx from cfg, at start and again at each reload: new

@@ -558,13 +558,23 @@ static bool tmpl_match(const struct tmpl *t, const map_segs_t *p, struct capture
     return i == p->n;
 }
 
-/* Renders template out, taking variables from p as captured by the other template. */
+/*
+ * Renders template out, taking variables from p as captured by the other
+ * template. False when it does not fit, or when it would have more than
+ * MAP_SEGMENTS_MAX segments (a {x*} value behind a longer prefix): what is
+ * rendered must be something that can be routed back.
+ */
 static bool tmpl_render(const struct tmpl *out, const map_segs_t *p, const struct capture *cap,
                         const char *identity, char *buf, size_t size)
 {
-    size_t pos = 0;
+    size_t pos = 0, nsegs = out->n;
     if (size)
         buf[0] = '\0';
+    for (size_t i = 0; i < out->n; i++)
+        if (out->seg[i].kind == SEG_MULTI)
+            nsegs += cap[out->seg[i].ref].count - 1;
+    if (nsegs > MAP_SEGMENTS_MAX)
+        return false;
     for (size_t i = 0; i < out->n; i++) {
         const struct seg *g = &out->seg[i];
         if (i && !put(buf, size, &pos, "/", 1))
@@ -648,6 +658,9 @@ enum map_status map_reverse(const map_table_t *t, const char *topic, size_t topi
 
     if (idlen)
         identity_out[0] = '\0';
+    /* Longer than any topic map_route() renders: its resource could never be read. */
+    if (topiclen > MAP_PATH_MAX)
+        return MAP_BAD_VALUE;
     if (map_split(topic, topiclen, &segs) < 0)
         return MAP_NOT_FOUND;
     for (size_t i = 0; i < t->n; i++) {

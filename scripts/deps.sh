@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Tandem needs to build, test and run its demo (Debian 12).
+# Installs what Tandem needs to build, test and run its demo (Debian 12), and
+# the packages named as arguments (scripts/fuzz.sh adds clang's).
 set -euo pipefail
 
 packages=(
@@ -8,6 +9,7 @@ packages=(
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
   systemd  # systemd-analyze checks the unit in deploy/
+  "$@"
 )
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs the whole test suite twice: a
 # normal build with warnings as errors, and one with AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# UndefinedBehaviorSanitizer. Then each fuzz target runs for FUZZ_SECONDS
+# (default 60) with libFuzzer (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +27,16 @@ for dir in build-ci build-asan; do
   meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
 done
 
-python3 - build-ci build-asan <<'PY'
-import json, sys
+echo "== fuzzing"
+fuzz=passed
+bash scripts/fuzz.sh || { status=1; fuzz=FAILED; }
+
+python3 - build-ci build-asan build-fuzz <<'PY'
+import json, os, sys
 passed = failed = 0
 for d in sys.argv[1:]:
+    if not os.path.exists(d + "/meson-logs/testlog.json"):
+        continue
     with open(d + "/meson-logs/testlog.json") as f:
         for line in f:
             r = json.loads(line)["result"]
@@ -39,4 +46,5 @@ for d in sys.argv[1:]:
                 failed += 1
 print("tests: %d passed, %d failed" % (passed, failed))
 PY
+echo "fuzzing: $fuzz"
 exit $status

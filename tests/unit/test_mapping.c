@@ -349,3 +349,73 @@ Test(mapping, down_identity_in_topic_only_is_refused)
     spec.direction = MAP_UP; /* up: the identity fills the topic, as the SPEC says */
     cr_assert_eq(map_table_add(table, &spec, err, sizeof(err)), 0, "%s", err);
 }
+
+/* Joins n segments "s0/s1/..." of the given prefix into buf. */
+static size_t deep_path(char *buf, size_t size, const char *prefix, int n)
+{
+    size_t len = (size_t)snprintf(buf, size, "%s", prefix);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(buf + len, size - len, "%ss%d", i || *prefix ? "/" : "", i);
+    return len;
+}
+
+/*
+ * A {x*} value fills the path's MAP_SEGMENTS_MAX segments; the other template
+ * has more segments before it. The rendered topic (or resource) would have
+ * more segments than any path or topic may have, so it could not be routed
+ * back: the "both" mapping's value could never be read, and a topic's
+ * resource never requested. Refused (4.00 up, dropped down) rather than
+ * rendered; found by tests/fuzz/fuzz_mapping.
+ */
+Test(mapping, rendering_keeps_the_segment_bound)
+{
+    char path[512], topic[MAP_PATH_MAX + 1], res[MAP_PATH_MAX + 1], id[MAP_IDENTITY_MAX + 1];
+    const map_entry_t *e = NULL;
+    map_segs_t segs;
+    add("public", "public/{rest*}", "redback/public/{rest*}", MAP_BOTH, 0);
+    add("config", "fleet/{gateway}/config/{key*}", "cfg/{key*}", MAP_DOWN, 1);
+
+    /* 32 segments in the path, 33 in the topic. */
+    size_t len = deep_path(path, sizeof(path), "public", MAP_SEGMENTS_MAX - 1);
+    cr_assert_eq(map_split(path, len, &segs), 0);
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
+    /* 31 and 32: fine, and back again. */
+    len = deep_path(path, sizeof(path), "public", MAP_SEGMENTS_MAX - 2);
+    cr_assert_eq(map_split(path, len, &segs), 0);
+    cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_OK);
+    cr_assert_eq(map_reverse(table, topic, strlen(topic), &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_OK);
+    cr_assert_str_eq(res, path);
+
+    /* 31 segments in the topic, 33 in the resource; then 30 and 32. */
+    len = deep_path(topic, sizeof(topic), "cfg", MAP_SEGMENTS_MAX - 2);
+    cr_assert_eq(map_reverse(table, topic, len, &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_BAD_VALUE);
+    len = deep_path(topic, sizeof(topic), "cfg", MAP_SEGMENTS_MAX - 3);
+    cr_assert_eq(map_reverse(table, topic, len, &e, res, sizeof(res), id, sizeof(id)), MAP_OK);
+    cr_assert_eq(map_split(res, strlen(res), &segs), 0);
+    cr_assert_eq(segs.n, MAP_SEGMENTS_MAX);
+}
+
+/*
+ * A message on a topic longer than MAP_PATH_MAX, whose resource is shorter:
+ * map_route() would never render that topic again (its buffer, as every
+ * caller's, holds MAP_PATH_MAX bytes), so a GET on the resource answered 4.00
+ * while the value sat in the store. Refused like any topic Tandem cannot
+ * render; found by tests/fuzz/fuzz_mapping's round-trip check.
+ */
+Test(mapping, reverse_keeps_the_length_bound)
+{
+    char topic[MAP_PATH_MAX + 2], res[MAP_PATH_MAX + 1], id[MAP_IDENTITY_MAX + 1];
+    const map_entry_t *e = NULL;
+    add("public", "public/{rest*}", "redback/public/{rest*}", MAP_BOTH, 0);
+
+    size_t len = (size_t)snprintf(topic, sizeof(topic), "redback/public/");
+    memset(topic + len, 'w', MAP_PATH_MAX - len);
+    topic[MAP_PATH_MAX] = '\0';
+    cr_assert_eq(map_reverse(table, topic, MAP_PATH_MAX, &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_OK);
+    strcpy(topic + MAP_PATH_MAX, "w");
+    cr_assert_eq(map_reverse(table, topic, MAP_PATH_MAX + 1, &e, res, sizeof(res), id, sizeof(id)),
+                 MAP_BAD_VALUE);
+}
