@@ -494,6 +494,22 @@ def coap(url, method="post", payload=None, file=None, client="coap-client-gnutls
     return last
 
 
+def coap_option(num, value, last):
+    """One encoded CoAP option (RFC 7252 §3.1) after option number last."""
+    ext = b""
+    fields = []
+    for n in (num - last, len(value)):
+        if n < 13:
+            fields.append(n)
+        elif n < 269:
+            fields.append(13)
+            ext += bytes([n - 13])
+        else:
+            fields.append(14)
+            ext += struct.pack("!H", n - 269)
+    return bytes([fields[0] << 4 | fields[1]]) + ext + value
+
+
 def coap_raw(path, payload=b"", mid=1, token=b"", confirmable=True, code=0x02, observe=None,
              block1=None):
     """Encodes a CoAP request by hand (RFC 7252 §3; POST unless code says
@@ -512,18 +528,7 @@ def coap_raw(path, payload=b"", mid=1, token=b"", confirmable=True, code=0x02, o
     head = struct.pack("!BBH", 0x40 | (0 if confirmable else 0x10) | len(token), code, mid) + token
     opts, last = b"", 0
     for num, value in sorted(options, key=lambda o: o[0]):
-        ext = b""
-        fields = []
-        for n in (num - last, len(value)):
-            if n < 13:
-                fields.append(n)
-            elif n < 269:
-                fields.append(13)
-                ext += bytes([n - 13])
-            else:
-                fields.append(14)
-                ext += struct.pack("!H", n - 269)
-        opts += bytes([fields[0] << 4 | fields[1]]) + ext + value
+        opts += coap_option(num, value, last)
         last = num
     return head + opts + (b"\xff" + payload if payload else b"")
 

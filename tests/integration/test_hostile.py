@@ -10,8 +10,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Broker, Gateway, Pki, ScriptedBroker, Subscriber, check, coap, coap_decode,  # noqa: E402
-                     coap_parse, coap_raw, run, wait_until, workdir, WAIT)
+from harness import (WAIT, Broker, Gateway, Pki, ScriptedBroker, Subscriber, check,  # noqa: E402
+                     coap, coap_decode, coap_option, coap_parse, coap_raw, run, wait_until,
+                     workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 
@@ -502,20 +503,7 @@ def structured_coap_fuzz():
     valid = [coap_raw(p, b"v" * rnd.randrange(0, 64), mid=i, token=bytes([i % 256]))
              for i, p in enumerate(paths)]
 
-    def option(num, value, last):
-        delta, ln = num - last, len(value)
-        out, ext = b"", b""
-        fields = []
-        for n in (delta, ln):
-            if n < 13:
-                fields.append(n)
-            elif n < 269:
-                fields.append(13)
-                ext += bytes([n - 13])
-            else:
-                fields.append(14)
-                ext += (n - 269).to_bytes(2, "big")
-        return bytes([fields[0] << 4 | fields[1]]) + ext + value
+    option = coap_option
 
     rss0 = __import__("harness").proc_rss_kib(g.proc.pid)
     for i in range(4000):
