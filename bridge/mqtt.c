@@ -28,6 +28,7 @@ struct bridge_mqtt {
     atomic_bool backlog;      /* what a (re)connection finds may be queued */
     atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
     atomic_uint max_packet;   /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
+    bool one_at_a_time;       /* the next connections let one publish be in flight */
 };
 
 /* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
@@ -332,7 +333,7 @@ int mqtt_connect(bridge_mqtt_t *m)
 
     gw_uri_parse(cfg->mqtt_uri, &uri);
     opts->keepAliveInterval = cfg->keepalive;
-    opts->maxInflight = cfg->max_inflight;
+    opts->maxInflight = m->one_at_a_time ? 1 : cfg->max_inflight;
     opts->connectTimeout = 10;
     opts->automaticReconnect = 0;
     opts->context = m;
@@ -594,4 +595,73 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
     /* Let the DISCONNECT go out before the handle is destroyed (bounded). */
     for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+}
+
+void mqtt_set_one_at_a_time(bridge_mqtt_t *m, bool on)
+{
+    m->one_at_a_time = on;
+}
+
+/* MQTT 5 properties (wire format, no length) back into Paho's list: those Tandem sends. */
+static void props_of(const uint8_t *p, size_t len, MQTTProperties *out)
+{
+    const uint8_t *end = p + len;
+    while (p < end) {
+        MQTTProperty prop = {.identifier = (enum MQTTPropertyCodes)*p++};
+        size_t n;
+        switch (prop.identifier) {
+        case MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR:
+            if (end - p < 1)
+                return;
+            prop.value.byte = *p++;
+            break;
+        case MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL:
+            if (end - p < 4)
+                return;
+            prop.value.integer4 = (unsigned)p[0] << 24 | (unsigned)p[1] << 16 |
+                                  (unsigned)p[2] << 8 | p[3];
+            p += 4;
+            break;
+        case MQTTPROPERTY_CODE_CONTENT_TYPE:
+        case MQTTPROPERTY_CODE_USER_PROPERTY:
+            if (end - p < 2 || (n = (size_t)(p[0] << 8 | p[1])) > (size_t)(end - p - 2))
+                return;
+            prop.value.data.data = (char *)p + 2;
+            prop.value.data.len = (int)n;
+            p += 2 + n;
+            if (prop.identifier == MQTTPROPERTY_CODE_USER_PROPERTY) {
+                if (end - p < 2 || (n = (size_t)(p[0] << 8 | p[1])) > (size_t)(end - p - 2))
+                    return;
+                prop.value.value.data = (char *)p + 2;
+                prop.value.value.len = (int)n;
+                p += 2 + n;
+            }
+            break;
+        default:
+            return; /* record_read() let only well-formed properties through; the rest is not ours */
+        }
+        MQTTProperties_add(out, &prop);
+    }
+}
+
+int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub)
+{
+    MQTTAsync_message pm = MQTTAsync_message_initializer;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTProperties props = MQTTProperties_initializer;
+    char *topic = strndup(pub->topic, pub->topic_len);
+    if (!topic)
+        return -ENOMEM;
+    pm.payload = (void *)pub->payload;
+    pm.payloadlen = (int)pub->len;
+    pm.qos = pub->qos;
+    pm.retained = pub->retain;
+    if (m->v5 && pub->props) {
+        props_of(pub->props, pub->props_len, &props);
+        pm.properties = props;
+    }
+    int rc = MQTTAsync_sendMessage(m->client, topic, &pm, &ro);
+    MQTTProperties_free(&props);
+    free(topic);
+    return rc == MQTTASYNC_SUCCESS ? 0 : -EIO;
 }

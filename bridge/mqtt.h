@@ -66,6 +66,16 @@ void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg);
 /* Messages dropped for want of inbox room; *too_large: over coap.max_payload. */
 uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large);
 
+/*
+ * From the next connection on, one publish at a time is in flight (on), or
+ * up to mqtt.max_inflight (off): to find which one a broker drops the
+ * connection for.
+ */
+void mqtt_set_one_at_a_time(bridge_mqtt_t *m, bool on);
+
+/* Hands over a message read from the store as a new one (no acknowledgement reported). */
+int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub);
+
 /* Publishes "offline" (retained) and disconnects, waiting up to timeout_ms. */
 void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
 

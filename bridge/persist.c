@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -60,6 +61,8 @@ struct persist {
 };
 
 #define SUFFIX ".msg"
+/* Records set aside in state_dir/mqtt-refused at most (persist_set_aside). */
+#define SET_ASIDE_MAX 1000
 /* Largest record read back, bytes (what p_get also refuses past). */
 #define RECORD_MAX (1 << 28)
 
@@ -635,4 +638,110 @@ MQTTClient_persistence persist_paho(persist_t *p)
         .pcontainskey = p_containskey,
     };
     return pp;
+}
+
+/* Whether name is a record of a message sent and not acknowledged ("s-N"/"s5-N"). */
+static bool is_sent(const char *name)
+{
+    return is_record(name) && (!strncmp(name, "s-", 2) || !strncmp(name, "s5-", 3));
+}
+
+unsigned persist_sent(persist_t *p, char *key, size_t keylen)
+{
+    unsigned n = 0;
+    DIR *d = opendir(p->dir);
+    struct dirent *de;
+    if (!d)
+        return 0;
+    while ((de = readdir(d))) {
+        if (!is_sent(de->d_name))
+            continue;
+        if (n++ == 0 && key)
+            snprintf(key, keylen, "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)),
+                     de->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Reads the record file name whole; NULL on failure. */
+static uint8_t *read_whole(const persist_t *p, const char *name, size_t *len)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%s", p->dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    uint8_t *buf = NULL;
+    if (fstat(fd, &st) == 0 && st.st_size <= RECORD_MAX)
+        buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+    ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+    close(fd);
+    if (got != st.st_size) {
+        free(buf);
+        return NULL;
+    }
+    *len = (size_t)got;
+    return buf;
+}
+
+int persist_take_sent(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg)
+{
+    int n = 0;
+    DIR *d = opendir(p->dir);
+    struct dirent *de;
+    if (!d)
+        return -errno;
+    while ((de = readdir(d))) {
+        if (!is_sent(de->d_name))
+            continue;
+        char key[80], why[128];
+        size_t len;
+        snprintf(key, sizeof(key), "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)),
+                 de->d_name);
+        uint8_t *buf = read_whole(p, de->d_name, &len);
+        record_pub_t pub;
+        if (!buf || record_read(key, buf, len, &pub, why, sizeof(why)) != RECORD_PUBLISH ||
+            fn(arg, &pub) < 0) {
+            free(buf);
+            continue; /* left as it is: the client sends it again itself */
+        }
+        free(buf);
+        p_remove(p, key);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+int persist_set_aside(persist_t *p, const char *key)
+{
+    char from[4096], dir[4096], to[4200];
+    if (path_of(p, key, SUFFIX, from, sizeof(from)) < 0)
+        return -EINVAL;
+    snprintf(dir, sizeof(dir), "%s-refused", p->dir);
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    /* At most SET_ASIDE_MAX are kept: the operator's to look at, not to fill the disk. */
+    DIR *d = opendir(dir);
+    unsigned n = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        n += de->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    struct stat st;
+    if (stat(from, &st) < 0)
+        return -errno;
+    if (n >= SET_ASIDE_MAX) {
+        p_remove(p, (char *)key);
+        return 0;
+    }
+    snprintf(to, sizeof(to), "%s/%s-%lld%s", dir, key, (long long)time(NULL), SUFFIX);
+    if (rename(from, to) < 0)
+        return -errno;
+    atomic_fetch_sub(&p->bytes, (unsigned long long)st.st_size);
+    atomic_fetch_sub(&p->records, 1);
+    return 0;
 }

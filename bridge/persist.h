@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "record.h"
+
 typedef struct persist persist_t;
 
 /*
@@ -48,6 +50,27 @@ int persist_sync(persist_t *p);
 
 /* Records removed when the store was opened: damaged, or refused by a broker. */
 unsigned persist_refused(const persist_t *p);
+
+/*
+ * Messages the client sent and the broker has not acknowledged ("s-" and
+ * "s5-" records), on disk (the store durable: disconnected). How many, and
+ * the key of one of them in key.
+ */
+unsigned persist_sent(persist_t *p, char *key, size_t keylen);
+
+/*
+ * Gives each of those messages to fn, then removes its record (when fn
+ * returns 0): for the client to send them again as new messages. Only while
+ * no client uses the store. Returns how many, or -errno.
+ */
+int persist_take_sent(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg);
+
+/*
+ * Takes the record key out of the store into state_dir/mqtt-refused, where
+ * the operator finds it (at most 1,000 kept; past that it is removed). Only
+ * while no client uses the store. 0, or -errno.
+ */
+int persist_set_aside(persist_t *p, const char *key);
 
 /* Records and bytes held now (safe from any thread). */
 uint64_t persist_bytes(persist_t *p);
