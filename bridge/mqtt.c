@@ -316,6 +316,15 @@ int mqtt_connect(bridge_mqtt_t *m)
             opts->connectProperties = &props;
         }
     } else {
+        /*
+         * MQTT 3.1.1 and nothing else. Paho's default (MQTTVERSION_DEFAULT)
+         * tries 3.1.1 then 3.1, and when a 3.1.1 connection breaks before the
+         * connect completes (MQTTAsync_completeConnection), nextOrClose()
+         * reports the connection lost and queues a 3.1 CONNECT on its own:
+         * the client then reconnects behind the loop's back, in a protocol
+         * nobody configured, while the loop schedules its own reconnect.
+         */
+        opts->MQTTVersion = MQTTVERSION_3_1_1;
         opts->cleansession = cfg->clean_start;
         opts->onSuccess = on_connect_ok;
         opts->onFailure = on_connect_fail;
