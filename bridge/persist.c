@@ -437,6 +437,33 @@ static int p_put(void *handle, char *key, int bufcount, char *buffers[], int buf
     return rc == 0 ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
+/*
+ * The length Paho is given for a record of len bytes read into buf, which
+ * has room for one byte more. Paho 1.3.12 cannot restore a 3.1.1
+ * UNSUBSCRIBE command (key "c-", type 10: type, token, count, topics): its
+ * MQTTAsync_restoreCommand() takes the topic that ends the record for one
+ * without its NUL (the check at MQTTAsyncUtils.c:539 is one off), fails, and
+ * MQTTAsync_processCommand() then dereferences the NULL it returns
+ * (MQTTAsyncUtils.c:1269 -> :232). mqtt_kick()'s UNSUBSCRIBEs are persisted
+ * like any command: a gateway stopped with one still queued crashed once
+ * connected, at every start after. One more NUL at the end, which Paho
+ * ignores (3.1.1 has no properties after the topics), makes the record
+ * readable.
+ */
+#define PAHO_UNSUBSCRIBE 10
+
+static size_t paho_readable(const char *key, char *buf, size_t len)
+{
+    int type;
+    if (strncmp(key, "c-", 2) || len <= 3 * sizeof(int) || buf[len - 1] != '\0')
+        return len;
+    memcpy(&type, buf, sizeof(int));
+    if (type != PAHO_UNSUBSCRIBE)
+        return len;
+    buf[len] = '\0';
+    return len + 1;
+}
+
 static int p_get(void *handle, char *key, char **buffer, int *buflen)
 {
     persist_t *p = handle;
@@ -447,11 +474,11 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
     pthread_mutex_lock(&p->lock);
     struct mrec *m = *mem_find(p, key);
     if (m) {
-        char *buf = MQTTAsync_malloc(m->len ? m->len : 1);
+        char *buf = MQTTAsync_malloc(m->len + 1);
         if (buf) {
             memcpy(buf, m->data, m->len);
             *buffer = buf;
-            *buflen = (int)m->len;
+            *buflen = (int)paho_readable(key, buf, m->len);
         }
         pthread_mutex_unlock(&p->lock);
         return buf ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
@@ -463,7 +490,7 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
             close(fd);
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
-    char *buf = MQTTAsync_malloc(st.st_size ? (size_t)st.st_size : 1);
+    char *buf = MQTTAsync_malloc((size_t)st.st_size + 1);
     ssize_t r = buf ? read(fd, buf, (size_t)st.st_size) : -1;
     close(fd);
     if (r != st.st_size) {
@@ -471,7 +498,7 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
     *buffer = buf;
-    *buflen = (int)st.st_size;
+    *buflen = (int)paho_readable(key, buf, (size_t)st.st_size);
     return 0;
 }
 

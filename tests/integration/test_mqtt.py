@@ -3,6 +3,7 @@ MQTT 3.1.1, the Last Will, max_inflight."""
 
 import os
 import signal
+import struct
 import sys
 import threading
 
@@ -116,7 +117,28 @@ def max_inflight_is_a_bound():
     check([m["payload"] for m in sub.messages] == [b"first"], "published %r" % sub.messages)
 
 
+def restored_unsubscribe_311():
+    """Paho 1.3.12 persists an UNSUBSCRIBE (the gateway sends some to hurry a
+    backlog along) but cannot read a 3.1.1 one back: a client created from a
+    store holding one crashed once connected. The store hands it a readable
+    record; the UNSUBSCRIBE is sent and its record removed."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    sub = Subscriber(broker, "redback/#")
+    state = os.path.join(d, "state")
+    os.makedirs(os.path.join(state, "mqtt"))
+    record = os.path.join(state, "mqtt", "c-1.msg")
+    with open(record, "wb") as f:  # type UNSUBSCRIBE, token 1, 1 topic
+        f.write(struct.pack("=iii", 10, 1, 1) + b"$tandem/kick\0")
+    g = Gateway(d, broker, pki, mqtt="version = 3;", gateway='state_dir = "%s";' % state).start()
+    wait_until(lambda: not os.path.exists(record), "the UNSUBSCRIBE sent and its record removed")
+    post_arrives(g, sub, "after-restore")
+    check(g.proc.poll() is None, "the gateway died")
+
+
 if __name__ == "__main__":
     from harness import run
     run({f.__name__: f for f in [mutual_tls, broker_certificate_verified, plain_tcp_and_mqtt311,
-                                  last_will_on_crash, max_inflight_is_a_bound]})
+                                  last_will_on_crash, max_inflight_is_a_bound,
+                                  restored_unsubscribe_311]})
