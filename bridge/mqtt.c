@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "log.h"
@@ -27,6 +28,11 @@ struct bridge_mqtt {
     atomic_int window;        /* publishes the broker lets be in flight */
     atomic_bool backlog;      /* what a (re)connection finds may be queued */
     atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
+    /* To create the client again (client_replace): */
+    char server[300];
+    MQTTAsync_createOptions co;
+    atomic_bool tainted;      /* the client holds a message Paho has freed (note_write_failure) */
+    unsigned long replaced;   /* clients given up for that reason */
 };
 
 /* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
@@ -214,9 +220,60 @@ static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r)
     free(p);
 }
 
+/*
+ * Paho 1.3.12 (and up to at least 1.3.15), MQTTAsync_processCommand(): when
+ * the socket write of a QoS 1/2 PUBLISH fails (SOCKET_ERROR, e.g. the broker
+ * has just closed the connection), the message is already in the client's
+ * outboundMsgs, which took over its topic and payload
+ * (MQTTProtocol_storePublication), but the command still points at them and
+ * MQTTAsync_freeCommand() frees them (MQTTAsyncUtils.c:1584 -> :1045). The
+ * message is resent from freed memory at the next connection
+ * (MQTTAsync_completeConnection -> MQTTProtocol_retries), and freed again
+ * when acknowledged, cleaned or destroyed. Such a client is tainted, and
+ * replaced before it connects again (client_replace).
+ *
+ * Paho tells of that failure in two ways: the publish's onFailure, with token
+ * 0 (no other failure of a QoS 1/2 publish has token 0), and its trace line
+ * "-> PUBLISH msgid: N qos: Q ... rc -1" written by its sending thread, the
+ * only one that writes a first PUBLISH (resending is the receiving thread's).
+ * Commands restored from the store have no onFailure: the trace covers them.
+ */
+static atomic_bool write_failed; /* the trace saw it (one client connects at a time) */
+
+static void note_write_failure(bridge_mqtt_t *m, MQTTAsync_token token)
+{
+    if (token == 0)
+        atomic_store(&m->tainted, true);
+}
+
+static void on_paho_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
+{
+    const char *at = message ? strstr(message, "-> PUBLISH msgid: ") : NULL;
+    int id, qos, retained, rc;
+    char name[17] = "";
+    (void)level;
+    if (at && sscanf(at, "-> PUBLISH msgid: %d qos: %d retained: %d rc %d", &id, &qos, &retained,
+                     &rc) == 4 &&
+        qos > 0 && (rc == -1 || rc == -2) && prctl(PR_GET_NAME, name) == 0 &&
+        !strcmp(name, "MQTTAsync_send"))
+        atomic_store(&write_failed, true);
+}
+
+/* The "offline" publish at a stop has no request behind it, only this. */
+static void on_offline_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    note_write_failure(ctx, r ? r->token : 0);
+}
+
+static void on_offline_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    note_write_failure(ctx, r ? r->token : 0);
+}
+
 static void on_pub_fail(void *ctx, MQTTAsync_failureData *r)
 {
     struct pub_ctx *p = ctx;
+    note_write_failure(p->m, r ? r->token : 0);
     push(p->m, EV_PUB_FAILED, p->id, r ? r->code : -1, r && r->message ? r->message : "failed");
     free(p);
 }
@@ -224,10 +281,74 @@ static void on_pub_fail(void *ctx, MQTTAsync_failureData *r)
 static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct pub_ctx *p = ctx;
+    note_write_failure(p->m, r ? r->token : 0);
     push(p->m, EV_PUB_FAILED, p->id, r ? (int)r->reasonCode : -1,
          r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode)
                             : (r && r->message ? r->message : "failed"));
     free(p);
+}
+
+/* Creates m->client from m->server, m->co and the store m->pp. */
+static int client_create(bridge_mqtt_t *m)
+{
+    int rc = MQTTAsync_createWithOptions(&m->client, m->server, m->cfg->client_id,
+                                         MQTTCLIENT_PERSISTENCE_USER, &m->pp, &m->co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+        return -1;
+    }
+    /*
+     * The trace line note_write_failure needs is at the protocol level, less
+     * than Paho's default (which it formats, even unread); a trace asked for
+     * with MQTT_C_CLIENT_TRACE keeps its own level.
+     */
+    if (!getenv("MQTT_C_CLIENT_TRACE"))
+        MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_PROTOCOL);
+    MQTTAsync_setTraceCallback(on_paho_trace);
+    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
+    return 0;
+}
+
+/* Whether the client may hold a message Paho has freed (note_write_failure). */
+static bool client_tainted(bridge_mqtt_t *m)
+{
+    return atomic_load(&m->tainted) || atomic_load(&write_failed);
+}
+
+/*
+ * A tainted client, disconnected, is given up for a new one made from the
+ * same store (at the first publish into the offline buffer or the reconnect,
+ * whichever comes first): what was unacknowledged (the message whose write
+ * failed included: Paho stores it before writing) and what waits in the
+ * offline buffer are restored from it, in fresh memory. The old handle is
+ * left as it is, never connected nor destroyed: destroying it would free the
+ * same topic and payload a second time (MQTTProtocol_freeClient ->
+ * MQTTProtocol_emptyMessageList). The price, paid only after a connection
+ * broke under a publish: its memory, and the message ids of the commands it
+ * still queued (Paho gives no id twice among all clients' commands).
+ * 0, or -1 (the old client stays, tainted).
+ */
+static int client_replace(bridge_mqtt_t *m)
+{
+    MQTTAsync old = m->client;
+    MQTTAsync_token *tokens = NULL;
+    int held = 0;
+    if (MQTTAsync_getPendingTokens(old, &tokens) == MQTTASYNC_SUCCESS)
+        while (tokens && tokens[held] != -1)
+            held++;
+    MQTTAsync_free(tokens);
+    if (client_create(m) < 0) {
+        m->client = old;
+        return -1;
+    }
+    atomic_store(&m->tainted, false);
+    atomic_store(&write_failed, false);
+    m->replaced++;
+    gw_warn("mqtt", "a publish may have failed on a broken connection: the MQTT client is "
+                    "created again from its store (Paho 1.3.12 bug; %lu so far; the old one "
+                    "held %d messages)",
+            m->replaced, held);
+    return 0;
 }
 
 bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t *store)
@@ -235,8 +356,6 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     bridge_mqtt_t *m = calloc(1, sizeof(*m));
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     gw_uri_t uri;
-    char server[300];
-    int rc;
 
     if (!m)
         return NULL;
@@ -249,7 +368,7 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
         return NULL;
     }
     /* Paho speaks ssl:// and tcp://; IPv6 literals keep their brackets. */
-    snprintf(server, sizeof(server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
+    snprintf(m->server, sizeof(m->server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
              strchr(uri.host, ':') ? "[" : "", uri.host, strchr(uri.host, ':') ? "]" : "",
              uri.port);
     co.struct_version = 2; /* Paho 1.3.12 refuses 3 (persistQoS0); it persists QoS 0 anyway */
@@ -266,21 +385,28 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     co.deleteOldestMessages = 0;
     co.restoreMessages = 1;
     co.persistQoS0 = 1;
+    m->co = co;
     m->pp = persist_paho(store);
-    rc = MQTTAsync_createWithOptions(&m->client, server, cfg->client_id,
-                                     MQTTCLIENT_PERSISTENCE_USER, &m->pp, &co);
-    if (rc != MQTTASYNC_SUCCESS) {
-        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+    if (client_create(m) < 0) {
         free(m);
         return NULL;
     }
-    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
     return m;
 }
 
 void mqtt_free(bridge_mqtt_t *m)
 {
     if (!m)
+        return;
+    /*
+     * A tainted client cannot be destroyed without a double free
+     * (client_replace); at exit it is left to the end of the process, with
+     * m, which its callbacks may still name. So is any client once one has
+     * been given up: MQTTAsync_destroy() detaches each of its commands from
+     * the list of all clients' commands, where those of the old clients
+     * stay, one search through it for each: minutes, for nothing, at exit.
+     */
+    if (client_tainted(m) || m->replaced)
         return;
     MQTTAsync_destroy(&m->client);
     free(m);
@@ -298,6 +424,10 @@ int mqtt_connect(bridge_mqtt_t *m)
     gw_uri_t uri;
     int rc;
 
+    if (!MQTTAsync_isConnected(m->client) && client_tainted(m) && client_replace(m) < 0) {
+        push(m, EV_CONNECT_FAILED, 0, -1, "cannot create the client again");
+        return -EIO;
+    }
     gw_uri_parse(cfg->mqtt_uri, &uri);
     opts->keepAliveInterval = cfg->keepalive;
     opts->maxInflight = cfg->max_inflight;
@@ -366,8 +496,16 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     struct pub_ctx *ctx = NULL;
     int rc;
 
-    if (!m->buffering && !MQTTAsync_isConnected(m->client))
-        return -ENOTCONN;
+    if (!MQTTAsync_isConnected(m->client)) {
+        if (!m->buffering)
+            return -ENOTCONN;
+        /*
+         * Into the offline buffer: of a new client if this one is tainted,
+         * so that the buffer does not pile up in the one given up.
+         */
+        if (client_tainted(m))
+            client_replace(m);
+    }
     pm.payload = (void *)msg->payload;
     pm.payloadlen = (int)msg->len;
     pm.qos = msg->qos;
@@ -521,6 +659,11 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
         pm.payloadlen = 7;
         pm.qos = 1;
         pm.retained = 1;
+        ro.context = m;
+        if (m->v5)
+            ro.onFailure5 = on_offline_fail5;
+        else
+            ro.onFailure = on_offline_fail;
         if (MQTTAsync_sendMessage(m->client, m->cfg->status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
             MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms);
     }
