@@ -11,6 +11,7 @@
 
 #include "tandem_build.h"
 
+#include <MQTTAsync.h>
 #include <ctype.h>
 #include <limits.h>
 #include <errno.h>
@@ -867,6 +868,7 @@ static void on_connected(bridge_t *b)
     b->connected = true;
     b->connecting = false;
     b->connected_at_ms = bridge_now_ms();
+    b->guard.acked = false;
     if (b->ever_connected)
         b->st.reconnects++;
     b->ever_connected = true;
@@ -877,6 +879,77 @@ static void on_connected(bridge_t *b)
                              .qos = 1, .retain = true};
         if (mqtt_publish(b->mqtt, &online, UINT64_MAX) < 0)
             gw_warn("mqtt", "cannot publish \"online\" on %s", b->cfg->status_topic);
+    }
+}
+
+/*
+ * A message the broker drops the connection for (a packet over its size
+ * limit, or a topic its policy disconnects for, on MQTT 3.1.1 where it has no
+ * other way to refuse) would be sent again at every reconnection, and hold
+ * everything behind it, forever. When the broker drops GUARD_STRIKES
+ * connections in a row within STABLE_MS of making them, with messages waiting
+ * and none acknowledged, the client sends one message at a time: two such
+ * connections in a row with the same message in flight name it, and it is
+ * set aside (into
+ * state_dir/mqtt-refused, for the operator), logged and counted. After a
+ * connection has lasted STABLE_MS, messages go at the full rate again.
+ */
+#define GUARD_STRIKES 2
+#define SUSPECT_STRIKES 2
+
+static void guard_dropped(bridge_t *b)
+{
+    char key[80];
+    if (!b->guard.one_at_a_time) {
+        if (++b->guard.strikes < GUARD_STRIKES)
+            return;
+        b->guard.one_at_a_time = true;
+        b->guard.suspect[0] = '\0';
+        gw_warn("mqtt", "the broker dropped %u connections in a row soon after they were made: "
+                        "messages go one at a time to find one it refuses",
+                b->guard.strikes);
+        mqtt_set_one_at_a_time(b->mqtt, true);
+        mqtt_restart(b->mqtt, true);
+        return;
+    }
+    if (persist_sent(b->persist, key, sizeof(key)) != 1)
+        return; /* nothing, or not one message, in flight: nothing to blame */
+    if (strcmp(key, b->guard.suspect)) {
+        snprintf(b->guard.suspect, sizeof(b->guard.suspect), "%s", key);
+        b->guard.suspect_strikes = 1;
+        return;
+    }
+    if (++b->guard.suspect_strikes < SUSPECT_STRIKES)
+        return;
+    int rc = persist_set_aside(b->persist, key);
+    if (rc == 0)
+        mqtt_restart(b->mqtt, false); /* a client that no longer holds it */
+    b->guard.suspect[0] = '\0';
+    b->st.broker_dropped_for++;
+    gw_err("mqtt", "the broker drops the connection whenever message %s is sent: %s "
+                   "(%s-refused)",
+           key, rc == 0 ? "it was set aside" : "it cannot be set aside", b->cfg->state_dir);
+}
+
+static void connection_lost(bridge_t *b)
+{
+    /*
+     * Dropped soon, with messages waiting and none acknowledged: what the
+     * broker does to a message it refuses this way (it reads up to it, and
+     * the client sends the oldest unacknowledged first). A connection in which
+     * the broker acknowledged anything was a good one: a broker restarted under
+     * load, say.
+     */
+    bool refused = bridge_now_ms() - b->connected_at_ms < STABLE_MS && !b->guard.acked &&
+                   persist_records(b->persist) > 0;
+    schedule_reconnect(b); /* what waits is on disk from here on */
+    keep_inflight(b);
+    if (refused) {
+        guard_dropped(b); /* and the backoff goes on growing */
+    } else {
+        b->guard.strikes = 0;
+        b->guard.suspect[0] = '\0';
+        b->backoff_s = 1;
     }
 }
 
@@ -895,6 +968,14 @@ void bridge_process_inbox(bridge_t *b)
             gw_warn("mqtt", "cannot connect to %s (%s); retrying in %us", b->cfg->mqtt_uri,
                     ev[i].text, b->backoff_s);
             schedule_reconnect(b);
+            /*
+             * The broker accepted the connection and dropped it while the
+             * client sent again what it had in flight (Paho does that before
+             * it reports the connection made): dropped soon, nothing
+             * acknowledged.
+             */
+            if (ev[i].rc == MQTTASYNC_DISCONNECTED && persist_records(b->persist) > 0)
+                guard_dropped(b);
             break;
         case EV_CONN_LOST:
             if (!b->connected)
@@ -902,12 +983,10 @@ void bridge_process_inbox(bridge_t *b)
             if (ev[i].rc)
                 b->st.broker_disconnects++;
             gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
-            if (bridge_now_ms() - b->connected_at_ms >= STABLE_MS)
-                b->backoff_s = 1;
-            schedule_reconnect(b);
-            keep_inflight(b);
+            connection_lost(b);
             break;
         case EV_PUB_OK:
+            b->guard.acked = true;
             if (ev[i].id == UINT64_MAX)
                 break;
             p = pending_by_id(b, ev[i].id);
@@ -923,6 +1002,7 @@ void bridge_process_inbox(bridge_t *b)
             free(ev[i].data);
             break;
         case EV_DELIVERED:
+            b->guard.acked = true;
             mqtt_kick(b->mqtt, b->inflight);
             break;
         case EV_SUB_OK:
@@ -999,6 +1079,14 @@ void bridge_tick(bridge_t *b)
                 send_empty_ack(p);
             }
         }
+    }
+    if (b->guard.one_at_a_time && b->connected && now - b->connected_at_ms >= STABLE_MS) {
+        /* The connection holds: what was refused is out; back to the full rate. */
+        b->guard.one_at_a_time = false;
+        b->guard.strikes = 0;
+        mqtt_set_one_at_a_time(b->mqtt, false);
+        gw_info("mqtt", "messages go at the full rate again");
+        mqtt_disconnect(b->mqtt);
     }
     if (!b->connected && !b->connecting && !b->draining && now >= b->reconnect_at_ms) {
         b->connecting = true;
@@ -1207,7 +1295,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
             "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
             "\"inbox_dropped\":%llu,\"refused\":%llu,\"broker_disconnects\":%llu,"
-            "\"unpublishable\":%llu,\"stored_refused\":%u,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
+            "\"unpublishable\":%llu,\"stored_refused\":%u,\"set_aside\":%llu,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
@@ -1215,7 +1303,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             b->inflight,
             (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
             (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
-            persist_refused(b->persist),
+            persist_refused(b->persist), (unsigned long long)b->st.broker_dropped_for,
             (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
             (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
             (unsigned long long)percentile(b, 0.99));

@@ -51,6 +51,13 @@ struct bridge {
 
     bool connected, connecting, draining, ever_connected;
     uint64_t reconnect_at_ms, connected_at_ms;
+    struct {
+        bool acked;          /* the broker acknowledged something on this connection */
+        unsigned strikes;    /* connections in a row the broker dropped soon */
+        bool one_at_a_time;  /* finding the message it drops them for */
+        char suspect[80];    /* the store record in flight at the last such drop */
+        unsigned suspect_strikes;
+    } guard;                 /* see bridge.c, guard_dropped() */
     unsigned backoff_s;
 
     struct pending *pend; /* owned, cfg->max_inflight slots */
@@ -79,6 +86,7 @@ struct bridge {
         uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
         uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
         uint64_t unpublishable;      /* messages the broker would refuse, never sent: 5.00 */
+        uint64_t broker_dropped_for; /* messages set aside: the broker dropped us for them */
         uint64_t reloads, reload_failures;
         uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
     } st;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "log.h"
@@ -29,6 +30,11 @@ struct bridge_mqtt {
     atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
     atomic_uint max_packet;   /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
     bool one_at_a_time;       /* the next connections let one publish be in flight */
+    /* To create the client again (client_replace): */
+    char server[300];
+    MQTTAsync_createOptions co;
+    atomic_bool tainted;      /* the client holds a message Paho has freed (note_write_failure) */
+    unsigned long replaced;   /* clients given up for that reason */
 };
 
 /* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
@@ -245,9 +251,60 @@ static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r)
     free(p);
 }
 
+/*
+ * Paho 1.3.12 (and up to at least 1.3.15), MQTTAsync_processCommand(): when
+ * the socket write of a QoS 1/2 PUBLISH fails (SOCKET_ERROR, e.g. the broker
+ * has just closed the connection), the message is already in the client's
+ * outboundMsgs, which took over its topic and payload
+ * (MQTTProtocol_storePublication), but the command still points at them and
+ * MQTTAsync_freeCommand() frees them (MQTTAsyncUtils.c:1584 -> :1045). The
+ * message is resent from freed memory at the next connection
+ * (MQTTAsync_completeConnection -> MQTTProtocol_retries), and freed again
+ * when acknowledged, cleaned or destroyed. Such a client is tainted, and
+ * replaced before it connects again (client_replace).
+ *
+ * Paho tells of that failure in two ways: the publish's onFailure, with token
+ * 0 (no other failure of a QoS 1/2 publish has token 0), and its trace line
+ * "-> PUBLISH msgid: N qos: Q ... rc -1" written by its sending thread, the
+ * only one that writes a first PUBLISH (resending is the receiving thread's).
+ * Commands restored from the store have no onFailure: the trace covers them.
+ */
+static atomic_bool write_failed; /* the trace saw it (one client connects at a time) */
+
+static void note_write_failure(bridge_mqtt_t *m, MQTTAsync_token token)
+{
+    if (token == 0)
+        atomic_store(&m->tainted, true);
+}
+
+static void on_paho_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
+{
+    const char *at = message ? strstr(message, "-> PUBLISH msgid: ") : NULL;
+    int id, qos, retained, rc;
+    char name[17] = "";
+    (void)level;
+    if (at && sscanf(at, "-> PUBLISH msgid: %d qos: %d retained: %d rc %d", &id, &qos, &retained,
+                     &rc) == 4 &&
+        qos > 0 && (rc == -1 || rc == -2) && prctl(PR_GET_NAME, name) == 0 &&
+        !strcmp(name, "MQTTAsync_send"))
+        atomic_store(&write_failed, true);
+}
+
+/* The "offline" publish at a stop has no request behind it, only this. */
+static void on_offline_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    note_write_failure(ctx, r ? r->token : 0);
+}
+
+static void on_offline_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    note_write_failure(ctx, r ? r->token : 0);
+}
+
 static void on_pub_fail(void *ctx, MQTTAsync_failureData *r)
 {
     struct pub_ctx *p = ctx;
+    note_write_failure(p->m, r ? r->token : 0);
     push(p->m, EV_PUB_FAILED, p->id, r ? r->code : -1, r && r->message ? r->message : "failed");
     free(p);
 }
@@ -255,10 +312,76 @@ static void on_pub_fail(void *ctx, MQTTAsync_failureData *r)
 static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct pub_ctx *p = ctx;
+    note_write_failure(p->m, r ? r->token : 0);
     push(p->m, EV_PUB_FAILED, p->id, r ? (int)r->reasonCode : -1,
          r && r->reasonCode ? MQTTReasonCode_toString(r->reasonCode)
                             : (r && r->message ? r->message : "failed"));
     free(p);
+}
+
+/* Creates m->client from m->server, m->co and the store m->pp. */
+static int client_create(bridge_mqtt_t *m)
+{
+    int rc = MQTTAsync_createWithOptions(&m->client, m->server, m->cfg->client_id,
+                                         MQTTCLIENT_PERSISTENCE_USER, &m->pp, &m->co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+        return -1;
+    }
+    /*
+     * The trace line note_write_failure needs is at the protocol level, less
+     * than Paho's default (which it formats, even unread); a trace asked for
+     * with MQTT_C_CLIENT_TRACE keeps its own level.
+     */
+    if (!getenv("MQTT_C_CLIENT_TRACE"))
+        MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_PROTOCOL);
+    MQTTAsync_setTraceCallback(on_paho_trace);
+    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
+    if (m->v5)
+        MQTTAsync_setDisconnected(m->client, m, on_disconnected);
+    return 0;
+}
+
+/* Whether the client may hold a message Paho has freed (note_write_failure). */
+static bool client_tainted(bridge_mqtt_t *m)
+{
+    return atomic_load(&m->tainted) || atomic_load(&write_failed);
+}
+
+/*
+ * A tainted client, disconnected, is given up for a new one made from the
+ * same store (at the first publish into the offline buffer or the reconnect,
+ * whichever comes first): what was unacknowledged (the message whose write
+ * failed included: Paho stores it before writing) and what waits in the
+ * offline buffer are restored from it, in fresh memory. The old handle is
+ * left as it is, never connected nor destroyed: destroying it would free the
+ * same topic and payload a second time (MQTTProtocol_freeClient ->
+ * MQTTProtocol_emptyMessageList). The price, paid only after a connection
+ * broke under a publish: its memory, and the message ids of the commands it
+ * still queued (Paho gives no id twice among all clients' commands).
+ * 0, or -1 (the old client stays, tainted).
+ */
+static int client_replace(bridge_mqtt_t *m)
+{
+    MQTTAsync old = m->client;
+    MQTTAsync_token *tokens = NULL;
+    int held = 0;
+    if (MQTTAsync_getPendingTokens(old, &tokens) == MQTTASYNC_SUCCESS)
+        while (tokens && tokens[held] != -1)
+            held++;
+    MQTTAsync_free(tokens);
+    if (client_create(m) < 0) {
+        m->client = old;
+        return -1;
+    }
+    atomic_store(&m->tainted, false);
+    atomic_store(&write_failed, false);
+    m->replaced++;
+    gw_warn("mqtt", "a publish may have failed on a broken connection: the MQTT client is "
+                    "created again from its store (Paho 1.3.12 bug; %lu so far; the old one "
+                    "held %d messages)",
+            m->replaced, held);
+    return 0;
 }
 
 bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t *store)
@@ -266,8 +389,6 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     bridge_mqtt_t *m = calloc(1, sizeof(*m));
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     gw_uri_t uri;
-    char server[300];
-    int rc;
 
     if (!m)
         return NULL;
@@ -280,7 +401,7 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
         return NULL;
     }
     /* Paho speaks ssl:// and tcp://; IPv6 literals keep their brackets. */
-    snprintf(server, sizeof(server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
+    snprintf(m->server, sizeof(m->server), "%s://%s%s%s:%d", uri.tls ? "ssl" : "tcp",
              strchr(uri.host, ':') ? "[" : "", uri.host, strchr(uri.host, ':') ? "]" : "",
              uri.port);
     co.struct_version = 2; /* Paho 1.3.12 refuses 3 (persistQoS0); it persists QoS 0 anyway */
@@ -297,23 +418,28 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     co.deleteOldestMessages = 0;
     co.restoreMessages = 1;
     co.persistQoS0 = 1;
+    m->co = co;
     m->pp = persist_paho(store);
-    rc = MQTTAsync_createWithOptions(&m->client, server, cfg->client_id,
-                                     MQTTCLIENT_PERSISTENCE_USER, &m->pp, &co);
-    if (rc != MQTTASYNC_SUCCESS) {
-        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+    if (client_create(m) < 0) {
         free(m);
         return NULL;
     }
-    MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
-    if (m->v5)
-        MQTTAsync_setDisconnected(m->client, m, on_disconnected);
     return m;
 }
 
 void mqtt_free(bridge_mqtt_t *m)
 {
     if (!m)
+        return;
+    /*
+     * A tainted client cannot be destroyed without a double free
+     * (client_replace); at exit it is left to the end of the process, with
+     * m, which its callbacks may still name. So is any client once one has
+     * been given up: MQTTAsync_destroy() detaches each of its commands from
+     * the list of all clients' commands, where those of the old clients
+     * stay, one search through it for each: minutes, for nothing, at exit.
+     */
+    if (client_tainted(m) || m->replaced)
         return;
     MQTTAsync_destroy(&m->client);
     free(m);
@@ -331,6 +457,10 @@ int mqtt_connect(bridge_mqtt_t *m)
     gw_uri_t uri;
     int rc;
 
+    if (!MQTTAsync_isConnected(m->client) && client_tainted(m) && client_replace(m) < 0) {
+        push(m, EV_CONNECT_FAILED, 0, -1, "cannot create the client again");
+        return -EIO;
+    }
     gw_uri_parse(cfg->mqtt_uri, &uri);
     opts->keepAliveInterval = cfg->keepalive;
     opts->maxInflight = m->one_at_a_time ? 1 : cfg->max_inflight;
@@ -349,6 +479,15 @@ int mqtt_connect(bridge_mqtt_t *m)
             opts->connectProperties = &props;
         }
     } else {
+        /*
+         * MQTT 3.1.1 and nothing else. Paho's default (MQTTVERSION_DEFAULT)
+         * tries 3.1.1 then 3.1, and when a 3.1.1 connection breaks before the
+         * connect completes (MQTTAsync_completeConnection), nextOrClose()
+         * reports the connection lost and queues a 3.1 CONNECT on its own:
+         * the client then reconnects behind the loop's back, in a protocol
+         * nobody configured, while the loop schedules its own reconnect.
+         */
+        opts->MQTTVersion = MQTTVERSION_3_1_1;
         opts->cleansession = cfg->clean_start;
         opts->onSuccess = on_connect_ok;
         opts->onFailure = on_connect_fail;
@@ -427,8 +566,16 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     unsigned max_packet = atomic_load(&m->max_packet);
     if (max_packet && packet_size(msg) > max_packet)
         return -EMSGSIZE;
-    if (!m->buffering && !MQTTAsync_isConnected(m->client))
-        return -ENOTCONN;
+    if (!MQTTAsync_isConnected(m->client)) {
+        if (!m->buffering)
+            return -ENOTCONN;
+        /*
+         * Into the offline buffer: of a new client if this one is tainted,
+         * so that the buffer does not pile up in the one given up.
+         */
+        if (client_tainted(m))
+            client_replace(m);
+    }
     pm.payload = (void *)msg->payload;
     pm.payloadlen = (int)msg->len;
     pm.qos = msg->qos;
@@ -586,6 +733,11 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
         pm.payloadlen = 7;
         pm.qos = 1;
         pm.retained = 1;
+        ro.context = m;
+        if (m->v5)
+            ro.onFailure5 = on_offline_fail5;
+        else
+            ro.onFailure = on_offline_fail;
         if (MQTTAsync_sendMessage(m->client, m->cfg->status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
             MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms);
     }
@@ -664,4 +816,97 @@ int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub)
     MQTTProperties_free(&props);
     free(topic);
     return rc == MQTTASYNC_SUCCESS ? 0 : -EIO;
+}
+
+/* A message taken from the store, kept while the client is made again. */
+struct saved {
+    struct saved *next;
+    char key[80];
+    record_pub_t pub; /* points into bytes */
+    uint8_t bytes[];
+};
+
+static int keep_sent(void *arg, const char *key, const record_pub_t *pub)
+{
+    struct saved **list = arg;
+    struct saved *s = malloc(sizeof(*s) + pub->topic_len + pub->len + pub->props_len);
+    if (!s)
+        return -ENOMEM;
+    s->pub = *pub;
+    snprintf(s->key, sizeof(s->key), "%s", key);
+    uint8_t *p = s->bytes;
+    memcpy(p, pub->topic, pub->topic_len);
+    s->pub.topic = (const char *)p;
+    p += pub->topic_len;
+    if (pub->len)
+        memcpy(p, pub->payload, pub->len);
+    s->pub.payload = p;
+    p += pub->len;
+    if (pub->props) {
+        memcpy(p, pub->props, pub->props_len);
+        s->pub.props = p;
+    }
+    s->next = *list;
+    *list = s;
+    return 0;
+}
+
+int mqtt_restart(bridge_mqtt_t *m, bool resend_sent)
+{
+    struct saved *list = NULL;
+    if (MQTTAsync_isConnected(m->client))
+        return -EISCONN;
+    /*
+     * The client in use is given up as client_replace() does (destroying a
+     * client can free twice what Paho already freed): it stays, idle. The
+     * messages it sent and had no acknowledgement for are taken out of the
+     * store first, so that the new client sends them as new messages, at the
+     * pace its maxInflight allows, rather than all at once at the connection.
+     */
+    persist_t *store = m->pp.context;
+    int n = resend_sent ? persist_take_sent(store, keep_sent, &list) : 0;
+    int rc = client_create(m);
+    if (rc == 0) {
+        atomic_store(&m->tainted, false);
+        m->replaced++;
+    }
+    int kept = 0;
+    for (struct saved *s = list, *next; s; s = next) {
+        next = s->next;
+        /* Not handed over (the offline buffer full, say): back in the store, for the next start. */
+        bool ok = rc == 0 && mqtt_republish(m, &s->pub) == 0;
+        persist_resent(store, s->key, ok);
+        kept += !ok;
+        free(s);
+    }
+    if (n > 0)
+        gw_info("mqtt", "%d unacknowledged messages are sent again as new ones%s", n - kept,
+                kept ? "; the others stay in the store" : "");
+    return rc < 0 ? -EIO : 0;
+}
+
+static void on_quiet_disconnect(void *ctx, MQTTAsync_successData *r)
+{
+    (void)r;
+    push(ctx, EV_CONN_LOST, 0, 0, "disconnected to send at the full rate again");
+}
+
+static void on_quiet_disconnect5(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    push(ctx, EV_CONN_LOST, 0, 0, "disconnected to send at the full rate again");
+}
+
+int mqtt_disconnect(bridge_mqtt_t *m)
+{
+    MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+    MQTTAsync_disconnectOptions d5 = MQTTAsync_disconnectOptions_initializer5;
+    MQTTAsync_disconnectOptions *o = m->v5 ? &d5 : &d;
+    o->timeout = 1000;
+    o->context = m;
+    if (m->v5)
+        o->onSuccess5 = on_quiet_disconnect5;
+    else
+        o->onSuccess = on_quiet_disconnect;
+    return MQTTAsync_disconnect(m->client, o) == MQTTASYNC_SUCCESS ? 0 : -EIO;
 }

@@ -76,6 +76,17 @@ void mqtt_set_one_at_a_time(bridge_mqtt_t *m, bool on);
 /* Hands over a message read from the store as a new one (no acknowledgement reported). */
 int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub);
 
+/*
+ * While disconnected: the client is made again from its store (what it
+ * queued is restored). resend_sent: the messages it sent and had no
+ * acknowledgement for are handed to the new client as new ones, so that they
+ * go at its pace rather than all at once when it connects. 0, or -errno.
+ */
+int mqtt_restart(bridge_mqtt_t *m, bool resend_sent);
+
+/* Disconnects cleanly; EV_CONN_LOST follows. */
+int mqtt_disconnect(bridge_mqtt_t *m);
+
 /* Publishes "offline" (retained) and disconnects, waiting up to timeout_ms. */
 void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
 

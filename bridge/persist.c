@@ -61,6 +61,8 @@ struct persist {
 };
 
 #define SUFFIX ".msg"
+/* A sent message being handed to a new client as a new one (persist_take_sent). */
+#define RESEND ".resend"
 /* Records set aside in state_dir/mqtt-refused at most (persist_set_aside). */
 #define SET_ASIDE_MAX 1000
 /* Largest record read back, bytes (what p_get also refuses past). */
@@ -191,6 +193,17 @@ persist_t *persist_new(const char *state_dir)
             p->records++;
         } else if (strstr(de->d_name, ".tmp")) {
             unlink(path); /* a write a crash interrupted: never renamed, never promised */
+        } else if (strlen(de->d_name) > strlen(RESEND) &&
+                   !strcmp(de->d_name + strlen(de->d_name) - strlen(RESEND), RESEND)) {
+            /* A crash while it was handed over again: it is sent again (at least once). */
+            char back[4096];
+            snprintf(back, sizeof(back), "%.*s%s", (int)(strlen(path) - strlen(RESEND)), path,
+                     SUFFIX);
+            if (rename(path, back) == 0 && stat(back, &st) == 0 &&
+                record_ok(p, strrchr(back, '/') + 1, back, &st)) {
+                p->bytes += (unsigned long long)st.st_size;
+                p->records++;
+            }
         }
     }
     closedir(d);
@@ -489,6 +502,33 @@ static int p_put(void *handle, char *key, int bufcount, char *buffers[], int buf
     return rc == 0 ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
+/*
+ * The length Paho is given for a record of len bytes read into buf, which
+ * has room for one byte more. Paho 1.3.12 cannot restore a 3.1.1
+ * UNSUBSCRIBE command (key "c-", type 10: type, token, count, topics): its
+ * MQTTAsync_restoreCommand() takes the topic that ends the record for one
+ * without its NUL (the check at MQTTAsyncUtils.c:539 is one off), fails, and
+ * MQTTAsync_processCommand() then dereferences the NULL it returns
+ * (MQTTAsyncUtils.c:1269 -> :232). mqtt_kick()'s UNSUBSCRIBEs are persisted
+ * like any command: a gateway stopped with one still queued crashed once
+ * connected, at every start after. One more NUL at the end, which Paho
+ * ignores (3.1.1 has no properties after the topics), makes the record
+ * readable.
+ */
+#define PAHO_UNSUBSCRIBE 10
+
+static size_t paho_readable(const char *key, char *buf, size_t len)
+{
+    int type;
+    if (strncmp(key, "c-", 2) || len <= 3 * sizeof(int) || buf[len - 1] != '\0')
+        return len;
+    memcpy(&type, buf, sizeof(int));
+    if (type != PAHO_UNSUBSCRIBE)
+        return len;
+    buf[len] = '\0';
+    return len + 1;
+}
+
 static int p_get(void *handle, char *key, char **buffer, int *buflen)
 {
     persist_t *p = handle;
@@ -499,11 +539,11 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
     pthread_mutex_lock(&p->lock);
     struct mrec *m = *mem_find(p, key);
     if (m) {
-        char *buf = MQTTAsync_malloc(m->len ? m->len : 1);
+        char *buf = MQTTAsync_malloc(m->len + 1);
         if (buf) {
             memcpy(buf, m->data, m->len);
             *buffer = buf;
-            *buflen = (int)m->len;
+            *buflen = (int)paho_readable(key, buf, m->len);
         }
         pthread_mutex_unlock(&p->lock);
         return buf ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
@@ -515,7 +555,7 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
             close(fd);
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
-    char *buf = MQTTAsync_malloc(st.st_size ? (size_t)st.st_size : 1);
+    char *buf = MQTTAsync_malloc((size_t)st.st_size + 1);
     ssize_t r = buf ? read(fd, buf, (size_t)st.st_size) : -1;
     close(fd);
     if (r != st.st_size) {
@@ -523,7 +563,7 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     }
     *buffer = buf;
-    *buflen = (int)st.st_size;
+    *buflen = (int)paho_readable(key, buf, (size_t)st.st_size);
     return 0;
 }
 
@@ -686,7 +726,8 @@ static uint8_t *read_whole(const persist_t *p, const char *name, size_t *len)
     return buf;
 }
 
-int persist_take_sent(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg)
+int persist_take_sent(persist_t *p, int (*fn)(void *arg, const char *key, const record_pub_t *pub),
+                      void *arg)
 {
     int n = 0;
     DIR *d = opendir(p->dir);
@@ -696,23 +737,42 @@ int persist_take_sent(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub
     while ((de = readdir(d))) {
         if (!is_sent(de->d_name))
             continue;
-        char key[80], why[128];
+        char key[80], why[128], from[4096], to[4096];
         size_t len;
         snprintf(key, sizeof(key), "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)),
                  de->d_name);
         uint8_t *buf = read_whole(p, de->d_name, &len);
         record_pub_t pub;
         if (!buf || record_read(key, buf, len, &pub, why, sizeof(why)) != RECORD_PUBLISH ||
-            fn(arg, &pub) < 0) {
+            path_of(p, key, SUFFIX, from, sizeof(from)) < 0 ||
+            path_of(p, key, RESEND, to, sizeof(to)) < 0 || fn(arg, key, &pub) < 0 ||
+            rename(from, to) < 0) {
             free(buf);
             continue; /* left as it is: the client sends it again itself */
         }
         free(buf);
-        p_remove(p, key);
+        atomic_fetch_sub(&p->bytes, (unsigned long long)len);
+        atomic_fetch_sub(&p->records, 1);
         n++;
     }
     closedir(d);
+    sync_dir(p);
     return n;
+}
+
+void persist_resent(persist_t *p, const char *key, bool ok)
+{
+    char from[4096], to[4096];
+    struct stat st;
+    if (path_of(p, key, RESEND, from, sizeof(from)) < 0 ||
+        path_of(p, key, SUFFIX, to, sizeof(to)) < 0)
+        return;
+    if (ok) {
+        unlink(from);
+    } else if (stat(from, &st) == 0 && rename(from, to) == 0) {
+        atomic_fetch_add(&p->bytes, (unsigned long long)st.st_size);
+        atomic_fetch_add(&p->records, 1);
+    }
 }
 
 int persist_set_aside(persist_t *p, const char *key)

@@ -59,11 +59,15 @@ unsigned persist_refused(const persist_t *p);
 unsigned persist_sent(persist_t *p, char *key, size_t keylen);
 
 /*
- * Gives each of those messages to fn, then removes its record (when fn
- * returns 0): for the client to send them again as new messages. Only while
- * no client uses the store. Returns how many, or -errno.
+ * Gives each of those messages to fn, for the client to send them again as
+ * new messages; when fn returns 0 its record is put aside until
+ * persist_resent() says whether it was handed over (then it goes) or not
+ * (then it is back in the store). A crash in between puts it back at the next
+ * start. Only while no client uses the store. Returns how many, or -errno.
  */
-int persist_take_sent(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg);
+int persist_take_sent(persist_t *p, int (*fn)(void *arg, const char *key, const record_pub_t *pub),
+                      void *arg);
+void persist_resent(persist_t *p, const char *key, bool ok);
 
 /*
  * Takes the record key out of the store into state_dir/mqtt-refused, where

@@ -604,6 +604,46 @@ def poisoned_store_is_cleaned():
     check(sorted(os.listdir(store)) == [], "left in the store: %r" % os.listdir(store))
 
 
+
+def broker_drops_connection_for_a_message_311():
+    """MQTT 3.1.1, where a broker has no way to refuse a message but to drop
+    the connection: Mosquitto's max_packet_size is smaller than a reading the
+    gateway accepted. Without a guard that reading is sent again at every
+    reconnection and everything behind it waits forever. The gateway finds it
+    (one message at a time), sets it aside for the operator, counts it, and
+    delivers the rest."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, extra="max_packet_size 2048\n").start()
+    sub = Subscriber(broker, "redback/#")
+    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="version = 3; stats_interval = 1;",
+                log_level="info").start()
+    big = os.path.join(d, "big.bin")
+    with open(big, "wb") as f:
+        f.write(b"y" * 5000)
+    r = coap("coap://127.0.0.1:%d/zones/a/big" % g.plain_port, file=big, block=1024)
+    check(r and r.code in ("2.04", "5.04"), "the big reading: %r" % r)
+    dev = Plain(g)
+    for i in range(3):
+        code, _, _ = dev.request("zones/a/small", b"small%d" % i)
+        check(code in ("2.04", "5.04"), "small reading %d: %s" % (i, code))
+    # 1 + 2 + 4 + 8 s of backoff at most before the culprit is set aside.
+    wait_until(lambda: g.count("it was set aside") == 1, "the message set aside", 60)
+    wait_until(lambda: {m["payload"] for m in sub.messages} >= {b"small0", b"small1", b"small2"},
+               "the small readings at the broker", 60)
+    check(not [m for m in sub.messages if m["payload"].startswith(b"yyy")],
+          "the big one reached the broker")
+    refused = os.path.join(d, "state-%d" % g.dtls_port, "mqtt-refused")
+    kept = os.listdir(refused)
+    check(len(kept) == 1, "set aside: %r" % kept)
+    check(b"y" * 5000 in open(os.path.join(refused, kept[0]), "rb").read(), "the message kept")
+    wait_until(lambda: g.count("messages go at the full rate again") >= 1, "the full rate again", 30)
+    st = stats_now(g, broker)
+    check(st["mqtt"]["set_aside"] == 1, "mqtt.set_aside %r" % st["mqtt"])
+    code, _, _ = dev.request("zones/a/after", b"after")
+    check(code == "2.04", "after: %s" % code)
+
+
 CASES = {
     "poison_topic_mqtt5": poison_topic_mqtt5,
     "poison_topic_mqtt311": poison_topic_mqtt311,
@@ -623,6 +663,7 @@ CASES = {
     "hostile_broker_packets": hostile_broker_packets,
     "structured_coap_fuzz": structured_coap_fuzz,
     "poisoned_store_is_cleaned": poisoned_store_is_cleaned,
+    "broker_drops_connection_for_a_message_311": broker_drops_connection_for_a_message_311,
 }
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 MQTT 3.1.1, the Last Will, max_inflight."""
 
 import os
+import random
 import signal
+import socket
+import struct
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Broker, Gateway, Pki, Subscriber, check, coap, wait_until, workdir  # noqa: E402
+from harness import (Broker, Gateway, Pki, Subscriber, check, coap, coap_raw,  # noqa: E402
+                     wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 
@@ -116,7 +121,97 @@ def max_inflight_is_a_bound():
     check([m["payload"] for m in sub.messages] == [b"first"], "published %r" % sub.messages)
 
 
+def restored_unsubscribe_311():
+    """Paho 1.3.12 persists an UNSUBSCRIBE (the gateway sends some to hurry a
+    backlog along) but cannot read a 3.1.1 one back: a client created from a
+    store holding one crashed once connected. The store hands it a readable
+    record; the UNSUBSCRIBE is sent and its record removed."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    sub = Subscriber(broker, "redback/#")
+    state = os.path.join(d, "state")
+    os.makedirs(os.path.join(state, "mqtt"))
+    record = os.path.join(state, "mqtt", "c-1.msg")
+    with open(record, "wb") as f:  # type UNSUBSCRIBE, token 1, 1 topic
+        f.write(struct.pack("=iii", 10, 1, 1) + b"$tandem/kick\0")
+    g = Gateway(d, broker, pki, mqtt="version = 3;", gateway='state_dir = "%s";' % state).start()
+    wait_until(lambda: not os.path.exists(record), "the UNSUBSCRIBE sent and its record removed")
+    post_arrives(g, sub, "after-restore")
+    check(g.proc.poll() is None, "the gateway died")
+
+
+def broker_killed_under_load(version):
+    """QoS 1 readings keep coming (plain CoAP, NON) while the broker is killed
+    and restarted, again and again: a publish whose socket write fails as the
+    connection breaks made Paho 1.3.12 free its topic and payload while its
+    in-flight copy kept them, then send them at the next connection (a heap
+    use-after-free, reported by AddressSanitizer builds). The gateway gives such
+    a client up for a new one (mqtt.c, client_replace) and goes on; the broker
+    only ever sees the configured protocol version."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, persistent=True).start()  # keeps the session: Paho resends
+    g = Gateway(d, broker, pki, coap="plain = true;",
+                mqtt="version = %d; publish_timeout = 5;" % version, log_level="info").start()
+    stop = threading.Event()
+
+    def load():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        mid = 0
+        while not stop.is_set():
+            mid = (mid + 1) & 0xFFFF
+            s.sendto(coap_raw("public/n%d" % (mid % 7), payload=b"x" * 40, mid=mid,
+                              confirmable=False, token=struct.pack("!H", mid)),
+                     ("127.0.0.1", g.plain_port))
+            try:
+                while True:
+                    s.recv(2048)
+            except BlockingIOError:
+                pass
+            time.sleep(0.0025)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        for _ in range(10):
+            n = g.count("mqtt: connected to")
+            time.sleep(random.uniform(0.05, 0.8))  # mostly while the backlog drains
+            broker.kill()
+            time.sleep(random.uniform(0.0, 0.3))
+            broker.start()
+            wait_until(lambda: g.count("mqtt: connected to") > n or g.proc.poll() is not None,
+                       "a reconnection", timeout=60)
+            check(g.proc.poll() is None, "the gateway died:\n" + g.text()[-3000:])
+    finally:
+        stop.set()
+        t.join(5)
+    store = os.path.join(d, "state-%d" % g.dtls_port, "mqtt")
+    start = time.monotonic()
+    wait_until(lambda: not [f for f in os.listdir(store) if f.endswith(".msg")],
+               "the offline buffer drained", timeout=120)
+    print("drained in %.1fs" % (time.monotonic() - start), flush=True)
+    sub = Subscriber(broker, "redback/p1/public/after")
+    r = coap("coap://127.0.0.1:%d/public/after" % g.plain_port, payload="after")
+    check(r and r.code == "2.04", "POST after the restarts answered %r" % r)
+    sub.wait_for(1)
+    log = open(broker.log).read()
+    want = "(p5," if version == 5 else "(p2,"
+    check("(p1," not in log and want in log, "protocol versions seen by the broker")
+
+
+def broker_killed_under_load_311():
+    broker_killed_under_load(3)
+
+
+def broker_killed_under_load_5():
+    broker_killed_under_load(5)
+
+
 if __name__ == "__main__":
     from harness import run
     run({f.__name__: f for f in [mutual_tls, broker_certificate_verified, plain_tcp_and_mqtt311,
-                                  last_will_on_crash, max_inflight_is_a_bound]})
+                                  last_will_on_crash, max_inflight_is_a_bound,
+                                  restored_unsubscribe_311, broker_killed_under_load_311,
+                                  broker_killed_under_load_5]})
