@@ -873,6 +873,7 @@ static void on_connected(bridge_t *b)
         b->st.reconnects++;
     b->ever_connected = true;
     gw_info("mqtt", "connected to %s", b->cfg->mqtt_uri);
+    mqtt_resend_lost(b->mqtt);
     down_on_connected(b);
     if (*b->cfg->status_topic) {
         mqtt_msg_t online = {.topic = b->cfg->status_topic, .payload = "online", .len = 6,

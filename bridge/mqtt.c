@@ -58,6 +58,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 {
     bridge_mqtt_t *m = ctx;
     (void)r;
+    persist_session_start(m->pp.context);
     atomic_store(&m->window, m->cfg->max_inflight);
     atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
@@ -70,7 +71,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 static void on_delivered(void *ctx, MQTTAsync_token token)
 {
     bridge_mqtt_t *m = ctx;
-    (void)token;
+    persist_delivered(m->pp.context, token); /* the token is the message id here */
     inbox_event_t ev = {.type = EV_DELIVERED};
     if (!atomic_exchange(&m->delivered, true) && inbox_push(m->inbox, &ev) < 0)
         atomic_store(&m->delivered, false); /* the inbox is full: the next one tries */
@@ -79,6 +80,7 @@ static void on_delivered(void *ctx, MQTTAsync_token token)
 static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
     bridge_mqtt_t *m = ctx;
+    persist_session_start(m->pp.context);
     int window = m->cfg->max_inflight;
     if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
         int rm = MQTTProperties_getNumericValue(&r->properties,
@@ -909,4 +911,19 @@ int mqtt_disconnect(bridge_mqtt_t *m)
     else
         o->onSuccess = on_quiet_disconnect;
     return MQTTAsync_disconnect(m->client, o) == MQTTASYNC_SUCCESS ? 0 : -EIO;
+}
+
+static int send_lost(void *arg, const record_pub_t *pub)
+{
+    return mqtt_republish(arg, pub);
+}
+
+int mqtt_resend_lost(bridge_mqtt_t *m)
+{
+    int n = persist_take_lost(m->pp.context, send_lost, m);
+    if (n > 0)
+        gw_warn("mqtt", "the broker had no session for us: %d messages it had not acknowledged "
+                        "are sent again",
+                n);
+    return n;
 }

@@ -84,6 +84,13 @@ int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub);
  */
 int mqtt_restart(bridge_mqtt_t *m, bool resend_sent);
 
+/*
+ * Once connected: what the client dropped at the connection because the
+ * broker had no session for us (sent, not acknowledged) is sent again as new
+ * messages. Returns how many.
+ */
+int mqtt_resend_lost(bridge_mqtt_t *m);
+
 /* Disconnects cleanly; EV_CONN_LOST follows. */
 int mqtt_disconnect(bridge_mqtt_t *m);
 

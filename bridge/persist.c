@@ -58,9 +58,25 @@ struct persist {
     pthread_t defer_thread;
     char **dirty; /* owned: their paths */
     size_t ndirty, dirty_cap;
+    /*
+     * Sent messages the client removed before their delivery was reported
+     * (lock held): see persist_session_start().
+     */
+    struct limbo *limbo;
+};
+
+/* A sent message removed from the store, its delivery not reported yet. */
+struct limbo {
+    struct limbo *next;
+    char key[72];
+    uint8_t *data; /* owned, when it was in memory; NULL: the file key.limbo */
+    size_t len;
+    bool lost;     /* removed before the connection was made: to send again */
 };
 
 #define SUFFIX ".msg"
+/* A sent message removed, its delivery not yet reported (struct limbo). */
+#define LIMBO ".limbo"
 /* A sent message being handed to a new client as a new one (persist_take_sent). */
 #define RESEND ".resend"
 /* Records set aside in state_dir/mqtt-refused at most (persist_set_aside). */
@@ -90,6 +106,12 @@ static int path_of(const persist_t *p, const char *key, const char *suffix, char
         return -1;
     int n = snprintf(buf, len, "%s/%s%s", p->dir, key, suffix);
     return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+static bool ends_with(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), s = strlen(suffix);
+    return n > s && !strcmp(name + n - s, suffix);
 }
 
 static bool is_record(const char *name)
@@ -193,12 +215,14 @@ persist_t *persist_new(const char *state_dir)
             p->records++;
         } else if (strstr(de->d_name, ".tmp")) {
             unlink(path); /* a write a crash interrupted: never renamed, never promised */
-        } else if (strlen(de->d_name) > strlen(RESEND) &&
-                   !strcmp(de->d_name + strlen(de->d_name) - strlen(RESEND), RESEND)) {
-            /* A crash while it was handed over again: it is sent again (at least once). */
+        } else if (ends_with(de->d_name, RESEND) || ends_with(de->d_name, LIMBO)) {
+            /*
+             * A crash while it was handed over again, or before its delivery
+             * was reported: it is sent again (at least once).
+             */
             char back[4096];
-            snprintf(back, sizeof(back), "%.*s%s", (int)(strlen(path) - strlen(RESEND)), path,
-                     SUFFIX);
+            size_t cut = strlen(ends_with(de->d_name, RESEND) ? RESEND : LIMBO);
+            snprintf(back, sizeof(back), "%.*s%s", (int)(strlen(path) - cut), path, SUFFIX);
             if (rename(path, back) == 0 && stat(back, &st) == 0 &&
                 record_ok(p, strrchr(back, '/') + 1, back, &st)) {
                 p->bytes += (unsigned long long)st.st_size;
@@ -219,6 +243,8 @@ unsigned persist_refused(const persist_t *p)
 }
 
 static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total);
+static uint8_t *read_whole(const persist_t *p, const char *name, size_t *len);
+static int sync_dir(const persist_t *p);
 
 /* Writes the memory tier to disk, durably (lock held). 0 or -1. */
 static int spill(persist_t *p)
@@ -249,6 +275,22 @@ void persist_free(persist_t *p)
     spill(p);
     pthread_mutex_unlock(&p->lock);
     persist_sync(p);
+    /* What is in limbo was sent and its delivery not reported: sent again after the next start. */
+    for (struct limbo *l = p->limbo, *next; l; l = next) {
+        next = l->next;
+        if (l->data) {
+            struct iovec iov = {l->data, l->len};
+            write_record(p, l->key, &iov, 1, l->len);
+        } else {
+            char from[4096], to[4096];
+            if (path_of(p, l->key, LIMBO, from, sizeof(from)) == 0 &&
+                path_of(p, l->key, SUFFIX, to, sizeof(to)) == 0)
+                rename(from, to);
+        }
+        free(l->data);
+        free(l);
+    }
+    sync_dir(p);
     pthread_mutex_destroy(&p->lock);
     free(p->dir);
     free(p);
@@ -567,26 +609,134 @@ static int p_get(void *handle, char *key, char **buffer, int *buflen)
     return 0;
 }
 
+static bool is_sent_key(const char *key)
+{
+    return !strncmp(key, "s-", 2) || !strncmp(key, "s5-", 3);
+}
+
+/*
+ * A sent message leaves the store when the broker acknowledged it, and also
+ * when Paho drops it because the broker has no session for us any more
+ * (MQTTAsync_cleanSession at the CONNACK): a message answered 2.04 would then
+ * be lost. So it waits in limbo until its delivery is reported
+ * (persist_delivered); what is still there when the next connection is made
+ * was dropped, and is sent again as a new message (persist_take_lost).
+ */
 static int p_remove(void *handle, char *key)
 {
     persist_t *p = handle;
-    char path[4096];
+    char path[4096], limbo[4096];
     struct stat st;
-    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
+    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0 ||
+        path_of(p, key, LIMBO, limbo, sizeof(limbo)) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
+    bool sent = is_sent_key(key);
+    struct limbo *l = sent ? calloc(1, sizeof(*l)) : NULL;
+    if (l)
+        snprintf(l->key, sizeof(l->key), "%s", key);
     pthread_mutex_lock(&p->lock);
     struct mrec **pp = mem_find(p, key);
     if (*pp) {
+        if (l) { /* the record's data goes to limbo as it is */
+            l->data = (*pp)->data;
+            l->len = (*pp)->len;
+            (*pp)->data = NULL;
+            l->next = p->limbo;
+            p->limbo = l;
+        }
         mem_drop(p, pp);
         pthread_mutex_unlock(&p->lock);
         return 0;
     }
+    int rc = stat(path, &st) < 0 ? -1 : l ? rename(path, limbo) : unlink(path);
+    if (rc == 0 && l) {
+        l->next = p->limbo;
+        p->limbo = l;
+        l = NULL;
+    }
     pthread_mutex_unlock(&p->lock);
-    if (stat(path, &st) < 0 || unlink(path) < 0)
+    free(l);
+    if (rc < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     atomic_fetch_sub(&p->bytes, (unsigned long long)st.st_size);
     atomic_fetch_sub(&p->records, 1);
     return 0;
+}
+
+static void limbo_free(persist_t *p, struct limbo *l)
+{
+    char path[4096];
+    if (!l->data && path_of(p, l->key, LIMBO, path, sizeof(path)) == 0)
+        unlink(path);
+    free(l->data);
+    free(l);
+}
+
+void persist_delivered(persist_t *p, int msgid)
+{
+    char a[24], b[24];
+    snprintf(a, sizeof(a), "s-%d", msgid);
+    snprintf(b, sizeof(b), "s5-%d", msgid);
+    pthread_mutex_lock(&p->lock);
+    for (struct limbo **pp = &p->limbo; *pp;) {
+        struct limbo *l = *pp;
+        if (!l->lost && (!strcmp(l->key, a) || !strcmp(l->key, b))) {
+            *pp = l->next;
+            limbo_free(p, l);
+        } else {
+            pp = &l->next;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+void persist_session_start(persist_t *p)
+{
+    pthread_mutex_lock(&p->lock);
+    for (struct limbo *l = p->limbo; l; l = l->next)
+        l->lost = true;
+    pthread_mutex_unlock(&p->lock);
+}
+
+int persist_take_lost(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg)
+{
+    int n = 0;
+    pthread_mutex_lock(&p->lock);
+    struct limbo *lost = NULL;
+    for (struct limbo **pp = &p->limbo; *pp;) {
+        struct limbo *l = *pp;
+        if (l->lost) {
+            *pp = l->next;
+            l->next = lost;
+            lost = l;
+        } else {
+            pp = &l->next;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    for (struct limbo *l = lost, *next; l; l = next) {
+        next = l->next;
+        size_t len = l->len;
+        char name[96], why[128];
+        snprintf(name, sizeof(name), "%s%s", l->key, LIMBO);
+        uint8_t *buf = l->data ? l->data : read_whole(p, name, &len);
+        record_pub_t pub;
+        bool ok = buf && record_read(l->key, buf, len, &pub, why, sizeof(why)) == RECORD_PUBLISH &&
+                  fn(arg, &pub) == 0;
+        if (buf != l->data)
+            free(buf);
+        if (!ok) {
+            /* Not handed over: back to limbo, to be tried at the next connection. */
+            pthread_mutex_lock(&p->lock);
+            l->next = p->limbo;
+            p->limbo = l;
+            pthread_mutex_unlock(&p->lock);
+            continue;
+        }
+        limbo_free(p, l);
+        n++;
+    }
+    return n;
 }
 
 static int p_keys(void *handle, char ***keys, int *nkeys)

@@ -76,6 +76,19 @@ void persist_resent(persist_t *p, const char *key, bool ok);
  */
 int persist_set_aside(persist_t *p, const char *key);
 
+/*
+ * A sent message the client removes from the store waits in limbo until its
+ * delivery is reported: the broker acknowledged it (persist_delivered, from
+ * the client's delivery callback). When the broker has no session for us at
+ * a connection, the client drops what it had in flight: at each connection
+ * (persist_session_start, from the connect callback) what is in limbo is
+ * marked lost, and persist_take_lost() gives each to fn to be sent again as a
+ * new message (then it goes; when fn fails it waits for the next connection).
+ */
+void persist_delivered(persist_t *p, int msgid);
+void persist_session_start(persist_t *p);
+int persist_take_lost(persist_t *p, int (*fn)(void *arg, const record_pub_t *pub), void *arg);
+
 /* Records and bytes held now (safe from any thread). */
 uint64_t persist_bytes(persist_t *p);
 unsigned persist_records(persist_t *p);

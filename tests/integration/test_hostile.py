@@ -644,6 +644,42 @@ def broker_drops_connection_for_a_message_311():
     check(code == "2.04", "after: %s" % code)
 
 
+
+def broker_without_session_loses_nothing(version):
+    """The connection drops with a reading in flight, and the broker comes
+    back without our session (restarted without persistence, say): the MQTT
+    client drops what it had in flight. The device was answered 2.04, so the
+    gateway sends the reading again as a new message."""
+    d = workdir()
+    pki = Pki(d)
+    state = {"dropped": False}
+
+    def behave(broker, conn, kind, body):
+        if kind >> 4 == 3 and publish_topic(body).startswith("redback/") and \
+                not state["dropped"]:
+            state["dropped"] = True
+            conn.close()  # no PUBACK; the connection is gone
+            return True
+        return False
+    broker = ScriptedBroker(d, pki, behave)
+    broker.session_kept = False
+    g = Gateway(d, broker, pki, coap="plain = true;", mqtt="version = %d;" % version).start()
+    dev = Plain(g)
+    code, _, _ = dev.request("zones/a/b", b"in-flight")
+    check(code == "2.04", "the reading in flight: %s" % code)
+    wait_until(lambda: ("redback/p1/zones/a/b", b"in-flight") in broker.published,
+               "the reading at the broker that lost our session")
+    check(g.count("had no session for us") == 1, "not said:\n" + g.text())
+
+
+def broker_without_session_mqtt5():
+    broker_without_session_loses_nothing(5)
+
+
+def broker_without_session_mqtt311():
+    broker_without_session_loses_nothing(3)
+
+
 CASES = {
     "poison_topic_mqtt5": poison_topic_mqtt5,
     "poison_topic_mqtt311": poison_topic_mqtt311,
@@ -664,6 +700,8 @@ CASES = {
     "structured_coap_fuzz": structured_coap_fuzz,
     "poisoned_store_is_cleaned": poisoned_store_is_cleaned,
     "broker_drops_connection_for_a_message_311": broker_drops_connection_for_a_message_311,
+    "broker_without_session_mqtt5": broker_without_session_mqtt5,
+    "broker_without_session_mqtt311": broker_without_session_mqtt311,
 }
 
 if __name__ == "__main__":
