@@ -638,7 +638,7 @@ static int p_remove(void *handle, char *key)
     struct mrec **pp = mem_find(p, key);
     if (*pp) {
         if (l) { /* the record's data goes to limbo as it is */
-            l->data = (*pp)->data;
+            l->data = (uint8_t *)(*pp)->data;
             l->len = (*pp)->len;
             (*pp)->data = NULL;
             l->next = p->limbo;
