@@ -21,6 +21,8 @@
 
 #include "dtls.h"
 #include "inbox.h"
+#include "clock.h"
+#include "error.h"
 #include "log.h"
 #include "mapping.h"
 #include "mqtt.h"
@@ -64,12 +66,6 @@
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
 
-uint64_t bridge_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* The Block1 transfer in progress on a session (its sess_t's up state). */
 struct b1 {
@@ -144,7 +140,7 @@ void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int
 
 int bridge_retry_after_s(const bridge_t *b)
 {
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     if (b->connecting || b->reconnect_at_ms <= now)
         return 1;
     return (int)((b->reconnect_at_ms - now + 999) / 1000);
@@ -270,9 +266,9 @@ static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session
     p->block1 = block1;
     p->map = map;
     p->stored = false;
-    p->started_ms = bridge_now_ms();
+    p->started_ms = gw_now_ms();
     p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
-    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
+    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->mqtt.publish_timeout * 1000;
 }
 
 static uint64_t pending_id(const bridge_t *b, const struct pending *p)
@@ -295,7 +291,7 @@ static void send_empty_ack(struct pending *p)
     coap_pdu_t *ack = coap_pdu_init(COAP_MESSAGE_ACK, 0, p->mid, 4);
     p->separate = true;
     if (ack && coap_send(p->session, ack) == COAP_INVALID_MID)
-        gw_debug("coap", "cannot send an empty ACK");
+        gw_debug(COAP, "cannot send an empty ACK");
 }
 
 /*
@@ -315,7 +311,7 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
     if (resp && coap_add_token(resp, p->token_len, p->token)) {
         bridge_answer(b, resp, code, p->block1, max_age, -1);
         if (coap_send(session, resp) == COAP_INVALID_MID)
-            gw_debug("coap", "cannot send an answer");
+            gw_debug(COAP, "cannot send an answer");
     } else {
         coap_delete_pdu(resp);
     }
@@ -379,7 +375,7 @@ static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_
     }
     if (rc == -EINVAL) {
         b->st.unpublishable++;
-        gw_log_limited(GW_LOG_ERROR, "mqtt", "a message for %s was not published (the broker "
+        gw_log_limited(GW_LOG_ERROR, MQTT, "a message for %s was not published (the broker "
                        "would refuse it)", msg->topic);
         return 500;
     }
@@ -392,7 +388,7 @@ enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
 /* Bytes every session's Block1 buffers may hold together. */
 static size_t b1_budget(const bridge_t *b)
 {
-    size_t max = (size_t)b->cfg->max_payload, all = BLOCK1_TRANSFERS * max;
+    size_t max = (size_t)b->cfg->coap.max_payload, all = BLOCK1_TRANSFERS * max;
     if (all > BLOCK1_BYTES_MAX)
         all = BLOCK1_BYTES_MAX > max ? BLOCK1_BYTES_MAX : max;
     return all;
@@ -411,7 +407,7 @@ static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *s
                                  int *max_age)
 {
     coap_block_b_t blk;
-    size_t max = (size_t)b->cfg->max_payload;
+    size_t max = (size_t)b->cfg->coap.max_payload;
     int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
 
     *block1 = NO_BLOCK1;
@@ -424,7 +420,7 @@ static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *s
         return BODY_READY;
     }
     size_t size = (size_t)1 << (blk.szx + 4);
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     struct b1 *t = b1_of(b, s);
     if (!t) {
         *code = 500;
@@ -526,7 +522,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     sess_touch(s, now);
     const char *identity = dtls_identity(session);
     coap_get_data(req, &len, &data);
@@ -593,7 +589,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
             break;
         }
     }
-    if (!b->connected && (b->cfg->offline_buffer == 0 ||
+    if (!b->connected && (b->cfg->mqtt.offline_buffer == 0 ||
                           persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
         code = 503;
         max_age = bridge_retry_after_s(b);
@@ -680,7 +676,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
 refuse:
     if (e)
         b->maps[map_entry_index(e)].refused++;
-    gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
+    gw_debug(COAP, "request refused with %d.%02d", code / 100, code % 100);
     bridge_answer(b, resp, code, block1, max_age, size1);
     sess_dedup_add(s, identity, mid, code, block1, max_age);
 }
@@ -760,7 +756,7 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         return NULL;
     b->cfg = cfg;
     b->ctx = ctx;
-    b->npend = (size_t)cfg->max_inflight;
+    b->npend = (size_t)cfg->mqtt.max_inflight;
     b->pend = calloc(b->npend, sizeof(*b->pend));
     b->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->maps));
     /* Room for every acknowledgement in flight plus connection news. */
@@ -768,21 +764,21 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->inbox = inbox_new(b->npend + 4096, INBOX_BYTES);
     if (!b->pend || !b->maps || !b->inbox)
         goto fail;
-    b->persist = persist_new(cfg->state_dir);
+    b->persist = persist_new(cfg->gateway.state_dir);
     if (!b->persist) {
-        gw_err("bridge", "cannot keep state in %s/mqtt (%s)", cfg->state_dir, strerror(errno));
+        gw_err(BRIDGE, "cannot keep state in %s/mqtt (%s)", cfg->gateway.state_dir, strerror(errno));
         goto fail;
     }
     persist_set_durable(b->persist, true); /* not connected yet */
     if (persist_records(b->persist))
-        gw_info("mqtt", "%u messages kept from before the restart will be delivered",
+        gw_info(MQTT, "%u messages kept from before the restart will be delivered",
                 persist_records(b->persist));
     b->mqtt = mqtt_new(cfg, b->inbox, b->persist);
     if (!b->mqtt)
         goto fail;
     b->backoff_s = 1;
-    b->started_ms = bridge_now_ms();
-    b->sessions = sessions_new(ctx, (size_t)cfg->max_sessions, b1_free, down_on_ready, b);
+    b->started_ms = gw_now_ms();
+    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, b1_free, down_on_ready, b);
     if (!b->sessions)
         goto fail;
 
@@ -825,7 +821,7 @@ void bridge_free(bridge_t *b)
 int bridge_start(bridge_t *b)
 {
     b->connecting = true;
-    gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
+    gw_info(MQTT, "connecting to %s", b->cfg->mqtt.uri);
     return mqtt_connect(b->mqtt);
 }
 
@@ -839,7 +835,7 @@ static void schedule_reconnect(bridge_t *b)
     persist_set_durable(b->persist, true);
     b->connected = false;
     b->connecting = false;
-    b->reconnect_at_ms = bridge_now_ms() + (uint64_t)b->backoff_s * 1000;
+    b->reconnect_at_ms = gw_now_ms() + (uint64_t)b->backoff_s * 1000;
     b->backoff_s = b->backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->backoff_s * 2;
 }
 
@@ -851,7 +847,7 @@ static void schedule_reconnect(bridge_t *b)
  */
 static void keep_inflight(bridge_t *b)
 {
-    if (b->cfg->offline_buffer == 0 || b->inflight == 0 || persist_flush(b->persist) < 0)
+    if (b->cfg->mqtt.offline_buffer == 0 || b->inflight == 0 || persist_flush(b->persist) < 0)
         return;
     for (size_t i = 0; i < b->npend; i++) {
         if (b->pend[i].used) {
@@ -867,19 +863,19 @@ static void on_connected(bridge_t *b)
     persist_set_durable(b->persist, false);
     b->connected = true;
     b->connecting = false;
-    b->connected_at_ms = bridge_now_ms();
+    b->connected_at_ms = gw_now_ms();
     b->guard.acked = false;
     if (b->ever_connected)
         b->st.reconnects++;
     b->ever_connected = true;
-    gw_info("mqtt", "connected to %s", b->cfg->mqtt_uri);
+    gw_info(MQTT, "connected to %s", b->cfg->mqtt.uri);
     mqtt_resend_lost(b->mqtt);
     down_on_connected(b);
-    if (*b->cfg->status_topic) {
-        mqtt_msg_t online = {.topic = b->cfg->status_topic, .payload = "online", .len = 6,
+    if (*b->cfg->mqtt.status_topic) {
+        mqtt_msg_t online = {.topic = b->cfg->mqtt.status_topic, .payload = "online", .len = 6,
                              .qos = 1, .retain = true};
         if (mqtt_publish(b->mqtt, &online, UINT64_MAX) < 0)
-            gw_warn("mqtt", "cannot publish \"online\" on %s", b->cfg->status_topic);
+            gw_warn(MQTT, "cannot publish \"online\" on %s", b->cfg->mqtt.status_topic);
     }
 }
 
@@ -906,7 +902,7 @@ static void guard_dropped(bridge_t *b)
             return;
         b->guard.one_at_a_time = true;
         b->guard.suspect[0] = '\0';
-        gw_warn("mqtt", "the broker dropped %u connections in a row soon after they were made: "
+        gw_warn(MQTT, "the broker dropped %u connections in a row soon after they were made: "
                         "messages go one at a time to find one it refuses",
                 b->guard.strikes);
         mqtt_set_one_at_a_time(b->mqtt, true);
@@ -927,9 +923,9 @@ static void guard_dropped(bridge_t *b)
         mqtt_restart(b->mqtt, false); /* a client that no longer holds it */
     b->guard.suspect[0] = '\0';
     b->st.broker_dropped_for++;
-    gw_err("mqtt", "the broker drops the connection whenever message %s is sent: %s "
+    gw_err(MQTT, "the broker drops the connection whenever message %s is sent: %s "
                    "(%s-refused)",
-           key, rc == 0 ? "it was set aside" : "it cannot be set aside", b->cfg->state_dir);
+           key, rc == 0 ? "it was set aside" : "it cannot be set aside", b->cfg->gateway.state_dir);
 }
 
 static void connection_lost(bridge_t *b)
@@ -941,7 +937,7 @@ static void connection_lost(bridge_t *b)
      * the broker acknowledged anything was a good one: a broker restarted under
      * load, say.
      */
-    bool refused = bridge_now_ms() - b->connected_at_ms < STABLE_MS && !b->guard.acked &&
+    bool refused = gw_now_ms() - b->connected_at_ms < STABLE_MS && !b->guard.acked &&
                    persist_records(b->persist) > 0;
     schedule_reconnect(b); /* what waits is on disk from here on */
     keep_inflight(b);
@@ -966,7 +962,7 @@ void bridge_process_inbox(bridge_t *b)
             on_connected(b);
             break;
         case EV_CONNECT_FAILED:
-            gw_warn("mqtt", "cannot connect to %s (%s); retrying in %us", b->cfg->mqtt_uri,
+            gw_warn(MQTT, "cannot connect to %s (%s); retrying in %us", b->cfg->mqtt.uri,
                     ev[i].text, b->backoff_s);
             schedule_reconnect(b);
             /*
@@ -983,7 +979,7 @@ void bridge_process_inbox(bridge_t *b)
                 break; /* a DISCONNECT before the CONNACK: the connect failure follows */
             if (ev[i].rc)
                 b->st.broker_disconnects++;
-            gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
+            gw_warn(MQTT, "connection to %s lost (%s)", b->cfg->mqtt.uri, ev[i].text);
             connection_lost(b);
             break;
         case EV_PUB_OK:
@@ -994,7 +990,7 @@ void bridge_process_inbox(bridge_t *b)
             if (!p)
                 break; /* answered already (timed out) */
             b->st.acked++;
-            uint64_t lat = bridge_now_ms() - p->started_ms;
+            uint64_t lat = gw_now_ms() - p->started_ms;
             b->st.lat_ms[lat < 1023 ? lat : 1023]++;
             pending_answer(b, p, p->ok_code);
             break;
@@ -1011,7 +1007,7 @@ void bridge_process_inbox(bridge_t *b)
             break;
         case EV_SUB_FAILED:
             b->down.subscriptions_failed++;
-            gw_log_limited(GW_LOG_ERROR, "mqtt", "subscription refused by the broker (%s)",
+            gw_log_limited(GW_LOG_ERROR, MQTT, "subscription refused by the broker (%s)",
                            ev[i].text);
             break;
         case EV_PUB_FAILED:
@@ -1027,10 +1023,10 @@ void bridge_process_inbox(bridge_t *b)
              */
             if (ev[i].rc >= 0x80) {
                 b->st.broker_refused++;
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish refused by the broker (%s)",
+                gw_log_limited(GW_LOG_WARNING, MQTT, "publish refused by the broker (%s)",
                                ev[i].text);
             } else {
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish failed (%s)", ev[i].text);
+                gw_log_limited(GW_LOG_WARNING, MQTT, "publish failed (%s)", ev[i].text);
             }
             pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
             break;
@@ -1044,9 +1040,9 @@ void bridge_commit(bridge_t *b)
         return;
     int rc = persist_sync(b->persist);
     if (rc < 0)
-        gw_log_limited(GW_LOG_ERROR, "mqtt",
+        gw_log_limited(GW_LOG_ERROR, MQTT,
                        "cannot make the offline buffer durable (%s); answering 5.03",
-                       strerror(-rc));
+                       gw_strerror(rc));
     for (size_t i = 0; i < b->npend && b->nstored; i++) {
         struct pending *p = &b->pend[i];
         if (p->used && p->stored)
@@ -1057,7 +1053,7 @@ void bridge_commit(bridge_t *b)
 void bridge_tick(bridge_t *b)
 {
     down_check_ready(b);
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     if (now - b->last_tick_ms < TICK_MS)
         return;
     b->last_tick_ms = now;
@@ -1072,11 +1068,11 @@ void bridge_tick(bridge_t *b)
                 continue;
             if (now >= p->deadline_ms) {
                 b->st.timeouts++;
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "no acknowledgement within %ds; answering 5.04",
-                               b->cfg->publish_timeout);
+                gw_log_limited(GW_LOG_WARNING, MQTT, "no acknowledgement within %ds; answering 5.04",
+                               b->cfg->mqtt.publish_timeout);
                 pending_answer(b, p, 504);
             } else if (!p->separate && now >= p->piggyback_ms) {
-                gw_debug("coap", "broker slow: empty ACK now, separate answer later");
+                gw_debug(COAP, "broker slow: empty ACK now, separate answer later");
                 send_empty_ack(p);
             }
         }
@@ -1086,12 +1082,12 @@ void bridge_tick(bridge_t *b)
         b->guard.one_at_a_time = false;
         b->guard.strikes = 0;
         mqtt_set_one_at_a_time(b->mqtt, false);
-        gw_info("mqtt", "messages go at the full rate again");
+        gw_info(MQTT, "messages go at the full rate again");
         mqtt_disconnect(b->mqtt);
     }
     if (!b->connected && !b->connecting && !b->draining && now >= b->reconnect_at_ms) {
         b->connecting = true;
-        gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
+        gw_info(MQTT, "connecting to %s", b->cfg->mqtt.uri);
         mqtt_connect(b->mqtt);
     }
 }
@@ -1125,7 +1121,7 @@ void bridge_abandon(bridge_t *b)
      * store and is sent again after a restart: made durable, it is answered
      * 2.04. Without one it gets 5.03 and the device sends it again.
      */
-    bool kept = b->cfg->offline_buffer > 0 && b->inflight && persist_flush(b->persist) == 0;
+    bool kept = b->cfg->mqtt.offline_buffer > 0 && b->inflight && persist_flush(b->persist) == 0;
     for (size_t i = 0; i < b->npend; i++)
         if (b->pend[i].used)
             pending_answer(b, &b->pend[i], kept ? b->pend[i].ok_code : 503);
@@ -1146,13 +1142,13 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
     size_t n = map_table_count(next->maps);
     struct map_counters *maps = calloc(n + 1, sizeof(*maps));
     if (!maps) {
-        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
         return;
     }
     size_t *index = calloc(map_table_count(b->cfg->maps) + 1, sizeof(*index));
     if (!index) {
         free(maps);
-        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
         return;
     }
     for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
@@ -1167,7 +1163,7 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
                                  : SIZE_MAX;
     free(index);
     down_reload(b, next);
-    sessions_set_max(b->sessions, (size_t)next->max_sessions);
+    sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
     free(b->maps);
     b->maps = maps;
     b->cfg = next;
@@ -1197,7 +1193,7 @@ void bridge_publish_stats(bridge_t *b)
         return;
     bridge_stats_json(b, f);
     fclose(f);
-    mqtt_msg_t msg = {.topic = b->cfg->stats_topic, .payload = json, .len = len ? len - 1 : 0,
+    mqtt_msg_t msg = {.topic = b->cfg->mqtt.stats_topic, .payload = json, .len = len ? len - 1 : 0,
                       .qos = 0, .content_type = "application/json", .utf8 = true};
     mqtt_publish(b->mqtt, &msg, 0);
     free(json);
@@ -1245,7 +1241,7 @@ static void certificates_json(const bridge_t *b, FILE *out)
 {
     const struct {
         const char *name, *path;
-    } certs[] = {{"coap.dtls.cert", b->cfg->dtls_cert}, {"mqtt.cert", b->cfg->mqtt_cert}};
+    } certs[] = {{"coap.dtls.cert", b->cfg->coap.dtls.cert}, {"mqtt.cert", b->cfg->mqtt.cert}};
     bool first = true;
     int days;
 
@@ -1268,7 +1264,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
     fputs("{\"gateway\":", out);
-    json_str(out, b->cfg->id);
+    json_str(out, b->cfg->gateway.id);
     fprintf(out,
             ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
             "\"sessions_evicted\":%llu,\"sessions_refused\":%llu,\"observers\":%llu,"
@@ -1276,7 +1272,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
             "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
             "\"block1_refused\":%llu,\"notifications\":%llu,\"responses\":{",
-            TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
+            TANDEM_VERSION, (unsigned long long)((gw_now_ms() - b->started_ms) / 1000),
             (unsigned long long)ss.sessions, (unsigned long long)ss.evicted,
             (unsigned long long)ss.refused, (unsigned long long)ss.observers,
             (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,

@@ -60,7 +60,7 @@ struct bridge {
     } guard;                 /* see bridge.c, guard_dropped() */
     unsigned backoff_s;
 
-    struct pending *pend; /* owned, cfg->max_inflight slots */
+    struct pending *pend; /* owned, cfg->mqtt.max_inflight slots */
     size_t npend, inflight;
     uint64_t last_tick_ms, last_second_ms, started_ms;
     size_t b1_bytes; /* held by every session's Block1 buffer */

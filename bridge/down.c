@@ -18,6 +18,7 @@
 
 #include "bridge_int.h"
 #include "dtls.h"
+#include "clock.h"
 #include "log.h"
 
 /* Value bytes held at most, whatever coap.max_resources says. */
@@ -57,7 +58,7 @@ static void drop_entry(bridge_t *b, store_entry_t *e)
 /* Evicts until one more entry of need bytes fits. 0, or -ENOSPC. */
 static int make_room(bridge_t *b, size_t need)
 {
-    size_t max = (size_t)b->cfg->max_resources;
+    size_t max = (size_t)b->cfg->coap.max_resources;
     for (int tries = 0; tries < EVICT_TRIES; tries++) {
         if (store_count(b->store) < max && store_bytes(b->store) + need <= STORE_BYTES_MAX)
             return 0;
@@ -141,7 +142,7 @@ void down_on_ready(void *arg, coap_session_t *session, const char *identity)
 
 int down_init(bridge_t *b)
 {
-    size_t buckets = (size_t)b->cfg->max_resources / 2 + 1;
+    size_t buckets = (size_t)b->cfg->coap.max_resources / 2 + 1;
     b->store = store_new(buckets);
     if (!b->store)
         return -ENOMEM;
@@ -197,7 +198,7 @@ void down_on_connected(bridge_t *b)
     int qos[n ? n : 1];
     int k = filters_of(b->cfg, filters, qos, (int)(n ? n : 1));
     if (k) {
-        gw_info("mqtt", "subscribing to %d filter%s", k, k > 1 ? "s" : "");
+        gw_info(MQTT, "subscribing to %d filter%s", k, k > 1 ? "s" : "");
         mqtt_subscribe(b->mqtt, filters, qos, k, ++b->down.sub_gen);
     }
     for (int i = 0; i < k; i++)
@@ -264,7 +265,7 @@ void down_message(bridge_t *b, inbox_msg_t *msg)
     if (map_reverse(b->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
                     sizeof(identity)) != MAP_OK) {
         b->down.dropped_bad_topic++;
-        gw_debug("mqtt", "message on %.*s matches no down mapping; dropped",
+        gw_debug(MQTT, "message on %.*s matches no down mapping; dropped",
                  (int)msg->topic_len, msg->bytes);
         return;
     }
@@ -276,7 +277,7 @@ void down_message(bridge_t *b, inbox_msg_t *msg)
     if (msg->len == 0)
         store_clear(b->store, e);
     int cf = msg->content_type[0] ? bridge_content_format(msg->content_type) : -1;
-    uint64_t expires = msg->expiry_s > 0 ? bridge_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
+    uint64_t expires = msg->expiry_s > 0 ? gw_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
     if (msg->len && store_set(b->store, e, payload, msg->len, cf, expires) < 0) {
         b->down.dropped_full++;
         return;
@@ -446,7 +447,7 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
 
     b->st.requests++;
     sess_t *s = sess_get(b->sessions, session);
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     if (s)
         sess_touch(s, now);
     if (resource == b->wellknown) {
@@ -508,7 +509,7 @@ void down_subscribed(bridge_t *b, uint64_t gen)
 {
     if (gen != b->down.sub_gen)
         return; /* an earlier set of filters: the newer acknowledgement counts */
-    uint64_t at = bridge_now_ms() + RETAINED_GRACE_MS;
+    uint64_t at = gw_now_ms() + RETAINED_GRACE_MS;
     for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
         if (!b->maps[i].ready_ms)
             b->maps[i].ready_ms = at;
@@ -519,15 +520,15 @@ int down_timeout_ms(const bridge_t *b)
 {
     if (!b->down.ready_at_ms)
         return -1;
-    uint64_t now = bridge_now_ms();
+    uint64_t now = gw_now_ms();
     return now >= b->down.ready_at_ms ? 0 : (int)(b->down.ready_at_ms - now);
 }
 
 void down_check_ready(bridge_t *b)
 {
-    if (b->down.ready_at_ms && bridge_now_ms() >= b->down.ready_at_ms) {
+    if (b->down.ready_at_ms && gw_now_ms() >= b->down.ready_at_ms) {
         b->down.ready_at_ms = 0;
-        gw_info("mqtt", "subscriptions in place: held values are served");
+        gw_info(MQTT, "subscriptions in place: held values are served");
     }
 }
 
@@ -543,8 +544,8 @@ void down_tick(bridge_t *b)
     sess_t *silent[CONFIRM_BATCH];
     coap_resource_t *non[CONFIRM_BATCH * SESS_OBSERVERS_MAX];
     size_t nnon = 0;
-    uint64_t idle = (uint64_t)b->cfg->session_idle_timeout * 1000;
-    size_t n = sessions_silent(b->sessions, bridge_now_ms(), idle, silent, CONFIRM_BATCH);
+    uint64_t idle = (uint64_t)b->cfg->coap.session_idle_timeout * 1000;
+    size_t n = sessions_silent(b->sessions, gw_now_ms(), idle, silent, CONFIRM_BATCH);
 
     for (size_t i = 0; i < n; i++) {
         for (unsigned k = 0; k < silent[i]->nobs; k++) {

@@ -20,6 +20,7 @@
 #include "bridge.h"
 #include "gate.h"
 #include "gateway.h"
+#include "clock.h"
 #include "log.h"
 #include "tandem_build.h"
 #if HAVE_SYSTEMD
@@ -41,12 +42,6 @@ static bool readable(int fd)
     return poll(&pfd, 1, 0) == 1;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /*
  * libcoap's messages are mostly about what peers send (bad packets, RSTs,
@@ -59,11 +54,11 @@ static void coap_log_to_gw(coap_log_t level, const char *message)
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
     if (level <= LOG_ERR)
-        gw_log_limited(GW_LOG_WARNING, "coap", "%s", line);
+        gw_log_limited(GW_LOG_WARNING, COAP, "%s", line);
     else if (level <= LOG_WARNING)
-        gw_log_limited(GW_LOG_INFO, "coap", "%s", line);
+        gw_log_limited(GW_LOG_INFO, COAP, "%s", line);
     else
-        gw_log_limited(GW_LOG_DEBUG, "coap", "%s", line);
+        gw_log_limited(GW_LOG_DEBUG, COAP, "%s", line);
 }
 
 static int make_address(const char *host, int port, coap_address_t *addr)
@@ -97,14 +92,14 @@ static int make_address(const char *host, int port, coap_address_t *addr)
  */
 static void coap_limits(coap_context_t *ctx, const gw_config_t *cfg)
 {
-    unsigned sessions = (unsigned)cfg->max_sessions, handshakes = sessions / 10;
+    unsigned sessions = (unsigned)cfg->coap.max_sessions, handshakes = sessions / 10;
     if (handshakes < 100)
         handshakes = sessions < 100 ? sessions : 100;
     if (handshakes > 1000)
         handshakes = 1000;
     coap_context_set_max_idle_sessions(ctx, sessions);
     coap_context_set_max_handshake_sessions(ctx, handshakes);
-    coap_context_set_session_timeout(ctx, (unsigned)cfg->session_idle_timeout);
+    coap_context_set_session_timeout(ctx, (unsigned)cfg->coap.session_idle_timeout);
 }
 
 static int add_fd(int ep, int fd, int tag)
@@ -136,10 +131,10 @@ static uint64_t watchdog_interval_ms(void)
 
 static void publish_stats(bridge_t *b, const gw_config_t *cfg, uint64_t *next_ms)
 {
-    uint64_t now = now_ms();
-    if (cfg->stats_interval <= 0 || !*cfg->stats_topic || now < *next_ms)
+    uint64_t now = gw_now_ms();
+    if (cfg->mqtt.stats_interval <= 0 || !*cfg->mqtt.stats_topic || now < *next_ms)
         return;
-    *next_ms = now + (uint64_t)cfg->stats_interval * 1000;
+    *next_ms = now + (uint64_t)cfg->mqtt.stats_interval * 1000;
     bridge_publish_stats(b);
 }
 
@@ -154,12 +149,12 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     dtls_psk_store_t *npsk = NULL;
     const char *file = (*cfg)->file;
 
-    gw_info("gateway", "reloading %s", file);
+    gw_info(GATEWAY, "reloading %s", file);
     notify("RELOADING=1");
     gw_config_t *next = gw_load(file, &npsk, &errs);
     if (next) {
         gw_config_keep_fixed(next, *cfg);
-        if ((npsk || *next->dtls_cert || *(*cfg)->dtls_cert || *psk) &&
+        if ((npsk || *next->coap.dtls.cert || *(*cfg)->coap.dtls.cert || *psk) &&
             dtls_setup(ctx, next, npsk) < 0) {
             gw_config_free(next);
             dtls_psk_free(npsk);
@@ -168,26 +163,26 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     } else {
         for (char *line = errs.text; line && *line;) {
             char *end = strchr(line, '\n');
-            gw_err("config", "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
+            gw_err(CONFIG, "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
             line = end ? end + 1 : NULL;
         }
     }
     gw_errs_clear(&errs);
     if (!next) {
-        gw_err("gateway", "reload refused: the running configuration stays");
+        gw_err(GATEWAY, "reload refused: the running configuration stays");
         bridge_count_reload(b, false);
         notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
     coap_limits(ctx, next);
-    gw_log_set_level(next->log_level);
+    gw_log_set_level(next->gateway.log_level);
     bridge_reload(b, next);
     gw_config_free(*cfg);
     dtls_psk_free(*psk);
     *cfg = next;
     *psk = npsk;
     bridge_count_reload(b, true);
-    gw_info("gateway", "reloaded: %zu mappings%s", map_table_count(next->maps),
+    gw_info(GATEWAY, "reloaded: %zu mappings%s", map_table_count(next->maps),
             npsk ? ", PSK identities" : "");
     notify("READY=1\nSTATUS=running");
 }
@@ -219,41 +214,41 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
 
     ctx = coap_new_context(NULL);
     if (!ctx) {
-        gw_err("coap", "cannot create the CoAP context");
+        gw_err(COAP, "cannot create the CoAP context");
         goto out;
     }
     coap_limits(ctx, cfg);
-    bool dtls = psk || *cfg->dtls_cert;
+    bool dtls = psk || *cfg->coap.dtls.cert;
     if (dtls && dtls_setup(ctx, cfg, psk) < 0)
         goto out;
 
     coap_address_t addr;
     if (dtls) {
-        make_address(cfg->coap_bind, cfg->dtls_port, &addr);
+        make_address(cfg->coap.bind, cfg->coap.dtls.port, &addr);
         if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS)) {
-            gw_err("coap", "cannot bind DTLS to [%s]:%d (%s)", cfg->coap_bind, cfg->dtls_port,
+            gw_err(COAP, "cannot bind DTLS to [%s]:%d (%s)", cfg->coap.bind, cfg->coap.dtls.port,
                    strerror(errno));
             goto out;
         }
         gate = dtls_gate_attach(ctx, &addr);
         if (!gate)
             goto out;
-        gw_info("coap", "listening for CoAP over DTLS on [%s]:%d", cfg->coap_bind,
-                cfg->dtls_port);
+        gw_info(COAP, "listening for CoAP over DTLS on [%s]:%d", cfg->coap.bind,
+                cfg->coap.dtls.port);
     }
-    if (cfg->coap_plain) {
-        make_address(cfg->coap_bind, cfg->coap_port, &addr);
+    if (cfg->coap.plain) {
+        make_address(cfg->coap.bind, cfg->coap.port, &addr);
         if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP)) {
-            gw_err("coap", "cannot bind plain CoAP to [%s]:%d (%s)", cfg->coap_bind,
-                   cfg->coap_port, strerror(errno));
+            gw_err(COAP, "cannot bind plain CoAP to [%s]:%d (%s)", cfg->coap.bind,
+                   cfg->coap.port, strerror(errno));
             goto out;
         }
-        gw_warn("coap", "plain CoAP (unencrypted) on [%s]:%d", cfg->coap_bind, cfg->coap_port);
+        gw_warn(COAP, "plain CoAP (unencrypted) on [%s]:%d", cfg->coap.bind, cfg->coap.port);
     }
 
     b = bridge_new(cfg, ctx);
     if (!b) {
-        gw_err("bridge", "cannot set up the bridge");
+        gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
     }
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -262,7 +257,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     if (ep < 0 || sfd < 0 || coap_fd < 0 || add_fd(ep, coap_fd, TAG_COAP) < 0 ||
         add_fd(ep, bridge_inbox_fd(b), TAG_INBOX) < 0 || add_fd(ep, sfd, TAG_SIGNAL) < 0 ||
         (gate && add_fd(ep, dtls_gate_fd(gate), TAG_DTLS) < 0)) {
-        gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
+        gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
     if (gate)
@@ -271,12 +266,12 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     /* The listeners are bound: ready. */
     notify("READY=1\nSTATUS=running");
     uint64_t watchdog_ms = watchdog_interval_ms(), next_watchdog = 0;
-    gw_info("gateway", "%s ready (tandem %s)", cfg->id, TANDEM_VERSION);
+    gw_info(GATEWAY, "%s ready (tandem %s)", cfg->gateway.id, TANDEM_VERSION);
 
     for (;;) {
         struct epoll_event evs[8];
         int timeout = bridge_timeout_ms(b);
-        if (cfg->stats_interval > 0 && (timeout < 0 || timeout > 1000))
+        if (cfg->mqtt.stats_interval > 0 && (timeout < 0 || timeout > 1000))
             timeout = 1000;
         if (stopping)
             timeout = 50;
@@ -284,7 +279,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
             timeout = (int)watchdog_ms;
         int n = epoll_wait(ep, evs, 8, timeout);
         if (n < 0 && errno != EINTR) {
-            gw_err("gateway", "epoll_wait failed (%s)", strerror(errno));
+            gw_err(GATEWAY, "epoll_wait failed (%s)", strerror(errno));
             break;
         }
         for (int i = 0; i < n; i++) {
@@ -332,14 +327,14 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
                             cfg = *cfgp;
                         }
                     } else if (stopping) {
-                        gw_warn("gateway", "second stop signal: exiting now");
+                        gw_warn(GATEWAY, "second stop signal: exiting now");
                         status = GW_EXIT_OK;
                         goto out;
                     } else {
-                        gw_info("gateway", "stopping (%s)", strsignal((int)si.ssi_signo));
+                        gw_info(GATEWAY, "stopping (%s)", strsignal((int)si.ssi_signo));
                         notify("STOPPING=1");
                         stopping = true;
-                        stop_deadline = now_ms() + STOP_WAIT_MS;
+                        stop_deadline = gw_now_ms() + STOP_WAIT_MS;
                         bridge_drain(b);
                     }
                 }
@@ -350,11 +345,11 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         bridge_commit(b);
         bridge_tick(b);
         publish_stats(b, cfg, &next_stats);
-        if (watchdog_ms && now_ms() >= next_watchdog) {
+        if (watchdog_ms && gw_now_ms() >= next_watchdog) {
             notify("WATCHDOG=1");
-            next_watchdog = now_ms() + watchdog_ms;
+            next_watchdog = gw_now_ms() + watchdog_ms;
         }
-        if (stopping && (bridge_inflight(b) == 0 || now_ms() >= stop_deadline))
+        if (stopping && (bridge_inflight(b) == 0 || gw_now_ms() >= stop_deadline))
             break;
     }
     bridge_commit(b);
@@ -362,7 +357,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     bridge_abandon(b);
     coap_io_process(ctx, COAP_IO_NO_WAIT);
     bridge_shutdown(b, 1000);
-    gw_info("gateway", "stopped");
+    gw_info(GATEWAY, "stopped");
     status = GW_EXIT_OK;
 out:
     if (sfd >= 0)
@@ -372,7 +367,7 @@ out:
     bridge_free(b);
     if (gate) {
         const dtls_gate_stats_t *st = dtls_gate_stats(gate);
-        gw_info("dtls",
+        gw_info(DTLS,
                 "cookie gate: %llu ClientHellos answered with a cookie, %llu verified, "
                 "%llu datagrams dropped, %llu verified addresses forgotten early",
                 (unsigned long long)st->hellos_answered, (unsigned long long)st->peers_verified,
