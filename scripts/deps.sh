@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config
   libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
+  libjson-c-dev
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
   systemd  # systemd-analyze checks the unit in deploy/
