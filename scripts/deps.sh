@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config
   libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
-  libcriterion-dev
+  libjson-c-dev
+  libcriterion-dev prometheus  # prometheus: promtool checks the /metrics text
   mosquitto mosquitto-clients openssl python3 coreutils procps
   systemd  # systemd-analyze checks the unit in deploy/
   "$@"
