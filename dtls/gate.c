@@ -121,7 +121,6 @@ struct dtls_gate {
     uint8_t buf[65536]; /* the head datagram (a UDP payload is at most 65,507 bytes) */
 };
 
-
 static int peer_key(const struct sockaddr_storage *ss, uint8_t key[PEER_KEY])
 {
     memset(key, 0, PEER_KEY);
@@ -345,7 +344,7 @@ dtls_gate_t *dtls_gate_new(int fd)
 void dtls_gate_set_clock(dtls_gate_t *g, uint64_t (*now_ms)(void))
 {
     g->now_ms = now_ms;
-    g->key_since = gw_now_ms();
+    g->key_since = now_ms();
 }
 
 int dtls_gate_fd(const dtls_gate_t *g)
