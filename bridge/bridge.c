@@ -12,7 +12,6 @@
 #include "tandem_build.h"
 
 #include <MQTTAsync.h>
-#include <ctype.h>
 #include <limits.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -29,8 +28,6 @@
 #include "tls.h"
 #include "bridge_int.h"
 
-/* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
-#define EXCHANGE_LIFETIME_MS 247000
 /* A Block1 transfer with no block for this long is dropped, ms. */
 #define BLOCK1_IDLE_MS 60000
 /*
@@ -120,23 +117,6 @@ static sess_t *session_state(bridge_t *b, coap_session_t *session)
     return sess_get(b->sessions, session);
 }
 
-/* Sets the response code and its options. */
-void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
-                   int size1)
-{
-    uint8_t buf[4];
-    coap_pdu_set_code(resp, (coap_pdu_code_t)COAP_RESPONSE_CODE(code));
-    if (max_age >= 0)
-        coap_add_option(resp, COAP_OPTION_MAXAGE,
-                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)max_age), buf);
-    if (block1 != NO_BLOCK1)
-        coap_add_option(resp, COAP_OPTION_BLOCK1, coap_encode_var_safe(buf, sizeof(buf), block1),
-                        buf);
-    if (size1 >= 0)
-        coap_add_option(resp, COAP_OPTION_SIZE1,
-                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)size1), buf);
-    b->st.responses[(code / 100) * 32 + code % 100]++;
-}
 
 int bridge_retry_after_s(const bridge_t *b)
 {
@@ -146,75 +126,6 @@ int bridge_retry_after_s(const bridge_t *b)
     return (int)((b->reconnect_at_ms - now + 999) / 1000);
 }
 
-/* CoAP Content-Formats and their media types (RFC 7252 §12.3 registry). */
-static const struct {
-    int cf;
-    const char *type;
-    bool text;
-} content_formats[] = {
-    {0, "text/plain;charset=utf-8", true},
-    {16, "application/cose; cose-type=\"cose-encrypt0\"", false},
-    {17, "application/cose; cose-type=\"cose-mac0\"", false},
-    {18, "application/cose; cose-type=\"cose-sign1\"", false},
-    {40, "application/link-format", true},
-    {41, "application/xml", true},
-    {42, "application/octet-stream", false},
-    {47, "application/exi", false},
-    {50, "application/json", true},
-    {51, "application/json-patch+json", true},
-    {52, "application/merge-patch+json", true},
-    {60, "application/cbor", false},
-    {61, "application/cwt", false},
-    {62, "application/multipart-core", false},
-    {63, "application/cbor-seq", false},
-    {110, "application/senml+json", true},
-    {111, "application/sensml+json", true},
-    {112, "application/senml+cbor", false},
-    {113, "application/sensml+cbor", false},
-    {256, "application/coap-group+json", true},
-    {320, "application/senml+xml", true},
-    {11542, "application/vnd.oma.lwm2m+tlv", false},
-    {11543, "application/vnd.oma.lwm2m+json", true},
-};
-#define NFORMATS (sizeof(content_formats) / sizeof(content_formats[0]))
-
-/* MQTT 5 Content Type for a CoAP Content-Format. */
-const char *bridge_content_type(int cf, bool *text)
-{
-    for (size_t i = 0; i < NFORMATS; i++) {
-        if (content_formats[i].cf == cf) {
-            *text = content_formats[i].text;
-            return content_formats[i].type;
-        }
-    }
-    *text = false;
-    return NULL;
-}
-
-/* Compares media types ignoring case and spaces ("text/plain; charset=utf-8"). */
-static bool same_type(const char *a, const char *b)
-{
-    for (;;) {
-        while (*a == ' ')
-            a++;
-        while (*b == ' ')
-            b++;
-        if (!*a || !*b)
-            return !*a && !*b;
-        if (tolower((unsigned char)*a++) != tolower((unsigned char)*b++))
-            return false;
-    }
-}
-
-int bridge_content_format(const char *type)
-{
-    for (size_t i = 0; i < NFORMATS; i++)
-        if (same_type(content_formats[i].type, type))
-            return content_formats[i].cf;
-    if (same_type(type, "text/plain"))
-        return 0;
-    return -1;
-}
 
 static struct pending *pending_alloc(bridge_t *b)
 {
@@ -309,7 +220,7 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
     coap_pdu_t *resp = coap_pdu_init(type, 0, mid, coap_session_max_pdu_size(session));
 
     if (resp && coap_add_token(resp, p->token_len, p->token)) {
-        bridge_answer(b, resp, code, p->block1, max_age, -1);
+        bridge_answer(&b->st.responses, resp, code, p->block1, max_age, -1);
         if (coap_send(session, resp) == COAP_INVALID_MID)
             gw_debug(COAP, "cannot send an answer");
     } else {
@@ -330,35 +241,6 @@ static void pending_answer(bridge_t *b, struct pending *p, int code)
     pending_release(b, p);
 }
 
-/* Collects the Uri-Path options as segments; false when there are too many. */
-bool bridge_uri_segments(const coap_pdu_t *req, map_segs_t *segs)
-{
-    coap_opt_iterator_t it;
-    coap_opt_filter_t filter;
-    coap_opt_t *opt;
-
-    coap_option_filter_clear(&filter);
-    coap_option_filter_set(&filter, COAP_OPTION_URI_PATH);
-    coap_option_iterator_init(req, &it, &filter);
-    segs->n = 0;
-    while ((opt = coap_option_next(&it))) {
-        if (segs->n == MAP_SEGMENTS_MAX)
-            return false;
-        segs->s[segs->n] = (const char *)coap_opt_value(opt);
-        segs->len[segs->n] = coap_opt_length(opt);
-        segs->n++;
-    }
-    return true;
-}
-
-int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
-{
-    coap_opt_iterator_t it;
-    coap_opt_t *opt = coap_check_option(pdu, num, &it);
-    if (!opt)
-        return dflt;
-    return (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
-}
 
 /*
  * The answer to a publish the MQTT client did not take (mqtt_publish's
@@ -519,7 +401,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     b->st.requests++;
     s = session_state(b, session);
     if (!s) {
-        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        bridge_answer(&b->st.responses, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
     uint64_t now = gw_now_ms();
@@ -542,7 +424,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
                 p->separate = true;
             return;
         }
-        bridge_answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
+        bridge_answer(&b->st.responses, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
         return;
     }
 
@@ -582,7 +464,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         case BODY_ERROR:
             goto refuse;
         case BODY_CONTINUE:
-            bridge_answer(b, resp, 231, block1, -1, -1);
+            bridge_answer(&b->st.responses, resp, 231, block1, -1, -1);
             sess_dedup_add(s, identity, mid, 231, block1, -1);
             return;
         case BODY_READY:
@@ -630,7 +512,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         b->st.offline_buffered++;
         if (!p) { /* no slot to wait in: the record was fsync'ed at once */
             b->maps[mi].up++;
-            bridge_answer(b, resp, ok_code, block1, -1, -1);
+            bridge_answer(&b->st.responses, resp, ok_code, block1, -1, -1);
             sess_dedup_add(s, identity, mid, ok_code, block1, -1);
             return;
         }
@@ -649,7 +531,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         }
         b->st.published++;
         b->maps[mi].up++;
-        bridge_answer(b, resp, ok_code, block1, -1, -1);
+        bridge_answer(&b->st.responses, resp, ok_code, block1, -1, -1);
         sess_dedup_add(s, identity, mid, ok_code, block1, -1);
         return;
     }
@@ -677,7 +559,7 @@ refuse:
     if (e)
         b->maps[map_entry_index(e)].refused++;
     gw_debug(COAP, "request refused with %d.%02d", code / 100, code % 100);
-    bridge_answer(b, resp, code, block1, max_age, size1);
+    bridge_answer(&b->st.responses, resp, code, block1, max_age, size1);
     sess_dedup_add(s, identity, mid, code, block1, max_age);
 }
 
@@ -1282,10 +1164,10 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)b->st.block1_refused, (unsigned long long)b->down.notifications);
     bool first = true;
     for (int i = 0; i < 256; i++) {
-        if (!b->st.responses[i])
+        if (!b->st.responses.n[i])
             continue;
         fprintf(out, "%s\"%d.%02d\":%llu", first ? "" : ",", i / 32, i % 32,
-                (unsigned long long)b->st.responses[i]);
+                (unsigned long long)b->st.responses.n[i]);
         first = false;
     }
     fprintf(out,

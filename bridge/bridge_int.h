@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "bridge.h"
+#include "coap_util.h"
 #include "gate.h"
 #include "inbox.h"
 #include "mapping.h"
@@ -80,7 +81,7 @@ struct bridge {
     } down;
     struct {
         uint64_t requests, bytes_in;
-        uint64_t responses[256]; /* by class*32 + detail */
+        coap_codes_t responses;
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
         uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
         uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
@@ -92,23 +93,8 @@ struct bridge {
     } st;
 };
 
-uint64_t bridge_now_ms(void);
-
 /* Seconds a device should wait before retrying while the broker is away. */
 int bridge_retry_after_s(const bridge_t *b);
-
-/* Sets the response code and its options (-1 / NO_BLOCK1: none). */
-void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
-                   int size1);
-
-/* MQTT 5 Content Type of a CoAP Content-Format, or NULL; *text for UTF-8 types. */
-const char *bridge_content_type(int cf, bool *text);
-/* The CoAP Content-Format of an MQTT 5 Content Type, or -1. */
-int bridge_content_format(const char *type);
-
-/* The request's Uri-Path options as segments; false when there are too many. */
-bool bridge_uri_segments(const coap_pdu_t *req, map_segs_t *segs);
-int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt);
 
 /* The handler of POST, PUT and DELETE (and the methods no mapping allows). */
 void bridge_on_request(coap_resource_t *resource, coap_session_t *session,

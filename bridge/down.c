@@ -381,7 +381,7 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
     bool first = true, room = true;
 
     if (!out) {
-        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        bridge_answer(&b->st.responses, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
     /* Up resources that have one concrete form for this device. */
@@ -413,7 +413,7 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
                     coap_encode_var_safe(buf, sizeof(buf), COAP_MEDIATYPE_APPLICATION_LINK_FORMAT),
                     buf);
     int code = add_body(session, req, resp, (const uint8_t *)text, size);
-    bridge_answer(b, resp, code, NO_BLOCK1, -1, -1);
+    bridge_answer(&b->st.responses, resp, code, NO_BLOCK1, -1, -1);
     free(text);
 }
 
@@ -461,7 +461,7 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
     if (st != MAP_OK) {
         if (m)
             b->maps[map_entry_index(m)].refused++;
-        bridge_answer(b, resp, map_status_code(st), NO_BLOCK1, -1, -1);
+        bridge_answer(&b->st.responses, resp, map_status_code(st), NO_BLOCK1, -1, -1);
         return;
     }
     size_t len = join(&segs, path, sizeof(path));
@@ -477,7 +477,7 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
     if (observe == COAP_OBSERVE_ESTABLISH && s &&
         sess_obs_add(s, token.s, token.length, path) < 0) {
         /* A class 4 answer makes libcoap drop the registration it made. */
-        bridge_answer(b, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+        bridge_answer(&b->st.responses, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
         return;
     }
     if (!e || !e->has_value) {
@@ -485,11 +485,11 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
             /* Not subscribed yet: the value may simply not have arrived. */
             if (observe == COAP_OBSERVE_ESTABLISH && s)
                 sess_obs_remove(s, token.s, token.length);
-            bridge_answer(b, resp, 503, NO_BLOCK1, max_age, -1);
+            bridge_answer(&b->st.responses, resp, 503, NO_BLOCK1, max_age, -1);
             return;
         }
         /* Observing before the first value: registered, empty until it comes. */
-        bridge_answer(b, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
+        bridge_answer(&b->st.responses, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
         return;
     }
     coap_add_option(resp, COAP_OPTION_ETAG, coap_encode_var_safe(buf, sizeof(buf), e->version),
@@ -502,7 +502,7 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
                         coap_encode_var_safe(buf, sizeof(buf),
                                              (unsigned)((e->expires_ms - now + 999) / 1000)),
                         buf);
-    bridge_answer(b, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
+    bridge_answer(&b->st.responses, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
 }
 
 void down_subscribed(bridge_t *b, uint64_t gen)
