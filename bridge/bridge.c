@@ -27,6 +27,7 @@
 #include "mqtt.h"
 #include "tls.h"
 #include "bridge_int.h"
+#include "pending.h"
 
 /* A Block1 transfer with no block for this long is dropped, ms. */
 #define BLOCK1_IDLE_MS 60000
@@ -57,8 +58,6 @@
 #define TICK_MS 100
 /* Max-Age of a 5.03 to a new session refused at coap.max_sessions, s. */
 #define SESSIONS_FULL_RETRY_S 5
-/* How long a confirmable request waits for a piggybacked answer, ms. */
-#define PIGGYBACK_MS 500
 
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
@@ -127,118 +126,20 @@ int bridge_retry_after_s(const bridge_t *b)
 }
 
 
-static struct pending *pending_alloc(bridge_t *b)
-{
-    for (size_t i = 0; i < b->npend; i++) {
-        if (!b->pend[i].used) {
-            struct pending *p = &b->pend[i];
-            p->used = true;
-            p->separate = false;
-            b->inflight++;
-            return p;
-        }
-    }
-    return NULL;
-}
-
-static void pending_release(bridge_t *b, struct pending *p)
-{
-    if (p->stored) {
-        p->stored = false;
-        b->nstored--;
-    }
-    if (p->sess)
-        p->sess->busy--;
-    p->sess = NULL;
-    coap_session_release(p->session);
-    p->session = NULL;
-    p->used = false;
-    p->gen++;
-    b->inflight--;
-}
-
-/* The request p will answer. */
-static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session,
-                         const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1,
-                         size_t map)
-{
-    coap_bin_const_t token = coap_pdu_get_token(req);
-    p->session = coap_session_reference(session);
-    /* A session with a publish waiting is busy: never evicted meanwhile. */
-    p->sess = session_state(b, session);
-    if (p->sess)
-        p->sess->busy++;
-    p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
-    memcpy(p->token, token.s, p->token_len);
-    p->mid = mid;
-    p->con = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
-    p->separate = !p->con;
-    p->ok_code = (uint16_t)ok_code;
-    p->block1 = block1;
-    p->map = map;
-    p->stored = false;
-    p->started_ms = gw_now_ms();
-    p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
-    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->mqtt.publish_timeout * 1000;
-}
-
-static uint64_t pending_id(const bridge_t *b, const struct pending *p)
-{
-    return (uint64_t)p->gen << 32 | (uint64_t)(p - b->pend);
-}
-
-static struct pending *pending_by_id(bridge_t *b, uint64_t id)
-{
-    size_t slot = (size_t)(id & 0xffffffffu);
-    if (slot >= b->npend)
-        return NULL;
-    struct pending *p = &b->pend[slot];
-    return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
-}
-
-/* Sends the empty ACK of a request whose answer will be separate. */
-static void send_empty_ack(struct pending *p)
-{
-    coap_pdu_t *ack = coap_pdu_init(COAP_MESSAGE_ACK, 0, p->mid, 4);
-    p->separate = true;
-    if (ack && coap_send(p->session, ack) == COAP_INVALID_MID)
-        gw_debug(COAP, "cannot send an empty ACK");
-}
-
 /*
- * Answers the request of p with code, piggybacked on the ACK or as a separate
- * response, and releases p.
+ * Answers the request of p with code (see pending_answer) and counts it for
+ * its mapping.
  */
-static void pending_answer(bridge_t *b, struct pending *p, int code)
+static void answer_pending(bridge_t *b, pending_slot_t *p, int code)
 {
-    coap_session_t *session = p->session;
     int max_age = code == 503 ? bridge_retry_after_s(b) : -1;
-    coap_pdu_type_t type = !p->separate ? COAP_MESSAGE_ACK
-                           : p->con     ? COAP_MESSAGE_CON
-                                        : COAP_MESSAGE_NON;
-    coap_mid_t mid = p->separate ? coap_new_message_id(session) : p->mid;
-    coap_pdu_t *resp = coap_pdu_init(type, 0, mid, coap_session_max_pdu_size(session));
-
-    if (resp && coap_add_token(resp, p->token_len, p->token)) {
-        bridge_answer(&b->st.responses, resp, code, p->block1, max_age, -1);
-        if (coap_send(session, resp) == COAP_INVALID_MID)
-            gw_debug(COAP, "cannot send an answer");
-    } else {
-        coap_delete_pdu(resp);
-    }
-    /* Retransmissions of the request from now on get the same answer. */
-    struct dedup *d = p->sess ? sess_dedup_pending(p->sess, pending_id(b, p)) : NULL;
-    if (d) {
-        d->code = (uint16_t)code;
-        d->max_age = (uint16_t)(max_age < 0 ? 0 : max_age);
-    }
     if (p->map == SIZE_MAX) /* its mapping went at a reload */
         ;
     else if (code == p->ok_code)
         b->maps[p->map].up++;
     else
         b->maps[p->map].refused++;
-    pending_release(b, p);
+    pending_answer(b->pend, p, code, max_age, &b->st.responses);
 }
 
 
@@ -419,7 +320,7 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
              * libcoap sends the empty ACK (the response is left empty), and
              * the answer will be separate.
              */
-            struct pending *p = pending_by_id(b, d->pending);
+            pending_slot_t *p = pending_by_id(b->pend, d->pending);
             if (p)
                 p->separate = true;
             return;
@@ -499,13 +400,13 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
          * Into the offline buffer. The record is written now and fsync'ed
          * with the others of this turn at bridge_commit(), which answers.
          */
-        struct pending *p = pending_alloc(b);
+        pending_slot_t *p = pending_alloc(b->pend);
         persist_defer(b->persist, p != NULL);
         int rc = mqtt_publish(b->mqtt, &msg, UINT64_MAX);
         persist_defer(b->persist, false);
         if (rc < 0) {
             if (p)
-                pending_release(b, p); /* no session held yet: releasing NULL is a no-op */
+                pending_release(b->pend, p); /* no session held yet: releasing NULL is a no-op */
             code = publish_refused(b, rc, &msg, &max_age, &size1);
             goto refuse;
         }
@@ -516,10 +417,10 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
             sess_dedup_add(s, identity, mid, ok_code, block1, -1);
             return;
         }
-        pending_fill(b, p, session, req, mid, ok_code, block1, mi);
-        p->stored = true;
-        b->nstored++;
-        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+        pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
+                     (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
+        pending_mark_stored(b->pend, p);
+        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b->pend, p);
         coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
         return;
     }
@@ -536,21 +437,22 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
         return;
     }
 
-    struct pending *p = pending_alloc(b);
+    pending_slot_t *p = pending_alloc(b->pend);
     if (!p) {
         code = 503;
         max_age = 1;
         goto refuse;
     }
-    pending_fill(b, p, session, req, mid, ok_code, block1, mi);
-    int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
+    pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
+                     (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
+    int rc = mqtt_publish(b->mqtt, &msg, pending_id(b->pend, p));
     if (rc < 0) {
-        pending_release(b, p);
+        pending_release(b->pend, p);
         code = publish_refused(b, rc, &msg, &max_age, &size1);
         goto refuse;
     }
     b->st.published++;
-    sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
+    sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b->pend, p);
     /* Nothing for libcoap to send: an empty NON response is dropped. */
     coap_pdu_set_type(resp, COAP_MESSAGE_NON);
     return;
@@ -638,13 +540,11 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         return NULL;
     b->cfg = cfg;
     b->ctx = ctx;
-    b->npend = (size_t)cfg->mqtt.max_inflight;
-    b->pend = calloc(b->npend, sizeof(*b->pend));
     b->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->maps));
     /* Room for every acknowledgement in flight plus connection news. */
     /* Room for every acknowledgement in flight, connection news and messages. */
-    b->inbox = inbox_new(b->npend + 4096, INBOX_BYTES);
-    if (!b->pend || !b->maps || !b->inbox)
+    b->inbox = inbox_new((size_t)cfg->mqtt.max_inflight + 4096, INBOX_BYTES);
+    if (!b->maps || !b->inbox)
         goto fail;
     b->persist = persist_new(cfg->gateway.state_dir);
     if (!b->persist) {
@@ -662,6 +562,9 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->started_ms = gw_now_ms();
     b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, b1_free, down_on_ready, b);
     if (!b->sessions)
+        goto fail;
+    b->pend = pending_new((size_t)cfg->mqtt.max_inflight, b->sessions);
+    if (!b->pend)
         goto fail;
 
     r = coap_resource_unknown_init(bridge_on_request);
@@ -687,15 +590,12 @@ void bridge_free(bridge_t *b)
         return;
     if (event_bridge == b)
         event_bridge = NULL;
-    for (size_t i = 0; b->pend && i < b->npend; i++)
-        if (b->pend[i].used)
-            pending_release(b, &b->pend[i]);
+    pending_free(b->pend);
     sessions_free(b->sessions);
     down_free(b);
     mqtt_free(b->mqtt);
     persist_free(b->persist);
     inbox_free(b->inbox);
-    free(b->pend);
     free(b->maps);
     free(b);
 }
@@ -729,14 +629,13 @@ static void schedule_reconnect(bridge_t *b)
  */
 static void keep_inflight(bridge_t *b)
 {
-    if (b->cfg->mqtt.offline_buffer == 0 || b->inflight == 0 || persist_flush(b->persist) < 0)
+    if (b->cfg->mqtt.offline_buffer == 0 || pending_inflight(b->pend) == 0 ||
+        persist_flush(b->persist) < 0)
         return;
-    for (size_t i = 0; i < b->npend; i++) {
-        if (b->pend[i].used) {
-            if (!b->pend[i].stored)
-                b->st.offline_buffered++;
-            pending_answer(b, &b->pend[i], b->pend[i].ok_code);
-        }
+    for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p)) {
+        if (!p->stored)
+            b->st.offline_buffered++;
+        answer_pending(b, p, p->ok_code);
     }
 }
 
@@ -838,7 +737,7 @@ void bridge_process_inbox(bridge_t *b)
     size_t n = inbox_drain(b->inbox, ev, INBOX_BATCH);
 
     for (size_t i = 0; i < n; i++) {
-        struct pending *p;
+        pending_slot_t *p;
         switch (ev[i].type) {
         case EV_CONNECTED:
             on_connected(b);
@@ -868,13 +767,13 @@ void bridge_process_inbox(bridge_t *b)
             b->guard.acked = true;
             if (ev[i].id == UINT64_MAX)
                 break;
-            p = pending_by_id(b, ev[i].id);
+            p = pending_by_id(b->pend, ev[i].id);
             if (!p)
                 break; /* answered already (timed out) */
             b->st.acked++;
             uint64_t lat = gw_now_ms() - p->started_ms;
             b->st.lat_ms[lat < 1023 ? lat : 1023]++;
-            pending_answer(b, p, p->ok_code);
+            answer_pending(b, p, p->ok_code);
             break;
         case EV_MESSAGE:
             down_message(b, ev[i].data);
@@ -882,7 +781,7 @@ void bridge_process_inbox(bridge_t *b)
             break;
         case EV_DELIVERED:
             b->guard.acked = true;
-            mqtt_kick(b->mqtt, b->inflight);
+            mqtt_kick(b->mqtt, pending_inflight(b->pend));
             break;
         case EV_SUB_OK:
             down_subscribed(b, ev[i].id);
@@ -895,7 +794,7 @@ void bridge_process_inbox(bridge_t *b)
         case EV_PUB_FAILED:
             if (ev[i].id == UINT64_MAX)
                 break;
-            p = pending_by_id(b, ev[i].id);
+            p = pending_by_id(b->pend, ev[i].id);
             if (!p)
                 break;
             /*
@@ -910,7 +809,7 @@ void bridge_process_inbox(bridge_t *b)
             } else {
                 gw_log_limited(GW_LOG_WARNING, MQTT, "publish failed (%s)", ev[i].text);
             }
-            pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
+            answer_pending(b, p, ev[i].rc >= 0x80 ? 502 : 503);
             break;
         }
     }
@@ -918,18 +817,17 @@ void bridge_process_inbox(bridge_t *b)
 
 void bridge_commit(bridge_t *b)
 {
-    if (!b->nstored)
+    if (!pending_stored(b->pend))
         return;
     int rc = persist_sync(b->persist);
     if (rc < 0)
         gw_log_limited(GW_LOG_ERROR, MQTT,
                        "cannot make the offline buffer durable (%s); answering 5.03",
                        gw_strerror(rc));
-    for (size_t i = 0; i < b->npend && b->nstored; i++) {
-        struct pending *p = &b->pend[i];
-        if (p->used && p->stored)
-            pending_answer(b, p, rc == 0 ? p->ok_code : 503);
-    }
+    for (pending_slot_t *p = pending_next(b->pend, NULL); p && pending_stored(b->pend);
+         p = pending_next(b->pend, p))
+        if (p->stored)
+            answer_pending(b, p, rc == 0 ? p->ok_code : 503);
 }
 
 void bridge_tick(bridge_t *b)
@@ -943,19 +841,16 @@ void bridge_tick(bridge_t *b)
         b->last_second_ms = now;
         down_tick(b);
     }
-    if (b->inflight) {
-        for (size_t i = 0; i < b->npend; i++) {
-            struct pending *p = &b->pend[i];
-            if (!p->used)
-                continue;
+    if (pending_inflight(b->pend)) {
+        for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p)) {
             if (now >= p->deadline_ms) {
                 b->st.timeouts++;
                 gw_log_limited(GW_LOG_WARNING, MQTT, "no acknowledgement within %ds; answering 5.04",
                                b->cfg->mqtt.publish_timeout);
-                pending_answer(b, p, 504);
+                answer_pending(b, p, 504);
             } else if (!p->separate && now >= p->piggyback_ms) {
                 gw_debug(COAP, "broker slow: empty ACK now, separate answer later");
-                send_empty_ack(p);
+                pending_send_empty_ack(p);
             }
         }
     }
@@ -976,7 +871,7 @@ void bridge_tick(bridge_t *b)
 
 int bridge_timeout_ms(const bridge_t *b)
 {
-    if (b->inflight || (!b->connected && !b->connecting))
+    if (pending_inflight(b->pend) || (!b->connected && !b->connecting))
         return TICK_MS;
     int t = down_timeout_ms(b);
     struct sessions_stats ss;
@@ -988,7 +883,7 @@ int bridge_timeout_ms(const bridge_t *b)
 
 size_t bridge_inflight(const bridge_t *b)
 {
-    return b->inflight;
+    return pending_inflight(b->pend);
 }
 
 void bridge_drain(bridge_t *b)
@@ -1003,10 +898,10 @@ void bridge_abandon(bridge_t *b)
      * store and is sent again after a restart: made durable, it is answered
      * 2.04. Without one it gets 5.03 and the device sends it again.
      */
-    bool kept = b->cfg->mqtt.offline_buffer > 0 && b->inflight && persist_flush(b->persist) == 0;
-    for (size_t i = 0; i < b->npend; i++)
-        if (b->pend[i].used)
-            pending_answer(b, &b->pend[i], kept ? b->pend[i].ok_code : 503);
+    bool kept = b->cfg->mqtt.offline_buffer > 0 && pending_inflight(b->pend) &&
+                persist_flush(b->persist) == 0;
+    for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p))
+        answer_pending(b, p, kept ? p->ok_code : 503);
 }
 
 /* Index in next of the mapping named as mapping i of cur, or SIZE_MAX. */
@@ -1038,11 +933,7 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
         if (index[i] != SIZE_MAX)
             maps[index[i]] = b->maps[i];
     }
-    for (size_t i = 0; i < b->npend; i++)
-        if (b->pend[i].used)
-            b->pend[i].map = b->pend[i].map < map_table_count(b->cfg->maps)
-                                 ? index[b->pend[i].map]
-                                 : SIZE_MAX;
+    pending_remap(b->pend, index, map_table_count(b->cfg->maps));
     free(index);
     down_reload(b, next);
     sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
@@ -1179,7 +1070,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
             (unsigned long long)b->down.received, (unsigned long long)b->st.timeouts,
-            b->inflight,
+            pending_inflight(b->pend),
             (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
             (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
             persist_refused(b->persist), (unsigned long long)b->st.broker_dropped_for,

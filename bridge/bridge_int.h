@@ -15,26 +15,9 @@
 #include "inbox.h"
 #include "mapping.h"
 #include "mqtt.h"
+#include "pending.h"
 #include "session.h"
 #include "store.h"
-
-/* A publish waiting for the broker, and the request it will answer. */
-struct pending {
-    bool used;
-    uint32_t gen;             /* bumped at each release; part of the request id */
-    coap_session_t *session;  /* a reference is held until the answer is sent */
-    sess_t *sess;             /* its state, kept busy meanwhile; NULL on ENOMEM */
-    uint8_t token[8];
-    size_t token_len;
-    uint16_t mid;             /* the request's Message ID */
-    bool con;                 /* confirmable request */
-    bool separate;            /* the empty ACK went out: the answer is separate */
-    uint16_t ok_code;         /* 204, or 202 for DELETE */
-    uint32_t block1;
-    size_t map;
-    uint64_t started_ms, piggyback_ms, deadline_ms;
-    bool stored;              /* in the offline buffer: answered at bridge_commit() */
-};
 
 struct map_counters {
     uint64_t up, down, refused;
@@ -61,11 +44,9 @@ struct bridge {
     } guard;                 /* see bridge.c, guard_dropped() */
     unsigned backoff_s;
 
-    struct pending *pend; /* owned, cfg->mqtt.max_inflight slots */
-    size_t npend, inflight;
+    pending_t *pend; /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
     uint64_t last_tick_ms, last_second_ms, started_ms;
     size_t b1_bytes; /* held by every session's Block1 buffer */
-    size_t nstored;  /* pending entries waiting for bridge_commit() */
 
     struct map_counters *maps; /* owned, one per mapping */
 
