@@ -27,18 +27,9 @@
 #include "mqtt.h"
 #include "tls.h"
 #include "bridge_int.h"
+#include "block1.h"
 #include "pending.h"
 
-/* A Block1 transfer with no block for this long is dropped, ms. */
-#define BLOCK1_IDLE_MS 60000
-/*
- * Block1 bodies being put together, all sessions included, hold at most
- * BLOCK1_TRANSFERS full-size bodies and BLOCK1_BYTES_MAX bytes (but always room
- * for one); past that a new block gets 5.03 with Max-Age BLOCK1_RETRY_S.
- */
-#define BLOCK1_TRANSFERS 512
-#define BLOCK1_BYTES_MAX ((size_t)64 << 20)
-#define BLOCK1_RETRY_S 5
 /*
  * A connection that lasted this long was a good one: the next reconnection
  * starts again at 1 s. One the broker drops sooner (it refuses something we
@@ -63,50 +54,29 @@
 static bridge_t *event_bridge;
 
 
-/* The Block1 transfer in progress on a session (its sess_t's up state). */
-struct b1 {
-    bridge_t *b; /* borrowed */
-    bool active;
-    char topic[MAP_PATH_MAX + 1];
-    char *body; /* owned */
-    size_t len, cap;
-    unsigned next, szx;
-    int cf;
-    uint64_t at_ms;
-};
-
-/* Frees the Block1 buffer of s and ends its transfer. */
+/* Frees the Block1 transfer of s (the session is no longer busy with it). */
 static void b1_release(sess_t *s)
 {
-    struct b1 *t = s->up;
+    b1_t *t = s->up;
     if (!t)
         return;
-    if (t->active)
+    if (b1_active(t))
         s->busy--;
-    t->b->b1_bytes -= t->cap;
-    free(t->body);
-    free(t);
+    b1_free(t);
     s->up = NULL;
 }
 
 /* sessions_t's free_up: a session went with its transfer. */
-static void b1_free(void *up)
+static void free_up(void *up)
 {
-    struct b1 *t = up;
-    t->b->b1_bytes -= t->cap;
-    free(t->body);
-    free(t);
+    b1_free(up);
 }
 
-/* The Block1 state of s, made on first use; NULL on ENOMEM. */
-static struct b1 *b1_of(bridge_t *b, sess_t *s)
+/* The Block1 transfer of s, made on first use; NULL on ENOMEM. */
+static b1_t *b1_of(bridge_t *b, sess_t *s)
 {
-    if (!s->up) {
-        struct b1 *t = calloc(1, sizeof(*t));
-        if (t)
-            t->b = b;
-        s->up = t;
-    }
+    if (!s->up)
+        s->up = b1_new(b->b1);
     return s->up;
 }
 
@@ -168,21 +138,11 @@ static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_
 
 enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
 
-/* Bytes every session's Block1 buffers may hold together. */
-static size_t b1_budget(const bridge_t *b)
-{
-    size_t max = (size_t)b->cfg->coap.max_payload, all = BLOCK1_TRANSFERS * max;
-    if (all > BLOCK1_BYTES_MAX)
-        all = BLOCK1_BYTES_MAX > max ? BLOCK1_BYTES_MAX : max;
-    return all;
-}
-
 /*
- * Block1 (RFC 7959 §2.3): blocks are taken in order into the session's
- * buffer, bounded by coap.max_payload, and all sessions' buffers by
- * b1_budget(). Sets *code (and *size1 or *max_age) on error, *block1 to the
- * option to echo. After BODY_READY from blocks, *data is the session's buffer
- * until b1_release().
+ * Block1 (RFC 7959 §2.3, block1.h): blocks are taken in order into the
+ * session's transfer. Sets *code (and *size1 or *max_age) on error, *block1
+ * to the option to echo. After BODY_READY from blocks, *data is the
+ * transfer's buffer until b1_release().
  */
 static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *session,
                                  const coap_pdu_t *req, const char *topic, const uint8_t **data,
@@ -191,7 +151,6 @@ static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *s
 {
     coap_block_b_t blk;
     size_t max = (size_t)b->cfg->coap.max_payload;
-    int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
 
     *block1 = NO_BLOCK1;
     if (!coap_get_block_b(session, req, COAP_OPTION_BLOCK1, &blk)) {
@@ -202,84 +161,47 @@ static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *s
         }
         return BODY_READY;
     }
-    size_t size = (size_t)1 << (blk.szx + 4);
-    uint64_t now = gw_now_ms();
-    struct b1 *t = b1_of(b, s);
+    b1_t *t = b1_of(b, s);
     if (!t) {
         *code = 500;
         return BODY_ERROR;
     }
-    if (blk.num == 0) {
-        int announced = bridge_option_uint(req, COAP_OPTION_SIZE1, -1);
-        if (announced > (int)max) {
-            *code = 413;
-            *size1 = (int)max;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        if (!t->active)
-            s->busy++; /* a body being put together: the session is busy */
-        t->active = true;
-        t->len = 0;
-        t->next = 0;
-        t->szx = blk.szx;
-        t->cf = cf;
-        t->at_ms = now;
-        memcpy(t->topic, topic, strlen(topic) + 1); /* both MAP_PATH_MAX + 1 */
-    }
-    if (!t->active || blk.num != t->next || blk.szx != t->szx || t->cf != cf ||
-        strcmp(t->topic, topic) || now - t->at_ms > BLOCK1_IDLE_MS) {
-        /* Out of order, another resource, or a stale transfer. */
-        *code = 408;
+    b1_block_t in = {
+        .num = blk.num,
+        .more = blk.m,
+        .szx = blk.szx,
+        .size1 = blk.num == 0 ? bridge_option_uint(req, COAP_OPTION_SIZE1, -1) : -1,
+        .cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1),
+        .topic = topic,
+        .data = *data,
+        .len = *len,
+        .now_ms = gw_now_ms(),
+    };
+    b1_refusal_t why;
+    bool was = b1_active(t);
+    enum b1_verdict v = b1_take(t, &in, max, &why);
+    /* A body being put together: the session is busy. */
+    if (b1_active(t) && !was)
+        s->busy++;
+    else if (!b1_active(t) && was)
+        s->busy--;
+    switch (v) {
+    case B1_REFUSED:
+        *code = why.code;
+        if (why.size1 >= 0)
+            *size1 = why.size1;
+        if (why.max_age >= 0)
+            *max_age = why.max_age;
         b1_release(s);
         return BODY_ERROR;
-    }
-    if ((blk.m && *len != size) || *len > size) {
-        *code = 400;
-        b1_release(s);
-        return BODY_ERROR;
-    }
-    if (t->len + *len > max) {
-        *code = 413;
-        *size1 = (int)max;
-        b1_release(s);
-        return BODY_ERROR;
-    }
-    if (t->len + *len > t->cap) {
-        size_t cap = t->cap ? t->cap : 1024;
-        while (cap < t->len + *len)
-            cap *= 2;
-        if (cap > max)
-            cap = max;
-        if (b->b1_bytes - t->cap + cap > b1_budget(b)) {
-            b->st.block1_refused++;
-            *code = 503;
-            *max_age = BLOCK1_RETRY_S;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        char *body = realloc(t->body, cap);
-        if (!body) {
-            *code = 500;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        b->b1_bytes += cap - t->cap;
-        t->body = body;
-        t->cap = cap;
-    }
-    if (*len) /* a last block may be empty */
-        memcpy(t->body + t->len, *data, *len);
-    t->len += *len;
-    t->next++;
-    t->at_ms = now;
-    *block1 = blk.num << 4 | (unsigned)blk.m << 3 | blk.szx;
-    if (blk.m)
+    case B1_CONTINUE:
+        *block1 = b1_option(&in);
         return BODY_CONTINUE;
-    t->active = false;
-    s->busy--;
-    *data = (const uint8_t *)t->body;
-    *len = t->len;
+    case B1_COMPLETE:
+        break;
+    }
+    *block1 = b1_option(&in);
+    *data = b1_body(t, len);
     return BODY_READY;
 }
 
@@ -471,8 +393,8 @@ void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
     handle_request(resource, session, req, query, resp);
     /* A body put together from blocks has been handed over: its buffer goes. */
     sess_t *s = session_state(coap_resource_get_userdata(resource), session);
-    struct b1 *t = s ? s->up : NULL;
-    if (t && !t->active && t->body)
+    b1_t *t = s ? s->up : NULL;
+    if (t && !b1_active(t))
         b1_release(s);
 }
 
@@ -560,7 +482,10 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         goto fail;
     b->backoff_s = 1;
     b->started_ms = gw_now_ms();
-    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, b1_free, down_on_ready, b);
+    b->b1 = b1_pool_new();
+    if (!b->b1)
+        goto fail;
+    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, free_up, down_on_ready, b);
     if (!b->sessions)
         goto fail;
     b->pend = pending_new((size_t)cfg->mqtt.max_inflight, b->sessions);
@@ -591,7 +516,8 @@ void bridge_free(bridge_t *b)
     if (event_bridge == b)
         event_bridge = NULL;
     pending_free(b->pend);
-    sessions_free(b->sessions);
+    sessions_free(b->sessions); /* and their Block1 transfers */
+    b1_pool_free(b->b1);
     down_free(b);
     mqtt_free(b->mqtt);
     persist_free(b->persist);
@@ -1051,8 +977,8 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,
             (unsigned long long)ss.handshakes_ok, (unsigned long long)ss.handshakes_failed,
             (unsigned long long)b->st.requests, (unsigned long long)b->st.duplicates,
-            (unsigned long long)b->st.bytes_in, b->b1_bytes,
-            (unsigned long long)b->st.block1_refused, (unsigned long long)b->down.notifications);
+            (unsigned long long)b->st.bytes_in, b1_pool_stats(b->b1)->bytes,
+            (unsigned long long)b1_pool_stats(b->b1)->refused, (unsigned long long)b->down.notifications);
     bool first = true;
     for (int i = 0; i < 256; i++) {
         if (!b->st.responses.n[i])

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "block1.h"
 #include "bridge.h"
 #include "coap_util.h"
 #include "gate.h"
@@ -46,7 +47,7 @@ struct bridge {
 
     pending_t *pend; /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
     uint64_t last_tick_ms, last_second_ms, started_ms;
-    size_t b1_bytes; /* held by every session's Block1 buffer */
+    b1_pool_t *b1;   /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
 
     struct map_counters *maps; /* owned, one per mapping */
 
@@ -64,7 +65,6 @@ struct bridge {
         uint64_t requests, bytes_in;
         coap_codes_t responses;
         uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
-        uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
         uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
         uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
         uint64_t unpublishable;      /* messages the broker would refuse, never sent: 5.00 */
