@@ -28,7 +28,9 @@
 #include "tls.h"
 #include "bridge_int.h"
 #include "block1.h"
+#include "down.h"
 #include "pending.h"
+#include "resources.h"
 
 /*
  * A connection that lasted this long was a good one: the next reconnection
@@ -205,10 +207,9 @@ static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *s
     return BODY_READY;
 }
 
-static void handle_request(coap_resource_t *resource, coap_session_t *session,
-                           const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
+static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_t *req,
+                           coap_pdu_t *resp)
 {
-    bridge_t *b = coap_resource_get_userdata(resource);
     sess_t *s;
     map_segs_t segs;
     const map_entry_t *e = NULL;
@@ -219,7 +220,6 @@ static void handle_request(coap_resource_t *resource, coap_session_t *session,
     int code = 0, size1 = -1, max_age = -1;
     coap_pdu_code_t method = coap_pdu_get_code(req);
     uint16_t mid = (uint16_t)coap_pdu_get_mid(req);
-    (void)query;
 
     b->st.requests++;
     s = session_state(b, session);
@@ -387,27 +387,18 @@ refuse:
     sess_dedup_add(s, identity, mid, code, block1, max_age);
 }
 
-void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
-                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
+void bridge_on_request(void *data, enum res_kind kind, coap_resource_t *resource,
+                       coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp)
 {
-    handle_request(resource, session, req, query, resp);
+    bridge_t *b = data;
+    (void)kind;
+    (void)resource;
+    handle_request(b, session, req, resp);
     /* A body put together from blocks has been handed over: its buffer goes. */
-    sess_t *s = session_state(coap_resource_get_userdata(resource), session);
+    sess_t *s = session_state(b, session);
     b1_t *t = s ? s->up : NULL;
     if (t && !b1_active(t))
         b1_release(s);
-}
-
-void bridge_set_handlers(bridge_t *b, coap_resource_t *r)
-{
-    coap_register_request_handler(r, COAP_REQUEST_GET, down_on_get);
-    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PUT, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
-    coap_resource_set_userdata(r, b);
 }
 
 static int on_event(coap_session_t *session, const coap_event_t event)
@@ -453,10 +444,23 @@ void bridge_after_io(bridge_t *b)
     sessions_after_io(b->sessions);
 }
 
+/* sessions_t's on_ready: a device's handshake succeeded; its own resources are made. */
+static void on_ready(void *arg, coap_session_t *session, const char *identity)
+{
+    bridge_t *b = arg;
+    down_on_ready(b->down, session, identity);
+}
+
+/* down_wait_fn: how long a device waits for values not subscribed yet. */
+static int values_wait_s(void *arg)
+{
+    bridge_t *b = arg;
+    return b->connected ? 1 : bridge_retry_after_s(b);
+}
+
 bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
 {
     bridge_t *b = calloc(1, sizeof(*b));
-    coap_resource_t *r;
 
     if (!b)
         return NULL;
@@ -485,21 +489,20 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->b1 = b1_pool_new();
     if (!b->b1)
         goto fail;
-    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, free_up, down_on_ready, b);
+    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, free_up, on_ready, b);
     if (!b->sessions)
         goto fail;
     b->pend = pending_new((size_t)cfg->mqtt.max_inflight, b->sessions);
     if (!b->pend)
         goto fail;
 
-    r = coap_resource_unknown_init(bridge_on_request);
-    if (!r)
+    b->res = resources_new(ctx);
+    if (!b->res)
         goto fail;
-    bridge_set_handlers(b, r);
-    coap_add_resource(ctx, r);
-    b->unknown = r;
-    if (down_init(b) < 0)
+    b->down = down_new(cfg, ctx, b->res, b->mqtt, b->sessions, values_wait_s, b);
+    if (!b->down)
         goto fail;
+    resources_set_handlers(b->res, down_on_get, b->down, bridge_on_request, b);
     event_bridge = b;
     coap_register_event_handler(ctx, on_event);
     coap_register_nack_handler(ctx, on_nack);
@@ -518,7 +521,8 @@ void bridge_free(bridge_t *b)
     pending_free(b->pend);
     sessions_free(b->sessions); /* and their Block1 transfers */
     b1_pool_free(b->b1);
-    down_free(b);
+    down_free(b->down);
+    resources_free(b->res);
     mqtt_free(b->mqtt);
     persist_free(b->persist);
     inbox_free(b->inbox);
@@ -577,7 +581,7 @@ static void on_connected(bridge_t *b)
     b->ever_connected = true;
     gw_info(MQTT, "connected to %s", b->cfg->mqtt.uri);
     mqtt_resend_lost(b->mqtt);
-    down_on_connected(b);
+    down_on_connected(b->down);
     if (*b->cfg->mqtt.status_topic) {
         mqtt_msg_t online = {.topic = b->cfg->mqtt.status_topic, .payload = "online", .len = 6,
                              .qos = 1, .retain = true};
@@ -702,7 +706,7 @@ void bridge_process_inbox(bridge_t *b)
             answer_pending(b, p, p->ok_code);
             break;
         case EV_MESSAGE:
-            down_message(b, ev[i].data);
+            down_message(b->down, ev[i].data);
             free(ev[i].data);
             break;
         case EV_DELIVERED:
@@ -710,12 +714,10 @@ void bridge_process_inbox(bridge_t *b)
             mqtt_kick(b->mqtt, pending_inflight(b->pend));
             break;
         case EV_SUB_OK:
-            down_subscribed(b, ev[i].id);
+            down_subscribed(b->down, ev[i].id);
             break;
         case EV_SUB_FAILED:
-            b->down.subscriptions_failed++;
-            gw_log_limited(GW_LOG_ERROR, MQTT, "subscription refused by the broker (%s)",
-                           ev[i].text);
+            down_subscription_failed(b->down, ev[i].text);
             break;
         case EV_PUB_FAILED:
             if (ev[i].id == UINT64_MAX)
@@ -758,14 +760,14 @@ void bridge_commit(bridge_t *b)
 
 void bridge_tick(bridge_t *b)
 {
-    down_check_ready(b);
+    down_check_ready(b->down);
     uint64_t now = gw_now_ms();
     if (now - b->last_tick_ms < TICK_MS)
         return;
     b->last_tick_ms = now;
     if (now - b->last_second_ms >= 1000) {
         b->last_second_ms = now;
-        down_tick(b);
+        down_tick(b->down);
     }
     if (pending_inflight(b->pend)) {
         for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p)) {
@@ -799,7 +801,7 @@ int bridge_timeout_ms(const bridge_t *b)
 {
     if (pending_inflight(b->pend) || (!b->connected && !b->connecting))
         return TICK_MS;
-    int t = down_timeout_ms(b);
+    int t = down_timeout_ms(b->down);
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
     if (ss.observers && (t < 0 || t > 1000))
@@ -859,9 +861,14 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
         if (index[i] != SIZE_MAX)
             maps[index[i]] = b->maps[i];
     }
+    if (down_reload(b->down, next, index, b->connected) < 0) {
+        free(index);
+        free(maps);
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
+        return;
+    }
     pending_remap(b->pend, index, map_table_count(b->cfg->maps));
     free(index);
-    down_reload(b, next);
     sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
     free(b->maps);
     b->maps = maps;
@@ -960,6 +967,7 @@ static void certificates_json(const bridge_t *b, FILE *out)
 
 void bridge_stats_json(const bridge_t *b, FILE *out)
 {
+    const down_stats_t *ds = down_stats(b->down);
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
     fputs("{\"gateway\":", out);
@@ -976,15 +984,16 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             (unsigned long long)ss.refused, (unsigned long long)ss.observers,
             (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,
             (unsigned long long)ss.handshakes_ok, (unsigned long long)ss.handshakes_failed,
-            (unsigned long long)b->st.requests, (unsigned long long)b->st.duplicates,
+            (unsigned long long)(b->st.requests + ds->requests), (unsigned long long)b->st.duplicates,
             (unsigned long long)b->st.bytes_in, b1_pool_stats(b->b1)->bytes,
-            (unsigned long long)b1_pool_stats(b->b1)->refused, (unsigned long long)b->down.notifications);
+            (unsigned long long)b1_pool_stats(b->b1)->refused, (unsigned long long)ds->notifications);
     bool first = true;
     for (int i = 0; i < 256; i++) {
-        if (!b->st.responses.n[i])
+        uint64_t n = b->st.responses.n[i] + ds->responses.n[i];
+        if (!n)
             continue;
         fprintf(out, "%s\"%d.%02d\":%llu", first ? "" : ",", i / 32, i % 32,
-                (unsigned long long)b->st.responses.n[i]);
+                (unsigned long long)n);
         first = false;
     }
     fprintf(out,
@@ -995,7 +1004,7 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
             "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
             b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
             (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
-            (unsigned long long)b->down.received, (unsigned long long)b->st.timeouts,
+            (unsigned long long)ds->received, (unsigned long long)b->st.timeouts,
             pending_inflight(b->pend),
             (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
             (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
@@ -1007,9 +1016,10 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
         if (i)
             fputc(',', out);
         json_str(out, map_entry_name(map_table_get(b->cfg->maps, i)));
+        const down_map_stats_t *dm = down_map_stats(b->down, i);
         fprintf(out, ":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}",
-                (unsigned long long)b->maps[i].up, (unsigned long long)b->maps[i].down,
-                (unsigned long long)b->maps[i].refused);
+                (unsigned long long)b->maps[i].up, (unsigned long long)dm->down,
+                (unsigned long long)(b->maps[i].refused + dm->refused));
     }
     uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
     fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
@@ -1029,6 +1039,13 @@ void bridge_stats_json(const bridge_t *b, FILE *out)
           "\"denied_subscribe\":0},",
           out);
     certificates_json(b, out);
-    down_stats_json(b, out);
+    fprintf(out,
+            "\"down\":{\"resources\":%zu,\"value_bytes\":%zu,\"received\":%llu,"
+            "\"evicted\":%llu,\"dropped_full\":%llu,\"dropped_bad_topic\":%llu,"
+            "\"notifications\":%llu,\"confirmations\":%llu,\"subscriptions_failed\":%llu}",
+            down_resources(b->down), down_value_bytes(b->down), (unsigned long long)ds->received,
+            (unsigned long long)ds->evicted, (unsigned long long)ds->dropped_full,
+            (unsigned long long)ds->dropped_bad_topic, (unsigned long long)ds->notifications,
+            (unsigned long long)ds->confirmations, (unsigned long long)ds->subscriptions_failed);
     fprintf(out, "}\n");
 }

@@ -11,18 +11,19 @@
 
 #include "block1.h"
 #include "bridge.h"
+#include "down.h"
 #include "coap_util.h"
 #include "gate.h"
 #include "inbox.h"
 #include "mapping.h"
 #include "mqtt.h"
 #include "pending.h"
+#include "resources.h"
 #include "session.h"
-#include "store.h"
 
+/* A mapping's counters in the up direction (the down direction has its own). */
 struct map_counters {
-    uint64_t up, down, refused;
-    uint64_t ready_ms; /* down: when its values can be trusted (subscribed); 0 = not yet */
+    uint64_t up, refused;
 };
 
 struct bridge {
@@ -51,16 +52,8 @@ struct bridge {
 
     struct map_counters *maps; /* owned, one per mapping */
 
-    /* The down direction (down.c). */
-    store_t *store;                 /* owned: current values */
-    coap_resource_t *unknown;       /* libcoap's; the catch-all resource */
-    coap_resource_t *wellknown;     /* libcoap's; our /.well-known/core */
-    struct {
-        uint64_t received, evicted, dropped_full, dropped_bad_topic, notifications;
-        uint64_t subscriptions_failed, confirmations;
-        uint64_t sub_gen;     /* the latest set of subscriptions asked for */
-        uint64_t ready_at_ms; /* when the values of the last acknowledged set are served; 0 = said */
-    } down;
+    resources_t *res; /* owned: the catch-all, /.well-known/core, the concrete resources */
+    down_t *down;     /* owned: the down direction */
     struct {
         uint64_t requests, bytes_in;
         coap_codes_t responses;
@@ -77,32 +70,8 @@ struct bridge {
 /* Seconds a device should wait before retrying while the broker is away. */
 int bridge_retry_after_s(const bridge_t *b);
 
-/* The handler of POST, PUT and DELETE (and the methods no mapping allows). */
-void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
-                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp);
-
-/* Every method's handler on r (the catch-all or a concrete resource), and b as its data. */
-void bridge_set_handlers(bridge_t *b, coap_resource_t *r);
-
-/* down.c: values, GET, Observe, discovery. */
-int down_init(bridge_t *b);
-void down_free(bridge_t *b);
-void down_on_connected(bridge_t *b);
-/* The broker acknowledged the subscriptions asked for as gen. */
-void down_subscribed(bridge_t *b, uint64_t gen);
-/* Says once when acknowledged subscriptions' values are served; ms until then, or -1. */
-void down_check_ready(bridge_t *b);
-int down_timeout_ms(const bridge_t *b);
-/* sessions_t's on_ready: a device's handshake succeeded; its own resources are made. */
-void down_on_ready(void *arg, coap_session_t *session, const char *identity);
-/* Once a second: observers whose device went silent are confirmed (RFC 7641 §4.5). */
-void down_tick(bridge_t *b);
-/* Before b->cfg becomes next: held values follow the new mappings. */
-void down_reload(bridge_t *b, const gw_config_t *next);
-void down_message(bridge_t *b, inbox_msg_t *msg);
-/* The handler of GET, on the catch-all resource as on concrete ones. */
-void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                 const coap_string_t *query, coap_pdu_t *resp);
-void down_stats_json(const bridge_t *b, FILE *out);
+/* The handler of POST, PUT and DELETE (and the methods no mapping allows); data is the bridge. */
+void bridge_on_request(void *data, enum res_kind kind, coap_resource_t *resource,
+                       coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp);
 
 #endif

@@ -115,7 +115,7 @@ static void check_bounds(const bridge_t *b)
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
     FUZZ_CHECK(ss.sessions <= (uint64_t)b->cfg->coap.max_sessions);
-    FUZZ_CHECK(store_count(b->store) <= (size_t)b->cfg->coap.max_resources);
+    FUZZ_CHECK(down_resources(b->down) <= (size_t)b->cfg->coap.max_resources);
     FUZZ_CHECK(b1_pool_stats(b->b1)->bytes <= (size_t)512 * (size_t)b->cfg->coap.max_payload);
 }
 
