@@ -25,7 +25,6 @@
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
 
-
 static int on_event(coap_session_t *session, const coap_event_t event)
 {
     bridge_t *b = event_bridge;

@@ -5,7 +5,6 @@
 
 #include <ctype.h>
 
-
 /* Sets the response code and its options. */
 void bridge_answer(coap_codes_t *count, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
                    int size1)

@@ -27,7 +27,6 @@
 /* How often bridge_tick needs to run while anything waits, ms. */
 #define TICK_MS 100
 
-
 void upstream_init(struct upstream *link)
 {
     link->backoff_s = 1;
