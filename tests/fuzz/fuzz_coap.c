@@ -115,8 +115,8 @@ static void check_bounds(const bridge_t *b)
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
     FUZZ_CHECK(ss.sessions <= (uint64_t)b->cfg->coap.max_sessions);
-    FUZZ_CHECK(store_count(b->store) <= (size_t)b->cfg->coap.max_resources);
-    FUZZ_CHECK(b->b1_bytes <= (size_t)512 * (size_t)b->cfg->coap.max_payload);
+    FUZZ_CHECK(down_resources(b->down) <= (size_t)b->cfg->coap.max_resources);
+    FUZZ_CHECK(b1_pool_stats(b->b1)->bytes <= (size_t)512 * (size_t)b->cfg->coap.max_payload);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
