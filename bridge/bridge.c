@@ -150,6 +150,7 @@ void bridge_free(bridge_t *b)
     persist_free(b->persist);
     inbox_free(b->inbox);
     free(b->up.maps);
+    bridge_report_free(b->report);
     free(b);
 }
 
@@ -211,172 +212,11 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
     mqtt_set_config(b->mqtt, next);
 }
 
-void bridge_show_gate(bridge_t *b, const void *gate_stats)
+void bridge_publish_stats(bridge_t *b, const char *json, size_t len)
 {
-    b->gate = gate_stats;
-}
-
-void bridge_count_reload(bridge_t *b, bool ok)
-{
-    if (ok)
-        b->st.reloads++;
-    else
-        b->st.reload_failures++;
-}
-
-void bridge_publish_stats(bridge_t *b)
-{
-    char *json = NULL;
-    size_t len = 0;
-    FILE *f;
-
-    if (!upstream_connected(b) || !(f = open_memstream(&json, &len)))
+    if (!upstream_connected(b))
         return;
-    bridge_stats_json(b, f);
-    fclose(f);
-    mqtt_msg_t msg = {.topic = b->cfg->mqtt.stats_topic, .payload = json, .len = len ? len - 1 : 0,
+    mqtt_msg_t msg = {.topic = b->cfg->mqtt.stats_topic, .payload = json, .len = len,
                       .qos = 0, .content_type = "application/json", .utf8 = true};
     mqtt_publish(b->mqtt, &msg, 0);
-    free(json);
-}
-
-static uint64_t percentile(const struct upstream_stats *ls, double q)
-{
-    uint64_t total = 0, seen = 0;
-    for (size_t i = 0; i < 1024; i++)
-        total += ls->lat_ms[i];
-    if (!total)
-        return 0;
-    for (size_t i = 0; i < 1024; i++) {
-        seen += ls->lat_ms[i];
-        if ((double)seen >= q * (double)total)
-            return i;
-    }
-    return 1023;
-}
-
-/* A JSON string: names come from the configuration and may hold any character. */
-static void json_str(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
-}
-
-/* Days left of each certificate Tandem presents, read from the files in use. */
-static void certificates_json(const bridge_t *b, FILE *out)
-{
-    const struct {
-        const char *name, *path;
-    } certs[] = {{"coap.dtls.cert", b->cfg->coap.dtls.cert}, {"mqtt.cert", b->cfg->mqtt.cert}};
-    bool first = true;
-    int days;
-
-    fputs("\"certificates\":{", out);
-    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
-        if (!*certs[i].path)
-            continue;
-        fprintf(out, "%s\"%s\":{\"days_left\":", first ? "" : ",", certs[i].name);
-        if (tls_cert_days_left(certs[i].path, &days) == 0)
-            fprintf(out, "%d}", days);
-        else
-            fputs("null}", out);
-        first = false;
-    }
-    fputs("},", out);
-}
-
-void bridge_stats_json(const bridge_t *b, FILE *out)
-{
-    const struct up_stats *us = &b->up.st;
-    const struct upstream_stats *ls = &b->link.st;
-    const down_stats_t *ds = down_stats(b->down);
-    const block1_stats_t *b1 = b1_pool_stats(b->b1);
-    struct sessions_stats ss;
-    sessions_stats(b->sessions, &ss);
-    fputs("{\"gateway\":", out);
-    json_str(out, b->cfg->gateway.id);
-    fprintf(out,
-            ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
-            "\"sessions_evicted\":%llu,\"sessions_refused\":%llu,\"observers\":%llu,"
-            "\"observers_refused\":%llu,\"peers_remembered\":%llu,"
-            "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
-            "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
-            "\"block1_refused\":%llu,\"notifications\":%llu,\"responses\":{",
-            TANDEM_VERSION, (unsigned long long)((gw_now_ms() - b->started_ms) / 1000),
-            (unsigned long long)ss.sessions, (unsigned long long)ss.evicted,
-            (unsigned long long)ss.refused, (unsigned long long)ss.observers,
-            (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,
-            (unsigned long long)ss.handshakes_ok, (unsigned long long)ss.handshakes_failed,
-            (unsigned long long)(us->requests + ds->requests), (unsigned long long)us->duplicates,
-            (unsigned long long)us->bytes_in, b1->bytes, (unsigned long long)b1->refused, (unsigned long long)ds->notifications);
-    bool first = true;
-    for (int i = 0; i < 256; i++) {
-        uint64_t n = us->responses.n[i] + ls->responses.n[i] + ds->responses.n[i];
-        if (!n)
-            continue;
-        fprintf(out, "%s\"%d.%02d\":%llu", first ? "" : ",", i / 32, i % 32,
-                (unsigned long long)n);
-        first = false;
-    }
-    fprintf(out,
-            "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
-            "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
-            "\"inbox_dropped\":%llu,\"refused\":%llu,\"broker_disconnects\":%llu,"
-            "\"unpublishable\":%llu,\"stored_refused\":%u,\"set_aside\":%llu,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
-            "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
-            upstream_connected(b) ? "true" : "false", (unsigned long long)ls->reconnects,
-            (unsigned long long)us->published, (unsigned long long)ls->acked,
-            (unsigned long long)ds->received, (unsigned long long)ls->timeouts,
-            pending_inflight(b->pend),
-            (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)ls->broker_refused,
-            (unsigned long long)ls->broker_disconnects, (unsigned long long)us->unpublishable,
-            persist_refused(b->persist), (unsigned long long)ls->broker_dropped_for,
-            (unsigned long long)(us->offline_buffered + ls->kept_offline), persist_records(b->persist),
-            (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(ls, 0.5),
-            (unsigned long long)percentile(ls, 0.99));
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
-        if (i)
-            fputc(',', out);
-        json_str(out, map_entry_name(map_table_get(b->cfg->maps, i)));
-        const down_map_stats_t *dm = down_map_stats(b->down, i);
-        fprintf(out, ":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}",
-                (unsigned long long)b->up.maps[i].up, (unsigned long long)dm->down,
-                (unsigned long long)(b->up.maps[i].refused + dm->refused));
-    }
-    uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
-    fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
-            (unsigned long long)dropped, (unsigned long long)too_large);
-    fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
-            (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
-    fprintf(out, "\"log\":{\"suppressed\":%llu},", (unsigned long long)gw_log_suppressed());
-    if (b->gate)
-        fprintf(out,
-                "\"dtls_cookies\":{\"hellos_answered\":%llu,\"peers_verified\":%llu,"
-                "\"dropped\":%llu,\"peers_forgotten\":%llu},",
-                (unsigned long long)b->gate->hellos_answered,
-                (unsigned long long)b->gate->peers_verified, (unsigned long long)b->gate->dropped,
-                (unsigned long long)b->gate->peers_forgotten);
-    /* No MQTT device listener in this version: nothing connects to it. */
-    fputs("\"mqtt_listener\":{\"connections\":0,\"rejected\":0,\"denied_publish\":0,"
-          "\"denied_subscribe\":0},",
-          out);
-    certificates_json(b, out);
-    fprintf(out,
-            "\"down\":{\"resources\":%zu,\"value_bytes\":%zu,\"received\":%llu,"
-            "\"evicted\":%llu,\"dropped_full\":%llu,\"dropped_bad_topic\":%llu,"
-            "\"notifications\":%llu,\"confirmations\":%llu,\"subscriptions_failed\":%llu}",
-            down_resources(b->down), down_value_bytes(b->down), (unsigned long long)ds->received,
-            (unsigned long long)ds->evicted, (unsigned long long)ds->dropped_full,
-            (unsigned long long)ds->dropped_bad_topic, (unsigned long long)ds->notifications,
-            (unsigned long long)ds->confirmations, (unsigned long long)ds->subscriptions_failed);
-    fprintf(out, "}\n");
 }

@@ -25,6 +25,7 @@
 #include "persist.h"
 #include "resources.h"
 #include "session.h"
+#include "stats.h"
 
 /* The up direction's counters (up.c). */
 struct up_stats {
@@ -59,7 +60,8 @@ struct upstream_stats {
     uint64_t broker_dropped_for; /* messages set aside: the broker dropped us for them */
     uint64_t kept_offline;       /* publishes waiting at a connection loss, answered once stored */
     coap_codes_t responses;      /* answers to publishes that waited for the broker */
-    uint64_t lat_ms[1024];       /* ack latency histogram, 1 ms buckets, last = overflow */
+    stats_hist_t ack_latency;    /* publish to broker acknowledgement */
+    stats_hist_t answer_latency; /* request to its answer, for answers that waited for the broker */
 };
 
 /* upstream.c's state. */
@@ -78,10 +80,6 @@ struct upstream {
     struct upstream_stats st;
 };
 
-/* bridge.c's counters. */
-struct bridge_stats {
-    uint64_t reloads, reload_failures;
-};
 
 struct bridge {
     const gw_config_t *cfg; /* borrowed */
@@ -94,15 +92,18 @@ struct bridge {
     b1_pool_t *b1;          /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
     resources_t *res;       /* owned: the catch-all, /.well-known/core, the concrete resources */
     down_t *down;           /* owned: the down direction */
-    const dtls_gate_stats_t *gate; /* borrowed from the loop's cookie gate, or NULL */
 
     bool draining;          /* bridge_drain(): new requests are refused */
     uint64_t started_ms;
 
     struct up up;           /* up.c's */
     struct upstream link;   /* upstream.c's */
-    struct bridge_stats st; /* bridge.c's */
+    struct bridge_report *report; /* owned: bridge_report.c's snapshot for the statistics */
 };
+
+/* bridge_report.c: the statistics' snapshot. */
+struct bridge_report;
+void bridge_report_free(struct bridge_report *r);
 
 /* up.c: the up direction. */
 

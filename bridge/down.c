@@ -386,6 +386,14 @@ static int add_body(coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *
     return 205;
 }
 
+/* Payload bytes of resp, for coap.bytes_out. */
+static size_t payload_len(const coap_pdu_t *resp)
+{
+    size_t len = 0;
+    const uint8_t *data;
+    return coap_get_data(resp, &len, &data) ? len : 0;
+}
+
 /* Writes one link; false once the listing has reached DISCOVERY_MAX bytes. */
 static bool link_out(FILE *out, size_t *size, bool *first, const store_entry_t *e)
 {
@@ -449,6 +457,7 @@ static void discovery(down_t *d, coap_session_t *session, const coap_pdu_t *req,
                     coap_encode_var_safe(buf, sizeof(buf), COAP_MEDIATYPE_APPLICATION_LINK_FORMAT),
                     buf);
     int code = add_body(session, req, resp, (const uint8_t *)text, size);
+    d->st.bytes_out += payload_len(resp);
     bridge_answer(&d->st.responses, resp, code, NO_BLOCK1, -1, -1);
     free(text);
 }
@@ -538,7 +547,9 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
                         coap_encode_var_safe(buf, sizeof(buf),
                                              (unsigned)((e->expires_ms - now + 999) / 1000)),
                         buf);
-    bridge_answer(&d->st.responses, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
+    int code = add_body(session, req, resp, e->value, e->len);
+    d->st.bytes_out += payload_len(resp);
+    bridge_answer(&d->st.responses, resp, code, NO_BLOCK1, -1, -1);
 }
 
 void down_subscribed(down_t *d, uint64_t gen)

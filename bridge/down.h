@@ -29,6 +29,7 @@ typedef struct down_stats {
     uint64_t dropped_full;          /* messages dropped: no room for their resource or value */
     uint64_t dropped_bad_topic;     /* messages on a topic no down mapping matches */
     uint64_t notifications;         /* messages that notified observers */
+    uint64_t bytes_out;             /* payload bytes of the answers and notifications (each block) */
     uint64_t confirmations;         /* confirmable notifications to silent observers */
     uint64_t subscriptions_failed;  /* subscriptions the broker refused */
 } down_stats_t;

@@ -49,6 +49,7 @@ void upstream_answer(bridge_t *b, pending_slot_t *p, int code)
 {
     int max_age = code == 503 ? bridge_retry_after_s(b) : -1;
     up_count(&b->up, p->map, code == p->ok_code);
+    stats_hist_add(&b->link.st.answer_latency, gw_now_ms() - p->started_ms);
     pending_answer(b->pend, p, code, max_age, &b->link.st.responses);
 }
 
@@ -223,8 +224,7 @@ void bridge_process_inbox(bridge_t *b)
             if (!p)
                 break; /* answered already (timed out) */
             b->link.st.acked++;
-            uint64_t lat = gw_now_ms() - p->started_ms;
-            b->link.st.lat_ms[lat < 1023 ? lat : 1023]++;
+            stats_hist_add(&b->link.st.ack_latency, gw_now_ms() - p->started_ms);
             upstream_answer(b, p, p->ok_code);
             break;
         case EV_MESSAGE:

@@ -405,6 +405,8 @@ static int json_instance(json_object *parent, const stats_section_t *sec, const 
 
 static int json_section(json_object *root, const stats_section_t *sec, const void *obj)
 {
+    if (sec->prepare)
+        sec->prepare(obj);
     json_object *o = root;
     int rc;
     if (sec->json) {
@@ -717,6 +719,8 @@ static void prom_info(FILE *f, const stats_section_t *sec, const void *obj)
 
 static void prom_section(FILE *f, const stats_section_t *sec, const void *obj)
 {
+    if (sec->prepare)
+        sec->prepare(obj);
     bool info_done = false;
     for (size_t k = 0; k < sec->nfields; k++) {
         const stats_field_t *fld = &sec->fields[k];

@@ -86,6 +86,12 @@ typedef struct stats_section {
     const char *label;
     size_t (*count)(const void *obj);
     const void *(*instance)(const void *obj, size_t i, const char **name);
+    /*
+     * Optional: called before the section is rendered, for a module whose
+     * figures live in several parts to gather them into the struct the
+     * table describes (a snapshot it owns; obj stays const for the renderer).
+     */
+    void (*prepare)(const void *obj);
 } stats_section_t;
 
 typedef struct stats stats_t;

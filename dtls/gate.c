@@ -20,6 +20,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "stats.h"
 
 /* DTLS 1.0/1.2 layouts (RFC 6347 §4.1, §4.2.2, §4.2.1; RFC 5246 §7.4.1.2). */
 enum {
@@ -566,3 +567,17 @@ void dtls_gate_free(dtls_gate_t *g)
     free(g->peers);
     free(g);
 }
+
+#define GATE(f, help_)                                                                             \
+    {.name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                          \
+     .offset = offsetof(dtls_gate_stats_t, f)}
+static const stats_field_t gate_fields[] = {
+    GATE(hellos_answered, "ClientHellos answered with a cookie (HelloVerifyRequest)"),
+    GATE(peers_verified, "Addresses that came back with a valid cookie"),
+    GATE(dropped, "Datagrams dropped before libcoap: malformed, or unverified fragments"),
+    GATE(peers_forgotten, "Verified addresses forgotten early: the table was full"),
+};
+const stats_section_t dtls_gate_section = {.json = "dtls_cookies",
+                                           .prom = "dtls_cookies",
+                                           .fields = gate_fields,
+                                           .nfields = sizeof(gate_fields) / sizeof(gate_fields[0])};

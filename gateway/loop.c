@@ -25,6 +25,8 @@
 #include "gate.h"
 #include "gateway.h"
 #include "log.h"
+#include "report.h"
+#include "stats.h"
 #include "tandem_build.h"
 #if HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -129,7 +131,8 @@ static uint64_t watchdog_interval_ms(void)
  * again; the new set is used by new handshakes and requests. Anything
  * invalid keeps the running set.
  */
-static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk_store_t **psk)
+static void reload(coap_context_t *ctx, bridge_t *b, gw_report_t *report, gw_config_t **cfg,
+                   dtls_psk_store_t **psk)
 {
     gw_errs_t errs = {0};
     dtls_psk_store_t *npsk = NULL;
@@ -156,7 +159,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     gw_errs_clear(&errs);
     if (!next) {
         gw_err(GATEWAY, "reload refused: the running configuration stays");
-        bridge_count_reload(b, false);
+        gw_report_reload(report, *cfg, false);
         notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
@@ -167,7 +170,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     dtls_psk_free(*psk);
     *cfg = next;
     *psk = npsk;
-    bridge_count_reload(b, true);
+    gw_report_reload(report, next, true);
     gw_info(GATEWAY, "reloaded: %zu mappings%s", map_table_count(next->maps),
             npsk ? ", PSK identities" : "");
     notify("READY=1\nSTATUS=running");
@@ -179,6 +182,8 @@ struct proc {
     coap_context_t *ctx;
     dtls_gate_t *gate; /* NULL without DTLS */
     bridge_t *b;
+    stats_t *stats;      /* every module's statistics */
+    gw_report_t *report; /* the process's own */
     gw_config_t **cfgp; /* the running configuration; a reload replaces it */
     dtls_psk_store_t **pskp;
     int coap_fd, sfd;
@@ -252,7 +257,7 @@ static void on_signal(ev_loop_t *loop, int fd, unsigned mask, void *data)
     while (read(fd, &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
             if (!p->stopping)
-                reload(p->ctx, p->b, p->cfgp, p->pskp);
+                reload(p->ctx, p->b, p->report, p->cfgp, p->pskp);
         } else if (p->stopping) {
             gw_warn(GATEWAY, "second stop signal: exiting now");
             p->at_once = true;
@@ -299,7 +304,11 @@ static int64_t on_stats(ev_loop_t *loop, uint64_t id, void *data)
     (void)loop, (void)id;
     if (m->stats_interval <= 0 || !*m->stats_topic)
         return 1000; /* look again: a reload may turn it on */
-    bridge_publish_stats(p->b);
+    size_t len;
+    char *json = stats_json(p->stats, &len);
+    if (json)
+        bridge_publish_stats(p->b, json, len);
+    free(json);
     return (int64_t)m->stats_interval * 1000;
 }
 
@@ -401,8 +410,14 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
-    if (p.gate)
-        bridge_show_gate(p.b, dtls_gate_stats(p.gate));
+    p.stats = stats_new();
+    p.report = p.stats ? gw_report_new(p.stats, cfg) : NULL;
+    if (!p.report || bridge_add_stats(p.b, p.stats) < 0 ||
+        (p.gate && stats_add(p.stats, &dtls_gate_section, dtls_gate_stats(p.gate)) < 0) ||
+        gw_report_add_tail(p.report) < 0) {
+        gw_err(GATEWAY, "cannot set up the statistics (out of memory)");
+        goto out;
+    }
     bridge_start(p.b);
     /* The listeners are bound: ready. */
     notify("READY=1\nSTATUS=running");
@@ -426,6 +441,9 @@ out:
     ev_free(p.loop);
     if (p.sfd >= 0)
         close(p.sfd);
+    gw_report_free(p.report);
+    bridge_remove_stats(p.b, p.stats);
+    stats_free(p.stats);
     bridge_free(p.b);
     if (p.gate) {
         const dtls_gate_stats_t *st = dtls_gate_stats(p.gate);
