@@ -341,3 +341,21 @@ Test(persist, a_damaged_record_is_refused_logged_and_counted)
     cr_assert_null(strstr(log, folder), "%s", log);
     persist_free(p);
 }
+
+/* A damaged record that was handed over again, or in limbo, is refused like any other. */
+Test(persist, a_damaged_resend_or_limbo_record_is_refused)
+{
+    persist_free(persist_new(dir));
+    write_file("s-5.resend", "\xff\xff\xff\xff garbage", 12);
+    write_file("s-6.limbo", "\xff\xff\xff\xff garbage", 12);
+    char log[4096];
+    persist_t *p = open_capturing(log, sizeof(log));
+    cr_assert_not_null(p);
+    cr_assert_eq(persist_refused(p), 2, "%u refused", persist_refused(p));
+    cr_assert_eq(persist_records(p), 0);
+    cr_assert_not(exists("s-5.msg"));
+    cr_assert_not(exists("s-6.msg"));
+    cr_assert_not(exists("s-5.resend"));
+    cr_assert_not(exists("s-6.limbo"));
+    persist_free(p);
+}
