@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 enum stype { S_GROUP, S_STR, S_PATH, S_INT, S_BOOL, S_ENUM };
 
@@ -439,6 +441,63 @@ int gw_uri_parse(const char *uri, gw_uri_t *out)
     return 0;
 }
 
+int gw_listen_parse(const char *s, gw_listen_t *out, const char **why)
+{
+    const char *host = s, *host_end, *colon;
+    const char *dummy;
+
+    if (!why)
+        why = &dummy;
+    memset(out, 0, sizeof(*out));
+    if (*s == '[') {
+        host = s + 1;
+        host_end = strchr(host, ']');
+        if (!host_end) {
+            *why = "an IPv6 address needs its closing ']'";
+            return -EINVAL;
+        }
+        colon = host_end + 1;
+        out->family = AF_INET6;
+    } else {
+        host_end = colon = strrchr(s, ':');
+        if (colon && memchr(s, ':', (size_t)(colon - s))) {
+            *why = "an IPv6 address is written in brackets: [ADDRESS]:PORT";
+            return -EINVAL;
+        }
+        out->family = AF_INET;
+    }
+    if (!colon || *colon != ':') {
+        *why = "the port is missing (HOST:PORT)";
+        return -EINVAL;
+    }
+    size_t hlen = (size_t)(host_end - host);
+    if (hlen == 0 || hlen >= sizeof(out->host)) {
+        *why = hlen ? "the address is too long" : "the address is missing";
+        return -EINVAL;
+    }
+    memcpy(out->host, host, hlen);
+    out->host[hlen] = '\0';
+    if (inet_pton(out->family, out->host, out->addr) != 1) {
+        *why = out->family == AF_INET6
+                   ? "not an IPv6 address (zone ids are not supported)"
+                   : "not an IP address (host names are not resolved: use IPv4:PORT or "
+                     "[IPv6]:PORT)";
+        return -EINVAL;
+    }
+    const char *p = colon + 1;
+    long port = 0;
+    if (!*p)
+        port = -1;
+    for (; *p && port >= 0; p++)
+        port = *p >= '0' && *p <= '9' && port <= 65535 ? port * 10 + (*p - '0') : -1;
+    if (port < 1 || port > 65535) {
+        *why = "the port must be a number 1..65535";
+        return -EINVAL;
+    }
+    out->port = (int)port;
+    return 0;
+}
+
 /* Replaces {gateway} in a template setting; any other brace is an error. */
 static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
 {
@@ -578,9 +637,15 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
     if (cfg->ml_enabled)
         gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",
                     "the MQTT device listener is not supported yet");
-    if (*cfg->metrics_listen)
+    gw_listen_t listen;
+    const char *why;
+    if (*cfg->metrics_listen && gw_listen_parse(cfg->metrics_listen, &listen, &why) < 0)
         gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen",
-                    "the metrics endpoint is not supported yet");
+                    "\"%s\": %s", cfg->metrics_listen, why);
+    if (strlen(cfg->control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        gw_errs_add(errs, f, LINE("gateway.control_socket"), "gateway.control_socket",
+                    "longer than %zu bytes, the limit of a Unix socket's path",
+                    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 #undef LINE
 }
 
@@ -644,6 +709,35 @@ gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
         return NULL;
     }
     return cfg;
+}
+
+char *gw_config_control_socket(const char *path, gw_errs_t *errs)
+{
+    const struct setting *d = find_setting("gateway.control_socket");
+    config_t lc;
+    char *out = NULL, *dir = dirname_of(path);
+
+    if (!dir) {
+        gw_errs_add(errs, path, 0, "config", "out of memory");
+        return NULL;
+    }
+    config_init(&lc);
+    if (!config_read_file(&lc, path)) {
+        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
+            gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
+        else
+            gw_errs_add(errs, config_error_file(&lc) ? config_error_file(&lc) : path,
+                        config_error_line(&lc), "syntax", "%s", config_error_text(&lc));
+    } else {
+        config_setting_t *s = config_lookup(&lc, d->name);
+        if (s && config_setting_type(s) != CONFIG_TYPE_STRING)
+            gw_errs_add(errs, path, config_setting_source_line(s), d->name, "must be a string");
+        else if (!(out = resolve_path(dir, s ? config_setting_get_string(s) : d->def)))
+            gw_errs_add(errs, path, 0, d->name, "out of memory");
+    }
+    config_destroy(&lc);
+    free(dir);
+    return out;
 }
 
 void gw_config_free(gw_config_t *cfg)

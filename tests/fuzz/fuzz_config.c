@@ -75,7 +75,10 @@ static void check_config(const gw_config_t *cfg)
     FUZZ_CHECK(cfg->max_inflight >= 1 && cfg->publish_timeout >= 1 && cfg->offline_buffer >= 0);
     FUZZ_CHECK(cfg->coap_plain || *cfg->psk_file || *cfg->dtls_cert);
     FUZZ_CHECK(!*cfg->dtls_cert == !*cfg->dtls_key && !*cfg->mqtt_cert == !*cfg->mqtt_key);
-    FUZZ_CHECK(!cfg->ml_enabled && !*cfg->metrics_listen);
+    FUZZ_CHECK(!cfg->ml_enabled);
+    gw_listen_t listen;
+    FUZZ_CHECK(!*cfg->metrics_listen || gw_listen_parse(cfg->metrics_listen, &listen, NULL) == 0);
+    FUZZ_CHECK(strlen(cfg->control_socket) < 108);
 
     gw_uri_t uri;
     FUZZ_CHECK(gw_uri_parse(cfg->mqtt_uri, &uri) == 0);
