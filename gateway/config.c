@@ -715,9 +715,14 @@ char *gw_config_control_socket(const char *path, gw_errs_t *errs)
 {
     const struct setting *d = find_setting("gateway.control_socket");
     config_t lc;
-    char *out = NULL, *dir = dirname_of(path);
+    char *out = NULL, *dir;
 
-    if (!dir) {
+    if (!path) {
+        if (!(out = strdup(d->def)))
+            gw_errs_add(errs, "-", 0, d->name, "out of memory");
+        return out;
+    }
+    if (!(dir = dirname_of(path))) {
         gw_errs_add(errs, path, 0, "config", "out of memory");
         return NULL;
     }

@@ -111,7 +111,8 @@ int gw_listen_parse(const char *s, gw_listen_t *out, const char **why);
  * does, without validating or reading anything else (for `tandem stats`,
  * which may run as a user who cannot read the password file). Returns the
  * path, malloc'd ("" when the file turns the socket off), or NULL with errs
- * filled when the file cannot be read or the setting is not a string.
+ * filled when the file cannot be read or the setting is not a string. With
+ * path NULL: the default.
  */
 char *gw_config_control_socket(const char *path, gw_errs_t *errs);
 
