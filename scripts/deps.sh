@@ -10,7 +10,7 @@ packages=(
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
   systemd  # systemd-analyze checks the unit in deploy/
-  prometheus  # scrapes /metrics in tests/integration/test_control.py
+  prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
   "$@"
 )
 
