@@ -22,8 +22,12 @@ enum { EV_READABLE = 1, EV_WRITABLE = 2 };
 typedef void ev_file_fn(ev_loop_t *loop, int fd, unsigned mask, void *data);
 
 /*
- * A timer is due. Returns the milliseconds until it is due again, or
- * EV_NOMORE to remove it.
+ * A timer is due. Returns the milliseconds until it is due again (counted
+ * from its return), or EV_NOMORE to remove it (any negative value does). The
+ * return wins over ev_set_timer of the same timer from inside; ev_del_timer
+ * wins over both. Due timers run earliest first; a timer added by a timer
+ * callback runs from the next turn on, one added by a file callback already
+ * in this turn if it is due.
  */
 typedef int64_t ev_time_fn(ev_loop_t *loop, uint64_t id, void *data);
 #define EV_NOMORE (-1)
@@ -56,13 +60,15 @@ int ev_add_hook(ev_loop_t *loop, ev_hook_fn *fn, void *data);
 
 /*
  * One turn: waits at most max_wait_ms (-1: until something happens) for fds
- * and timers, runs the callbacks, then the hooks. The number of callbacks run,
- * or a negative errno-style code.
+ * and timers, runs the callbacks, then the hooks. The number of callbacks run
+ * (files and timers, not hooks), or a negative errno-style code: -EBUSY from
+ * inside a callback. A signal that interrupts the wait is no error.
  */
 int ev_turn(ev_loop_t *loop, int max_wait_ms);
 
 /* Turns until ev_stop(). 0, or a negative errno-style code if waiting failed. */
 int ev_run(ev_loop_t *loop);
+/* ev_run returns after the current turn (its hooks included); before ev_run, at once. */
 void ev_stop(ev_loop_t *loop);
 
 #endif
