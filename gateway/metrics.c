@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,13 +94,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     (void)upload_data;
 
-    /* Answered on the first call; a body sent along is skipped. */
-    *upload_data_size = 0;
-    if (*con_cls)
+    /*
+     * libmicrohttpd calls once when the headers are in, then for each piece
+     * of a body, then once more with none. Other methods are refused at once
+     * (their body is not read: the connection closes after the answer);
+     * GET and HEAD are answered on the last call, which keeps the connection
+     * open for the next scrape. A body sent with a GET is skipped.
+     */
+    bool get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+    if (!*con_cls) {
+        *con_cls = m;
+        m->st.requests++;
+        if (get)
+            return MHD_YES;
+    } else if (*upload_data_size) {
+        *upload_data_size = 0;
         return MHD_YES;
-    *con_cls = m;
-    m->st.requests++;
-    if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD)) {
+    }
+    if (!get) {
         m->st.not_allowed++;
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, strdup("method not allowed\n"), 19,
                      "GET, HEAD");
