@@ -103,7 +103,11 @@ static int ask(const char *path, const char *request, char **out)
             len += (size_t)n;
             continue;
         }
-        if (n == 0) {
+        /*
+         * The end. A gateway that closes before it read all we sent (it
+         * refused the request) resets the connection after its answer.
+         */
+        if (n == 0 || (errno == ECONNRESET && len)) {
             close(fd);
             buf[len] = '\0';
             if (!strncmp(buf, "error ", 6)) {
