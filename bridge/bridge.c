@@ -1,712 +1,29 @@
 /*
- * CoAP -> MQTT (SPEC §3 and the up rows of §6).
- *
- * A request for a QoS 1/2 mapping waits for the broker's acknowledgement.
- * The handler leaves libcoap nothing to send (an empty NON response, which
- * libcoap drops), and the bridge answers by itself: piggybacked on the ACK
- * when the acknowledgement comes within PIGGYBACK_MS, otherwise with an
- * empty ACK then and a separate response later (RFC 7252 §5.2.2).
+ * The bridge's life and glue: it makes its parts and joins them (the up
+ * direction in up.c, the broker connection in upstream.c, the down
+ * direction in down.c, resources, sessions, pending answers, Block1), and
+ * takes a reloaded configuration to each of them; libcoap's session events;
+ * and the statistics, gathered from every part's counters.
  */
 #include "bridge.h"
 
 #include "tandem_build.h"
 
-#include <MQTTAsync.h>
-#include <ctype.h>
-#include <limits.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bridge_int.h"
+#include "clock.h"
 #include "dtls.h"
-#include "inbox.h"
 #include "log.h"
 #include "mapping.h"
-#include "mqtt.h"
 #include "tls.h"
-#include "bridge_int.h"
 
-/* EXCHANGE_LIFETIME of RFC 7252 §4.8.2, ms. */
-#define EXCHANGE_LIFETIME_MS 247000
-/* A Block1 transfer with no block for this long is dropped, ms. */
-#define BLOCK1_IDLE_MS 60000
-/*
- * Block1 bodies being put together, all sessions included, hold at most
- * BLOCK1_TRANSFERS full-size bodies and BLOCK1_BYTES_MAX bytes (but always room
- * for one); past that a new block gets 5.03 with Max-Age BLOCK1_RETRY_S.
- */
-#define BLOCK1_TRANSFERS 512
-#define BLOCK1_BYTES_MAX ((size_t)64 << 20)
-#define BLOCK1_RETRY_S 5
-/*
- * A connection that lasted this long was a good one: the next reconnection
- * starts again at 1 s. One the broker drops sooner (it refuses something we
- * send, say) does not reset the backoff, so a broker that accepts and drops
- * at once is not hammered every second. ms.
- */
-#define STABLE_MS 10000
-/* Longest reconnect backoff, s. */
-#define BACKOFF_MAX_S 30
-/* Events taken from the inbox per turn. */
-#define INBOX_BATCH 64
-/* Bytes the offline buffer holds at most, besides mqtt.offline_buffer messages. */
-#define OFFLINE_BYTES_MAX (64ull << 20)
 /* Bytes of arrived messages the inbox holds at most. */
 #define INBOX_BYTES (16u << 20)
-/* How often bridge_tick needs to run while anything waits, ms. */
-#define TICK_MS 100
-/* Max-Age of a 5.03 to a new session refused at coap.max_sessions, s. */
-#define SESSIONS_FULL_RETRY_S 5
-/* How long a confirmable request waits for a piggybacked answer, ms. */
-#define PIGGYBACK_MS 500
-
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
-
-uint64_t bridge_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* The Block1 transfer in progress on a session (its sess_t's up state). */
-struct b1 {
-    bridge_t *b; /* borrowed */
-    bool active;
-    char topic[MAP_PATH_MAX + 1];
-    char *body; /* owned */
-    size_t len, cap;
-    unsigned next, szx;
-    int cf;
-    uint64_t at_ms;
-};
-
-/* Frees the Block1 buffer of s and ends its transfer. */
-static void b1_release(sess_t *s)
-{
-    struct b1 *t = s->up;
-    if (!t)
-        return;
-    if (t->active)
-        s->busy--;
-    t->b->b1_bytes -= t->cap;
-    free(t->body);
-    free(t);
-    s->up = NULL;
-}
-
-/* sessions_t's free_up: a session went with its transfer. */
-static void b1_free(void *up)
-{
-    struct b1 *t = up;
-    t->b->b1_bytes -= t->cap;
-    free(t->body);
-    free(t);
-}
-
-/* The Block1 state of s, made on first use; NULL on ENOMEM. */
-static struct b1 *b1_of(bridge_t *b, sess_t *s)
-{
-    if (!s->up) {
-        struct b1 *t = calloc(1, sizeof(*t));
-        if (t)
-            t->b = b;
-        s->up = t;
-    }
-    return s->up;
-}
-
-/* The bridge's state of a session. */
-static sess_t *session_state(bridge_t *b, coap_session_t *session)
-{
-    return sess_get(b->sessions, session);
-}
-
-/* Sets the response code and its options. */
-void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
-                   int size1)
-{
-    uint8_t buf[4];
-    coap_pdu_set_code(resp, (coap_pdu_code_t)COAP_RESPONSE_CODE(code));
-    if (max_age >= 0)
-        coap_add_option(resp, COAP_OPTION_MAXAGE,
-                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)max_age), buf);
-    if (block1 != NO_BLOCK1)
-        coap_add_option(resp, COAP_OPTION_BLOCK1, coap_encode_var_safe(buf, sizeof(buf), block1),
-                        buf);
-    if (size1 >= 0)
-        coap_add_option(resp, COAP_OPTION_SIZE1,
-                        coap_encode_var_safe(buf, sizeof(buf), (unsigned)size1), buf);
-    b->st.responses[(code / 100) * 32 + code % 100]++;
-}
-
-int bridge_retry_after_s(const bridge_t *b)
-{
-    uint64_t now = bridge_now_ms();
-    if (b->connecting || b->reconnect_at_ms <= now)
-        return 1;
-    return (int)((b->reconnect_at_ms - now + 999) / 1000);
-}
-
-/* CoAP Content-Formats and their media types (RFC 7252 §12.3 registry). */
-static const struct {
-    int cf;
-    const char *type;
-    bool text;
-} content_formats[] = {
-    {0, "text/plain;charset=utf-8", true},
-    {16, "application/cose; cose-type=\"cose-encrypt0\"", false},
-    {17, "application/cose; cose-type=\"cose-mac0\"", false},
-    {18, "application/cose; cose-type=\"cose-sign1\"", false},
-    {40, "application/link-format", true},
-    {41, "application/xml", true},
-    {42, "application/octet-stream", false},
-    {47, "application/exi", false},
-    {50, "application/json", true},
-    {51, "application/json-patch+json", true},
-    {52, "application/merge-patch+json", true},
-    {60, "application/cbor", false},
-    {61, "application/cwt", false},
-    {62, "application/multipart-core", false},
-    {63, "application/cbor-seq", false},
-    {110, "application/senml+json", true},
-    {111, "application/sensml+json", true},
-    {112, "application/senml+cbor", false},
-    {113, "application/sensml+cbor", false},
-    {256, "application/coap-group+json", true},
-    {320, "application/senml+xml", true},
-    {11542, "application/vnd.oma.lwm2m+tlv", false},
-    {11543, "application/vnd.oma.lwm2m+json", true},
-};
-#define NFORMATS (sizeof(content_formats) / sizeof(content_formats[0]))
-
-/* MQTT 5 Content Type for a CoAP Content-Format. */
-const char *bridge_content_type(int cf, bool *text)
-{
-    for (size_t i = 0; i < NFORMATS; i++) {
-        if (content_formats[i].cf == cf) {
-            *text = content_formats[i].text;
-            return content_formats[i].type;
-        }
-    }
-    *text = false;
-    return NULL;
-}
-
-/* Compares media types ignoring case and spaces ("text/plain; charset=utf-8"). */
-static bool same_type(const char *a, const char *b)
-{
-    for (;;) {
-        while (*a == ' ')
-            a++;
-        while (*b == ' ')
-            b++;
-        if (!*a || !*b)
-            return !*a && !*b;
-        if (tolower((unsigned char)*a++) != tolower((unsigned char)*b++))
-            return false;
-    }
-}
-
-int bridge_content_format(const char *type)
-{
-    for (size_t i = 0; i < NFORMATS; i++)
-        if (same_type(content_formats[i].type, type))
-            return content_formats[i].cf;
-    if (same_type(type, "text/plain"))
-        return 0;
-    return -1;
-}
-
-static struct pending *pending_alloc(bridge_t *b)
-{
-    for (size_t i = 0; i < b->npend; i++) {
-        if (!b->pend[i].used) {
-            struct pending *p = &b->pend[i];
-            p->used = true;
-            p->separate = false;
-            b->inflight++;
-            return p;
-        }
-    }
-    return NULL;
-}
-
-static void pending_release(bridge_t *b, struct pending *p)
-{
-    if (p->stored) {
-        p->stored = false;
-        b->nstored--;
-    }
-    if (p->sess)
-        p->sess->busy--;
-    p->sess = NULL;
-    coap_session_release(p->session);
-    p->session = NULL;
-    p->used = false;
-    p->gen++;
-    b->inflight--;
-}
-
-/* The request p will answer. */
-static void pending_fill(bridge_t *b, struct pending *p, coap_session_t *session,
-                         const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1,
-                         size_t map)
-{
-    coap_bin_const_t token = coap_pdu_get_token(req);
-    p->session = coap_session_reference(session);
-    /* A session with a publish waiting is busy: never evicted meanwhile. */
-    p->sess = session_state(b, session);
-    if (p->sess)
-        p->sess->busy++;
-    p->token_len = token.length < sizeof(p->token) ? token.length : sizeof(p->token);
-    memcpy(p->token, token.s, p->token_len);
-    p->mid = mid;
-    p->con = coap_pdu_get_type(req) == COAP_MESSAGE_CON;
-    p->separate = !p->con;
-    p->ok_code = (uint16_t)ok_code;
-    p->block1 = block1;
-    p->map = map;
-    p->stored = false;
-    p->started_ms = bridge_now_ms();
-    p->piggyback_ms = p->started_ms + PIGGYBACK_MS;
-    p->deadline_ms = p->started_ms + (uint64_t)b->cfg->publish_timeout * 1000;
-}
-
-static uint64_t pending_id(const bridge_t *b, const struct pending *p)
-{
-    return (uint64_t)p->gen << 32 | (uint64_t)(p - b->pend);
-}
-
-static struct pending *pending_by_id(bridge_t *b, uint64_t id)
-{
-    size_t slot = (size_t)(id & 0xffffffffu);
-    if (slot >= b->npend)
-        return NULL;
-    struct pending *p = &b->pend[slot];
-    return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
-}
-
-/* Sends the empty ACK of a request whose answer will be separate. */
-static void send_empty_ack(struct pending *p)
-{
-    coap_pdu_t *ack = coap_pdu_init(COAP_MESSAGE_ACK, 0, p->mid, 4);
-    p->separate = true;
-    if (ack && coap_send(p->session, ack) == COAP_INVALID_MID)
-        gw_debug("coap", "cannot send an empty ACK");
-}
-
-/*
- * Answers the request of p with code, piggybacked on the ACK or as a separate
- * response, and releases p.
- */
-static void pending_answer(bridge_t *b, struct pending *p, int code)
-{
-    coap_session_t *session = p->session;
-    int max_age = code == 503 ? bridge_retry_after_s(b) : -1;
-    coap_pdu_type_t type = !p->separate ? COAP_MESSAGE_ACK
-                           : p->con     ? COAP_MESSAGE_CON
-                                        : COAP_MESSAGE_NON;
-    coap_mid_t mid = p->separate ? coap_new_message_id(session) : p->mid;
-    coap_pdu_t *resp = coap_pdu_init(type, 0, mid, coap_session_max_pdu_size(session));
-
-    if (resp && coap_add_token(resp, p->token_len, p->token)) {
-        bridge_answer(b, resp, code, p->block1, max_age, -1);
-        if (coap_send(session, resp) == COAP_INVALID_MID)
-            gw_debug("coap", "cannot send an answer");
-    } else {
-        coap_delete_pdu(resp);
-    }
-    /* Retransmissions of the request from now on get the same answer. */
-    struct dedup *d = p->sess ? sess_dedup_pending(p->sess, pending_id(b, p)) : NULL;
-    if (d) {
-        d->code = (uint16_t)code;
-        d->max_age = (uint16_t)(max_age < 0 ? 0 : max_age);
-    }
-    if (p->map == SIZE_MAX) /* its mapping went at a reload */
-        ;
-    else if (code == p->ok_code)
-        b->maps[p->map].up++;
-    else
-        b->maps[p->map].refused++;
-    pending_release(b, p);
-}
-
-/* Collects the Uri-Path options as segments; false when there are too many. */
-bool bridge_uri_segments(const coap_pdu_t *req, map_segs_t *segs)
-{
-    coap_opt_iterator_t it;
-    coap_opt_filter_t filter;
-    coap_opt_t *opt;
-
-    coap_option_filter_clear(&filter);
-    coap_option_filter_set(&filter, COAP_OPTION_URI_PATH);
-    coap_option_iterator_init(req, &it, &filter);
-    segs->n = 0;
-    while ((opt = coap_option_next(&it))) {
-        if (segs->n == MAP_SEGMENTS_MAX)
-            return false;
-        segs->s[segs->n] = (const char *)coap_opt_value(opt);
-        segs->len[segs->n] = coap_opt_length(opt);
-        segs->n++;
-    }
-    return true;
-}
-
-int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt)
-{
-    coap_opt_iterator_t it;
-    coap_opt_t *opt = coap_check_option(pdu, num, &it);
-    if (!opt)
-        return dflt;
-    return (int)coap_decode_var_bytes(coap_opt_value(opt), coap_opt_length(opt));
-}
-
-/*
- * The answer to a publish the MQTT client did not take (mqtt_publish's
- * negative code): 5.03 with Max-Age while the broker or the buffer cannot
- * take it, 4.13 with Size1 when the broker's limit is smaller than the body,
- * 5.00 for a message the broker would refuse (never handed over).
- */
-static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_age, int *size1)
-{
-    if (rc == -EMSGSIZE) {
-        size_t room = mqtt_payload_room(b->mqtt, msg);
-        *size1 = room < (size_t)INT_MAX ? (int)room : INT_MAX;
-        return 413;
-    }
-    if (rc == -EINVAL) {
-        b->st.unpublishable++;
-        gw_log_limited(GW_LOG_ERROR, "mqtt", "a message for %s was not published (the broker "
-                       "would refuse it)", msg->topic);
-        return 500;
-    }
-    *max_age = bridge_retry_after_s(b);
-    return 503;
-}
-
-enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
-
-/* Bytes every session's Block1 buffers may hold together. */
-static size_t b1_budget(const bridge_t *b)
-{
-    size_t max = (size_t)b->cfg->max_payload, all = BLOCK1_TRANSFERS * max;
-    if (all > BLOCK1_BYTES_MAX)
-        all = BLOCK1_BYTES_MAX > max ? BLOCK1_BYTES_MAX : max;
-    return all;
-}
-
-/*
- * Block1 (RFC 7959 §2.3): blocks are taken in order into the session's
- * buffer, bounded by coap.max_payload, and all sessions' buffers by
- * b1_budget(). Sets *code (and *size1 or *max_age) on error, *block1 to the
- * option to echo. After BODY_READY from blocks, *data is the session's buffer
- * until b1_release().
- */
-static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *session,
-                                 const coap_pdu_t *req, const char *topic, const uint8_t **data,
-                                 size_t *len, uint32_t *block1, int *code, int *size1,
-                                 int *max_age)
-{
-    coap_block_b_t blk;
-    size_t max = (size_t)b->cfg->max_payload;
-    int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
-
-    *block1 = NO_BLOCK1;
-    if (!coap_get_block_b(session, req, COAP_OPTION_BLOCK1, &blk)) {
-        if (*len > max) {
-            *code = 413;
-            *size1 = (int)max;
-            return BODY_ERROR;
-        }
-        return BODY_READY;
-    }
-    size_t size = (size_t)1 << (blk.szx + 4);
-    uint64_t now = bridge_now_ms();
-    struct b1 *t = b1_of(b, s);
-    if (!t) {
-        *code = 500;
-        return BODY_ERROR;
-    }
-    if (blk.num == 0) {
-        int announced = bridge_option_uint(req, COAP_OPTION_SIZE1, -1);
-        if (announced > (int)max) {
-            *code = 413;
-            *size1 = (int)max;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        if (!t->active)
-            s->busy++; /* a body being put together: the session is busy */
-        t->active = true;
-        t->len = 0;
-        t->next = 0;
-        t->szx = blk.szx;
-        t->cf = cf;
-        t->at_ms = now;
-        memcpy(t->topic, topic, strlen(topic) + 1); /* both MAP_PATH_MAX + 1 */
-    }
-    if (!t->active || blk.num != t->next || blk.szx != t->szx || t->cf != cf ||
-        strcmp(t->topic, topic) || now - t->at_ms > BLOCK1_IDLE_MS) {
-        /* Out of order, another resource, or a stale transfer. */
-        *code = 408;
-        b1_release(s);
-        return BODY_ERROR;
-    }
-    if ((blk.m && *len != size) || *len > size) {
-        *code = 400;
-        b1_release(s);
-        return BODY_ERROR;
-    }
-    if (t->len + *len > max) {
-        *code = 413;
-        *size1 = (int)max;
-        b1_release(s);
-        return BODY_ERROR;
-    }
-    if (t->len + *len > t->cap) {
-        size_t cap = t->cap ? t->cap : 1024;
-        while (cap < t->len + *len)
-            cap *= 2;
-        if (cap > max)
-            cap = max;
-        if (b->b1_bytes - t->cap + cap > b1_budget(b)) {
-            b->st.block1_refused++;
-            *code = 503;
-            *max_age = BLOCK1_RETRY_S;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        char *body = realloc(t->body, cap);
-        if (!body) {
-            *code = 500;
-            b1_release(s);
-            return BODY_ERROR;
-        }
-        b->b1_bytes += cap - t->cap;
-        t->body = body;
-        t->cap = cap;
-    }
-    if (*len) /* a last block may be empty */
-        memcpy(t->body + t->len, *data, *len);
-    t->len += *len;
-    t->next++;
-    t->at_ms = now;
-    *block1 = blk.num << 4 | (unsigned)blk.m << 3 | blk.szx;
-    if (blk.m)
-        return BODY_CONTINUE;
-    t->active = false;
-    s->busy--;
-    *data = (const uint8_t *)t->body;
-    *len = t->len;
-    return BODY_READY;
-}
-
-static void handle_request(coap_resource_t *resource, coap_session_t *session,
-                           const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
-{
-    bridge_t *b = coap_resource_get_userdata(resource);
-    sess_t *s;
-    map_segs_t segs;
-    const map_entry_t *e = NULL;
-    char topic[MAP_PATH_MAX + 1];
-    const uint8_t *data = NULL;
-    size_t len = 0;
-    uint32_t block1 = NO_BLOCK1;
-    int code = 0, size1 = -1, max_age = -1;
-    coap_pdu_code_t method = coap_pdu_get_code(req);
-    uint16_t mid = (uint16_t)coap_pdu_get_mid(req);
-    (void)query;
-
-    b->st.requests++;
-    s = session_state(b, session);
-    if (!s) {
-        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
-        return;
-    }
-    uint64_t now = bridge_now_ms();
-    sess_touch(s, now);
-    const char *identity = dtls_identity(session);
-    coap_get_data(req, &len, &data);
-    b->st.bytes_in += len;
-
-    const struct dedup *d = sess_dedup_find(s, identity, mid, now);
-    if (d) {
-        b->st.duplicates++;
-        if (d->code == CODE_PENDING) {
-            /*
-             * The device retransmits while the broker has not answered:
-             * libcoap sends the empty ACK (the response is left empty), and
-             * the answer will be separate.
-             */
-            struct pending *p = pending_by_id(b, d->pending);
-            if (p)
-                p->separate = true;
-            return;
-        }
-        bridge_answer(b, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
-        return;
-    }
-
-    if (s->refused) {
-        /* Over coap.max_sessions with every session busy: this one goes after this turn. */
-        code = 503;
-        max_age = SESSIONS_FULL_RETRY_S;
-        goto refuse;
-    }
-    /* GET has its own handler (down.c); other methods no mapping allows. */
-    int dir = method == COAP_REQUEST_CODE_POST || method == COAP_REQUEST_CODE_PUT ||
-                      method == COAP_REQUEST_CODE_DELETE
-                  ? MAP_UP
-                  : 0;
-    enum map_status ms = bridge_uri_segments(req, &segs)
-                             ? map_route(b->cfg->maps, &segs, dir, identity, &e, topic,
-                                         sizeof(topic))
-                             : MAP_NOT_FOUND;
-    if (ms != MAP_OK) {
-        code = map_status_code(ms);
-        goto refuse;
-    }
-    if (method == COAP_REQUEST_CODE_DELETE && !map_entry_retain(e)) {
-        code = 405;
-        goto refuse;
-    }
-    if (b->draining) {
-        code = 503;
-        max_age = 5;
-        goto refuse;
-    }
-    if (method == COAP_REQUEST_CODE_DELETE) {
-        len = 0;
-    } else {
-        switch (take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1,
-                          &max_age)) {
-        case BODY_ERROR:
-            goto refuse;
-        case BODY_CONTINUE:
-            bridge_answer(b, resp, 231, block1, -1, -1);
-            sess_dedup_add(s, identity, mid, 231, block1, -1);
-            return;
-        case BODY_READY:
-            break;
-        }
-    }
-    if (!b->connected && (b->cfg->offline_buffer == 0 ||
-                          persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
-        code = 503;
-        max_age = bridge_retry_after_s(b);
-        goto refuse;
-    }
-
-    bool text = false;
-    int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
-    const char *ctype = cf >= 0 ? bridge_content_type(cf, &text) : NULL;
-    mqtt_msg_t msg = {
-        .topic = topic,
-        .payload = len ? data : (const uint8_t *)"",
-        .len = len,
-        .qos = map_entry_qos(e),
-        .retain = map_entry_retain(e) || method == COAP_REQUEST_CODE_DELETE,
-        .content_type = ctype,
-        .utf8 = text && map_utf8_ok((const char *)data, len),
-        .device = identity,
-    };
-    int ok_code = method == COAP_REQUEST_CODE_DELETE ? 202 : 204;
-    size_t mi = map_entry_index(e);
-
-    if (!b->connected) {
-        /*
-         * Into the offline buffer. The record is written now and fsync'ed
-         * with the others of this turn at bridge_commit(), which answers.
-         */
-        struct pending *p = pending_alloc(b);
-        persist_defer(b->persist, p != NULL);
-        int rc = mqtt_publish(b->mqtt, &msg, UINT64_MAX);
-        persist_defer(b->persist, false);
-        if (rc < 0) {
-            if (p)
-                pending_release(b, p); /* no session held yet: releasing NULL is a no-op */
-            code = publish_refused(b, rc, &msg, &max_age, &size1);
-            goto refuse;
-        }
-        b->st.offline_buffered++;
-        if (!p) { /* no slot to wait in: the record was fsync'ed at once */
-            b->maps[mi].up++;
-            bridge_answer(b, resp, ok_code, block1, -1, -1);
-            sess_dedup_add(s, identity, mid, ok_code, block1, -1);
-            return;
-        }
-        pending_fill(b, p, session, req, mid, ok_code, block1, mi);
-        p->stored = true;
-        b->nstored++;
-        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
-        coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
-        return;
-    }
-    if (msg.qos == 0) {
-        int rc = mqtt_publish(b->mqtt, &msg, 0);
-        if (rc < 0) {
-            code = publish_refused(b, rc, &msg, &max_age, &size1);
-            goto refuse;
-        }
-        b->st.published++;
-        b->maps[mi].up++;
-        bridge_answer(b, resp, ok_code, block1, -1, -1);
-        sess_dedup_add(s, identity, mid, ok_code, block1, -1);
-        return;
-    }
-
-    struct pending *p = pending_alloc(b);
-    if (!p) {
-        code = 503;
-        max_age = 1;
-        goto refuse;
-    }
-    pending_fill(b, p, session, req, mid, ok_code, block1, mi);
-    int rc = mqtt_publish(b->mqtt, &msg, pending_id(b, p));
-    if (rc < 0) {
-        pending_release(b, p);
-        code = publish_refused(b, rc, &msg, &max_age, &size1);
-        goto refuse;
-    }
-    b->st.published++;
-    sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b, p);
-    /* Nothing for libcoap to send: an empty NON response is dropped. */
-    coap_pdu_set_type(resp, COAP_MESSAGE_NON);
-    return;
-
-refuse:
-    if (e)
-        b->maps[map_entry_index(e)].refused++;
-    gw_debug("coap", "request refused with %d.%02d", code / 100, code % 100);
-    bridge_answer(b, resp, code, block1, max_age, size1);
-    sess_dedup_add(s, identity, mid, code, block1, max_age);
-}
-
-void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
-                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp)
-{
-    handle_request(resource, session, req, query, resp);
-    /* A body put together from blocks has been handed over: its buffer goes. */
-    sess_t *s = session_state(coap_resource_get_userdata(resource), session);
-    struct b1 *t = s ? s->up : NULL;
-    if (t && !t->active && t->body)
-        b1_release(s);
-}
-
-void bridge_set_handlers(bridge_t *b, coap_resource_t *r)
-{
-    coap_register_request_handler(r, COAP_REQUEST_GET, down_on_get);
-    coap_register_request_handler(r, COAP_REQUEST_POST, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PUT, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_DELETE, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_FETCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_PATCH, bridge_on_request);
-    coap_register_request_handler(r, COAP_REQUEST_IPATCH, bridge_on_request);
-    coap_resource_set_userdata(r, b);
-}
 
 static int on_event(coap_session_t *session, const coap_event_t event)
 {
@@ -751,49 +68,64 @@ void bridge_after_io(bridge_t *b)
     sessions_after_io(b->sessions);
 }
 
+/* sessions_t's on_ready: a device's handshake succeeded; its own resources are made. */
+static void on_ready(void *arg, coap_session_t *session, const char *identity)
+{
+    bridge_t *b = arg;
+    down_on_ready(b->down, session, identity);
+}
+
+/* down_wait_fn: how long a device waits for values not subscribed yet. */
+static int values_wait_s(void *arg)
+{
+    bridge_t *b = arg;
+    return upstream_connected(b) ? 1 : bridge_retry_after_s(b);
+}
+
 bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
 {
     bridge_t *b = calloc(1, sizeof(*b));
-    coap_resource_t *r;
 
     if (!b)
         return NULL;
     b->cfg = cfg;
     b->ctx = ctx;
-    b->npend = (size_t)cfg->max_inflight;
-    b->pend = calloc(b->npend, sizeof(*b->pend));
-    b->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->maps));
-    /* Room for every acknowledgement in flight plus connection news. */
+    b->up.maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->up.maps));
     /* Room for every acknowledgement in flight, connection news and messages. */
-    b->inbox = inbox_new(b->npend + 4096, INBOX_BYTES);
-    if (!b->pend || !b->maps || !b->inbox)
+    b->inbox = inbox_new((size_t)cfg->mqtt.max_inflight + 4096, INBOX_BYTES);
+    if (!b->up.maps || !b->inbox)
         goto fail;
-    b->persist = persist_new(cfg->state_dir);
+    b->persist = persist_new(cfg->gateway.state_dir);
     if (!b->persist) {
-        gw_err("bridge", "cannot keep state in %s/mqtt (%s)", cfg->state_dir, strerror(errno));
+        gw_err(BRIDGE, "cannot keep state in %s/mqtt (%s)", cfg->gateway.state_dir, strerror(errno));
         goto fail;
     }
     persist_set_durable(b->persist, true); /* not connected yet */
     if (persist_records(b->persist))
-        gw_info("mqtt", "%u messages kept from before the restart will be delivered",
+        gw_info(MQTT, "%u messages kept from before the restart will be delivered",
                 persist_records(b->persist));
     b->mqtt = mqtt_new(cfg, b->inbox, b->persist);
     if (!b->mqtt)
         goto fail;
-    b->backoff_s = 1;
-    b->started_ms = bridge_now_ms();
-    b->sessions = sessions_new(ctx, (size_t)cfg->max_sessions, b1_free, down_on_ready, b);
+    upstream_init(&b->link);
+    b->started_ms = gw_now_ms();
+    b->b1 = b1_pool_new();
+    if (!b->b1)
+        goto fail;
+    b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, up_free_transfer, on_ready, b);
     if (!b->sessions)
         goto fail;
+    b->pend = pending_new((size_t)cfg->mqtt.max_inflight, b->sessions);
+    if (!b->pend)
+        goto fail;
 
-    r = coap_resource_unknown_init(bridge_on_request);
-    if (!r)
+    b->res = resources_new(ctx);
+    if (!b->res)
         goto fail;
-    bridge_set_handlers(b, r);
-    coap_add_resource(ctx, r);
-    b->unknown = r;
-    if (down_init(b) < 0)
+    b->down = down_new(cfg, ctx, b->res, b->mqtt, b->sessions, values_wait_s, b);
+    if (!b->down)
         goto fail;
+    resources_set_handlers(b->res, down_on_get, b->down, bridge_on_request, b);
     event_bridge = b;
     coap_register_event_handler(ctx, on_event);
     coap_register_nack_handler(ctx, on_nack);
@@ -809,308 +141,17 @@ void bridge_free(bridge_t *b)
         return;
     if (event_bridge == b)
         event_bridge = NULL;
-    for (size_t i = 0; b->pend && i < b->npend; i++)
-        if (b->pend[i].used)
-            pending_release(b, &b->pend[i]);
-    sessions_free(b->sessions);
-    down_free(b);
+    pending_free(b->pend);
+    sessions_free(b->sessions); /* and their Block1 transfers */
+    b1_pool_free(b->b1);
+    down_free(b->down);
+    resources_free(b->res);
     mqtt_free(b->mqtt);
     persist_free(b->persist);
     inbox_free(b->inbox);
-    free(b->pend);
-    free(b->maps);
+    free(b->up.maps);
+    bridge_report_free(b->report);
     free(b);
-}
-
-int bridge_start(bridge_t *b)
-{
-    b->connecting = true;
-    gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
-    return mqtt_connect(b->mqtt);
-}
-
-int bridge_inbox_fd(const bridge_t *b)
-{
-    return inbox_fd(b->inbox);
-}
-
-static void schedule_reconnect(bridge_t *b)
-{
-    persist_set_durable(b->persist, true);
-    b->connected = false;
-    b->connecting = false;
-    b->reconnect_at_ms = bridge_now_ms() + (uint64_t)b->backoff_s * 1000;
-    b->backoff_s = b->backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->backoff_s * 2;
-}
-
-/*
- * The connection is lost with publishes still waiting for their
- * acknowledgement. The client keeps them in its store and sends them again
- * once reconnected; with an offline buffer, made durable, they are answered
- * 2.04 now, as a publish made while disconnected would be.
- */
-static void keep_inflight(bridge_t *b)
-{
-    if (b->cfg->offline_buffer == 0 || b->inflight == 0 || persist_flush(b->persist) < 0)
-        return;
-    for (size_t i = 0; i < b->npend; i++) {
-        if (b->pend[i].used) {
-            if (!b->pend[i].stored)
-                b->st.offline_buffered++;
-            pending_answer(b, &b->pend[i], b->pend[i].ok_code);
-        }
-    }
-}
-
-static void on_connected(bridge_t *b)
-{
-    persist_set_durable(b->persist, false);
-    b->connected = true;
-    b->connecting = false;
-    b->connected_at_ms = bridge_now_ms();
-    b->guard.acked = false;
-    if (b->ever_connected)
-        b->st.reconnects++;
-    b->ever_connected = true;
-    gw_info("mqtt", "connected to %s", b->cfg->mqtt_uri);
-    mqtt_resend_lost(b->mqtt);
-    down_on_connected(b);
-    if (*b->cfg->status_topic) {
-        mqtt_msg_t online = {.topic = b->cfg->status_topic, .payload = "online", .len = 6,
-                             .qos = 1, .retain = true};
-        if (mqtt_publish(b->mqtt, &online, UINT64_MAX) < 0)
-            gw_warn("mqtt", "cannot publish \"online\" on %s", b->cfg->status_topic);
-    }
-}
-
-/*
- * A message the broker drops the connection for (a packet over its size
- * limit, or a topic its policy disconnects for, on MQTT 3.1.1 where it has no
- * other way to refuse) would be sent again at every reconnection, and hold
- * everything behind it, forever. When the broker drops GUARD_STRIKES
- * connections in a row within STABLE_MS of making them, with messages waiting
- * and none acknowledged, the client sends one message at a time: two such
- * connections in a row with the same message in flight name it, and it is
- * set aside (into
- * state_dir/mqtt-refused, for the operator), logged and counted. After a
- * connection has lasted STABLE_MS, messages go at the full rate again.
- */
-#define GUARD_STRIKES 2
-#define SUSPECT_STRIKES 2
-
-static void guard_dropped(bridge_t *b)
-{
-    char key[80];
-    if (!b->guard.one_at_a_time) {
-        if (++b->guard.strikes < GUARD_STRIKES)
-            return;
-        b->guard.one_at_a_time = true;
-        b->guard.suspect[0] = '\0';
-        gw_warn("mqtt", "the broker dropped %u connections in a row soon after they were made: "
-                        "messages go one at a time to find one it refuses",
-                b->guard.strikes);
-        mqtt_set_one_at_a_time(b->mqtt, true);
-        mqtt_restart(b->mqtt, true);
-        return;
-    }
-    if (persist_sent(b->persist, key, sizeof(key)) != 1)
-        return; /* nothing, or not one message, in flight: nothing to blame */
-    if (strcmp(key, b->guard.suspect)) {
-        snprintf(b->guard.suspect, sizeof(b->guard.suspect), "%s", key);
-        b->guard.suspect_strikes = 1;
-        return;
-    }
-    if (++b->guard.suspect_strikes < SUSPECT_STRIKES)
-        return;
-    int rc = persist_set_aside(b->persist, key);
-    if (rc == 0)
-        mqtt_restart(b->mqtt, false); /* a client that no longer holds it */
-    b->guard.suspect[0] = '\0';
-    b->st.broker_dropped_for++;
-    gw_err("mqtt", "the broker drops the connection whenever message %s is sent: %s "
-                   "(%s-refused)",
-           key, rc == 0 ? "it was set aside" : "it cannot be set aside", b->cfg->state_dir);
-}
-
-static void connection_lost(bridge_t *b)
-{
-    /*
-     * Dropped soon, with messages waiting and none acknowledged: what the
-     * broker does to a message it refuses this way (it reads up to it, and
-     * the client sends the oldest unacknowledged first). A connection in which
-     * the broker acknowledged anything was a good one: a broker restarted under
-     * load, say.
-     */
-    bool refused = bridge_now_ms() - b->connected_at_ms < STABLE_MS && !b->guard.acked &&
-                   persist_records(b->persist) > 0;
-    schedule_reconnect(b); /* what waits is on disk from here on */
-    keep_inflight(b);
-    if (refused) {
-        guard_dropped(b); /* and the backoff goes on growing */
-    } else {
-        b->guard.strikes = 0;
-        b->guard.suspect[0] = '\0';
-        b->backoff_s = 1;
-    }
-}
-
-void bridge_process_inbox(bridge_t *b)
-{
-    inbox_event_t ev[INBOX_BATCH];
-    size_t n = inbox_drain(b->inbox, ev, INBOX_BATCH);
-
-    for (size_t i = 0; i < n; i++) {
-        struct pending *p;
-        switch (ev[i].type) {
-        case EV_CONNECTED:
-            on_connected(b);
-            break;
-        case EV_CONNECT_FAILED:
-            gw_warn("mqtt", "cannot connect to %s (%s); retrying in %us", b->cfg->mqtt_uri,
-                    ev[i].text, b->backoff_s);
-            schedule_reconnect(b);
-            /*
-             * The broker accepted the connection and dropped it while the
-             * client sent again what it had in flight (Paho does that before
-             * it reports the connection made): dropped soon, nothing
-             * acknowledged.
-             */
-            if (ev[i].rc == MQTTASYNC_DISCONNECTED && persist_records(b->persist) > 0)
-                guard_dropped(b);
-            break;
-        case EV_CONN_LOST:
-            if (!b->connected)
-                break; /* a DISCONNECT before the CONNACK: the connect failure follows */
-            if (ev[i].rc)
-                b->st.broker_disconnects++;
-            gw_warn("mqtt", "connection to %s lost (%s)", b->cfg->mqtt_uri, ev[i].text);
-            connection_lost(b);
-            break;
-        case EV_PUB_OK:
-            b->guard.acked = true;
-            if (ev[i].id == UINT64_MAX)
-                break;
-            p = pending_by_id(b, ev[i].id);
-            if (!p)
-                break; /* answered already (timed out) */
-            b->st.acked++;
-            uint64_t lat = bridge_now_ms() - p->started_ms;
-            b->st.lat_ms[lat < 1023 ? lat : 1023]++;
-            pending_answer(b, p, p->ok_code);
-            break;
-        case EV_MESSAGE:
-            down_message(b, ev[i].data);
-            free(ev[i].data);
-            break;
-        case EV_DELIVERED:
-            b->guard.acked = true;
-            mqtt_kick(b->mqtt, b->inflight);
-            break;
-        case EV_SUB_OK:
-            down_subscribed(b, ev[i].id);
-            break;
-        case EV_SUB_FAILED:
-            b->down.subscriptions_failed++;
-            gw_log_limited(GW_LOG_ERROR, "mqtt", "subscription refused by the broker (%s)",
-                           ev[i].text);
-            break;
-        case EV_PUB_FAILED:
-            if (ev[i].id == UINT64_MAX)
-                break;
-            p = pending_by_id(b, ev[i].id);
-            if (!p)
-                break;
-            /*
-             * A broker's refusal (reason >= 0x80) is final: the client has
-             * dropped the message from its store, the device gets 5.02.
-             * Anything else is an outage.
-             */
-            if (ev[i].rc >= 0x80) {
-                b->st.broker_refused++;
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish refused by the broker (%s)",
-                               ev[i].text);
-            } else {
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "publish failed (%s)", ev[i].text);
-            }
-            pending_answer(b, p, ev[i].rc >= 0x80 ? 502 : 503);
-            break;
-        }
-    }
-}
-
-void bridge_commit(bridge_t *b)
-{
-    if (!b->nstored)
-        return;
-    int rc = persist_sync(b->persist);
-    if (rc < 0)
-        gw_log_limited(GW_LOG_ERROR, "mqtt",
-                       "cannot make the offline buffer durable (%s); answering 5.03",
-                       strerror(-rc));
-    for (size_t i = 0; i < b->npend && b->nstored; i++) {
-        struct pending *p = &b->pend[i];
-        if (p->used && p->stored)
-            pending_answer(b, p, rc == 0 ? p->ok_code : 503);
-    }
-}
-
-void bridge_tick(bridge_t *b)
-{
-    down_check_ready(b);
-    uint64_t now = bridge_now_ms();
-    if (now - b->last_tick_ms < TICK_MS)
-        return;
-    b->last_tick_ms = now;
-    if (now - b->last_second_ms >= 1000) {
-        b->last_second_ms = now;
-        down_tick(b);
-    }
-    if (b->inflight) {
-        for (size_t i = 0; i < b->npend; i++) {
-            struct pending *p = &b->pend[i];
-            if (!p->used)
-                continue;
-            if (now >= p->deadline_ms) {
-                b->st.timeouts++;
-                gw_log_limited(GW_LOG_WARNING, "mqtt", "no acknowledgement within %ds; answering 5.04",
-                               b->cfg->publish_timeout);
-                pending_answer(b, p, 504);
-            } else if (!p->separate && now >= p->piggyback_ms) {
-                gw_debug("coap", "broker slow: empty ACK now, separate answer later");
-                send_empty_ack(p);
-            }
-        }
-    }
-    if (b->guard.one_at_a_time && b->connected && now - b->connected_at_ms >= STABLE_MS) {
-        /* The connection holds: what was refused is out; back to the full rate. */
-        b->guard.one_at_a_time = false;
-        b->guard.strikes = 0;
-        mqtt_set_one_at_a_time(b->mqtt, false);
-        gw_info("mqtt", "messages go at the full rate again");
-        mqtt_disconnect(b->mqtt);
-    }
-    if (!b->connected && !b->connecting && !b->draining && now >= b->reconnect_at_ms) {
-        b->connecting = true;
-        gw_info("mqtt", "connecting to %s", b->cfg->mqtt_uri);
-        mqtt_connect(b->mqtt);
-    }
-}
-
-int bridge_timeout_ms(const bridge_t *b)
-{
-    if (b->inflight || (!b->connected && !b->connecting))
-        return TICK_MS;
-    int t = down_timeout_ms(b);
-    struct sessions_stats ss;
-    sessions_stats(b->sessions, &ss);
-    if (ss.observers && (t < 0 || t > 1000))
-        t = 1000; /* observers of silent devices are confirmed (down_tick) */
-    return t;
-}
-
-size_t bridge_inflight(const bridge_t *b)
-{
-    return b->inflight;
 }
 
 void bridge_drain(bridge_t *b)
@@ -1125,10 +166,10 @@ void bridge_abandon(bridge_t *b)
      * store and is sent again after a restart: made durable, it is answered
      * 2.04. Without one it gets 5.03 and the device sends it again.
      */
-    bool kept = b->cfg->offline_buffer > 0 && b->inflight && persist_flush(b->persist) == 0;
-    for (size_t i = 0; i < b->npend; i++)
-        if (b->pend[i].used)
-            pending_answer(b, &b->pend[i], kept ? b->pend[i].ok_code : 503);
+    bool kept = b->cfg->mqtt.offline_buffer > 0 && pending_inflight(b->pend) &&
+                persist_flush(b->persist) == 0;
+    for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p))
+        upstream_answer(b, p, kept ? p->ok_code : 503);
 }
 
 /* Index in next of the mapping named as mapping i of cur, or SIZE_MAX. */
@@ -1144,196 +185,38 @@ static size_t same_mapping(const gw_config_t *cur, size_t i, const gw_config_t *
 void bridge_reload(bridge_t *b, const gw_config_t *next)
 {
     size_t n = map_table_count(next->maps);
-    struct map_counters *maps = calloc(n + 1, sizeof(*maps));
+    struct up_map_stats *maps = calloc(n + 1, sizeof(*maps));
     if (!maps) {
-        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
         return;
     }
     size_t *index = calloc(map_table_count(b->cfg->maps) + 1, sizeof(*index));
     if (!index) {
         free(maps);
-        gw_err("gateway", "reload: out of memory; the old mappings stay");
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
         return;
     }
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
+    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
         index[i] = same_mapping(b->cfg, i, next);
-        if (index[i] != SIZE_MAX)
-            maps[index[i]] = b->maps[i];
+    if (down_reload(b->down, next, index, upstream_connected(b)) < 0) {
+        free(index);
+        free(maps);
+        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
+        return;
     }
-    for (size_t i = 0; i < b->npend; i++)
-        if (b->pend[i].used)
-            b->pend[i].map = b->pend[i].map < map_table_count(b->cfg->maps)
-                                 ? index[b->pend[i].map]
-                                 : SIZE_MAX;
+    up_remap(&b->up, maps, index, map_table_count(b->cfg->maps));
+    pending_remap(b->pend, index, map_table_count(b->cfg->maps));
     free(index);
-    down_reload(b, next);
-    sessions_set_max(b->sessions, (size_t)next->max_sessions);
-    free(b->maps);
-    b->maps = maps;
+    sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
     b->cfg = next;
     mqtt_set_config(b->mqtt, next);
 }
 
-void bridge_show_gate(bridge_t *b, const void *gate_stats)
+void bridge_publish_stats(bridge_t *b, const char *json, size_t len)
 {
-    b->gate = gate_stats;
-}
-
-void bridge_count_reload(bridge_t *b, bool ok)
-{
-    if (ok)
-        b->st.reloads++;
-    else
-        b->st.reload_failures++;
-}
-
-void bridge_publish_stats(bridge_t *b)
-{
-    char *json = NULL;
-    size_t len = 0;
-    FILE *f;
-
-    if (!b->connected || !(f = open_memstream(&json, &len)))
+    if (!upstream_connected(b))
         return;
-    bridge_stats_json(b, f);
-    fclose(f);
-    mqtt_msg_t msg = {.topic = b->cfg->stats_topic, .payload = json, .len = len ? len - 1 : 0,
+    mqtt_msg_t msg = {.topic = b->cfg->mqtt.stats_topic, .payload = json, .len = len,
                       .qos = 0, .content_type = "application/json", .utf8 = true};
     mqtt_publish(b->mqtt, &msg, 0);
-    free(json);
-}
-
-void bridge_shutdown(bridge_t *b, int timeout_ms)
-{
-    mqtt_shutdown(b->mqtt, timeout_ms);
-    b->connected = false;
-}
-
-static uint64_t percentile(const bridge_t *b, double q)
-{
-    uint64_t total = 0, seen = 0;
-    for (size_t i = 0; i < 1024; i++)
-        total += b->st.lat_ms[i];
-    if (!total)
-        return 0;
-    for (size_t i = 0; i < 1024; i++) {
-        seen += b->st.lat_ms[i];
-        if ((double)seen >= q * (double)total)
-            return i;
-    }
-    return 1023;
-}
-
-/* A JSON string: names come from the configuration and may hold any character. */
-static void json_str(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
-}
-
-/* Days left of each certificate Tandem presents, read from the files in use. */
-static void certificates_json(const bridge_t *b, FILE *out)
-{
-    const struct {
-        const char *name, *path;
-    } certs[] = {{"coap.dtls.cert", b->cfg->dtls_cert}, {"mqtt.cert", b->cfg->mqtt_cert}};
-    bool first = true;
-    int days;
-
-    fputs("\"certificates\":{", out);
-    for (size_t i = 0; i < sizeof(certs) / sizeof(certs[0]); i++) {
-        if (!*certs[i].path)
-            continue;
-        fprintf(out, "%s\"%s\":{\"days_left\":", first ? "" : ",", certs[i].name);
-        if (tls_cert_days_left(certs[i].path, &days) == 0)
-            fprintf(out, "%d}", days);
-        else
-            fputs("null}", out);
-        first = false;
-    }
-    fputs("},", out);
-}
-
-void bridge_stats_json(const bridge_t *b, FILE *out)
-{
-    struct sessions_stats ss;
-    sessions_stats(b->sessions, &ss);
-    fputs("{\"gateway\":", out);
-    json_str(out, b->cfg->id);
-    fprintf(out,
-            ",\"version\":\"%s\",\"uptime_s\":%llu,\"coap\":{\"sessions\":%llu,"
-            "\"sessions_evicted\":%llu,\"sessions_refused\":%llu,\"observers\":%llu,"
-            "\"observers_refused\":%llu,\"peers_remembered\":%llu,"
-            "\"dtls_handshakes_ok\":%llu,\"dtls_handshakes_failed\":%llu,\"requests\":%llu,"
-            "\"duplicates\":%llu,\"bytes_in\":%llu,\"block1_bytes\":%zu,"
-            "\"block1_refused\":%llu,\"notifications\":%llu,\"responses\":{",
-            TANDEM_VERSION, (unsigned long long)((bridge_now_ms() - b->started_ms) / 1000),
-            (unsigned long long)ss.sessions, (unsigned long long)ss.evicted,
-            (unsigned long long)ss.refused, (unsigned long long)ss.observers,
-            (unsigned long long)ss.observers_refused, (unsigned long long)ss.peers,
-            (unsigned long long)ss.handshakes_ok, (unsigned long long)ss.handshakes_failed,
-            (unsigned long long)b->st.requests, (unsigned long long)b->st.duplicates,
-            (unsigned long long)b->st.bytes_in, b->b1_bytes,
-            (unsigned long long)b->st.block1_refused, (unsigned long long)b->down.notifications);
-    bool first = true;
-    for (int i = 0; i < 256; i++) {
-        if (!b->st.responses[i])
-            continue;
-        fprintf(out, "%s\"%d.%02d\":%llu", first ? "" : ",", i / 32, i % 32,
-                (unsigned long long)b->st.responses[i]);
-        first = false;
-    }
-    fprintf(out,
-            "}},\"mqtt\":{\"connected\":%s,\"reconnects\":%llu,\"published\":%llu,"
-            "\"acked\":%llu,\"received\":%llu,\"timeouts\":%llu,\"inflight\":%zu,"
-            "\"inbox_dropped\":%llu,\"refused\":%llu,\"broker_disconnects\":%llu,"
-            "\"unpublishable\":%llu,\"stored_refused\":%u,\"set_aside\":%llu,\"offline_buffered\":%llu,\"stored_records\":%u,\"stored_bytes\":%llu,"
-            "\"ack_latency_ms\":{\"p50\":%llu,\"p99\":%llu}},\"mappings\":{",
-            b->connected ? "true" : "false", (unsigned long long)b->st.reconnects,
-            (unsigned long long)b->st.published, (unsigned long long)b->st.acked,
-            (unsigned long long)b->down.received, (unsigned long long)b->st.timeouts,
-            b->inflight,
-            (unsigned long long)inbox_dropped(b->inbox), (unsigned long long)b->st.broker_refused,
-            (unsigned long long)b->st.broker_disconnects, (unsigned long long)b->st.unpublishable,
-            persist_refused(b->persist), (unsigned long long)b->st.broker_dropped_for,
-            (unsigned long long)b->st.offline_buffered, persist_records(b->persist),
-            (unsigned long long)persist_bytes(b->persist), (unsigned long long)percentile(b, 0.5),
-            (unsigned long long)percentile(b, 0.99));
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
-        if (i)
-            fputc(',', out);
-        json_str(out, map_entry_name(map_table_get(b->cfg->maps, i)));
-        fprintf(out, ":{\"up\":%llu,\"down\":%llu,\"refused\":%llu}",
-                (unsigned long long)b->maps[i].up, (unsigned long long)b->maps[i].down,
-                (unsigned long long)b->maps[i].refused);
-    }
-    uint64_t too_large, dropped = mqtt_dropped(b->mqtt, &too_large);
-    fprintf(out, "},\"mqtt_in\":{\"dropped_inbox_full\":%llu,\"dropped_too_large\":%llu},",
-            (unsigned long long)dropped, (unsigned long long)too_large);
-    fprintf(out, "\"config\":{\"reloads\":%llu,\"reload_failures\":%llu},",
-            (unsigned long long)b->st.reloads, (unsigned long long)b->st.reload_failures);
-    fprintf(out, "\"log\":{\"suppressed\":%llu},", (unsigned long long)gw_log_suppressed());
-    if (b->gate)
-        fprintf(out,
-                "\"dtls_cookies\":{\"hellos_answered\":%llu,\"peers_verified\":%llu,"
-                "\"dropped\":%llu,\"peers_forgotten\":%llu},",
-                (unsigned long long)b->gate->hellos_answered,
-                (unsigned long long)b->gate->peers_verified, (unsigned long long)b->gate->dropped,
-                (unsigned long long)b->gate->peers_forgotten);
-    /* No MQTT device listener in this version: nothing connects to it. */
-    fputs("\"mqtt_listener\":{\"connections\":0,\"rejected\":0,\"denied_publish\":0,"
-          "\"denied_subscribe\":0},",
-          out);
-    certificates_json(b, out);
-    down_stats_json(b, out);
-    fprintf(out, "}\n");
 }

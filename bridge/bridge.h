@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "stats.h"
 
 typedef struct bridge bridge_t;
 
@@ -58,8 +59,15 @@ void bridge_drain(bridge_t *b);
 /* Answers every publish still waiting with 5.03 (at the end of a stop). */
 void bridge_abandon(bridge_t *b);
 
-/* Publishes the statistics JSON on mqtt.stats_topic (QoS 0). */
-void bridge_publish_stats(bridge_t *b);
+/* Publishes json (the statistics object) on mqtt.stats_topic, QoS 0, when connected. */
+void bridge_publish_stats(bridge_t *b, const char *json, size_t len);
+
+/*
+ * Registers the bridge's sections (coap, mqtt, mappings, mqtt_in, down) in
+ * stats, which must outlive the bridge or the next bridge_remove_stats().
+ */
+int bridge_add_stats(bridge_t *b, stats_t *stats);
+void bridge_remove_stats(bridge_t *b, stats_t *stats);
 
 /* Says "offline" on the status topic and disconnects. */
 void bridge_shutdown(bridge_t *b, int timeout_ms);
@@ -72,13 +80,5 @@ void bridge_shutdown(bridge_t *b, int timeout_ms);
  */
 void bridge_reload(bridge_t *b, const gw_config_t *next);
 
-/* Counts a reload, or a refused one. */
-void bridge_count_reload(bridge_t *b, bool ok);
-
-/* The DTLS cookie gate's counters, shown in the statistics (borrowed; may be NULL). */
-void bridge_show_gate(bridge_t *b, const void *gate_stats);
-
-/* Writes the statistics as one JSON object (SPEC §9). */
-void bridge_stats_json(const bridge_t *b, FILE *out);
 
 #endif

@@ -1,44 +1,85 @@
 /*
- * What the bridge's source files share: the bridge's state and the helpers
- * both directions use. Not for use outside bridge/.
+ * What the bridge's own files share: bridge.c (its life and the glue),
+ * up.c (the up direction's handler) and upstream.c (the broker connection).
+ * The parts they hold are modules of their own (pending.h, block1.h,
+ * down.h, resources.h, session.h, mqtt.h, persist.h, inbox.h); each file
+ * keeps its own state below and the others ask it through its functions.
+ * Not for use outside bridge/.
  */
 #ifndef TANDEM_BRIDGE_INT_H
 #define TANDEM_BRIDGE_INT_H
 
 #include <coap3/coap.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "block1.h"
 #include "bridge.h"
+#include "coap_util.h"
+#include "down.h"
 #include "gate.h"
 #include "inbox.h"
-#include "mapping.h"
 #include "mqtt.h"
+#include "pending.h"
+#include "persist.h"
+#include "resources.h"
 #include "session.h"
-#include "store.h"
+#include "stats.h"
 
-/* A publish waiting for the broker, and the request it will answer. */
-struct pending {
-    bool used;
-    uint32_t gen;             /* bumped at each release; part of the request id */
-    coap_session_t *session;  /* a reference is held until the answer is sent */
-    sess_t *sess;             /* its state, kept busy meanwhile; NULL on ENOMEM */
-    uint8_t token[8];
-    size_t token_len;
-    uint16_t mid;             /* the request's Message ID */
-    bool con;                 /* confirmable request */
-    bool separate;            /* the empty ACK went out: the answer is separate */
-    uint16_t ok_code;         /* 204, or 202 for DELETE */
-    uint32_t block1;
-    size_t map;
-    uint64_t started_ms, piggyback_ms, deadline_ms;
-    bool stored;              /* in the offline buffer: answered at bridge_commit() */
+/* The up direction's counters (up.c). */
+struct up_stats {
+    uint64_t requests;         /* POST, PUT, DELETE and the methods no mapping allows */
+    uint64_t bytes_in;         /* their payload bytes */
+    uint64_t duplicates;       /* retransmissions answered from duplicate detection */
+    coap_codes_t responses;    /* answers given by the handler */
+    uint64_t published;        /* publishes the MQTT client took while connected */
+    uint64_t offline_buffered; /* publishes put into the offline buffer while disconnected */
+    uint64_t unpublishable;    /* messages the broker would refuse, never sent: 5.00 */
 };
 
-struct map_counters {
-    uint64_t up, down, refused;
-    uint64_t ready_ms; /* down: when its values can be trusted (subscribed); 0 = not yet */
+/* One mapping's counters in the up direction (up.c; the down direction has its own). */
+struct up_map_stats {
+    uint64_t up;      /* requests answered with success */
+    uint64_t refused; /* requests refused, by the mapping's rules or the broker */
 };
+
+/* up.c's state. */
+struct up {
+    struct up_stats st;
+    struct up_map_stats *maps; /* owned, one per mapping (and one more) */
+};
+
+/* The broker connection's counters (upstream.c). */
+struct upstream_stats {
+    uint64_t reconnects;
+    uint64_t acked;              /* publishes the broker acknowledged */
+    uint64_t timeouts;           /* publishes not acknowledged within publish_timeout: 5.04 */
+    uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
+    uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
+    uint64_t broker_dropped_for; /* messages set aside: the broker dropped us for them */
+    uint64_t kept_offline;       /* publishes waiting at a connection loss, answered once stored */
+    coap_codes_t responses;      /* answers to publishes that waited for the broker */
+    stats_hist_t ack_latency;    /* publish to broker acknowledgement */
+    stats_hist_t answer_latency; /* request to its answer, for answers that waited for the broker */
+};
+
+/* upstream.c's state. */
+struct upstream {
+    bool connected, connecting, ever_connected;
+    uint64_t reconnect_at_ms, connected_at_ms;
+    struct {
+        bool acked;          /* the broker acknowledged something on this connection */
+        unsigned strikes;    /* connections in a row the broker dropped soon */
+        bool one_at_a_time;  /* finding the message it drops them for */
+        char suspect[80];    /* the store record in flight at the last such drop */
+        unsigned suspect_strikes;
+    } guard;                 /* see upstream.c, guard_dropped() */
+    unsigned backoff_s;
+    uint64_t last_tick_ms, last_second_ms;
+    struct upstream_stats st;
+};
+
 
 struct bridge {
     const gw_config_t *cfg; /* borrowed */
@@ -47,95 +88,45 @@ struct bridge {
     bridge_mqtt_t *mqtt;    /* owned */
     persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
     sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
-    const dtls_gate_stats_t *gate; /* borrowed from the loop's cookie gate, or NULL */
+    pending_t *pend;        /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
+    b1_pool_t *b1;          /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
+    resources_t *res;       /* owned: the catch-all, /.well-known/core, the concrete resources */
+    down_t *down;           /* owned: the down direction */
 
-    bool connected, connecting, draining, ever_connected;
-    uint64_t reconnect_at_ms, connected_at_ms;
-    struct {
-        bool acked;          /* the broker acknowledged something on this connection */
-        unsigned strikes;    /* connections in a row the broker dropped soon */
-        bool one_at_a_time;  /* finding the message it drops them for */
-        char suspect[80];    /* the store record in flight at the last such drop */
-        unsigned suspect_strikes;
-    } guard;                 /* see bridge.c, guard_dropped() */
-    unsigned backoff_s;
+    bool draining;          /* bridge_drain(): new requests are refused */
+    uint64_t started_ms;
 
-    struct pending *pend; /* owned, cfg->max_inflight slots */
-    size_t npend, inflight;
-    uint64_t last_tick_ms, last_second_ms, started_ms;
-    size_t b1_bytes; /* held by every session's Block1 buffer */
-    size_t nstored;  /* pending entries waiting for bridge_commit() */
-
-    struct map_counters *maps; /* owned, one per mapping */
-
-    /* The down direction (down.c). */
-    store_t *store;                 /* owned: current values */
-    coap_resource_t *unknown;       /* libcoap's; the catch-all resource */
-    coap_resource_t *wellknown;     /* libcoap's; our /.well-known/core */
-    struct {
-        uint64_t received, evicted, dropped_full, dropped_bad_topic, notifications;
-        uint64_t subscriptions_failed, confirmations;
-        uint64_t sub_gen;     /* the latest set of subscriptions asked for */
-        uint64_t ready_at_ms; /* when the values of the last acknowledged set are served; 0 = said */
-    } down;
-    struct {
-        uint64_t requests, bytes_in;
-        uint64_t responses[256]; /* by class*32 + detail */
-        uint64_t reconnects, published, acked, timeouts, duplicates, offline_buffered;
-        uint64_t block1_refused; /* 5.03: every session's Block1 buffers at their bound */
-        uint64_t broker_refused;     /* PUBACK/PUBREC with a reason >= 0x80: 5.02 */
-        uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
-        uint64_t unpublishable;      /* messages the broker would refuse, never sent: 5.00 */
-        uint64_t broker_dropped_for; /* messages set aside: the broker dropped us for them */
-        uint64_t reloads, reload_failures;
-        uint64_t lat_ms[1024]; /* ack latency histogram, 1 ms buckets, last = overflow */
-    } st;
+    struct up up;           /* up.c's */
+    struct upstream link;   /* upstream.c's */
+    struct bridge_report *report; /* owned: bridge_report.c's snapshot for the statistics */
 };
 
-uint64_t bridge_now_ms(void);
+/* bridge_report.c: the statistics' snapshot. */
+struct bridge_report;
+void bridge_report_free(struct bridge_report *r);
 
+/* up.c: the up direction. */
+
+/* The handler of POST, PUT and DELETE (and the methods no mapping allows); data is the bridge. */
+void bridge_on_request(void *data, enum res_kind kind, coap_resource_t *resource,
+                       coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp);
+/* sessions_t's free_up: a session went with its Block1 transfer. */
+void up_free_transfer(void *up);
+/* Counts an answer to a request for mapping map (SIZE_MAX: it went at a reload). */
+void up_count(struct up *u, size_t map, bool ok);
+/*
+ * A reload: the counters of mapping i (of nold) become those of index[i] in
+ * maps (zeroed, one per new mapping and one more), which replaces the old.
+ */
+void up_remap(struct up *u, struct up_map_stats *maps, const size_t *index, size_t nold);
+
+/* upstream.c: the broker connection. */
+
+void upstream_init(struct upstream *link);
+bool upstream_connected(const bridge_t *b);
 /* Seconds a device should wait before retrying while the broker is away. */
 int bridge_retry_after_s(const bridge_t *b);
-
-/* Sets the response code and its options (-1 / NO_BLOCK1: none). */
-void bridge_answer(bridge_t *b, coap_pdu_t *resp, int code, uint32_t block1, int max_age,
-                   int size1);
-
-/* MQTT 5 Content Type of a CoAP Content-Format, or NULL; *text for UTF-8 types. */
-const char *bridge_content_type(int cf, bool *text);
-/* The CoAP Content-Format of an MQTT 5 Content Type, or -1. */
-int bridge_content_format(const char *type);
-
-/* The request's Uri-Path options as segments; false when there are too many. */
-bool bridge_uri_segments(const coap_pdu_t *req, map_segs_t *segs);
-int bridge_option_uint(const coap_pdu_t *pdu, coap_option_num_t num, int dflt);
-
-/* The handler of POST, PUT and DELETE (and the methods no mapping allows). */
-void bridge_on_request(coap_resource_t *resource, coap_session_t *session,
-                       const coap_pdu_t *req, const coap_string_t *query, coap_pdu_t *resp);
-
-/* Every method's handler on r (the catch-all or a concrete resource), and b as its data. */
-void bridge_set_handlers(bridge_t *b, coap_resource_t *r);
-
-/* down.c: values, GET, Observe, discovery. */
-int down_init(bridge_t *b);
-void down_free(bridge_t *b);
-void down_on_connected(bridge_t *b);
-/* The broker acknowledged the subscriptions asked for as gen. */
-void down_subscribed(bridge_t *b, uint64_t gen);
-/* Says once when acknowledged subscriptions' values are served; ms until then, or -1. */
-void down_check_ready(bridge_t *b);
-int down_timeout_ms(const bridge_t *b);
-/* sessions_t's on_ready: a device's handshake succeeded; its own resources are made. */
-void down_on_ready(void *arg, coap_session_t *session, const char *identity);
-/* Once a second: observers whose device went silent are confirmed (RFC 7641 §4.5). */
-void down_tick(bridge_t *b);
-/* Before b->cfg becomes next: held values follow the new mappings. */
-void down_reload(bridge_t *b, const gw_config_t *next);
-void down_message(bridge_t *b, inbox_msg_t *msg);
-/* The handler of GET, on the catch-all resource as on concrete ones. */
-void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                 const coap_string_t *query, coap_pdu_t *resp);
-void down_stats_json(const bridge_t *b, FILE *out);
+/* Answers the request of p with code (pending_answer), counted for its mapping. */
+void upstream_answer(bridge_t *b, pending_slot_t *p, int code);
 
 #endif

@@ -12,13 +12,18 @@
  * observes is dropped.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "bridge_int.h"
+#include "down.h"
+
+#include "clock.h"
 #include "dtls.h"
 #include "log.h"
+#include "mapping.h"
+#include "store.h"
 
 /* Value bytes held at most, whatever coap.max_resources says. */
 #define STORE_BYTES_MAX (64u << 20)
@@ -35,6 +40,27 @@
 /* Largest Block2 size used (szx 6 = 1024 bytes). */
 #define BLOCK2_SZX_MAX 6
 
+/* A mapping's state in the down direction. */
+struct down_map {
+    down_map_stats_t st;
+    uint64_t ready_ms; /* when its values can be trusted (subscribed); 0 = not yet */
+};
+
+struct down {
+    const gw_config_t *cfg;  /* borrowed; the next one from down_reload() */
+    coap_context_t *ctx;     /* borrowed */
+    resources_t *res;        /* borrowed: where the concrete resources are made */
+    bridge_mqtt_t *mqtt;     /* borrowed */
+    sessions_t *sessions;    /* borrowed */
+    down_wait_fn *wait;
+    void *wait_arg;          /* borrowed */
+    store_t *store;          /* owned: current values */
+    struct down_map *maps;   /* owned, one per mapping (and one more) */
+    uint64_t sub_gen;        /* the latest set of subscriptions asked for */
+    uint64_t ready_at_ms;    /* when the values of the last acknowledged set are served; 0 = said */
+    down_stats_t st;
+};
+
 /*
  * Whether libcoap holds observers for r. libcoap 4.3 does not say so
  * directly; coap_resource_notify_observers() tells, and when there are
@@ -46,31 +72,31 @@ static bool observed(coap_resource_t *r)
     return r && coap_resource_notify_observers(r, NULL);
 }
 
-static void drop_entry(bridge_t *b, store_entry_t *e)
+static void drop_entry(down_t *d, store_entry_t *e)
 {
     if (e->res)
-        coap_delete_resource(b->ctx, e->res);
-    store_remove(b->store, e);
-    b->down.evicted++;
+        resources_delete(d->res, e->res);
+    store_remove(d->store, e);
+    d->st.evicted++;
 }
 
 /* Evicts until one more entry of need bytes fits. 0, or -ENOSPC. */
-static int make_room(bridge_t *b, size_t need)
+static int make_room(down_t *d, size_t need)
 {
-    size_t max = (size_t)b->cfg->max_resources;
+    size_t max = (size_t)d->cfg->coap.max_resources;
     for (int tries = 0; tries < EVICT_TRIES; tries++) {
-        if (store_count(b->store) < max && store_bytes(b->store) + need <= STORE_BYTES_MAX)
+        if (store_count(d->store) < max && store_bytes(d->store) + need <= STORE_BYTES_MAX)
             return 0;
-        store_entry_t *e = store_lru(b->store);
+        store_entry_t *e = store_lru(d->store);
         if (!e)
             break;
         if (observed(e->res)) {
-            store_touch(b->store, e); /* in use: look at the next one */
+            store_touch(d->store, e); /* in use: look at the next one */
             continue;
         }
-        drop_entry(b, e);
+        drop_entry(d, e);
     }
-    return store_count(b->store) < max && store_bytes(b->store) + need <= STORE_BYTES_MAX
+    return store_count(d->store) < max && store_bytes(d->store) + need <= STORE_BYTES_MAX
                ? 0
                : -ENOSPC;
 }
@@ -79,43 +105,34 @@ static int make_room(bridge_t *b, size_t need)
  * The entry for a concrete resource, created with its coap_resource_t;
  * identity: the device it belongs to, NULL when any device may read it.
  */
-static store_entry_t *entry_for(bridge_t *b, const char *path, size_t len, size_t map,
+static store_entry_t *entry_for(down_t *d, const char *path, size_t len, size_t map,
                                 size_t need, const char *identity)
 {
-    store_entry_t *e = store_find(b->store, path, len);
+    store_entry_t *e = store_find(d->store, path, len);
     if (e)
         return e;
-    if (make_room(b, need) < 0) {
-        b->down.dropped_full++;
+    if (make_room(d, need) < 0) {
+        d->st.dropped_full++;
         return NULL;
     }
-    const map_entry_t *m = map_table_get(b->cfg->maps, map);
-    e = store_add(b->store, path, len, map, identity);
-    coap_str_const_t *uri = e ? coap_new_str_const((const uint8_t *)path, len) : NULL;
-    coap_resource_t *r =
-        uri ? coap_resource_init(uri, COAP_RESOURCE_FLAGS_RELEASE_URI |
-                                          (map_entry_qos(m) > 0 ? COAP_RESOURCE_FLAGS_NOTIFY_CON
-                                                                : COAP_RESOURCE_FLAGS_NOTIFY_NON))
-            : NULL;
+    const map_entry_t *m = map_table_get(d->cfg->maps, map);
+    e = store_add(d->store, path, len, map, identity);
+    coap_resource_t *r = e ? resources_add(d->res, path, len, map_entry_qos(m) > 0) : NULL;
     if (!r) {
-        coap_delete_str_const(uri);
         if (e)
-            store_remove(b->store, e);
+            store_remove(d->store, e);
         return NULL;
     }
-    bridge_set_handlers(b, r);
-    coap_resource_set_get_observable(r, 1);
-    coap_add_resource(b->ctx, r);
     e->res = r;
     return e;
 }
 
 /* Creates the resources without variables of down mappings, for identity (may be NULL). */
-static void create_fixed(bridge_t *b, const char *identity)
+static void create_fixed(down_t *d, const char *identity)
 {
     char path[MAP_PATH_MAX + 1];
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++) {
-        const map_entry_t *m = map_table_get(b->cfg->maps, i);
+    for (size_t i = 0; i < map_table_count(d->cfg->maps); i++) {
+        const map_entry_t *m = map_table_get(d->cfg->maps, i);
         if (!(map_entry_direction(m) & MAP_DOWN))
             continue;
         if (!identity && map_entry_uses_identity(m))
@@ -124,7 +141,7 @@ static void create_fixed(bridge_t *b, const char *identity)
             continue; /* made once, at start */
         int len = map_entry_fixed_resource(m, identity, path, sizeof(path));
         if (len > 0)
-            entry_for(b, path, (size_t)len, i, 0, identity);
+            entry_for(d, path, (size_t)len, i, 0, identity);
     }
 }
 
@@ -132,35 +149,45 @@ static void create_fixed(bridge_t *b, const char *identity)
  * A device's handshake succeeded (its key or certificate is proven): its own
  * resources are made ready to observe before its first request.
  */
-void down_on_ready(void *arg, coap_session_t *session, const char *identity)
+void down_on_ready(down_t *d, coap_session_t *session, const char *identity)
 {
     (void)session;
     if (identity)
-        create_fixed(arg, identity);
+        create_fixed(d, identity);
 }
 
-int down_init(bridge_t *b)
+down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res,
+                 bridge_mqtt_t *mqtt, sessions_t *sessions, down_wait_fn *wait, void *wait_arg)
 {
-    size_t buckets = (size_t)b->cfg->max_resources / 2 + 1;
-    b->store = store_new(buckets);
-    if (!b->store)
-        return -ENOMEM;
-    coap_resource_t *wk = coap_resource_init(coap_make_str_const(".well-known/core"), 0);
-    if (!wk)
-        return -ENOMEM;
-    coap_register_request_handler(wk, COAP_REQUEST_GET, down_on_get);
-    coap_resource_set_userdata(wk, b);
-    coap_add_resource(b->ctx, wk);
-    b->wellknown = wk;
-    create_fixed(b, NULL);
-    return 0;
+    down_t *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->cfg = cfg;
+    d->ctx = ctx;
+    d->res = res;
+    d->mqtt = mqtt;
+    d->sessions = sessions;
+    d->wait = wait;
+    d->wait_arg = wait_arg;
+    d->maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*d->maps));
+    size_t buckets = (size_t)cfg->coap.max_resources / 2 + 1;
+    d->store = store_new(buckets);
+    if (!d->maps || !d->store) {
+        down_free(d);
+        return NULL;
+    }
+    create_fixed(d, NULL);
+    return d;
 }
 
-void down_free(bridge_t *b)
+void down_free(down_t *d)
 {
+    if (!d)
+        return;
     /* The resources belong to the CoAP context, which frees them. */
-    store_free(b->store);
-    b->store = NULL;
+    store_free(d->store);
+    free(d->maps);
+    free(d);
 }
 
 /* The subscription filters of cfg's down mappings, strdup'ed; returns how many. */
@@ -190,27 +217,33 @@ static bool has_filter(char **v, int n, const char *f)
     return false;
 }
 
-void down_on_connected(bridge_t *b)
+void down_on_connected(down_t *d)
 {
-    size_t n = map_table_count(b->cfg->maps);
+    size_t n = map_table_count(d->cfg->maps);
     char *filters[n ? n : 1];
     int qos[n ? n : 1];
-    int k = filters_of(b->cfg, filters, qos, (int)(n ? n : 1));
+    int k = filters_of(d->cfg, filters, qos, (int)(n ? n : 1));
     if (k) {
-        gw_info("mqtt", "subscribing to %d filter%s", k, k > 1 ? "s" : "");
-        mqtt_subscribe(b->mqtt, filters, qos, k, ++b->down.sub_gen);
+        gw_info(MQTT, "subscribing to %d filter%s", k, k > 1 ? "s" : "");
+        mqtt_subscribe(d->mqtt, filters, qos, k, ++d->sub_gen);
     }
     for (int i = 0; i < k; i++)
         free(filters[i]);
 }
 
-void down_reload(bridge_t *b, const gw_config_t *next)
+int down_reload(down_t *d, const gw_config_t *next, const size_t *index, bool connected)
 {
+    struct down_map *maps = calloc(map_table_count(next->maps) + 1, sizeof(*maps));
+    if (!maps)
+        return -ENOMEM;
+    for (size_t i = 0; i < map_table_count(d->cfg->maps); i++)
+        if (index[i] != SIZE_MAX)
+            maps[index[i]] = d->maps[i];
     /* Held values stay with their mapping when it is still there, the same. */
-    store_entry_t *e = store_lru(b->store);
+    store_entry_t *e = store_lru(d->store);
     while (e) {
         store_entry_t *newer = e->newer;
-        const map_entry_t *old = map_table_get(b->cfg->maps, e->map);
+        const map_entry_t *old = map_table_get(d->cfg->maps, e->map);
         size_t k;
         for (k = 0; old && k < map_table_count(next->maps); k++) {
             const map_entry_t *m = map_table_get(next->maps, k);
@@ -223,25 +256,25 @@ void down_reload(bridge_t *b, const gw_config_t *next)
         if (old && k < map_table_count(next->maps))
             e->map = k;
         else
-            drop_entry(b, e); /* observers are told 4.04 by libcoap */
+            drop_entry(d, e); /* observers are told 4.04 by libcoap */
         e = newer;
     }
     /* Subscriptions: drop the filters that went, add the new ones. */
-    size_t n = map_table_count(b->cfg->maps) + map_table_count(next->maps) + 1;
+    size_t n = map_table_count(d->cfg->maps) + map_table_count(next->maps) + 1;
     char **was = calloc(n, sizeof(char *)), **now = calloc(n, sizeof(char *));
     int *qos = calloc(n, sizeof(int));
     if (was && now && qos) {
-        int nw = filters_of(b->cfg, was, NULL, (int)n), nn = filters_of(next, now, qos, (int)n);
+        int nw = filters_of(d->cfg, was, NULL, (int)n), nn = filters_of(next, now, qos, (int)n);
         char **gone = calloc(n, sizeof(char *));
         int ng = 0;
         for (int i = 0; gone && i < nw; i++)
             if (!has_filter(now, nn, was[i]))
                 gone[ng++] = was[i];
-        if (b->connected) {
+        if (connected) {
             if (gone)
-                mqtt_unsubscribe(b->mqtt, gone, ng);
+                mqtt_unsubscribe(d->mqtt, gone, ng);
             /* Subscribing again to a kept filter is harmless (retained values come again). */
-            mqtt_subscribe(b->mqtt, now, qos, nn, ++b->down.sub_gen);
+            mqtt_subscribe(d->mqtt, now, qos, nn, ++d->sub_gen);
         }
         free(gone);
         for (int i = 0; i < nw; i++)
@@ -252,41 +285,45 @@ void down_reload(bridge_t *b, const gw_config_t *next)
     free(was);
     free(now);
     free(qos);
+    free(d->maps);
+    d->maps = maps;
+    d->cfg = next;
+    return 0;
 }
 
-void down_message(bridge_t *b, inbox_msg_t *msg)
+void down_message(down_t *d, inbox_msg_t *msg)
 {
     char path[MAP_PATH_MAX + 1], identity[MAP_IDENTITY_MAX + 1];
     const map_entry_t *m = NULL;
     const char *payload = msg->bytes + msg->topic_len;
 
-    b->down.received++;
-    if (map_reverse(b->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
+    d->st.received++;
+    if (map_reverse(d->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
                     sizeof(identity)) != MAP_OK) {
-        b->down.dropped_bad_topic++;
-        gw_debug("mqtt", "message on %.*s matches no down mapping; dropped",
+        d->st.dropped_bad_topic++;
+        gw_debug(MQTT, "message on %.*s matches no down mapping; dropped",
                  (int)msg->topic_len, msg->bytes);
         return;
     }
     size_t map = map_entry_index(m);
-    store_entry_t *e = entry_for(b, path, strlen(path), map, msg->len, *identity ? identity : NULL);
+    store_entry_t *e = entry_for(d, path, strlen(path), map, msg->len, *identity ? identity : NULL);
     if (!e)
         return;
     /* An empty message clears the value, as it clears a retained one. */
     if (msg->len == 0)
-        store_clear(b->store, e);
+        store_clear(d->store, e);
     int cf = msg->content_type[0] ? bridge_content_format(msg->content_type) : -1;
-    uint64_t expires = msg->expiry_s > 0 ? bridge_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
-    if (msg->len && store_set(b->store, e, payload, msg->len, cf, expires) < 0) {
-        b->down.dropped_full++;
+    uint64_t expires = msg->expiry_s > 0 ? gw_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
+    if (msg->len && store_set(d->store, e, payload, msg->len, cf, expires) < 0) {
+        d->st.dropped_full++;
         return;
     }
-    store_touch(b->store, e);
-    b->maps[map].down++;
+    store_touch(d->store, e);
+    d->maps[map].st.down++;
     if (coap_resource_notify_observers(e->res, NULL)) {
-        b->down.notifications++;
+        d->st.notifications++;
         /* Send now, so that the next message does not overtake this one. */
-        coap_io_process(b->ctx, COAP_IO_NO_WAIT);
+        coap_io_process(d->ctx, COAP_IO_NO_WAIT);
     }
 }
 
@@ -349,6 +386,14 @@ static int add_body(coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *
     return 205;
 }
 
+/* Payload bytes of resp, for coap.bytes_out. */
+static size_t payload_len(const coap_pdu_t *resp)
+{
+    size_t len = 0;
+    const uint8_t *data;
+    return coap_get_data(resp, &len, &data) ? len : 0;
+}
+
 /* Writes one link; false once the listing has reached DISCOVERY_MAX bytes. */
 static bool link_out(FILE *out, size_t *size, bool *first, const store_entry_t *e)
 {
@@ -367,7 +412,7 @@ static bool link_out(FILE *out, size_t *size, bool *first, const store_entry_t *
  * it lists, and the listing stops at DISCOVERY_MAX bytes (then sent with
  * Block2 as any large body).
  */
-static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *req,
+static void discovery(down_t *d, coap_session_t *session, const coap_pdu_t *req,
                       coap_pdu_t *resp)
 {
     const char *identity = dtls_identity(session);
@@ -380,12 +425,12 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
     bool first = true, room = true;
 
     if (!out) {
-        bridge_answer(b, resp, 500, NO_BLOCK1, -1, -1);
+        bridge_answer(&d->st.responses, resp, 500, NO_BLOCK1, -1, -1);
         return;
     }
     /* Up resources that have one concrete form for this device. */
-    for (size_t i = 0; i < map_table_count(b->cfg->maps) && room; i++) {
-        const map_entry_t *e = map_table_get(b->cfg->maps, i);
+    for (size_t i = 0; i < map_table_count(d->cfg->maps) && room; i++) {
+        const map_entry_t *e = map_table_get(d->cfg->maps, i);
         if (!(map_entry_direction(e) & MAP_UP) || (map_entry_direction(e) & MAP_DOWN))
             continue;
         if (map_entry_fixed_resource(e, identity, path, sizeof(path)) > 0) {
@@ -396,11 +441,11 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
         }
     }
     /* Down resources held now: the device's own, then the shared ones. */
-    store_entry_t *lists[2] = {store_owned(b->store, identity), store_shared(b->store)};
+    store_entry_t *lists[2] = {store_owned(d->store, identity), store_shared(d->store)};
     for (int l = 0; l < 2; l++) {
         for (store_entry_t *e = lists[l]; e && room; e = e->inext) {
             if (map_split(e->path, strlen(e->path), &segs) < 0 ||
-                map_route(b->cfg->maps, &segs, MAP_DOWN, identity, &m, topic, sizeof(topic)) !=
+                map_route(d->cfg->maps, &segs, MAP_DOWN, identity, &m, topic, sizeof(topic)) !=
                     MAP_OK)
                 continue;
             room = link_out(out, &listed, &first, e);
@@ -412,7 +457,8 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
                     coap_encode_var_safe(buf, sizeof(buf), COAP_MEDIATYPE_APPLICATION_LINK_FORMAT),
                     buf);
     int code = add_body(session, req, resp, (const uint8_t *)text, size);
-    bridge_answer(b, resp, code, NO_BLOCK1, -1, -1);
+    d->st.bytes_out += payload_len(resp);
+    bridge_answer(&d->st.responses, resp, code, NO_BLOCK1, -1, -1);
     free(text);
 }
 
@@ -421,74 +467,74 @@ static void discovery(bridge_t *b, coap_session_t *session, const coap_pdu_t *re
  * subscription was acknowledged, and retained values had a moment to arrive.
  * Otherwise *max_age is when to ask again.
  */
-static bool values_ready(bridge_t *b, size_t map, uint64_t now, int *max_age)
+static bool values_ready(down_t *d, size_t map, uint64_t now, int *max_age)
 {
-    uint64_t at = b->maps[map].ready_ms;
+    uint64_t at = d->maps[map].ready_ms;
     if (at && now >= at)
         return true;
     if (at)
         *max_age = (int)((at - now + 999) / 1000);
     else
-        *max_age = b->connected ? 1 : bridge_retry_after_s(b);
+        *max_age = d->wait(d->wait_arg);
     return false;
 }
 
-void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_pdu_t *req,
-                 const coap_string_t *query, coap_pdu_t *resp)
+void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
+                 coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp)
 {
-    bridge_t *b = coap_resource_get_userdata(resource);
+    down_t *d = data;
     map_segs_t segs;
     const map_entry_t *m = NULL;
     char topic[MAP_PATH_MAX + 1], path[MAP_PATH_MAX + 1];
     uint8_t buf[4];
     int max_age = -1;
-    (void)query;
+    (void)resource;
 
-    b->st.requests++;
-    sess_t *s = sess_get(b->sessions, session);
-    uint64_t now = bridge_now_ms();
+    d->st.requests++;
+    sess_t *s = sess_get(d->sessions, session);
+    uint64_t now = gw_now_ms();
     if (s)
         sess_touch(s, now);
-    if (resource == b->wellknown) {
-        discovery(b, session, req, resp);
+    if (kind == RES_WELL_KNOWN) {
+        discovery(d, session, req, resp);
         return;
     }
     enum map_status st = bridge_uri_segments(req, &segs)
-                             ? map_route(b->cfg->maps, &segs, MAP_DOWN, dtls_identity(session),
+                             ? map_route(d->cfg->maps, &segs, MAP_DOWN, dtls_identity(session),
                                          &m, topic, sizeof(topic))
                              : MAP_NOT_FOUND;
     if (st != MAP_OK) {
         if (m)
-            b->maps[map_entry_index(m)].refused++;
-        bridge_answer(b, resp, map_status_code(st), NO_BLOCK1, -1, -1);
+            d->maps[map_entry_index(m)].st.refused++;
+        bridge_answer(&d->st.responses, resp, map_status_code(st), NO_BLOCK1, -1, -1);
         return;
     }
     size_t len = join(&segs, path, sizeof(path));
-    store_entry_t *e = len ? store_find(b->store, path, len) : NULL;
+    store_entry_t *e = len ? store_find(d->store, path, len) : NULL;
     if (e && e->has_value && e->expires_ms && now >= e->expires_ms)
-        store_clear(b->store, e); /* expired (MQTT 5 Message Expiry Interval) */
+        store_clear(d->store, e); /* expired (MQTT 5 Message Expiry Interval) */
     if (e)
-        store_touch(b->store, e);
-    int observe = resource != b->unknown ? bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) : -1;
+        store_touch(d->store, e);
+    int observe = kind != RES_CATCH_ALL ? bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) : -1;
     coap_bin_const_t token = coap_pdu_get_token(req);
     if (observe == COAP_OBSERVE_CANCEL && s)
         sess_obs_remove(s, token.s, token.length);
     if (observe == COAP_OBSERVE_ESTABLISH && s &&
         sess_obs_add(s, token.s, token.length, path) < 0) {
         /* A class 4 answer makes libcoap drop the registration it made. */
-        bridge_answer(b, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+        bridge_answer(&d->st.responses, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
         return;
     }
     if (!e || !e->has_value) {
-        if (!values_ready(b, map_entry_index(m), now, &max_age)) {
+        if (!values_ready(d, map_entry_index(m), now, &max_age)) {
             /* Not subscribed yet: the value may simply not have arrived. */
             if (observe == COAP_OBSERVE_ESTABLISH && s)
                 sess_obs_remove(s, token.s, token.length);
-            bridge_answer(b, resp, 503, NO_BLOCK1, max_age, -1);
+            bridge_answer(&d->st.responses, resp, 503, NO_BLOCK1, max_age, -1);
             return;
         }
         /* Observing before the first value: registered, empty until it comes. */
-        bridge_answer(b, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
+        bridge_answer(&d->st.responses, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
         return;
     }
     coap_add_option(resp, COAP_OPTION_ETAG, coap_encode_var_safe(buf, sizeof(buf), e->version),
@@ -501,33 +547,35 @@ void down_on_get(coap_resource_t *resource, coap_session_t *session, const coap_
                         coap_encode_var_safe(buf, sizeof(buf),
                                              (unsigned)((e->expires_ms - now + 999) / 1000)),
                         buf);
-    bridge_answer(b, resp, add_body(session, req, resp, e->value, e->len), NO_BLOCK1, -1, -1);
+    int code = add_body(session, req, resp, e->value, e->len);
+    d->st.bytes_out += payload_len(resp);
+    bridge_answer(&d->st.responses, resp, code, NO_BLOCK1, -1, -1);
 }
 
-void down_subscribed(bridge_t *b, uint64_t gen)
+void down_subscribed(down_t *d, uint64_t gen)
 {
-    if (gen != b->down.sub_gen)
+    if (gen != d->sub_gen)
         return; /* an earlier set of filters: the newer acknowledgement counts */
-    uint64_t at = bridge_now_ms() + RETAINED_GRACE_MS;
-    for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
-        if (!b->maps[i].ready_ms)
-            b->maps[i].ready_ms = at;
-    b->down.ready_at_ms = at;
+    uint64_t at = gw_now_ms() + RETAINED_GRACE_MS;
+    for (size_t i = 0; i < map_table_count(d->cfg->maps); i++)
+        if (!d->maps[i].ready_ms)
+            d->maps[i].ready_ms = at;
+    d->ready_at_ms = at;
 }
 
-int down_timeout_ms(const bridge_t *b)
+int down_timeout_ms(const down_t *d)
 {
-    if (!b->down.ready_at_ms)
+    if (!d->ready_at_ms)
         return -1;
-    uint64_t now = bridge_now_ms();
-    return now >= b->down.ready_at_ms ? 0 : (int)(b->down.ready_at_ms - now);
+    uint64_t now = gw_now_ms();
+    return now >= d->ready_at_ms ? 0 : (int)(d->ready_at_ms - now);
 }
 
-void down_check_ready(bridge_t *b)
+void down_check_ready(down_t *d)
 {
-    if (b->down.ready_at_ms && bridge_now_ms() >= b->down.ready_at_ms) {
-        b->down.ready_at_ms = 0;
-        gw_info("mqtt", "subscriptions in place: held values are served");
+    if (d->ready_at_ms && gw_now_ms() >= d->ready_at_ms) {
+        d->ready_at_ms = 0;
+        gw_info(MQTT, "subscriptions in place: held values are served");
     }
 }
 
@@ -538,47 +586,59 @@ void down_check_ready(bridge_t *b)
  * session can go). The notification goes to every observer of the resource,
  * which is harmless: an observer may always be told the current state again.
  */
-void down_tick(bridge_t *b)
+void down_tick(down_t *d)
 {
     sess_t *silent[CONFIRM_BATCH];
     coap_resource_t *non[CONFIRM_BATCH * SESS_OBSERVERS_MAX];
     size_t nnon = 0;
-    uint64_t idle = (uint64_t)b->cfg->session_idle_timeout * 1000;
-    size_t n = sessions_silent(b->sessions, bridge_now_ms(), idle, silent, CONFIRM_BATCH);
+    uint64_t idle = (uint64_t)d->cfg->coap.session_idle_timeout * 1000;
+    size_t n = sessions_silent(d->sessions, gw_now_ms(), idle, silent, CONFIRM_BATCH);
 
     for (size_t i = 0; i < n; i++) {
         for (unsigned k = 0; k < silent[i]->nobs; k++) {
             const char *path = silent[i]->obs[k].path;
-            store_entry_t *e = store_find(b->store, path, strlen(path));
+            store_entry_t *e = store_find(d->store, path, strlen(path));
             if (!e || !e->res)
                 continue;
-            const map_entry_t *m = map_table_get(b->cfg->maps, e->map);
+            const map_entry_t *m = map_table_get(d->cfg->maps, e->map);
             if (m && map_entry_qos(m) == 0) {
                 coap_resource_set_mode(e->res, COAP_RESOURCE_FLAGS_NOTIFY_CON);
                 non[nnon++] = e->res;
             }
             if (coap_resource_notify_observers(e->res, NULL))
-                b->down.confirmations++;
+                d->st.confirmations++;
         }
     }
     if (!n)
         return;
     /* Sends them now, while the resources ask for confirmable notifications. */
-    coap_io_process(b->ctx, COAP_IO_NO_WAIT);
+    coap_io_process(d->ctx, COAP_IO_NO_WAIT);
     for (size_t i = 0; i < nnon; i++)
         coap_resource_set_mode(non[i], COAP_RESOURCE_FLAGS_NOTIFY_NON);
 }
 
-void down_stats_json(const bridge_t *b, FILE *out)
+void down_subscription_failed(down_t *d, const char *why)
 {
-    fprintf(out,
-            "\"down\":{\"resources\":%zu,\"value_bytes\":%zu,\"received\":%llu,"
-            "\"evicted\":%llu,\"dropped_full\":%llu,\"dropped_bad_topic\":%llu,"
-            "\"notifications\":%llu,\"confirmations\":%llu,\"subscriptions_failed\":%llu}",
-            store_count(b->store), store_bytes(b->store), (unsigned long long)b->down.received,
-            (unsigned long long)b->down.evicted, (unsigned long long)b->down.dropped_full,
-            (unsigned long long)b->down.dropped_bad_topic,
-            (unsigned long long)b->down.notifications,
-            (unsigned long long)b->down.confirmations,
-            (unsigned long long)b->down.subscriptions_failed);
+    d->st.subscriptions_failed++;
+    gw_log_limited(GW_LOG_ERROR, MQTT, "subscription refused by the broker (%s)", why);
+}
+
+const down_stats_t *down_stats(const down_t *d)
+{
+    return &d->st;
+}
+
+const down_map_stats_t *down_map_stats(const down_t *d, size_t map)
+{
+    return &d->maps[map].st;
+}
+
+size_t down_resources(const down_t *d)
+{
+    return store_count(d->store);
+}
+
+size_t down_value_bytes(const down_t *d)
+{
+    return store_bytes(d->store);
 }

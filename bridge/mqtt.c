@@ -59,7 +59,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
     bridge_mqtt_t *m = ctx;
     (void)r;
     persist_session_start(m->pp.context);
-    atomic_store(&m->window, m->cfg->max_inflight);
+    atomic_store(&m->window, m->cfg->mqtt.max_inflight);
     atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
 }
@@ -81,7 +81,7 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
     bridge_mqtt_t *m = ctx;
     persist_session_start(m->pp.context);
-    int window = m->cfg->max_inflight;
+    int window = m->cfg->mqtt.max_inflight;
     if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
         int rm = MQTTProperties_getNumericValue(&r->properties,
                                                 MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
@@ -324,10 +324,10 @@ static void on_pub_fail5(void *ctx, MQTTAsync_failureData5 *r)
 /* Creates m->client from m->server, m->co and the store m->pp. */
 static int client_create(bridge_mqtt_t *m)
 {
-    int rc = MQTTAsync_createWithOptions(&m->client, m->server, m->cfg->client_id,
+    int rc = MQTTAsync_createWithOptions(&m->client, m->server, m->cfg->mqtt.client_id,
                                          MQTTCLIENT_PERSISTENCE_USER, &m->pp, &m->co);
     if (rc != MQTTASYNC_SUCCESS) {
-        gw_err("mqtt", "cannot create the client (%s)", MQTTAsync_strerror(rc));
+        gw_err(MQTT, "cannot create the client (%s)", MQTTAsync_strerror(rc));
         return -1;
     }
     /*
@@ -379,7 +379,7 @@ static int client_replace(bridge_mqtt_t *m)
     atomic_store(&m->tainted, false);
     atomic_store(&write_failed, false);
     m->replaced++;
-    gw_warn("mqtt", "a publish may have failed on a broken connection: the MQTT client is "
+    gw_warn(MQTT, "a publish may have failed on a broken connection: the MQTT client is "
                     "created again from its store (Paho 1.3.12 bug; %lu so far; the old one "
                     "held %d messages)",
             m->replaced, held);
@@ -395,10 +395,10 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
     if (!m)
         return NULL;
     m->cfg = cfg;
-    atomic_store(&m->max_payload, cfg->max_payload);
+    atomic_store(&m->max_payload, cfg->coap.max_payload);
     m->inbox = inbox;
-    m->v5 = cfg->mqtt_version == 5;
-    if (gw_uri_parse(cfg->mqtt_uri, &uri) < 0) {
+    m->v5 = cfg->mqtt.version == 5;
+    if (gw_uri_parse(cfg->mqtt.uri, &uri) < 0) {
         free(m);
         return NULL;
     }
@@ -413,10 +413,10 @@ bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t
      * kept (in the persistence store, so they survive a restart) and sent in
      * order once connected; at offline_buffer of them, new ones are refused.
      */
-    m->buffering = cfg->offline_buffer > 0;
+    m->buffering = cfg->mqtt.offline_buffer > 0;
     co.sendWhileDisconnected = m->buffering;
     co.allowDisconnectedSendAtAnyTime = m->buffering;
-    co.maxBufferedMessages = m->buffering ? cfg->offline_buffer : cfg->max_inflight;
+    co.maxBufferedMessages = m->buffering ? cfg->mqtt.offline_buffer : cfg->mqtt.max_inflight;
     co.deleteOldestMessages = 0;
     co.restoreMessages = 1;
     co.persistQoS0 = 1;
@@ -463,17 +463,17 @@ int mqtt_connect(bridge_mqtt_t *m)
         push(m, EV_CONNECT_FAILED, 0, -1, "cannot create the client again");
         return -EIO;
     }
-    gw_uri_parse(cfg->mqtt_uri, &uri);
-    opts->keepAliveInterval = cfg->keepalive;
-    opts->maxInflight = m->one_at_a_time ? 1 : cfg->max_inflight;
+    gw_uri_parse(cfg->mqtt.uri, &uri);
+    opts->keepAliveInterval = cfg->mqtt.keepalive;
+    opts->maxInflight = m->one_at_a_time ? 1 : cfg->mqtt.max_inflight;
     opts->connectTimeout = 10;
     opts->automaticReconnect = 0;
     opts->context = m;
     if (m->v5) {
-        opts->cleanstart = cfg->clean_start;
+        opts->cleanstart = cfg->mqtt.clean_start;
         opts->onSuccess5 = on_connect_ok5;
         opts->onFailure5 = on_connect_fail5;
-        if (!cfg->clean_start) {
+        if (!cfg->mqtt.clean_start) {
             /* MQTT 5 drops a session at disconnect unless it has an expiry. */
             MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
             p.value.integer4 = 0xFFFFFFFFu;
@@ -490,27 +490,27 @@ int mqtt_connect(bridge_mqtt_t *m)
          * nobody configured, while the loop schedules its own reconnect.
          */
         opts->MQTTVersion = MQTTVERSION_3_1_1;
-        opts->cleansession = cfg->clean_start;
+        opts->cleansession = cfg->mqtt.clean_start;
         opts->onSuccess = on_connect_ok;
         opts->onFailure = on_connect_fail;
     }
-    if (*cfg->status_topic) {
-        will.topicName = cfg->status_topic;
+    if (*cfg->mqtt.status_topic) {
+        will.topicName = cfg->mqtt.status_topic;
         will.message = "offline";
         will.retained = 1;
         will.qos = 1;
         opts->will = &will;
     }
-    if (*cfg->username)
-        opts->username = cfg->username;
-    if (cfg->password)
-        opts->password = cfg->password;
+    if (*cfg->mqtt.username)
+        opts->username = cfg->mqtt.username;
+    if (cfg->mqtt.password)
+        opts->password = cfg->mqtt.password;
     if (uri.tls) {
-        ssl.trustStore = *cfg->mqtt_ca ? cfg->mqtt_ca : NULL;
-        ssl.keyStore = *cfg->mqtt_cert ? cfg->mqtt_cert : NULL;
-        ssl.privateKey = *cfg->mqtt_key ? cfg->mqtt_key : NULL;
+        ssl.trustStore = *cfg->mqtt.ca ? cfg->mqtt.ca : NULL;
+        ssl.keyStore = *cfg->mqtt.cert ? cfg->mqtt.cert : NULL;
+        ssl.privateKey = *cfg->mqtt.key ? cfg->mqtt.key : NULL;
         ssl.enableServerCertAuth = 1;
-        ssl.verify = cfg->verify_hostname ? 1 : 0;
+        ssl.verify = cfg->mqtt.verify_hostname ? 1 : 0;
         ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2;
         opts->ssl = &ssl;
     }
@@ -626,7 +626,7 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
         free(ctx);
-        gw_debug("mqtt", "publish not handed over (%s)", MQTTAsync_strerror(rc));
+        gw_debug(MQTT, "publish not handed over (%s)", MQTTAsync_strerror(rc));
         if (rc == MQTTASYNC_DISCONNECTED)
             return -ENOTCONN;
         if (rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
@@ -692,7 +692,7 @@ int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n
     rc = MQTTAsync_subscribeMany(m->client, n, filters, (int *)qos, &ro);
     if (rc != MQTTASYNC_SUCCESS) {
         free(c);
-        gw_warn("mqtt", "cannot subscribe (%s)", MQTTAsync_strerror(rc));
+        gw_warn(MQTT, "cannot subscribe (%s)", MQTTAsync_strerror(rc));
         return -EIO;
     }
     return 0;
@@ -705,7 +705,7 @@ int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n)
         return 0;
     int rc = MQTTAsync_unsubscribeMany(m->client, n, filters, &ro);
     if (rc != MQTTASYNC_SUCCESS) {
-        gw_warn("mqtt", "cannot unsubscribe (%s)", MQTTAsync_strerror(rc));
+        gw_warn(MQTT, "cannot unsubscribe (%s)", MQTTAsync_strerror(rc));
         return -EIO;
     }
     return 0;
@@ -715,7 +715,7 @@ void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg)
 {
     /* m->cfg is the loop thread's; Paho's threads read only max_payload. */
     m->cfg = cfg;
-    atomic_store(&m->max_payload, cfg->max_payload);
+    atomic_store(&m->max_payload, cfg->coap.max_payload);
 }
 
 uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large)
@@ -728,7 +728,7 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
 {
     if (!MQTTAsync_isConnected(m->client))
         return;
-    if (*m->cfg->status_topic) {
+    if (*m->cfg->mqtt.status_topic) {
         MQTTAsync_message pm = MQTTAsync_message_initializer;
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
         pm.payload = "offline";
@@ -740,7 +740,7 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
             ro.onFailure5 = on_offline_fail5;
         else
             ro.onFailure = on_offline_fail;
-        if (MQTTAsync_sendMessage(m->client, m->cfg->status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
+        if (MQTTAsync_sendMessage(m->client, m->cfg->mqtt.status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
             MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms);
     }
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
@@ -882,7 +882,7 @@ int mqtt_restart(bridge_mqtt_t *m, bool resend_sent)
         free(s);
     }
     if (n > 0)
-        gw_info("mqtt", "%d unacknowledged messages are sent again as new ones%s", n - kept,
+        gw_info(MQTT, "%d unacknowledged messages are sent again as new ones%s", n - kept,
                 kept ? "; the others stay in the store" : "");
     return rc < 0 ? -EIO : 0;
 }
@@ -922,7 +922,7 @@ int mqtt_resend_lost(bridge_mqtt_t *m)
 {
     int n = persist_take_lost(m->pp.context, send_lost, m);
     if (n > 0)
-        gw_warn("mqtt", "the broker had no session for us: %d messages it had not acknowledged "
+        gw_warn(MQTT, "the broker had no session for us: %d messages it had not acknowledged "
                         "are sent again",
                 n);
     return n;

@@ -1,5 +1,6 @@
 #include "persist.h"
 
+#include "file.h"
 #include "log.h"
 #include "record.h"
 
@@ -171,7 +172,7 @@ static bool record_ok(const persist_t *p, const char *name, const char *path,
     close(fd);
     bool ok = got == st->st_size && record_read(key, buf, (size_t)got, NULL, why, sizeof(why)) >= 0;
     if (!ok)
-        gw_log_limited(GW_LOG_WARNING, "mqtt", "stored record %s refused (%s)", key,
+        gw_log_limited(GW_LOG_WARNING, MQTT, "stored record %s refused (%s)", key,
                        got == st->st_size ? why : "unreadable");
     free(buf);
     return ok;
@@ -232,7 +233,7 @@ persist_t *persist_new(const char *state_dir)
     }
     closedir(d);
     if (p->refused)
-        gw_err("mqtt", "%u records of the store in %s were damaged or held messages a broker "
+        gw_err(MQTT, "%u records of the store in %s were damaged or held messages a broker "
                "refuses; they were removed", p->refused, p->dir);
     return p;
 }
@@ -453,9 +454,8 @@ static int p_close(void *handle)
  */
 static int write_record(persist_t *p, const char *key, struct iovec *iov, int n, size_t total)
 {
-    char path[4096], tmp[4096];
-    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0 ||
-        path_of(p, key, ".tmp", tmp, sizeof(tmp)) < 0)
+    char path[4096];
+    if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
         return -1;
     struct stat old;
     bool existed = stat(path, &old) == 0;
@@ -463,20 +463,10 @@ static int write_record(persist_t *p, const char *key, struct iovec *iov, int n,
     /* A replaced record was durable: its new version is, before the rename. */
     bool defer = durable && !existed && deferred_here(p);
     bool sync_now = durable && !defer;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
+    (void)total;
+    if (gw_file_write(path, iov, n, sync_now ? GW_FILE_SYNC : 0) < 0 ||
+        (sync_now && sync_dir(p) < 0))
         return -1;
-    ssize_t w = writev(fd, iov, n);
-    if (w < 0 || (size_t)w != total || (sync_now && fsync(fd) < 0)) {
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    close(fd);
-    if (rename(tmp, path) < 0 || (sync_now && sync_dir(p) < 0)) {
-        unlink(tmp);
-        return -1;
-    }
     if (defer && dirty_add(p, path) < 0) {
         /* Cannot remember it for the group commit: make it durable now. */
         int fd2 = open(path, O_RDONLY | O_CLOEXEC);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "dtls.h"
 
 /*
@@ -47,12 +48,6 @@ struct sessions {
     struct sessions_stats st;
 };
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 sessions_t *sessions_new(coap_context_t *ctx, size_t max_sessions, void (*free_up)(void *up),
                          void (*on_ready)(void *arg, coap_session_t *s, const char *identity),
@@ -122,7 +117,7 @@ static void peer_leave(sessions_t *ss, struct peer *p)
         ss->idle_oldest = p;
     ss->idle_newest = p;
     ss->nidle++;
-    uint64_t now = now_ms();
+    uint64_t now = gw_now_ms();
     size_t keep = ss->max > SESS_PEERS_MIN ? ss->max : SESS_PEERS_MIN;
     while (ss->idle_oldest &&
            (ss->nidle > keep || now - ss->idle_oldest->last_ms > EXCHANGE_LIFETIME_MS))
@@ -214,7 +209,7 @@ static bool evictable(const sess_t *s)
 
 static sess_t *pick_victim(sessions_t *ss, const sess_t *except)
 {
-    uint64_t now = now_ms();
+    uint64_t now = gw_now_ms();
     for (int cls = 0; cls < SESS_CLASSES; cls++) {
         int looked = 0;
         for (sess_t *s = ss->oldest[cls]; s && looked < EVICT_LOOK; s = s->newer, looked++) {
@@ -265,7 +260,7 @@ sess_t *sess_get(sessions_t *ss, coap_session_t *session)
      * libcoap's handshake limit, and counted here once past it.
      */
     s->hello = coap_session_get_type(session) == COAP_SESSION_TYPE_HELLO;
-    s->last_ms = now_ms();
+    s->last_ms = gw_now_ms();
     class_link_newest(ss, s);
     if (!s->hello)
         ss->count++;
@@ -457,7 +452,7 @@ struct dedup *sess_dedup_add(sess_t *s, const char *identity, uint16_t mid, int 
     if (!p)
         return &none;
     struct dedup *d = &p->recent[p->next++ % DEDUP_SLOTS];
-    p->last_ms = now_ms();
+    p->last_ms = gw_now_ms();
     *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
                         .max_age = (uint16_t)(max_age < 0 ? 0 : max_age), .at_ms = p->last_ms};
     return d;

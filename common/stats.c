@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
+#include <math.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,12 +195,14 @@ static char *utf8_clean(const char *s)
 /* A value of STATS_FN that has no number: negative (the module's "unknown"), NaN or infinite. */
 static bool fn_missing(double v)
 {
-    return !(v >= 0 && v <= DBL_MAX);
+    return isnan(v) || isinf(v);
 }
 
-/* v (finite, >= 0) is a whole number a uint64_t holds. */
+/* v (finite) is a whole number an int64_t or uint64_t holds. */
 static bool fn_integral(double v)
 {
+    if (v < 0)
+        return v >= -0x1p63 && v == (double)(int64_t)v;
     return v < 0x1p64 && v == (double)(uint64_t)v;
 }
 
@@ -256,7 +259,7 @@ static const void *section_instance(const stats_section_t *sec, const void *obj,
 static json_object *json_number(double v)
 {
     if (fn_integral(v))
-        return json_object_new_uint64((uint64_t)v);
+        return v < 0 ? json_object_new_int64((int64_t)v) : json_object_new_uint64((uint64_t)v);
     /* json-c would print "%.17g"; the shortest form is the one Prometheus shows too. */
     char buf[32];
     fmt_double(buf, v);
@@ -402,6 +405,8 @@ static int json_instance(json_object *parent, const stats_section_t *sec, const 
 
 static int json_section(json_object *root, const stats_section_t *sec, const void *obj)
 {
+    if (sec->prepare)
+        sec->prepare(obj);
     json_object *o = root;
     int rc;
     if (sec->json) {
@@ -641,14 +646,21 @@ static void prom_samples(FILE *f, const stats_section_t *sec, const stats_field_
         put_plain(f, sec, fld, inst_name, buf);
         break;
     case STATS_INT:
-        snprintf(buf, sizeof(buf), "%d", FIELD(int, obj, fld));
+        if (fld->scale != 0)
+            fmt_double(buf, (double)FIELD(int, obj, fld) * fld->scale);
+        else
+            snprintf(buf, sizeof(buf), "%d", FIELD(int, obj, fld));
         put_plain(f, sec, fld, inst_name, buf);
         break;
     case STATS_FN:
         d = fld->get ? fld->get(obj) : -1;
         if (fn_missing(d))
             break;
-        if (fn_integral(d))
+        if (fld->scale != 0)
+            d *= fld->scale;
+        if (fn_integral(d) && d < 0)
+            snprintf(buf, sizeof(buf), "%" PRId64, (int64_t)d);
+        else if (fn_integral(d))
             snprintf(buf, sizeof(buf), "%" PRIu64, (uint64_t)d);
         else
             fmt_double(buf, d);
@@ -707,6 +719,8 @@ static void prom_info(FILE *f, const stats_section_t *sec, const void *obj)
 
 static void prom_section(FILE *f, const stats_section_t *sec, const void *obj)
 {
+    if (sec->prepare)
+        sec->prepare(obj);
     bool info_done = false;
     for (size_t k = 0; k < sec->nfields; k++) {
         const stats_field_t *fld = &sec->fields[k];

@@ -56,10 +56,16 @@ typedef struct stats_field {
     const char *prom;  /* Prometheus stem when it differs from name; NULL otherwise */
     const char *help;  /* one line, for # HELP */
     stats_kind_t kind;
-    const char *unit;  /* Prometheus unit suffix ("bytes", "seconds", "days"), NULL for none */
+    const char *unit;  /* Prometheus unit suffix, a base unit ("bytes", "seconds"); NULL for none */
+    /*
+     * STATS_INT and STATS_FN: Prometheus shows value * scale (0: 1), for a
+     * figure that JSON shows in another unit than Prometheus's base one
+     * (certificates' days left are seconds in Prometheus: scale 86400).
+     */
+    double scale;
     stats_type_t type;
     size_t offset;     /* of the value in the module's struct (not for STATS_FN) */
-    /* STATS_FN: the value. A value < 0 is JSON null and no Prometheus sample. */
+    /* STATS_FN: the value (may be negative). NAN is JSON null and no Prometheus sample. */
     double (*get)(const void *obj);
     /* STATS_ARRAY: n elements; label names the Prometheus label; label_of writes element i's. */
     size_t n;
@@ -80,6 +86,12 @@ typedef struct stats_section {
     const char *label;
     size_t (*count)(const void *obj);
     const void *(*instance)(const void *obj, size_t i, const char **name);
+    /*
+     * Optional: called before the section is rendered, for a module whose
+     * figures live in several parts to gather them into the struct the
+     * table describes (a snapshot it owns; obj stays const for the renderer).
+     */
+    void (*prepare)(const void *obj);
 } stats_section_t;
 
 typedef struct stats stats_t;

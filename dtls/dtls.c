@@ -179,12 +179,12 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
     const dtls_psk_store_t *st = arg;
     (void)session;
     if (!identity || !map_identity_ok((const char *)identity->s, identity->length)) {
-        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (PSK identity not acceptable)");
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (PSK identity not acceptable)");
         return NULL;
     }
     const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
     if (!key) {
-        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (unknown PSK identity \"%.*s\")",
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (unknown PSK identity \"%.*s\")",
                 (int)identity->length, (const char *)identity->s);
         return NULL;
     }
@@ -201,12 +201,12 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
     if (depth != 0)
         return 1;
     if (!validated) {
-        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (device certificate not verified)");
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
         return 0;
     }
     if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
         !map_identity_ok(subject_cn, strlen(subject_cn))) {
-        gw_log_limited(GW_LOG_INFO, "dtls", "handshake refused (device certificate CN not acceptable)");
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate CN not acceptable)");
         return 0;
     }
     dtls_peer_t *peer = dtls_peer_get(session);
@@ -241,7 +241,7 @@ void dtls_release(void)
 int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk)
 {
     if (!coap_dtls_is_supported()) {
-        gw_err("dtls", "libcoap was built without DTLS");
+        gw_err(DTLS, "libcoap was built without DTLS");
         return -ENOTSUP;
     }
     static bool psk_set;
@@ -254,11 +254,11 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
         s.validate_id_call_back = on_psk_identity;
         s.id_call_back_arg = (void *)psk;
         if (!coap_context_set_psk2(ctx, &s)) {
-            gw_err("dtls", "cannot set up PSK credentials");
+            gw_err(DTLS, "cannot set up PSK credentials");
             return -EINVAL;
         }
     }
-    if (*cfg->dtls_cert) {
+    if (*cfg->coap.dtls.cert) {
         coap_dtls_pki_t p;
         memset(&p, 0, sizeof(p));
         p.version = COAP_DTLS_PKI_SETUP_VERSION;
@@ -268,16 +268,16 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
          * So a configured CA means certificate handshakes must present a
          * device certificate signed by it; PSK handshakes are not affected.
          */
-        p.verify_peer_cert = *cfg->dtls_ca ? 1 : 0;
-        p.check_common_ca = *cfg->dtls_ca ? 1 : 0;
+        p.verify_peer_cert = *cfg->coap.dtls.ca ? 1 : 0;
+        p.check_common_ca = *cfg->coap.dtls.ca ? 1 : 0;
         p.allow_self_signed = 0;
         p.allow_expired_certs = 0;
         p.cert_chain_validation = 1;
         p.cert_chain_verify_depth = 4;
         p.validate_cn_call_back = on_cert;
-        char *paths[3] = {strdup(cfg->dtls_cert), strdup(cfg->dtls_key),
-                          *cfg->dtls_ca ? strdup(cfg->dtls_ca) : NULL};
-        if (!paths[0] || !paths[1] || (*cfg->dtls_ca && !paths[2])) {
+        char *paths[3] = {strdup(cfg->coap.dtls.cert), strdup(cfg->coap.dtls.key),
+                          *cfg->coap.dtls.ca ? strdup(cfg->coap.dtls.ca) : NULL};
+        if (!paths[0] || !paths[1] || (*cfg->coap.dtls.ca && !paths[2])) {
             for (int i = 0; i < 3; i++)
                 free(paths[i]);
             return -ENOMEM;
@@ -287,7 +287,7 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
         p.pki_key.key.pem.private_key = paths[1];
         p.pki_key.key.pem.ca_file = paths[2];
         if (!coap_context_set_pki(ctx, &p)) {
-            gw_err("dtls", "cannot set up X.509 credentials from %s", cfg->dtls_cert);
+            gw_err(DTLS, "cannot set up X.509 credentials from %s", cfg->coap.dtls.cert);
             for (int i = 0; i < 3; i++)
                 free(paths[i]);
             return -EINVAL;

@@ -18,7 +18,9 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
+#include "stats.h"
 
 /* DTLS 1.0/1.2 layouts (RFC 6347 §4.1, §4.2.2, §4.2.1; RFC 5246 §7.4.1.2). */
 enum {
@@ -119,13 +121,6 @@ struct dtls_gate {
     bool head_verified; /* it is a ClientHello with a valid cookie of ours */
     uint8_t buf[65536]; /* the head datagram (a UDP payload is at most 65,507 bytes) */
 };
-
-static uint64_t monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int peer_key(const struct sockaddr_storage *ss, uint8_t key[PEER_KEY])
 {
@@ -336,7 +331,7 @@ dtls_gate_t *dtls_gate_new(int fd)
         return NULL;
     g->fd = fd;
     g->epfd = -1;
-    g->now_ms = monotonic_ms;
+    g->now_ms = gw_now_ms;
     g->peers = calloc(DTLS_GATE_PEERS, sizeof(*g->peers));
     if (!g->peers || gnutls_key_generate(&g->key[0], GNUTLS_COOKIE_KEY_SIZE) < 0 ||
         gnutls_rnd(GNUTLS_RND_NONCE, &g->seed, sizeof(g->seed)) < 0) {
@@ -409,7 +404,7 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
             if (remember(g, key, now)) {
                 g->st.peers_verified++;
                 if (debug)
-                    gw_debug("dtls", "%s: cookie verified", peer_str(&peer, who, sizeof(who)));
+                    gw_debug(DTLS, "%s: cookie verified", peer_str(&peer, who, sizeof(who)));
             }
             g->head_verified = true;
             return 1;
@@ -427,7 +422,7 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
             discard(g);
             g->st.dropped++;
             if (debug)
-                gw_debug("dtls", "%s: %s dropped", peer_str(&peer, who, sizeof(who)),
+                gw_debug(DTLS, "%s: %s dropped", peer_str(&peer, who, sizeof(who)),
                          dg.kind == DTLS_DGRAM_FRAGMENT ? "ClientHello fragment"
                                                         : "malformed ClientHello");
             continue;
@@ -439,10 +434,10 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
         if (gnutls_dtls_cookie_send(&g->key[0], key, PEER_KEY, &pre, &r, push) >= 0) {
             g->st.hellos_answered++;
             if (debug)
-                gw_debug("dtls", "%s: ClientHello answered with a cookie",
+                gw_debug(DTLS, "%s: ClientHello answered with a cookie",
                          peer_str(&peer, who, sizeof(who)));
         } else if (debug) {
-            gw_debug("dtls", "%s: cannot send a cookie (%s)", peer_str(&peer, who, sizeof(who)),
+            gw_debug(DTLS, "%s: cannot send a cookie (%s)", peer_str(&peer, who, sizeof(who)),
                      strerror(errno));
         }
     }
@@ -510,7 +505,7 @@ dtls_gate_t *dtls_gate_attach(coap_context_t *ctx, const coap_address_t *addr)
     snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", epfd);
     FILE *f = epfd >= 0 ? fopen(path, "re") : NULL;
     if (!f) {
-        gw_err("dtls", "cannot find libcoap's DTLS socket: %s unreadable (%s)", path,
+        gw_err(DTLS, "cannot find libcoap's DTLS socket: %s unreadable (%s)", path,
                strerror(errno));
         return NULL;
     }
@@ -531,23 +526,23 @@ dtls_gate_t *dtls_gate_attach(coap_context_t *ctx, const coap_address_t *addr)
     }
     fclose(f);
     if (matches != 1) {
-        gw_err("dtls", "cannot find libcoap's DTLS socket: %d sockets bound to its address",
+        gw_err(DTLS, "cannot find libcoap's DTLS socket: %d sockets bound to its address",
                matches);
         return NULL;
     }
     void *bound = dlsym(RTLD_DEFAULT, "gnutls_dtls_cookie_verify");
     if (bound != (void *)gnutls_dtls_cookie_verify || !gnutls_verify()) {
-        gw_err("dtls", "libcoap would not take the cookie gate's cookies "
+        gw_err(DTLS, "libcoap would not take the cookie gate's cookies "
                        "(gnutls_dtls_cookie_verify is not Tandem's)");
         return NULL;
     }
     dtls_gate_t *g = dtls_gate_new(fd);
     if (!g) {
-        gw_err("dtls", "cannot set up the cookie gate (out of memory, or no random key)");
+        gw_err(DTLS, "cannot set up the cookie gate (out of memory, or no random key)");
         return NULL;
     }
     if (epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) < 0) {
-        gw_err("dtls", "cannot take the DTLS socket from libcoap (%s)", strerror(errno));
+        gw_err(DTLS, "cannot take the DTLS socket from libcoap (%s)", strerror(errno));
         dtls_gate_free(g);
         return NULL;
     }
@@ -565,10 +560,24 @@ void dtls_gate_free(dtls_gate_t *g)
         /* libcoap takes the socket out of its set when it closes it. */
         struct epoll_event ev = {.events = g->epevents, .data.u64 = g->epdata};
         if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->fd, &ev) < 0)
-            gw_warn("dtls", "cannot give the DTLS socket back to libcoap (%s)", strerror(errno));
+            gw_warn(DTLS, "cannot give the DTLS socket back to libcoap (%s)", strerror(errno));
     }
     key_drop(&g->key[0]);
     key_drop(&g->key[1]);
     free(g->peers);
     free(g);
 }
+
+#define GATE(f, help_)                                                                             \
+    {.name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                          \
+     .offset = offsetof(dtls_gate_stats_t, f)}
+static const stats_field_t gate_fields[] = {
+    GATE(hellos_answered, "ClientHellos answered with a cookie (HelloVerifyRequest)"),
+    GATE(peers_verified, "Addresses that came back with a valid cookie"),
+    GATE(dropped, "Datagrams dropped before libcoap: malformed, or unverified fragments"),
+    GATE(peers_forgotten, "Verified addresses forgotten early: the table was full"),
+};
+const stats_section_t dtls_gate_section = {.json = "dtls_cookies",
+                                           .prom = "dtls_cookies",
+                                           .fields = gate_fields,
+                                           .nfields = sizeof(gate_fields) / sizeof(gate_fields[0])};

@@ -117,6 +117,9 @@ int dtls_gate_run(dtls_gate_t *gate, coap_context_t *ctx, int max);
 
 const dtls_gate_stats_t *dtls_gate_stats(const dtls_gate_t *gate);
 
+/* The statistics section "dtls_cookies", for a dtls_gate_stats_t (common/stats.h). */
+extern const struct stats_section dtls_gate_section;
+
 /* Tests move time with this: now_ms() returns milliseconds of a monotonic clock. */
 void dtls_gate_set_clock(dtls_gate_t *gate, uint64_t (*now_ms)(void));
 

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "error.h"
 #include "log.h"
 
 typedef struct control_stats {
@@ -135,7 +137,7 @@ static void flush(struct client *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return; /* EV_WRITABLE brings us back */
         if (n <= 0) {
-            gw_debug("control", "client gone before its answer was written (%s)",
+            gw_debug(CONTROL, "client gone before its answer was written (%s)",
                      strerror(errno));
             client_close(c);
             return;
@@ -176,7 +178,7 @@ static void answer(struct client *c, gw_control_req_t req)
     }
     if (!body) {
         tell(c->fd, "error out of memory\n");
-        gw_log_limited(GW_LOG_WARNING, "control", "cannot answer a request (out of memory)");
+        gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot answer a request (out of memory)");
         client_close(c);
         return;
     }
@@ -195,7 +197,7 @@ static void garbage(struct client *c, const char *why)
     snprintf(line, sizeof(line), "error %s\n", why);
     tell(c->fd, line);
     c->ctl->st.dropped_garbage++;
-    gw_log_limited(GW_LOG_INFO, "control", "client dropped (%s)", why);
+    gw_log_limited(GW_LOG_INFO, CONTROL, "client dropped (%s)", why);
     client_close(c);
 }
 
@@ -210,7 +212,7 @@ static void read_request(struct client *c)
     } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
         return;
     } else {
-        gw_debug("control", "client gone (%s)", strerror(errno));
+        gw_debug(CONTROL, "client gone (%s)", strerror(errno));
         client_close(c);
         return;
     }
@@ -260,11 +262,11 @@ static int64_t on_deadline(ev_loop_t *loop, uint64_t id, void *data)
     c->timer = 0; /* removed by returning EV_NOMORE */
     c->ctl->st.dropped_stalled++;
     if (c->out) {
-        gw_log_limited(GW_LOG_INFO, "control", "client dropped (did not read its answer in %d ms)",
+        gw_log_limited(GW_LOG_INFO, CONTROL, "client dropped (did not read its answer in %d ms)",
                        GW_CONTROL_ANSWER_MS);
     } else {
         tell(c->fd, "error timeout\n");
-        gw_log_limited(GW_LOG_INFO, "control", "client dropped (no request in %d ms)",
+        gw_log_limited(GW_LOG_INFO, CONTROL, "client dropped (no request in %d ms)",
                        GW_CONTROL_REQUEST_MS);
     }
     client_close(c);
@@ -281,7 +283,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
         if (cfd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
                 errno != ECONNABORTED)
-                gw_log_limited(GW_LOG_WARNING, "control", "cannot accept a client (%s)",
+                gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot accept a client (%s)",
                                strerror(errno));
             return;
         }
@@ -289,7 +291,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
             tell(cfd, "error busy\n");
             close(cfd);
             ctl->st.refused_full++;
-            gw_log_limited(GW_LOG_INFO, "control", "client refused (%d connections open)",
+            gw_log_limited(GW_LOG_INFO, CONTROL, "client refused (%d connections open)",
                            GW_CONTROL_CLIENTS);
             continue;
         }
@@ -305,7 +307,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
             free(c);
             tell(cfd, "error out of memory\n");
             close(cfd);
-            gw_log_limited(GW_LOG_WARNING, "control", "cannot take a client (out of memory)");
+            gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot take a client (out of memory)");
             continue;
         }
         c->next = ctl->clients;
@@ -343,7 +345,7 @@ static int listen_at(const struct sockaddr_un *sa)
     const char *path = sa->sun_path;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        gw_err("control", "cannot make a socket (%s)", strerror(errno));
+        gw_err(CONTROL, "cannot make a socket (%s)", strerror(errno));
         return -errno;
     }
     for (int attempt = 0;; attempt++) {
@@ -352,39 +354,39 @@ static int listen_at(const struct sockaddr_un *sa)
         int err = errno;
         struct stat st;
         if (err != EADDRINUSE || attempt > 0) {
-            gw_err("control", "cannot make the control socket %s (%s)", path, strerror(err));
+            gw_err(CONTROL, "cannot make the control socket %s (%s)", path, strerror(err));
             close(fd);
             return -err;
         }
         if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-            gw_err("control", "%s exists and is not a socket: not replaced", path);
+            gw_err(CONTROL, "%s exists and is not a socket: not replaced", path);
             close(fd);
             return -EEXIST;
         }
         int rc = someone_listens(sa);
         if (rc != 0) {
             if (rc > 0)
-                gw_err("control",
+                gw_err(CONTROL,
                        "a running gateway answers on %s: stop it first, or give this one "
                        "another gateway.control_socket",
                        path);
             else
-                gw_err("control", "cannot tell whether a gateway answers on %s (%s)", path,
+                gw_err(CONTROL, "cannot tell whether a gateway answers on %s (%s)", path,
                        strerror(-rc));
             close(fd);
             return rc > 0 ? -EADDRINUSE : rc;
         }
         /* Left by a gateway that was killed: nobody listens. */
         if (unlink(path) < 0 && errno != ENOENT) {
-            gw_err("control", "cannot remove the stale socket %s (%s)", path, strerror(errno));
+            gw_err(CONTROL, "cannot remove the stale socket %s (%s)", path, strerror(errno));
             close(fd);
             return -errno;
         }
-        gw_info("control", "replaced the stale socket %s", path);
+        gw_info(CONTROL, "replaced the stale socket %s", path);
     }
     if (chmod(path, 0660) < 0 || listen(fd, GW_CONTROL_CLIENTS) < 0) {
         int err = errno;
-        gw_err("control", "cannot listen on %s (%s)", path, strerror(err));
+        gw_err(CONTROL, "cannot listen on %s (%s)", path, strerror(err));
         unlink(path);
         close(fd);
         return -err;
@@ -398,13 +400,13 @@ gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats)
     struct stat st;
 
     if (strlen(path) >= sizeof(sa.sun_path)) {
-        gw_err("control", "%s is too long for a Unix socket's path", path);
+        gw_err(CONTROL, "%s is too long for a Unix socket's path", path);
         return NULL;
     }
     memcpy(sa.sun_path, path, strlen(path) + 1);
     gw_control_t *ctl = calloc(1, sizeof(*ctl));
     if (!ctl || !(ctl->path = strdup(path))) {
-        gw_err("control", "out of memory");
+        gw_err(CONTROL, "out of memory");
         free(ctl);
         return NULL;
     }
@@ -424,11 +426,11 @@ gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats)
     if (rc == 0)
         rc = stats_add(stats, &control_section, &ctl->st);
     if (rc < 0) {
-        gw_err("control", "cannot serve %s (%s)", path, gw_strerror(rc));
+        gw_err(CONTROL, "cannot serve %s (%s)", path, gw_strerror(rc));
         gw_control_free(ctl);
         return NULL;
     }
-    gw_info("control", "listening on %s", path);
+    gw_info(CONTROL, "listening on %s", path);
     return ctl;
 }
 

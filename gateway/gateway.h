@@ -4,7 +4,7 @@
 #ifndef TANDEM_GATEWAY_H
 #define TANDEM_GATEWAY_H
 
-#include "config.h"
+#include "config_file.h"
 #include "dtls.h"
 
 /* Exit statuses (SPEC §1). */

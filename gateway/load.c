@@ -21,12 +21,12 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     const struct {
         const char *name, *cert, *key;
     } pairs[] = {
-        {"coap.dtls.cert", cfg->dtls_cert, cfg->dtls_key},
-        {"mqtt.cert", cfg->mqtt_cert, cfg->mqtt_key},
+        {"coap.dtls.cert", cfg->coap.dtls.cert, cfg->coap.dtls.key},
+        {"mqtt.cert", cfg->mqtt.cert, cfg->mqtt.key},
     };
     const struct {
         const char *name, *path;
-    } cas[] = {{"coap.dtls.ca", cfg->dtls_ca}, {"mqtt.ca", cfg->mqtt_ca}};
+    } cas[] = {{"coap.dtls.ca", cfg->coap.dtls.ca}, {"mqtt.ca", cfg->mqtt.ca}};
 
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         if (!*pairs[i].cert)
@@ -35,16 +35,16 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
             gw_errs_add(errs, cfg->file, gw_config_line(cfg, pairs[i].name), pairs[i].name, "%s",
                         err);
         else if (days < TLS_EXPIRY_WARN_DAYS)
-            gw_warn("config", "%s: %s expires in %d days", pairs[i].name, pairs[i].cert, days);
+            gw_warn(CONFIG, "%s: %s expires in %d days", pairs[i].name, pairs[i].cert, days);
     }
     for (size_t i = 0; i < sizeof(cas) / sizeof(cas[0]); i++)
         if (*cas[i].path && tls_ca_check(cas[i].path, err, sizeof(err)) < 0)
             gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s",
                         err);
-    if (*cfg->psk_file) {
-        psk = dtls_psk_load(cfg->psk_file, "coap.dtls.psk_file", errs);
+    if (*cfg->coap.dtls.psk_file) {
+        psk = dtls_psk_load(cfg->coap.dtls.psk_file, "coap.dtls.psk_file", errs);
         if (psk && dtls_psk_count(psk) == 0)
-            gw_warn("config", "coap.dtls.psk_file: %s holds no identities", cfg->psk_file);
+            gw_warn(CONFIG, "coap.dtls.psk_file: %s holds no identities", cfg->coap.dtls.psk_file);
     }
     return psk;
 }

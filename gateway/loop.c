@@ -1,8 +1,11 @@
 /*
- * The one loop: a single thread owns libcoap and all bridge state. One epoll
- * waits on libcoap's own epoll fd (which carries its timers), the DTLS socket
- * that the cookie gate (dtls/gate.h) reads ahead of libcoap, the bridge's
- * inbox eventfd and a signalfd.
+ * The process's loop: a single thread owns libcoap and all bridge state. The
+ * loop is a registry (common/ev.h); its entries here are libcoap's own epoll
+ * fd (which carries libcoap's timers), the DTLS socket that the cookie gate
+ * (dtls/gate.h) reads ahead of libcoap, the bridge's inbox eventfd and a
+ * signalfd, and timers for the statistics, the systemd watchdog, the bridge's
+ * deadlines and a graceful stop. Other modules (the control socket, /metrics)
+ * register their own entries.
  */
 #include <arpa/inet.h>
 #include <coap3/coap.h>
@@ -12,15 +15,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "bridge.h"
+#include "clock.h"
+#include "ev.h"
 #include "gate.h"
 #include "gateway.h"
 #include "log.h"
+#include "report.h"
+#include "stats.h"
 #include "tandem_build.h"
 #if HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -28,8 +34,6 @@
 
 /* How long a graceful stop waits for broker acknowledgements, ms (SPEC §7). */
 #define STOP_WAIT_MS 5000
-
-enum { TAG_COAP = 1, TAG_DTLS, TAG_INBOX, TAG_SIGNAL };
 
 /* Datagrams libcoap may take in one turn of the loop. */
 #define COAP_BATCH 32
@@ -41,12 +45,6 @@ static bool readable(int fd)
     return poll(&pfd, 1, 0) == 1;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /*
  * libcoap's messages are mostly about what peers send (bad packets, RSTs,
@@ -59,11 +57,11 @@ static void coap_log_to_gw(coap_log_t level, const char *message)
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
     if (level <= LOG_ERR)
-        gw_log_limited(GW_LOG_WARNING, "coap", "%s", line);
+        gw_log_limited(GW_LOG_WARNING, COAP, "%s", line);
     else if (level <= LOG_WARNING)
-        gw_log_limited(GW_LOG_INFO, "coap", "%s", line);
+        gw_log_limited(GW_LOG_INFO, COAP, "%s", line);
     else
-        gw_log_limited(GW_LOG_DEBUG, "coap", "%s", line);
+        gw_log_limited(GW_LOG_DEBUG, COAP, "%s", line);
 }
 
 static int make_address(const char *host, int port, coap_address_t *addr)
@@ -97,20 +95,14 @@ static int make_address(const char *host, int port, coap_address_t *addr)
  */
 static void coap_limits(coap_context_t *ctx, const gw_config_t *cfg)
 {
-    unsigned sessions = (unsigned)cfg->max_sessions, handshakes = sessions / 10;
+    unsigned sessions = (unsigned)cfg->coap.max_sessions, handshakes = sessions / 10;
     if (handshakes < 100)
         handshakes = sessions < 100 ? sessions : 100;
     if (handshakes > 1000)
         handshakes = 1000;
     coap_context_set_max_idle_sessions(ctx, sessions);
     coap_context_set_max_handshake_sessions(ctx, handshakes);
-    coap_context_set_session_timeout(ctx, (unsigned)cfg->session_idle_timeout);
-}
-
-static int add_fd(int ep, int fd, int tag)
-{
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)tag};
-    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    coap_context_set_session_timeout(ctx, (unsigned)cfg->coap.session_idle_timeout);
 }
 
 /* systemd: readiness, reloads, stop and the watchdog (no-ops without it). */
@@ -134,32 +126,24 @@ static uint64_t watchdog_interval_ms(void)
     return 0;
 }
 
-static void publish_stats(bridge_t *b, const gw_config_t *cfg, uint64_t *next_ms)
-{
-    uint64_t now = now_ms();
-    if (cfg->stats_interval <= 0 || !*cfg->stats_topic || now < *next_ms)
-        return;
-    *next_ms = now + (uint64_t)cfg->stats_interval * 1000;
-    bridge_publish_stats(b);
-}
-
 /*
  * SIGHUP: the configuration, mappings, PSK file and certificates are read
  * again; the new set is used by new handshakes and requests. Anything
  * invalid keeps the running set.
  */
-static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk_store_t **psk)
+static void reload(coap_context_t *ctx, bridge_t *b, gw_report_t *report, gw_config_t **cfg,
+                   dtls_psk_store_t **psk)
 {
     gw_errs_t errs = {0};
     dtls_psk_store_t *npsk = NULL;
     const char *file = (*cfg)->file;
 
-    gw_info("gateway", "reloading %s", file);
+    gw_info(GATEWAY, "reloading %s", file);
     notify("RELOADING=1");
     gw_config_t *next = gw_load(file, &npsk, &errs);
     if (next) {
         gw_config_keep_fixed(next, *cfg);
-        if ((npsk || *next->dtls_cert || *(*cfg)->dtls_cert || *psk) &&
+        if ((npsk || *next->coap.dtls.cert || *(*cfg)->coap.dtls.cert || *psk) &&
             dtls_setup(ctx, next, npsk) < 0) {
             gw_config_free(next);
             dtls_psk_free(npsk);
@@ -168,41 +152,228 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_config_t **cfg, dtls_psk
     } else {
         for (char *line = errs.text; line && *line;) {
             char *end = strchr(line, '\n');
-            gw_err("config", "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
+            gw_err(CONFIG, "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
             line = end ? end + 1 : NULL;
         }
     }
     gw_errs_clear(&errs);
     if (!next) {
-        gw_err("gateway", "reload refused: the running configuration stays");
-        bridge_count_reload(b, false);
+        gw_err(GATEWAY, "reload refused: the running configuration stays");
+        gw_report_reload(report, *cfg, false);
         notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
     coap_limits(ctx, next);
-    gw_log_set_level(next->log_level);
+    gw_log_set_level(next->gateway.log_level);
     bridge_reload(b, next);
     gw_config_free(*cfg);
     dtls_psk_free(*psk);
     *cfg = next;
     *psk = npsk;
-    bridge_count_reload(b, true);
-    gw_info("gateway", "reloaded: %zu mappings%s", map_table_count(next->maps),
+    gw_report_reload(report, next, true);
+    gw_info(GATEWAY, "reloaded: %zu mappings%s", map_table_count(next->maps),
             npsk ? ", PSK identities" : "");
     notify("READY=1\nSTATUS=running");
+}
+
+/* What the loop's entries share: the process's state. */
+struct proc {
+    ev_loop_t *loop;
+    coap_context_t *ctx;
+    dtls_gate_t *gate; /* NULL without DTLS */
+    bridge_t *b;
+    stats_t *stats;      /* every module's statistics */
+    gw_report_t *report; /* the process's own */
+    gw_config_t **cfgp; /* the running configuration; a reload replaces it */
+    dtls_psk_store_t **pskp;
+    int coap_fd, sfd;
+    bool stopping, at_once; /* a graceful stop was asked; a second signal: stop at once */
+    uint64_t stop_deadline, tick_timer;
+    int status;
+};
+
+/* libcoap's fd: several datagrams per turn, which the bridge's commit syncs together. */
+static void on_coap(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    struct proc *p = data;
+    (void)loop, (void)mask;
+    for (int k = 0; k < COAP_BATCH; k++) {
+        coap_io_process(p->ctx, COAP_IO_NO_WAIT);
+        /* A handshake that just finished makes its resources before the next request. */
+        bridge_after_io(p->b);
+        if (!readable(fd))
+            break;
+    }
+}
+
+/*
+ * The DTLS socket: ClientHellos without a valid cookie stop at the gate;
+ * libcoap reads the rest, one datagram at a time so that a handshake that
+ * just finished makes its resources before the next request.
+ */
+static void on_dtls(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    struct proc *p = data;
+    int handed = 0;
+    (void)loop, (void)fd, (void)mask;
+    while (handed < COAP_BATCH && dtls_gate_run(p->gate, p->ctx, 1) > 0) {
+        handed++;
+        bridge_after_io(p->b);
+    }
+    if (handed) {
+        coap_io_process(p->ctx, COAP_IO_NO_WAIT);
+        bridge_after_io(p->b);
+    }
+}
+
+/* The MQTT client's news; then the answers that acknowledgements released go out. */
+static void on_inbox(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    struct proc *p = data;
+    (void)loop, (void)fd, (void)mask;
+    bridge_process_inbox(p->b);
+    coap_io_process(p->ctx, COAP_IO_NO_WAIT);
+    bridge_after_io(p->b);
+}
+
+
+/* A graceful stop ends when no publish awaits the broker, or at STOP_WAIT_MS. */
+static int64_t on_stop_check(ev_loop_t *loop, uint64_t id, void *data)
+{
+    struct proc *p = data;
+    (void)id;
+    if (bridge_inflight(p->b) == 0 || gw_now_ms() >= p->stop_deadline) {
+        ev_stop(loop);
+        return EV_NOMORE;
+    }
+    return 50;
+}
+
+static void on_signal(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    struct proc *p = data;
+    struct signalfd_siginfo si;
+    (void)mask;
+    while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+            if (!p->stopping)
+                reload(p->ctx, p->b, p->report, p->cfgp, p->pskp);
+        } else if (p->stopping) {
+            gw_warn(GATEWAY, "second stop signal: exiting now");
+            p->at_once = true;
+            ev_stop(loop);
+            return;
+        } else {
+            gw_info(GATEWAY, "stopping (%s)", strsignal((int)si.ssi_signo));
+            notify("STOPPING=1");
+            p->stopping = true;
+            p->stop_deadline = gw_now_ms() + STOP_WAIT_MS;
+            bridge_drain(p->b);
+            if (!ev_add_timer(loop, 0, on_stop_check, p))
+                ev_stop(loop);
+        }
+    }
+}
+
+/* Wakes the loop when the bridge has a deadline; the work is done by after_turn(). */
+static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
+{
+    (void)loop, (void)id, (void)data;
+    return 1000;
+}
+
+/*
+ * After every turn (Redis's beforeSleep): the readings buffered in this turn
+ * are made durable together and answered, deadlines are checked, and the
+ * tick timer follows the bridge's next deadline.
+ */
+static void after_turn(ev_loop_t *loop, void *data)
+{
+    struct proc *p = data;
+    bridge_commit(p->b);
+    bridge_tick(p->b);
+    int ms = bridge_timeout_ms(p->b);
+    ev_set_timer(loop, p->tick_timer, ms < 0 ? 1000 : (uint64_t)ms);
+}
+
+/* The statistics on mqtt.stats_topic, every stats_interval seconds (which a reload may change). */
+static int64_t on_stats(ev_loop_t *loop, uint64_t id, void *data)
+{
+    struct proc *p = data;
+    const gw_mqtt_config_t *m = &(*p->cfgp)->mqtt;
+    (void)loop, (void)id;
+    if (m->stats_interval <= 0 || !*m->stats_topic)
+        return 1000; /* look again: a reload may turn it on */
+    size_t len;
+    char *json = stats_json(p->stats, &len);
+    if (json)
+        bridge_publish_stats(p->b, json, len);
+    free(json);
+    return (int64_t)m->stats_interval * 1000;
+}
+
+static int64_t on_watchdog(ev_loop_t *loop, uint64_t id, void *data)
+{
+    (void)loop, (void)id;
+    notify("WATCHDOG=1");
+    return (int64_t)(uintptr_t)data;
+}
+
+/* Binds the CoAP endpoints (DTLS with its cookie gate, plain when asked). */
+static int listen_coap(struct proc *p, const gw_coap_config_t *c, bool dtls)
+{
+    coap_address_t addr;
+    if (dtls) {
+        make_address(c->bind, c->dtls.port, &addr);
+        if (!coap_new_endpoint(p->ctx, &addr, COAP_PROTO_DTLS)) {
+            gw_err(COAP, "cannot bind DTLS to [%s]:%d (%s)", c->bind, c->dtls.port,
+                   strerror(errno));
+            return -1;
+        }
+        p->gate = dtls_gate_attach(p->ctx, &addr);
+        if (!p->gate)
+            return -1;
+        gw_info(COAP, "listening for CoAP over DTLS on [%s]:%d", c->bind, c->dtls.port);
+    }
+    if (c->plain) {
+        make_address(c->bind, c->port, &addr);
+        if (!coap_new_endpoint(p->ctx, &addr, COAP_PROTO_UDP)) {
+            gw_err(COAP, "cannot bind plain CoAP to [%s]:%d (%s)", c->bind, c->port,
+                   strerror(errno));
+            return -1;
+        }
+        gw_warn(COAP, "plain CoAP (unencrypted) on [%s]:%d", c->bind, c->port);
+    }
+    return 0;
+}
+
+/* The loop's entries for libcoap, the cookie gate, the inbox, signals and timers. */
+static int register_entries(struct proc *p, const sigset_t *mask)
+{
+    p->sfd = signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    p->coap_fd = coap_context_get_coap_fd(p->ctx);
+    if (p->sfd < 0 || p->coap_fd < 0)
+        return -1;
+    if (ev_add_file(p->loop, p->coap_fd, EV_READABLE, on_coap, p) < 0 ||
+        ev_add_file(p->loop, bridge_inbox_fd(p->b), EV_READABLE, on_inbox, p) < 0 ||
+        ev_add_file(p->loop, p->sfd, EV_READABLE, on_signal, p) < 0 ||
+        (p->gate && ev_add_file(p->loop, dtls_gate_fd(p->gate), EV_READABLE, on_dtls, p) < 0))
+        return -1;
+    p->tick_timer = ev_add_timer(p->loop, 0, on_tick, p);
+    if (!p->tick_timer || ev_add_hook(p->loop, after_turn, p) < 0 ||
+        !ev_add_timer(p->loop, 1000, on_stats, p))
+        return -1;
+    uint64_t watchdog_ms = watchdog_interval_ms();
+    if (watchdog_ms && !ev_add_timer(p->loop, 0, on_watchdog, (void *)(uintptr_t)watchdog_ms))
+        return -1;
+    return 0;
 }
 
 int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
 {
     const gw_config_t *cfg = *cfgp;
-    const dtls_psk_store_t *psk = *pskp;
-    int status = GW_EXIT_RUNTIME, ep = -1, sfd = -1;
-    coap_context_t *ctx = NULL;
-    dtls_gate_t *gate = NULL;
-    bridge_t *b = NULL;
+    struct proc p = {.cfgp = cfgp, .pskp = pskp, .sfd = -1, .status = GW_EXIT_RUNTIME};
     sigset_t mask;
-    bool stopping = false;
-    uint64_t stop_deadline = 0, next_stats = 0;
 
     /* Block the signals before any thread exists, so that all go to the signalfd. */
     sigemptyset(&mask);
@@ -217,171 +388,75 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     coap_set_log_level(gw_log_level() >= GW_LOG_DEBUG ? LOG_INFO : LOG_WARNING);
     coap_dtls_set_log_level(gw_log_level() >= GW_LOG_DEBUG ? LOG_INFO : LOG_WARNING);
 
-    ctx = coap_new_context(NULL);
-    if (!ctx) {
-        gw_err("coap", "cannot create the CoAP context");
+    p.ctx = coap_new_context(NULL);
+    if (!p.ctx) {
+        gw_err(COAP, "cannot create the CoAP context");
         goto out;
     }
-    coap_limits(ctx, cfg);
-    bool dtls = psk || *cfg->dtls_cert;
-    if (dtls && dtls_setup(ctx, cfg, psk) < 0)
+    coap_limits(p.ctx, cfg);
+    bool dtls = *pskp || *cfg->coap.dtls.cert;
+    if (dtls && dtls_setup(p.ctx, cfg, *pskp) < 0)
+        goto out;
+    if (listen_coap(&p, &cfg->coap, dtls) < 0)
         goto out;
 
-    coap_address_t addr;
-    if (dtls) {
-        make_address(cfg->coap_bind, cfg->dtls_port, &addr);
-        if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_DTLS)) {
-            gw_err("coap", "cannot bind DTLS to [%s]:%d (%s)", cfg->coap_bind, cfg->dtls_port,
-                   strerror(errno));
-            goto out;
-        }
-        gate = dtls_gate_attach(ctx, &addr);
-        if (!gate)
-            goto out;
-        gw_info("coap", "listening for CoAP over DTLS on [%s]:%d", cfg->coap_bind,
-                cfg->dtls_port);
-    }
-    if (cfg->coap_plain) {
-        make_address(cfg->coap_bind, cfg->coap_port, &addr);
-        if (!coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP)) {
-            gw_err("coap", "cannot bind plain CoAP to [%s]:%d (%s)", cfg->coap_bind,
-                   cfg->coap_port, strerror(errno));
-            goto out;
-        }
-        gw_warn("coap", "plain CoAP (unencrypted) on [%s]:%d", cfg->coap_bind, cfg->coap_port);
-    }
-
-    b = bridge_new(cfg, ctx);
-    if (!b) {
-        gw_err("bridge", "cannot set up the bridge");
+    p.b = bridge_new(cfg, p.ctx);
+    if (!p.b) {
+        gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
     }
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    int coap_fd = coap_context_get_coap_fd(ctx);
-    if (ep < 0 || sfd < 0 || coap_fd < 0 || add_fd(ep, coap_fd, TAG_COAP) < 0 ||
-        add_fd(ep, bridge_inbox_fd(b), TAG_INBOX) < 0 || add_fd(ep, sfd, TAG_SIGNAL) < 0 ||
-        (gate && add_fd(ep, dtls_gate_fd(gate), TAG_DTLS) < 0)) {
-        gw_err("gateway", "cannot set up the event loop (%s)", strerror(errno));
+    p.loop = ev_new();
+    if (!p.loop || register_entries(&p, &mask) < 0) {
+        gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
-    if (gate)
-        bridge_show_gate(b, dtls_gate_stats(gate));
-    bridge_start(b);
+    p.stats = stats_new();
+    p.report = p.stats ? gw_report_new(p.stats, cfg) : NULL;
+    if (!p.report || bridge_add_stats(p.b, p.stats) < 0 ||
+        (p.gate && stats_add(p.stats, &dtls_gate_section, dtls_gate_stats(p.gate)) < 0) ||
+        gw_report_add_tail(p.report) < 0) {
+        gw_err(GATEWAY, "cannot set up the statistics (out of memory)");
+        goto out;
+    }
+    bridge_start(p.b);
     /* The listeners are bound: ready. */
     notify("READY=1\nSTATUS=running");
-    uint64_t watchdog_ms = watchdog_interval_ms(), next_watchdog = 0;
-    gw_info("gateway", "%s ready (tandem %s)", cfg->id, TANDEM_VERSION);
+    gw_info(GATEWAY, "%s ready (tandem %s)", cfg->gateway.id, TANDEM_VERSION);
 
-    for (;;) {
-        struct epoll_event evs[8];
-        int timeout = bridge_timeout_ms(b);
-        if (cfg->stats_interval > 0 && (timeout < 0 || timeout > 1000))
-            timeout = 1000;
-        if (stopping)
-            timeout = 50;
-        if (watchdog_ms && (timeout < 0 || (uint64_t)timeout > watchdog_ms))
-            timeout = (int)watchdog_ms;
-        int n = epoll_wait(ep, evs, 8, timeout);
-        if (n < 0 && errno != EINTR) {
-            gw_err("gateway", "epoll_wait failed (%s)", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n; i++) {
-            switch (evs[i].data.u32) {
-            case TAG_COAP:
-                /* Several datagrams per turn: bridge_commit() syncs them together. */
-                for (int k = 0; k < COAP_BATCH; k++) {
-                    coap_io_process(ctx, COAP_IO_NO_WAIT);
-                    /* A handshake that just finished makes its resources before the next request. */
-                    bridge_after_io(b);
-                    if (!readable(coap_fd))
-                        break;
-                }
-                break;
-            case TAG_DTLS: {
-                /*
-                 * Hellos without a valid cookie stop at the gate; libcoap
-                 * reads the rest, one datagram at a time so that a handshake
-                 * that just finished makes its resources before the next
-                 * request.
-                 */
-                int handed = 0;
-                while (handed < COAP_BATCH && dtls_gate_run(gate, ctx, 1) > 0) {
-                    handed++;
-                    bridge_after_io(b);
-                }
-                if (handed) {
-                    coap_io_process(ctx, COAP_IO_NO_WAIT);
-                    bridge_after_io(b);
-                }
-                break;
-            }
-            case TAG_INBOX:
-                bridge_process_inbox(b);
-                /* Send the answers that acknowledgements have released. */
-                coap_io_process(ctx, COAP_IO_NO_WAIT);
-                bridge_after_io(b);
-                break;
-            case TAG_SIGNAL: {
-                struct signalfd_siginfo si;
-                while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-                    if (si.ssi_signo == SIGHUP) {
-                        if (!stopping) {
-                            reload(ctx, b, cfgp, pskp);
-                            cfg = *cfgp;
-                        }
-                    } else if (stopping) {
-                        gw_warn("gateway", "second stop signal: exiting now");
-                        status = GW_EXIT_OK;
-                        goto out;
-                    } else {
-                        gw_info("gateway", "stopping (%s)", strsignal((int)si.ssi_signo));
-                        notify("STOPPING=1");
-                        stopping = true;
-                        stop_deadline = now_ms() + STOP_WAIT_MS;
-                        bridge_drain(b);
-                    }
-                }
-                break;
-            }
-            }
-        }
-        bridge_commit(b);
-        bridge_tick(b);
-        publish_stats(b, cfg, &next_stats);
-        if (watchdog_ms && now_ms() >= next_watchdog) {
-            notify("WATCHDOG=1");
-            next_watchdog = now_ms() + watchdog_ms;
-        }
-        if (stopping && (bridge_inflight(b) == 0 || now_ms() >= stop_deadline))
-            break;
+    if (ev_run(p.loop) < 0) {
+        gw_err(GATEWAY, "the event loop failed (%s)", strerror(errno));
+        goto out;
     }
-    bridge_commit(b);
+    p.status = GW_EXIT_OK;
+    if (p.at_once)
+        goto out;
+    bridge_commit(p.b);
     /* Whatever is still waiting gets 5.03: the device will retry elsewhere or later. */
-    bridge_abandon(b);
-    coap_io_process(ctx, COAP_IO_NO_WAIT);
-    bridge_shutdown(b, 1000);
-    gw_info("gateway", "stopped");
-    status = GW_EXIT_OK;
+    bridge_abandon(p.b);
+    coap_io_process(p.ctx, COAP_IO_NO_WAIT);
+    bridge_shutdown(p.b, 1000);
+    gw_info(GATEWAY, "stopped");
+    p.status = GW_EXIT_OK;
 out:
-    if (sfd >= 0)
-        close(sfd);
-    if (ep >= 0)
-        close(ep);
-    bridge_free(b);
-    if (gate) {
-        const dtls_gate_stats_t *st = dtls_gate_stats(gate);
-        gw_info("dtls",
+    ev_free(p.loop);
+    if (p.sfd >= 0)
+        close(p.sfd);
+    gw_report_free(p.report);
+    bridge_remove_stats(p.b, p.stats);
+    stats_free(p.stats);
+    bridge_free(p.b);
+    if (p.gate) {
+        const dtls_gate_stats_t *st = dtls_gate_stats(p.gate);
+        gw_info(DTLS,
                 "cookie gate: %llu ClientHellos answered with a cookie, %llu verified, "
                 "%llu datagrams dropped, %llu verified addresses forgotten early",
                 (unsigned long long)st->hellos_answered, (unsigned long long)st->peers_verified,
                 (unsigned long long)st->dropped, (unsigned long long)st->peers_forgotten);
     }
     /* Before libcoap closes the socket: it gives it back to libcoap's epoll set. */
-    dtls_gate_free(gate);
-    coap_free_context(ctx);
+    dtls_gate_free(p.gate);
+    coap_free_context(p.ctx);
     dtls_release();
     coap_cleanup();
-    return status;
+    return p.status;
 }

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "config_file.h"
 #include "dtls.h"
 #include "gateway.h"
 #include "log.h"
@@ -104,11 +104,11 @@ int main(int argc, char **argv)
     int status = GW_EXIT_OK;
     if (!strcmp(cmd, "check")) {
         gw_config_print_mappings(cfg, stdout);
-        if (*cfg->psk_file)
+        if (*cfg->coap.dtls.psk_file)
             printf("psk_file: %zu identities\n", dtls_psk_count(psk));
         printf("%s: configuration OK\n", path);
     } else {
-        gw_log_set_level(cfg->log_level);
+        gw_log_set_level(cfg->gateway.log_level);
         status = gw_run(&cfg, &psk); /* a reload replaces both */
     }
     dtls_psk_free(psk);

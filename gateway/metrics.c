@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "error.h"
 #include "log.h"
 
 /* When libmicrohttpd has no deadline: look again now and then all the same. */
@@ -123,7 +124,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     size_t len = 0;
     char *body = stats_prometheus(m->stats, &len);
     if (!body) {
-        gw_log_limited(GW_LOG_WARNING, "metrics", "cannot answer a scrape (out of memory)");
+        gw_log_limited(GW_LOG_WARNING, METRICS, "cannot answer a scrape (out of memory)");
         return MHD_NO;
     }
     return reply(conn, MHD_HTTP_OK, body, len, NULL);
@@ -136,7 +137,7 @@ static void on_log(void *cls, const char *fmt, va_list ap)
     (void)cls;
     vsnprintf(line, sizeof(line), fmt, ap);
     line[strcspn(line, "\n")] = '\0';
-    gw_log_limited(GW_LOG_DEBUG, "metrics", "%s", line);
+    gw_log_limited(GW_LOG_DEBUG, METRICS, "%s", line);
 }
 
 /* Milliseconds until libmicrohttpd wants to run again. */
@@ -188,7 +189,7 @@ static int listen_at(const gw_listen_t *l, const char *text)
     int fd = socket(l->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, GW_METRICS_CONNECTIONS) < 0) {
-        gw_err("metrics", "cannot listen on %s (%s)", text, strerror(errno));
+        gw_err(METRICS, "cannot listen on %s (%s)", text, strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
@@ -201,12 +202,12 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats
     gw_listen_t l;
     const char *why;
     if (gw_listen_parse(listen, &l, &why) < 0) {
-        gw_err("metrics", "metrics.listen \"%s\": %s", listen, why);
+        gw_err(METRICS, "metrics.listen \"%s\": %s", listen, why);
         return NULL;
     }
     gw_metrics_t *m = calloc(1, sizeof(*m));
     if (!m) {
-        gw_err("metrics", "out of memory");
+        gw_err(METRICS, "out of memory");
         return NULL;
     }
     m->loop = loop;
@@ -225,7 +226,7 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats
                             (unsigned)GW_METRICS_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_END);
     if (!m->d) {
-        gw_err("metrics", "cannot start the HTTP server on %s", listen);
+        gw_err(METRICS, "cannot start the HTTP server on %s", listen);
         close(fd);
         free(m);
         return NULL;
@@ -238,11 +239,11 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats
     if (rc == 0)
         rc = stats_add(stats, &metrics_section, &m->st);
     if (rc < 0) {
-        gw_err("metrics", "cannot serve %s (%s)", listen, gw_strerror(rc));
+        gw_err(METRICS, "cannot serve %s (%s)", listen, gw_strerror(rc));
         gw_metrics_free(m);
         return NULL;
     }
-    gw_info("metrics", "serving Prometheus metrics at http://%s/metrics", listen);
+    gw_info(METRICS, "serving Prometheus metrics at http://%s/metrics", listen);
     return m;
 }
 

@@ -62,7 +62,7 @@ static int check_dates(gnutls_x509_crt_t crt, const char *path, int *days_left, 
     return 0;
 }
 
-int tls_cert_days_left(const char *cert_path, int *days)
+int tls_cert_expiry(const char *cert_path, time_t *not_after)
 {
     gnutls_x509_crt_t *chain = NULL;
     unsigned n = 0;
@@ -74,9 +74,23 @@ int tls_cert_days_left(const char *cert_path, int *days)
     free_chain(chain, n);
     if (until == (time_t)-1)
         return -EINVAL;
-    double left = difftime(until, time(NULL)) / 86400;
-    *days = (int)(left < 0 ? left - 1 : left); /* whole days, rounded down */
+    *not_after = until;
     return 0;
+}
+
+int tls_days_left(time_t not_after, time_t now)
+{
+    double left = difftime(not_after, now) / 86400;
+    return (int)(left < 0 ? left - 1 : left); /* whole days, rounded down */
+}
+
+int tls_cert_days_left(const char *cert_path, int *days)
+{
+    time_t until;
+    int rc = tls_cert_expiry(cert_path, &until);
+    if (rc == 0)
+        *days = tls_days_left(until, time(NULL));
+    return rc;
 }
 
 int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, char *err,

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Days within which an expiry is warned about (SPEC §8). */
 #define TLS_EXPIRY_WARN_DAYS 21
@@ -25,6 +26,11 @@ int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, 
  * it has). Returns 0, or a negative errno code.
  */
 int tls_cert_days_left(const char *cert_path, int *days);
+
+/* When the first certificate of a PEM file expires. 0, or a negative errno code. */
+int tls_cert_expiry(const char *cert_path, time_t *not_after);
+/* Whole days from now until not_after, rounded down (negative once past). */
+int tls_days_left(time_t not_after, time_t now);
 
 /* Checks a PEM CA bundle: at least one certificate, none expired. */
 int tls_ca_check(const char *ca_path, char *err, size_t errlen);

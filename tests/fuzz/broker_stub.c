@@ -59,9 +59,9 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
 {
     size_t tlen = strlen(msg->topic);
     FUZZ_CHECK(map_topic_ok(msg->topic, tlen));
-    FUZZ_CHECK(!strncmp(msg->topic, "fz/", 3) || !strcmp(msg->topic, m->cfg->status_topic));
+    FUZZ_CHECK(!strncmp(msg->topic, "fz/", 3) || !strcmp(msg->topic, m->cfg->mqtt.status_topic));
     FUZZ_CHECK(msg->qos >= 0 && msg->qos <= 2);
-    FUZZ_CHECK(msg->len <= (size_t)m->cfg->max_payload);
+    FUZZ_CHECK(msg->len <= (size_t)m->cfg->coap.max_payload);
     FUZZ_CHECK(!msg->device || map_identity_ok(msg->device, strlen(msg->device)));
     if (!m->connected)
         return -ENOTCONN;

@@ -28,7 +28,7 @@
 
 #include "bridge_int.h"
 #include "broker_stub.h"
-#include "config.h"
+#include "config_file.h"
 #include "log.h"
 
 #define DEVICES 4
@@ -114,9 +114,9 @@ static void check_bounds(const bridge_t *b)
 {
     struct sessions_stats ss;
     sessions_stats(b->sessions, &ss);
-    FUZZ_CHECK(ss.sessions <= (uint64_t)b->cfg->max_sessions);
-    FUZZ_CHECK(store_count(b->store) <= (size_t)b->cfg->max_resources);
-    FUZZ_CHECK(b->b1_bytes <= (size_t)512 * (size_t)b->cfg->max_payload);
+    FUZZ_CHECK(ss.sessions <= (uint64_t)b->cfg->coap.max_sessions);
+    FUZZ_CHECK(down_resources(b->down) <= (size_t)b->cfg->coap.max_resources);
+    FUZZ_CHECK(b1_pool_stats(b->b1)->bytes <= (size_t)512 * (size_t)b->cfg->coap.max_payload);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -149,7 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     addr.size = sizeof(addr.addr.sin);
     if (!ctx || !coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP))
         goto out; /* the port was taken meanwhile */
-    coap_context_set_max_idle_sessions(ctx, (unsigned)cfg->max_sessions);
+    coap_context_set_max_idle_sessions(ctx, (unsigned)cfg->coap.max_sessions);
     b = bridge_new(cfg, ctx);
     FUZZ_CHECK(b);
     bridge_start(b);

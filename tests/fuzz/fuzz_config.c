@@ -17,7 +17,7 @@
 #include <limits.h>
 #include <string.h>
 
-#include "config.h"
+#include "config_file.h"
 #include "log.h"
 #include "mapping.h"
 
@@ -65,29 +65,29 @@ static void check_topic(const char *t, const char *id)
 
 static void check_config(const gw_config_t *cfg)
 {
-    FUZZ_CHECK(cfg->id && map_value_ok(cfg->id, strlen(cfg->id)) && strlen(cfg->id) <= 64);
-    FUZZ_CHECK(cfg->log_level >= GW_LOG_ERROR && cfg->log_level <= GW_LOG_DEBUG);
-    FUZZ_CHECK(cfg->coap_port >= 1 && cfg->coap_port <= 65535);
-    FUZZ_CHECK(cfg->dtls_port >= 1 && cfg->dtls_port <= 65535);
-    FUZZ_CHECK(cfg->max_sessions >= 1 && cfg->max_payload >= 1 && cfg->max_resources >= 1);
-    FUZZ_CHECK(cfg->mqtt_version == 3 || cfg->mqtt_version == 5);
-    FUZZ_CHECK(cfg->keepalive >= 0 && cfg->keepalive <= 65535);
-    FUZZ_CHECK(cfg->max_inflight >= 1 && cfg->publish_timeout >= 1 && cfg->offline_buffer >= 0);
-    FUZZ_CHECK(cfg->coap_plain || *cfg->psk_file || *cfg->dtls_cert);
-    FUZZ_CHECK(!*cfg->dtls_cert == !*cfg->dtls_key && !*cfg->mqtt_cert == !*cfg->mqtt_key);
-    FUZZ_CHECK(!cfg->ml_enabled);
+    FUZZ_CHECK(cfg->gateway.id && map_value_ok(cfg->gateway.id, strlen(cfg->gateway.id)) && strlen(cfg->gateway.id) <= 64);
+    FUZZ_CHECK(cfg->gateway.log_level >= GW_LOG_ERROR && cfg->gateway.log_level <= GW_LOG_DEBUG);
+    FUZZ_CHECK(cfg->coap.port >= 1 && cfg->coap.port <= 65535);
+    FUZZ_CHECK(cfg->coap.dtls.port >= 1 && cfg->coap.dtls.port <= 65535);
+    FUZZ_CHECK(cfg->coap.max_sessions >= 1 && cfg->coap.max_payload >= 1 && cfg->coap.max_resources >= 1);
+    FUZZ_CHECK(cfg->mqtt.version == 3 || cfg->mqtt.version == 5);
+    FUZZ_CHECK(cfg->mqtt.keepalive >= 0 && cfg->mqtt.keepalive <= 65535);
+    FUZZ_CHECK(cfg->mqtt.max_inflight >= 1 && cfg->mqtt.publish_timeout >= 1 && cfg->mqtt.offline_buffer >= 0);
+    FUZZ_CHECK(cfg->coap.plain || *cfg->coap.dtls.psk_file || *cfg->coap.dtls.cert);
+    FUZZ_CHECK(!*cfg->coap.dtls.cert == !*cfg->coap.dtls.key && !*cfg->mqtt.cert == !*cfg->mqtt.key);
+    FUZZ_CHECK(!cfg->mqtt_listener.enabled);
     gw_listen_t listen;
-    FUZZ_CHECK(!*cfg->metrics_listen || gw_listen_parse(cfg->metrics_listen, &listen, NULL) == 0);
-    FUZZ_CHECK(strlen(cfg->control_socket) < 108);
+    FUZZ_CHECK(!*cfg->metrics.listen || gw_listen_parse(cfg->metrics.listen, &listen, NULL) == 0);
+    FUZZ_CHECK(strlen(cfg->gateway.control_socket) < 108);
 
     gw_uri_t uri;
-    FUZZ_CHECK(gw_uri_parse(cfg->mqtt_uri, &uri) == 0);
+    FUZZ_CHECK(gw_uri_parse(cfg->mqtt.uri, &uri) == 0);
     FUZZ_CHECK(uri.host[0] && uri.port >= 1 && uri.port <= 65535);
-    FUZZ_CHECK(*cfg->client_id && strlen(cfg->client_id) <= 256);
+    FUZZ_CHECK(*cfg->mqtt.client_id && strlen(cfg->mqtt.client_id) <= 256);
     /* {gateway} was rendered (the id itself may hold braces: "a{gateway}b" is a valid id). */
-    FUZZ_CHECK(strchr(cfg->id, '{') || !strstr(cfg->client_id, "{gateway}"));
-    check_topic(cfg->status_topic, cfg->id);
-    check_topic(cfg->stats_topic, cfg->id);
+    FUZZ_CHECK(strchr(cfg->gateway.id, '{') || !strstr(cfg->mqtt.client_id, "{gateway}"));
+    check_topic(cfg->mqtt.status_topic, cfg->gateway.id);
+    check_topic(cfg->mqtt.stats_topic, cfg->gateway.id);
 
     FUZZ_CHECK(cfg->maps);
     size_t n = map_table_count(cfg->maps);
@@ -131,7 +131,7 @@ static const gw_config_t *running_config(void)
                              sizeof(path)) == 0);
     running = gw_config_load(path, &errs);
     fuzz_file_remove(path);
-    FUZZ_CHECK(running && running->password);
+    FUZZ_CHECK(running && running->mqtt.password);
     gw_errs_clear(&errs);
     atexit(running_free);
     /* gw_config_keep_fixed() warns of each setting that takes a restart. */
@@ -149,18 +149,18 @@ static void check_reload(gw_config_t *next)
 {
     const gw_config_t *cur = running_config();
     gw_config_keep_fixed(next, cur);
-    FUZZ_CHECK(same(next->id, cur->id) && same(next->control_socket, cur->control_socket));
-    FUZZ_CHECK(same(next->state_dir, cur->state_dir) && same(next->coap_bind, cur->coap_bind));
-    FUZZ_CHECK(next->coap_plain == cur->coap_plain && next->coap_port == cur->coap_port);
-    FUZZ_CHECK(next->dtls_port == cur->dtls_port && same(next->mqtt_uri, cur->mqtt_uri));
-    FUZZ_CHECK(same(next->client_id, cur->client_id) && next->mqtt_version == cur->mqtt_version);
-    FUZZ_CHECK(same(next->username, cur->username) && same(next->password, cur->password));
-    FUZZ_CHECK(same(next->mqtt_ca, cur->mqtt_ca) && same(next->mqtt_cert, cur->mqtt_cert));
-    FUZZ_CHECK(same(next->mqtt_key, cur->mqtt_key) && next->keepalive == cur->keepalive);
-    FUZZ_CHECK(next->verify_hostname == cur->verify_hostname);
-    FUZZ_CHECK(next->clean_start == cur->clean_start && next->max_inflight == cur->max_inflight);
-    FUZZ_CHECK(next->offline_buffer == cur->offline_buffer);
-    FUZZ_CHECK(same(next->status_topic, cur->status_topic));
+    FUZZ_CHECK(same(next->gateway.id, cur->gateway.id) && same(next->gateway.control_socket, cur->gateway.control_socket));
+    FUZZ_CHECK(same(next->gateway.state_dir, cur->gateway.state_dir) && same(next->coap.bind, cur->coap.bind));
+    FUZZ_CHECK(next->coap.plain == cur->coap.plain && next->coap.port == cur->coap.port);
+    FUZZ_CHECK(next->coap.dtls.port == cur->coap.dtls.port && same(next->mqtt.uri, cur->mqtt.uri));
+    FUZZ_CHECK(same(next->mqtt.client_id, cur->mqtt.client_id) && next->mqtt.version == cur->mqtt.version);
+    FUZZ_CHECK(same(next->mqtt.username, cur->mqtt.username) && same(next->mqtt.password, cur->mqtt.password));
+    FUZZ_CHECK(same(next->mqtt.ca, cur->mqtt.ca) && same(next->mqtt.cert, cur->mqtt.cert));
+    FUZZ_CHECK(same(next->mqtt.key, cur->mqtt.key) && next->mqtt.keepalive == cur->mqtt.keepalive);
+    FUZZ_CHECK(next->mqtt.verify_hostname == cur->mqtt.verify_hostname);
+    FUZZ_CHECK(next->mqtt.clean_start == cur->mqtt.clean_start && next->mqtt.max_inflight == cur->mqtt.max_inflight);
+    FUZZ_CHECK(next->mqtt.offline_buffer == cur->mqtt.offline_buffer);
+    FUZZ_CHECK(same(next->mqtt.status_topic, cur->mqtt.status_topic));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -3,13 +3,15 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config_file.h"
+#include "log.h"
+#include "mapping.h"
 
 static char dir[] = "/tmp/tandem-config-XXXXXX";
 static char path[128];
@@ -65,32 +67,32 @@ Test(config, defaults_from_the_schema)
 {
     gw_config_t *cfg = load_text(BASE);
     cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
-    cr_assert_str_eq(cfg->id, "edge-01");
-    cr_assert_eq(cfg->log_level, GW_LOG_INFO);
-    cr_assert_str_eq(cfg->coap_bind, "::");
-    cr_assert_eq(cfg->coap_plain, false);
-    cr_assert_eq(cfg->coap_port, 5683);
-    cr_assert_eq(cfg->dtls_port, 5684);
-    cr_assert_eq(cfg->max_payload, 65536);
-    cr_assert_eq(cfg->max_sessions, 10000);
-    cr_assert_eq(cfg->max_resources, 100000);
-    cr_assert_eq(cfg->session_idle_timeout, 300);
-    cr_assert_str_eq(cfg->mqtt_uri, "mqtts://localhost:8883");
-    cr_assert_str_eq(cfg->client_id, "tandem-edge-01");
-    cr_assert_str_eq(cfg->status_topic, "tandem/edge-01/status");
-    cr_assert_eq(cfg->mqtt_version, 5);
-    cr_assert_eq(cfg->verify_hostname, true);
-    cr_assert_eq(cfg->clean_start, false);
-    cr_assert_eq(cfg->max_inflight, 1000);
-    cr_assert_eq(cfg->publish_timeout, 10);
-    cr_assert_eq(cfg->offline_buffer, 10000);
-    cr_assert_eq(cfg->stats_interval, 60);
-    cr_assert_eq(cfg->ml_enabled, false);
-    cr_assert_eq(cfg->ml_require_client_cert, true);
-    cr_assert_str_eq(cfg->control_socket, "/run/tandem/control.sock");
+    cr_assert_str_eq(cfg->gateway.id, "edge-01");
+    cr_assert_eq(cfg->gateway.log_level, GW_LOG_INFO);
+    cr_assert_str_eq(cfg->coap.bind, "::");
+    cr_assert_eq(cfg->coap.plain, false);
+    cr_assert_eq(cfg->coap.port, 5683);
+    cr_assert_eq(cfg->coap.dtls.port, 5684);
+    cr_assert_eq(cfg->coap.max_payload, 65536);
+    cr_assert_eq(cfg->coap.max_sessions, 10000);
+    cr_assert_eq(cfg->coap.max_resources, 100000);
+    cr_assert_eq(cfg->coap.session_idle_timeout, 300);
+    cr_assert_str_eq(cfg->mqtt.uri, "mqtts://localhost:8883");
+    cr_assert_str_eq(cfg->mqtt.client_id, "tandem-edge-01");
+    cr_assert_str_eq(cfg->mqtt.status_topic, "tandem/edge-01/status");
+    cr_assert_eq(cfg->mqtt.version, 5);
+    cr_assert_eq(cfg->mqtt.verify_hostname, true);
+    cr_assert_eq(cfg->mqtt.clean_start, false);
+    cr_assert_eq(cfg->mqtt.max_inflight, 1000);
+    cr_assert_eq(cfg->mqtt.publish_timeout, 10);
+    cr_assert_eq(cfg->mqtt.offline_buffer, 10000);
+    cr_assert_eq(cfg->mqtt.stats_interval, 60);
+    cr_assert_eq(cfg->mqtt_listener.enabled, false);
+    cr_assert_eq(cfg->mqtt_listener.require_client_cert, true);
+    cr_assert_str_eq(cfg->gateway.control_socket, "/run/tandem/control.sock");
     char want[160];
     snprintf(want, sizeof(want), "%s/psk.txt", dir);
-    cr_assert_str_eq(cfg->psk_file, want, "relative paths are relative to the file");
+    cr_assert_str_eq(cfg->coap.dtls.psk_file, want, "relative paths are relative to the file");
     cr_assert_eq(gw_config_line(cfg, "coap.dtls.psk_file"), 1);
     cr_assert_eq(gw_config_line(cfg, "coap.port"), 0);
     gw_config_free(cfg);
@@ -180,11 +182,11 @@ Test(config, metrics_listen)
 {
     gw_config_t *cfg = load_text(BASE "metrics = {\n  listen = \"127.0.0.1:9464\";\n};\n");
     cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
-    cr_assert_str_eq(cfg->metrics_listen, "127.0.0.1:9464");
+    cr_assert_str_eq(cfg->metrics.listen, "127.0.0.1:9464");
     gw_config_free(cfg);
     cfg = load_text(BASE);
     cr_assert_not_null(cfg);
-    cr_assert_str_eq(cfg->metrics_listen, "", "off by default");
+    cr_assert_str_eq(cfg->metrics.listen, "", "off by default");
     gw_config_free(cfg);
 
     expect_error(BASE "metrics = {\n  listen = \"localhost:9464\";\n};\n", 3, "metrics.listen",
@@ -264,12 +266,12 @@ Test(config, control_socket)
     cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
     char want[256];
     snprintf(want, sizeof(want), "%s/run/c.sock", dir);
-    cr_assert_str_eq(cfg->control_socket, want, "relative to the file's folder");
+    cr_assert_str_eq(cfg->gateway.control_socket, want, "relative to the file's folder");
     gw_config_free(cfg);
 
     cfg = load_text(BASE "gateway = {\n  control_socket = \"\";\n};\n");
     cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
-    cr_assert_str_eq(cfg->control_socket, "", "\"\" turns it off");
+    cr_assert_str_eq(cfg->gateway.control_socket, "", "\"\" turns it off");
     gw_config_free(cfg);
 
     char text[512];

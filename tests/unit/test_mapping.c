@@ -242,7 +242,7 @@ Test(mapping, identities)
 Test(mapping, mqtt_string_rules)
 {
     static const char *const refused[] = {
-        "a\x01" "b",       /* U+0001 */
+        ("a\x01" "b"),     /* U+0001 */
         "tab\there",       /* U+0009 */
         "nl\n",            /* U+000A */
         "\x1f",            /* U+001F */
@@ -291,7 +291,7 @@ Test(mapping, control_characters_in_paths_are_refused)
     const map_entry_t *e;
     map_segs_t segs;
     add("z", "zones/{zone}/{rest*}", "redback/zones/{zone}/{rest*}", MAP_UP, 1);
-    static const char *const bad[] = {"zones/a\x01" "b/x", "zones/ab/x\x7f", "zones/\x1f/x",
+    static const char *const bad[] = {("zones/a\x01" "b/x"), "zones/ab/x\x7f", "zones/\x1f/x",
                                       "zones/a/b\xc2\x85"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cr_assert_eq(map_split(bad[i], strlen(bad[i]), &segs), 0);

@@ -3,8 +3,9 @@
  * every setting: its name, type, range, default, and whether a reload may
  * change it.
  */
-#include "config.h"
+#include "config_file.h"
 #include "log.h"
+#include "mapping.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,62 +35,62 @@ struct setting {
 
 static const struct setting schema[] = {
     {"gateway", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"gateway.id", S_STR, OFF(id), 0, 0, "edge-01", NULL, false},
-    {"gateway.log_level", S_ENUM, OFF(log_level), 0, 0, "info", "error|warning|info|debug", true},
-    {"gateway.control_socket", S_PATH, OFF(control_socket), 0, 0, "/run/tandem/control.sock",
+    {"gateway.id", S_STR, OFF(gateway.id), 0, 0, "edge-01", NULL, false},
+    {"gateway.log_level", S_ENUM, OFF(gateway.log_level), 0, 0, "info", "error|warning|info|debug", true},
+    {"gateway.control_socket", S_PATH, OFF(gateway.control_socket), 0, 0, "/run/tandem/control.sock",
      NULL, false},
-    {"gateway.state_dir", S_PATH, OFF(state_dir), 0, 0, "/var/lib/tandem", NULL, false},
+    {"gateway.state_dir", S_PATH, OFF(gateway.state_dir), 0, 0, "/var/lib/tandem", NULL, false},
 
     {"coap", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"coap.bind", S_STR, OFF(coap_bind), 0, 0, "::", NULL, false},
-    {"coap.plain", S_BOOL, OFF(coap_plain), 0, 0, "false", NULL, false},
-    {"coap.port", S_INT, OFF(coap_port), 1, 65535, "5683", NULL, false},
-    {"coap.max_sessions", S_INT, OFF(max_sessions), 1, 1000000, "10000", NULL, true},
-    {"coap.max_payload", S_INT, OFF(max_payload), 1, 16777216, "65536", NULL, true},
-    {"coap.max_resources", S_INT, OFF(max_resources), 1, 10000000, "100000", NULL, true},
-    {"coap.session_idle_timeout", S_INT, OFF(session_idle_timeout), 1, 86400, "300", NULL, true},
+    {"coap.bind", S_STR, OFF(coap.bind), 0, 0, "::", NULL, false},
+    {"coap.plain", S_BOOL, OFF(coap.plain), 0, 0, "false", NULL, false},
+    {"coap.port", S_INT, OFF(coap.port), 1, 65535, "5683", NULL, false},
+    {"coap.max_sessions", S_INT, OFF(coap.max_sessions), 1, 1000000, "10000", NULL, true},
+    {"coap.max_payload", S_INT, OFF(coap.max_payload), 1, 16777216, "65536", NULL, true},
+    {"coap.max_resources", S_INT, OFF(coap.max_resources), 1, 10000000, "100000", NULL, true},
+    {"coap.session_idle_timeout", S_INT, OFF(coap.session_idle_timeout), 1, 86400, "300", NULL, true},
     {"coap.dtls", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"coap.dtls.port", S_INT, OFF(dtls_port), 1, 65535, "5684", NULL, false},
-    {"coap.dtls.psk_file", S_PATH, OFF(psk_file), 0, 0, "", NULL, true},
-    {"coap.dtls.cert", S_PATH, OFF(dtls_cert), 0, 0, "", NULL, true},
-    {"coap.dtls.key", S_PATH, OFF(dtls_key), 0, 0, "", NULL, true},
-    {"coap.dtls.ca", S_PATH, OFF(dtls_ca), 0, 0, "", NULL, true},
-    {"coap.dtls.require_client_cert", S_BOOL, OFF(require_client_cert), 0, 0, "false", NULL,
+    {"coap.dtls.port", S_INT, OFF(coap.dtls.port), 1, 65535, "5684", NULL, false},
+    {"coap.dtls.psk_file", S_PATH, OFF(coap.dtls.psk_file), 0, 0, "", NULL, true},
+    {"coap.dtls.cert", S_PATH, OFF(coap.dtls.cert), 0, 0, "", NULL, true},
+    {"coap.dtls.key", S_PATH, OFF(coap.dtls.key), 0, 0, "", NULL, true},
+    {"coap.dtls.ca", S_PATH, OFF(coap.dtls.ca), 0, 0, "", NULL, true},
+    {"coap.dtls.require_client_cert", S_BOOL, OFF(coap.dtls.require_client_cert), 0, 0, "false", NULL,
      true},
 
     {"mqtt", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"mqtt.uri", S_STR, OFF(mqtt_uri), 0, 0, "mqtts://localhost:8883", NULL, false},
-    {"mqtt.client_id", S_STR, OFF(client_id), 0, 0, "tandem-{gateway}", NULL, false},
-    {"mqtt.version", S_INT, OFF(mqtt_version), 3, 5, "5", NULL, false},
-    {"mqtt.username", S_STR, OFF(username), 0, 0, "", NULL, false},
-    {"mqtt.password_file", S_PATH, OFF(password_file), 0, 0, "", NULL, false},
-    {"mqtt.ca", S_PATH, OFF(mqtt_ca), 0, 0, "", NULL, false},
-    {"mqtt.cert", S_PATH, OFF(mqtt_cert), 0, 0, "", NULL, false},
-    {"mqtt.key", S_PATH, OFF(mqtt_key), 0, 0, "", NULL, false},
-    {"mqtt.verify_hostname", S_BOOL, OFF(verify_hostname), 0, 0, "true", NULL, false},
-    {"mqtt.keepalive", S_INT, OFF(keepalive), 0, 65535, "30", NULL, false},
-    {"mqtt.clean_start", S_BOOL, OFF(clean_start), 0, 0, "false", NULL, false},
-    {"mqtt.max_inflight", S_INT, OFF(max_inflight), 1, 65535, "1000", NULL, false},
-    {"mqtt.publish_timeout", S_INT, OFF(publish_timeout), 1, 3600, "10", NULL, true},
-    {"mqtt.offline_buffer", S_INT, OFF(offline_buffer), 0, 10000000, "10000", NULL, false},
-    {"mqtt.status_topic", S_STR, OFF(status_topic), 0, 0, "tandem/{gateway}/status", NULL, false},
-    {"mqtt.stats_topic", S_STR, OFF(stats_topic), 0, 0, "tandem/{gateway}/stats", NULL, true},
-    {"mqtt.stats_interval", S_INT, OFF(stats_interval), 0, 86400, "60", NULL, true},
+    {"mqtt.uri", S_STR, OFF(mqtt.uri), 0, 0, "mqtts://localhost:8883", NULL, false},
+    {"mqtt.client_id", S_STR, OFF(mqtt.client_id), 0, 0, "tandem-{gateway}", NULL, false},
+    {"mqtt.version", S_INT, OFF(mqtt.version), 3, 5, "5", NULL, false},
+    {"mqtt.username", S_STR, OFF(mqtt.username), 0, 0, "", NULL, false},
+    {"mqtt.password_file", S_PATH, OFF(mqtt.password_file), 0, 0, "", NULL, false},
+    {"mqtt.ca", S_PATH, OFF(mqtt.ca), 0, 0, "", NULL, false},
+    {"mqtt.cert", S_PATH, OFF(mqtt.cert), 0, 0, "", NULL, false},
+    {"mqtt.key", S_PATH, OFF(mqtt.key), 0, 0, "", NULL, false},
+    {"mqtt.verify_hostname", S_BOOL, OFF(mqtt.verify_hostname), 0, 0, "true", NULL, false},
+    {"mqtt.keepalive", S_INT, OFF(mqtt.keepalive), 0, 65535, "30", NULL, false},
+    {"mqtt.clean_start", S_BOOL, OFF(mqtt.clean_start), 0, 0, "false", NULL, false},
+    {"mqtt.max_inflight", S_INT, OFF(mqtt.max_inflight), 1, 65535, "1000", NULL, false},
+    {"mqtt.publish_timeout", S_INT, OFF(mqtt.publish_timeout), 1, 3600, "10", NULL, true},
+    {"mqtt.offline_buffer", S_INT, OFF(mqtt.offline_buffer), 0, 10000000, "10000", NULL, false},
+    {"mqtt.status_topic", S_STR, OFF(mqtt.status_topic), 0, 0, "tandem/{gateway}/status", NULL, false},
+    {"mqtt.stats_topic", S_STR, OFF(mqtt.stats_topic), 0, 0, "tandem/{gateway}/stats", NULL, true},
+    {"mqtt.stats_interval", S_INT, OFF(mqtt.stats_interval), 0, 86400, "60", NULL, true},
 
     {"mqtt_listener", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"mqtt_listener.enabled", S_BOOL, OFF(ml_enabled), 0, 0, "false", NULL, false},
-    {"mqtt_listener.bind", S_STR, OFF(ml_bind), 0, 0, "::", NULL, false},
-    {"mqtt_listener.port", S_INT, OFF(ml_port), 1, 65535, "8883", NULL, false},
-    {"mqtt_listener.cert", S_PATH, OFF(ml_cert), 0, 0, "", NULL, true},
-    {"mqtt_listener.key", S_PATH, OFF(ml_key), 0, 0, "", NULL, true},
-    {"mqtt_listener.ca", S_PATH, OFF(ml_ca), 0, 0, "", NULL, true},
-    {"mqtt_listener.require_client_cert", S_BOOL, OFF(ml_require_client_cert), 0, 0, "true",
+    {"mqtt_listener.enabled", S_BOOL, OFF(mqtt_listener.enabled), 0, 0, "false", NULL, false},
+    {"mqtt_listener.bind", S_STR, OFF(mqtt_listener.bind), 0, 0, "::", NULL, false},
+    {"mqtt_listener.port", S_INT, OFF(mqtt_listener.port), 1, 65535, "8883", NULL, false},
+    {"mqtt_listener.cert", S_PATH, OFF(mqtt_listener.cert), 0, 0, "", NULL, true},
+    {"mqtt_listener.key", S_PATH, OFF(mqtt_listener.key), 0, 0, "", NULL, true},
+    {"mqtt_listener.ca", S_PATH, OFF(mqtt_listener.ca), 0, 0, "", NULL, true},
+    {"mqtt_listener.require_client_cert", S_BOOL, OFF(mqtt_listener.require_client_cert), 0, 0, "true",
      NULL, true},
-    {"mqtt_listener.max_connections", S_INT, OFF(ml_max_connections), 1, 100000, "1000", NULL,
+    {"mqtt_listener.max_connections", S_INT, OFF(mqtt_listener.max_connections), 1, 100000, "1000", NULL,
      true},
 
     {"metrics", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"metrics.listen", S_STR, OFF(metrics_listen), 0, 0, "", NULL, false},
+    {"metrics.listen", S_STR, OFF(metrics.listen), 0, 0, "", NULL, false},
 };
 
 #define NSETTINGS (sizeof(schema) / sizeof(schema[0]))
@@ -97,44 +98,6 @@ static const struct setting schema[] = {
 /* The settings of one element of the mappings list. */
 static const char *const mapping_keys[] = {"name", "resource", "topic", "direction", "qos",
                                            "retain"};
-
-void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
-                 const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    e->count++;
-    for (;;) {
-        size_t room = e->cap - e->len;
-        n = line > 0 ? snprintf(e->text ? e->text + e->len : NULL, e->text ? room : 0,
-                                "%s:%d: %s: %s\n", file, line, setting, msg)
-                     : snprintf(e->text ? e->text + e->len : NULL, e->text ? room : 0,
-                                "%s: %s: %s\n", file, setting, msg);
-        if (n < 0)
-            return;
-        if (e->text && (size_t)n < room) {
-            e->len += (size_t)n;
-            return;
-        }
-        size_t cap = e->cap * 2 + (size_t)n + 64;
-        char *t = realloc(e->text, cap);
-        if (!t)
-            return;
-        e->text = t;
-        e->cap = cap;
-    }
-}
-
-void gw_errs_clear(gw_errs_t *e)
-{
-    free(e->text);
-    memset(e, 0, sizeof(*e));
-}
 
 static const struct setting *find_setting(const char *name)
 {
@@ -400,104 +363,6 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
     }
 }
 
-int gw_uri_parse(const char *uri, gw_uri_t *out)
-{
-    const char *p;
-    memset(out, 0, sizeof(*out));
-    if (!strncmp(uri, "mqtts://", 8)) {
-        out->tls = true;
-        out->port = 8883;
-        p = uri + 8;
-    } else if (!strncmp(uri, "mqtt://", 7)) {
-        out->port = 1883;
-        p = uri + 7;
-    } else {
-        return -EINVAL;
-    }
-    const char *host_end;
-    if (*p == '[') {
-        host_end = strchr(p, ']');
-        if (!host_end)
-            return -EINVAL;
-        p++;
-    } else {
-        host_end = p + strcspn(p, ":/");
-    }
-    size_t hlen = (size_t)(host_end - p);
-    if (hlen == 0 || hlen >= sizeof(out->host))
-        return -EINVAL;
-    memcpy(out->host, p, hlen);
-    out->host[hlen] = '\0';
-    const char *rest = host_end + (*host_end == ']' ? 1 : 0);
-    if (*rest == ':') {
-        char *end;
-        long port = strtol(rest + 1, &end, 10);
-        if (end == rest + 1 || port < 1 || port > 65535 || (*end && strcmp(end, "/")))
-            return -EINVAL;
-        out->port = (int)port;
-    } else if (*rest && strcmp(rest, "/")) {
-        return -EINVAL;
-    }
-    return 0;
-}
-
-int gw_listen_parse(const char *s, gw_listen_t *out, const char **why)
-{
-    const char *host = s, *host_end, *colon;
-    const char *dummy;
-
-    if (!why)
-        why = &dummy;
-    memset(out, 0, sizeof(*out));
-    if (*s == '[') {
-        host = s + 1;
-        host_end = strchr(host, ']');
-        if (!host_end) {
-            *why = "an IPv6 address needs its closing ']'";
-            return -EINVAL;
-        }
-        colon = host_end + 1;
-        out->family = AF_INET6;
-    } else {
-        host_end = colon = strrchr(s, ':');
-        if (colon && memchr(s, ':', (size_t)(colon - s))) {
-            *why = "an IPv6 address is written in brackets: [ADDRESS]:PORT";
-            return -EINVAL;
-        }
-        out->family = AF_INET;
-    }
-    if (!colon || *colon != ':') {
-        *why = "the port is missing (HOST:PORT)";
-        return -EINVAL;
-    }
-    size_t hlen = (size_t)(host_end - host);
-    if (hlen == 0 || hlen >= sizeof(out->host)) {
-        *why = hlen ? "the address is too long" : "the address is missing";
-        return -EINVAL;
-    }
-    memcpy(out->host, host, hlen);
-    out->host[hlen] = '\0';
-    if (inet_pton(out->family, out->host, out->addr) != 1) {
-        *why = out->family == AF_INET6
-                   ? "not an IPv6 address (zone ids are not supported)"
-                   : "not an IP address (host names are not resolved: use IPv4:PORT or "
-                     "[IPv6]:PORT)";
-        return -EINVAL;
-    }
-    const char *p = colon + 1;
-    long port = 0;
-    if (!*p)
-        port = -1;
-    for (; *p && port >= 0; p++)
-        port = *p >= '0' && *p <= '9' && port <= 65535 ? port * 10 + (*p - '0') : -1;
-    if (port < 1 || port > 65535) {
-        *why = "the port must be a number 1..65535";
-        return -EINVAL;
-    }
-    out->port = (int)port;
-    return 0;
-}
-
 /* Replaces {gateway} in a template setting; any other brace is an error. */
 static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
 {
@@ -506,10 +371,10 @@ static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_
     size_t pos = 0;
     while (*src) {
         if (!strncmp(src, "{gateway}", 9)) {
-            size_t l = strlen(cfg->id);
+            size_t l = strlen(cfg->gateway.id);
             if (pos + l >= sizeof(out) - 1)
                 break;
-            memcpy(out + pos, cfg->id, l);
+            memcpy(out + pos, cfg->gateway.id, l);
             pos += l;
             src += 9;
             continue;
@@ -570,79 +435,79 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
     const char *f = cfg->file;
 #define LINE(n) gw_config_line(cfg, n)
 
-    if (!map_value_ok(cfg->id, strlen(cfg->id)) || strlen(cfg->id) > 64)
+    if (!map_value_ok(cfg->gateway.id, strlen(cfg->gateway.id)) || strlen(cfg->gateway.id) > 64)
         gw_errs_add(errs, f, LINE("gateway.id"), "gateway.id",
                     "must be 1..64 bytes of UTF-8 without '/', '+', '#', a leading '$', control "
                     "characters or Unicode noncharacters");
-    if (!is_ip(cfg->coap_bind))
+    if (!is_ip(cfg->coap.bind))
         gw_errs_add(errs, f, LINE("coap.bind"), "coap.bind", "\"%s\" is not an IP address",
-                    cfg->coap_bind);
-    if (!*cfg->dtls_cert != !*cfg->dtls_key)
-        gw_errs_add(errs, f, LINE(*cfg->dtls_cert ? "coap.dtls.cert" : "coap.dtls.key"),
-                    *cfg->dtls_cert ? "coap.dtls.cert" : "coap.dtls.key",
+                    cfg->coap.bind);
+    if (!*cfg->coap.dtls.cert != !*cfg->coap.dtls.key)
+        gw_errs_add(errs, f, LINE(*cfg->coap.dtls.cert ? "coap.dtls.cert" : "coap.dtls.key"),
+                    *cfg->coap.dtls.cert ? "coap.dtls.cert" : "coap.dtls.key",
                     "coap.dtls.cert and coap.dtls.key must be set together");
-    if (*cfg->dtls_ca && !*cfg->dtls_cert)
+    if (*cfg->coap.dtls.ca && !*cfg->coap.dtls.cert)
         gw_errs_add(errs, f, LINE("coap.dtls.ca"), "coap.dtls.ca",
                     "verifying device certificates needs coap.dtls.cert and coap.dtls.key");
-    if (cfg->require_client_cert && !*cfg->dtls_ca)
+    if (cfg->coap.dtls.require_client_cert && !*cfg->coap.dtls.ca)
         gw_errs_add(errs, f, LINE("coap.dtls.require_client_cert"),
                     "coap.dtls.require_client_cert", "needs coap.dtls.ca to verify devices");
-    if (!cfg->coap_plain && !*cfg->psk_file && !*cfg->dtls_cert)
+    if (!cfg->coap.plain && !*cfg->coap.dtls.psk_file && !*cfg->coap.dtls.cert)
         gw_errs_add(errs, f, LINE("coap.dtls"), "coap.dtls",
                     "neither psk_file nor cert is set, so no device could connect "
                     "(plain CoAP is off)");
-    if (cfg->coap_plain && cfg->coap_port == cfg->dtls_port &&
-        (*cfg->psk_file || *cfg->dtls_cert))
+    if (cfg->coap.plain && cfg->coap.port == cfg->coap.dtls.port &&
+        (*cfg->coap.dtls.psk_file || *cfg->coap.dtls.cert))
         gw_errs_add(errs, f, LINE("coap.port"), "coap.port", "is the same as coap.dtls.port");
 
     gw_uri_t uri;
-    if (gw_uri_parse(cfg->mqtt_uri, &uri) < 0)
+    if (gw_uri_parse(cfg->mqtt.uri, &uri) < 0)
         gw_errs_add(errs, f, LINE("mqtt.uri"), "mqtt.uri",
-                    "\"%s\" is not mqtt://host[:port] or mqtts://host[:port]", cfg->mqtt_uri);
-    else if (!uri.tls && (*cfg->mqtt_ca || *cfg->mqtt_cert))
+                    "\"%s\" is not mqtt://host[:port] or mqtts://host[:port]", cfg->mqtt.uri);
+    else if (!uri.tls && (*cfg->mqtt.ca || *cfg->mqtt.cert))
         gw_errs_add(errs, f, LINE("mqtt.uri"), "mqtt.uri",
                     "mqtt.ca/mqtt.cert are set but the URI is not mqtts://");
-    if (cfg->mqtt_version != 3 && cfg->mqtt_version != 5)
+    if (cfg->mqtt.version != 3 && cfg->mqtt.version != 5)
         gw_errs_add(errs, f, LINE("mqtt.version"), "mqtt.version", "must be 5 or 3");
-    if (!*cfg->mqtt_cert != !*cfg->mqtt_key)
-        gw_errs_add(errs, f, LINE(*cfg->mqtt_cert ? "mqtt.cert" : "mqtt.key"),
-                    *cfg->mqtt_cert ? "mqtt.cert" : "mqtt.key",
+    if (!*cfg->mqtt.cert != !*cfg->mqtt.key)
+        gw_errs_add(errs, f, LINE(*cfg->mqtt.cert ? "mqtt.cert" : "mqtt.key"),
+                    *cfg->mqtt.cert ? "mqtt.cert" : "mqtt.key",
                     "mqtt.cert and mqtt.key must be set together");
-    if (*cfg->password_file) {
-        cfg->password = read_first_line(cfg->password_file);
-        if (!cfg->password)
+    if (*cfg->mqtt.password_file) {
+        cfg->mqtt.password = read_first_line(cfg->mqtt.password_file);
+        if (!cfg->mqtt.password)
             gw_errs_add(errs, f, LINE("mqtt.password_file"), "mqtt.password_file",
-                        "cannot read %s (%s)", cfg->password_file, strerror(errno));
+                        "cannot read %s (%s)", cfg->mqtt.password_file, strerror(errno));
     }
-    render_gateway(cfg, &cfg->client_id, "mqtt.client_id", errs);
-    if (!*cfg->client_id || strlen(cfg->client_id) > 256 ||
-        !map_mqtt_string_ok(cfg->client_id, strlen(cfg->client_id)))
+    render_gateway(cfg, &cfg->mqtt.client_id, "mqtt.client_id", errs);
+    if (!*cfg->mqtt.client_id || strlen(cfg->mqtt.client_id) > 256 ||
+        !map_mqtt_string_ok(cfg->mqtt.client_id, strlen(cfg->mqtt.client_id)))
         gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id",
                     "must be 1..256 bytes of UTF-8 without control characters or Unicode "
                     "noncharacters");
-    if (!map_mqtt_string_ok(cfg->username, strlen(cfg->username)))
+    if (!map_mqtt_string_ok(cfg->mqtt.username, strlen(cfg->mqtt.username)))
         gw_errs_add(errs, f, LINE("mqtt.username"), "mqtt.username",
                     "must be UTF-8 without control characters or Unicode noncharacters");
-    render_gateway(cfg, &cfg->status_topic, "mqtt.status_topic", errs);
-    render_gateway(cfg, &cfg->stats_topic, "mqtt.stats_topic", errs);
-    if (*cfg->status_topic && !topic_ok(cfg->status_topic))
+    render_gateway(cfg, &cfg->mqtt.status_topic, "mqtt.status_topic", errs);
+    render_gateway(cfg, &cfg->mqtt.stats_topic, "mqtt.stats_topic", errs);
+    if (*cfg->mqtt.status_topic && !topic_ok(cfg->mqtt.status_topic))
         gw_errs_add(errs, f, LINE("mqtt.status_topic"), "mqtt.status_topic",
                     "is not a valid topic (no '+', '#', leading '$', control characters or "
                     "Unicode noncharacters)");
-    if (*cfg->stats_topic && !topic_ok(cfg->stats_topic))
+    if (*cfg->mqtt.stats_topic && !topic_ok(cfg->mqtt.stats_topic))
         gw_errs_add(errs, f, LINE("mqtt.stats_topic"), "mqtt.stats_topic",
                     "is not a valid topic (no '+', '#', leading '$', control characters or "
                     "Unicode noncharacters)");
 
-    if (cfg->ml_enabled)
+    if (cfg->mqtt_listener.enabled)
         gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",
                     "the MQTT device listener is not supported yet");
     gw_listen_t listen;
     const char *why;
-    if (*cfg->metrics_listen && gw_listen_parse(cfg->metrics_listen, &listen, &why) < 0)
+    if (*cfg->metrics.listen && gw_listen_parse(cfg->metrics.listen, &listen, &why) < 0)
         gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen",
-                    "\"%s\": %s", cfg->metrics_listen, why);
-    if (strlen(cfg->control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+                    "\"%s\": %s", cfg->metrics.listen, why);
+    if (strlen(cfg->gateway.control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
         gw_errs_add(errs, f, LINE("gateway.control_socket"), "gateway.control_socket",
                     "longer than %zu bytes, the limit of a Unix socket's path",
                     sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
@@ -696,7 +561,7 @@ gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
         store(cfg, &schema[i], s, errs);
     }
     if (errs->count == before) {
-        cfg->maps = map_table_new(cfg->id);
+        cfg->maps = map_table_new(cfg->gateway.id);
         if (!cfg->maps)
             gw_errs_add(errs, path, 0, "mappings", "out of memory");
         else
@@ -754,9 +619,9 @@ void gw_config_free(gw_config_t *cfg)
         if (d->type == S_STR || d->type == S_PATH)
             free(*(char **)((char *)cfg + d->off));
     }
-    if (cfg->password) {
-        explicit_bzero(cfg->password, strlen(cfg->password));
-        free(cfg->password);
+    if (cfg->mqtt.password) {
+        explicit_bzero(cfg->mqtt.password, strlen(cfg->mqtt.password));
+        free(cfg->mqtt.password);
     }
     map_table_free(cfg->maps);
     free(cfg->lines);
@@ -782,7 +647,7 @@ void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur)
             same = *(int *)n == *(const int *)c;
         if (same)
             continue;
-        gw_warn("config", "%s changed: it takes a restart; the running value stays", d->name);
+        gw_warn(CONFIG, "%s changed: it takes a restart; the running value stays", d->name);
         if (d->type == S_STR || d->type == S_PATH) {
             char *copy = strdup(*(char *const *)c);
             if (copy) {
@@ -796,11 +661,11 @@ void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur)
         }
     }
     /* Read from password_file, which takes a restart too. */
-    if (next->password) {
-        explicit_bzero(next->password, strlen(next->password));
-        free(next->password);
+    if (next->mqtt.password) {
+        explicit_bzero(next->mqtt.password, strlen(next->mqtt.password));
+        free(next->mqtt.password);
     }
-    next->password = cur->password ? strdup(cur->password) : NULL;
+    next->mqtt.password = cur->mqtt.password ? strdup(cur->mqtt.password) : NULL;
 }
 
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out)

@@ -11,6 +11,17 @@
 
 static atomic_int current = GW_LOG_INFO;
 static const char *const names[] = {"error", "warning", "info", "debug"};
+static const char *const groups[GW_GRP_COUNT] = {
+    [GW_GRP_GATEWAY] = "gateway", [GW_GRP_CONFIG] = "config",   [GW_GRP_COAP] = "coap",
+    [GW_GRP_DTLS] = "dtls",       [GW_GRP_MQTT] = "mqtt",       [GW_GRP_BRIDGE] = "bridge",
+    [GW_GRP_DOWN] = "down",       [GW_GRP_STORE] = "store",     [GW_GRP_CONTROL] = "control",
+    [GW_GRP_METRICS] = "metrics", [GW_GRP_TLS] = "tls",
+};
+
+const char *gw_log_group_name(gw_log_group_t group)
+{
+    return (unsigned)group < GW_GRP_COUNT ? groups[group] : "?";
+}
 
 void gw_log_set_level(int level)
 {
@@ -67,12 +78,12 @@ static void sanitize(char *s)
 }
 
 /* Formats and writes one line; suffix (may be NULL) is appended. */
-static void emit(int level, const char *subsystem, const char *suffix, const char *fmt, va_list ap)
+static void emit(int level, gw_log_group_t group, const char *suffix, const char *fmt, va_list ap)
 {
     char line[1024];
     int n;
 
-    n = snprintf(line, sizeof(line), "%s %s: ", names[level], subsystem);
+    n = snprintf(line, sizeof(line), "%s %s: ", names[level], gw_log_group_name(group));
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     if (suffix) {
         size_t len = strlen(line);
@@ -85,14 +96,14 @@ static void emit(int level, const char *subsystem, const char *suffix, const cha
     (void)w;
 }
 
-void gw_log(int level, const char *subsystem, const char *fmt, ...)
+void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
 {
     va_list ap;
 
     if (level > atomic_load(&current))
         return;
     va_start(ap, fmt);
-    emit(level, subsystem, NULL, fmt, ap);
+    emit(level, group, NULL, fmt, ap);
     va_end(ap);
 }
 
@@ -108,7 +119,7 @@ static uint64_t now_s(void)
     return (uint64_t)ts.tv_sec;
 }
 
-void gw_log_rl(gw_log_kind_t *kind, int level, const char *subsystem, const char *fmt, ...)
+void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char *fmt, ...)
 {
     char suffix[64] = "";
     va_list ap;
@@ -141,7 +152,7 @@ void gw_log_rl(gw_log_kind_t *kind, int level, const char *subsystem, const char
     if (!write_it)
         return;
     va_start(ap, fmt);
-    emit(level, subsystem, *suffix ? suffix : NULL, fmt, ap);
+    emit(level, group, *suffix ? suffix : NULL, fmt, ap);
     va_end(ap);
 }
 
@@ -151,9 +162,4 @@ uint64_t gw_log_suppressed(void)
     uint64_t n = all_suppressed;
     pthread_mutex_unlock(&limit_lock);
     return n;
-}
-
-const char *gw_strerror(int rc)
-{
-    return strerror(rc < 0 ? -rc : rc);
 }

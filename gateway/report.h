@@ -1,0 +1,29 @@
+/*
+ * The process's own statistics (SPEC §9): the gateway's name, version and
+ * uptime, reloads, suppressed log lines, and the certificates it presents,
+ * whose expiry is read at start and at each reload (never per render).
+ */
+#ifndef TANDEM_REPORT_H
+#define TANDEM_REPORT_H
+
+#include <stdbool.h>
+
+#include "config.h"
+#include "stats.h"
+
+typedef struct gw_report gw_report_t;
+
+/* Registers its sections in stats (borrowed; outlives the report). NULL when out of memory. */
+gw_report_t *gw_report_new(stats_t *stats, const gw_config_t *cfg);
+void gw_report_free(gw_report_t *r);
+
+/*
+ * Sections added after the bridge's, to keep SPEC §9's order: config, log,
+ * listener and certificates.
+ */
+int gw_report_add_tail(gw_report_t *r);
+
+/* A reload happened (ok) or was refused; cfg is the configuration running now. */
+void gw_report_reload(gw_report_t *r, const gw_config_t *cfg, bool ok);
+
+#endif
