@@ -18,18 +18,9 @@
 #include "error.h"
 #include "log.h"
 
-typedef struct control_stats {
-    uint64_t clients;         /* connections accepted */
-    uint64_t answered;        /* answers written whole */
-    uint64_t dropped_garbage; /* no request line within the bound, or not a request */
-    uint64_t dropped_stalled; /* no request within the time, or the answer not read */
-    uint64_t refused_full;    /* connections closed at once: GW_CONTROL_CLIENTS were open */
-    unsigned connected;       /* open now */
-} control_stats_t;
-
 #define FIELD(n, h, k, t, f)                                                                  \
     {                                                                                         \
-        .name = n, .help = h, .kind = k, .type = t, .offset = offsetof(control_stats_t, f)   \
+        .name = n, .help = h, .kind = k, .type = t, .offset = offsetof(gw_control_stats_t, f)   \
     }
 static const stats_field_t control_fields[] = {
     FIELD("clients", "Control socket connections accepted", STATS_COUNTER, STATS_U64, clients),
@@ -46,7 +37,7 @@ static const stats_field_t control_fields[] = {
 };
 #undef FIELD
 
-static const stats_section_t control_section = {
+const stats_section_t gw_control_section = {
     .json = "control",
     .prom = "control",
     .fields = control_fields,
@@ -65,14 +56,14 @@ struct client {
 };
 
 struct gw_control {
-    ev_loop_t *loop; /* borrowed */
-    stats_t *stats;  /* borrowed */
+    ev_loop_t *loop;      /* borrowed */
+    const stats_t *stats; /* borrowed */
     char *path;
     int fd;
     dev_t dev; /* of the socket file we made, to remove only ours */
     ino_t ino;
     struct client *clients;
-    control_stats_t st;
+    gw_control_stats_t st;
 };
 
 gw_control_req_t gw_control_parse(const char *buf, size_t len, bool eof)
@@ -394,7 +385,7 @@ static int listen_at(const struct sockaddr_un *sa)
     return fd;
 }
 
-gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats)
+gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, const stats_t *stats)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct stat st;
@@ -423,8 +414,6 @@ gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats)
         ctl->ino = st.st_ino;
     }
     int rc = ev_add_file(loop, ctl->fd, EV_READABLE, on_accept, ctl);
-    if (rc == 0)
-        rc = stats_add(stats, &control_section, &ctl->st);
     if (rc < 0) {
         gw_err(CONTROL, "cannot serve %s (%s)", path, gw_strerror(rc));
         gw_control_free(ctl);
@@ -434,6 +423,11 @@ gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats)
     return ctl;
 }
 
+const gw_control_stats_t *gw_control_stats(const gw_control_t *ctl)
+{
+    return &ctl->st;
+}
+
 void gw_control_free(gw_control_t *ctl)
 {
     struct stat st;
@@ -441,7 +435,6 @@ void gw_control_free(gw_control_t *ctl)
         return;
     while (ctl->clients)
         client_close(ctl->clients);
-    stats_remove(ctl->stats, &control_section, &ctl->st);
     ev_del_file(ctl->loop, ctl->fd);
     close(ctl->fd);
     /* Only our own: a gateway started since with the same path keeps its socket. */

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ev.h"
 #include "stats.h"
@@ -31,16 +32,29 @@
 typedef struct gw_control gw_control_t;
 
 /*
- * Listens at path. A socket file left there by a gateway that no longer runs
- * is replaced; one that a running gateway answers on is not, and neither is
- * anything that is not a socket: NULL then, with the reason logged (the
- * caller exits with status 3). loop and stats are borrowed and must outlive
- * the control socket; its counters are added to stats as the section
- * "control".
+ * Listens at path and answers from stats. A socket file left there by a
+ * gateway that no longer runs is replaced; one that a running gateway answers
+ * on is not, and neither is anything that is not a socket: NULL then, with
+ * the reason logged (the caller exits with status 3). loop and stats are
+ * borrowed and must outlive the control socket.
  */
-gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, stats_t *stats);
+gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, const stats_t *stats);
 /* Closes every client and the socket, and removes the socket file if it is still ours. */
 void gw_control_free(gw_control_t *ctl);
+
+typedef struct gw_control_stats {
+    uint64_t clients;         /* connections accepted */
+    uint64_t answered;        /* answers written whole */
+    uint64_t dropped_garbage; /* no request line within the bound, or not a request */
+    uint64_t dropped_stalled; /* no request within the time, or the answer not read */
+    uint64_t refused_full;    /* closed at once: GW_CONTROL_CLIENTS were open */
+    unsigned connected;       /* open now */
+} gw_control_stats_t;
+
+/* The counters, for the caller to add to the registry with gw_control_section. */
+const gw_control_stats_t *gw_control_stats(const gw_control_t *ctl);
+/* The statistics section "control", for a gw_control_stats_t. */
+extern const stats_section_t gw_control_section;
 
 /* What a request line asks for. */
 typedef enum {

@@ -26,16 +26,10 @@
 /* When libmicrohttpd has no deadline: look again now and then all the same. */
 #define IDLE_MS 60000
 
-typedef struct metrics_stats {
-    uint64_t requests;    /* HTTP requests, whatever they asked */
-    uint64_t not_found;   /* answered 404 */
-    uint64_t not_allowed; /* answered 405 */
-} metrics_stats_t;
-
 #define FIELD(n, h, f)                                                                        \
     {                                                                                         \
         .name = n, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                       \
-        .offset = offsetof(metrics_stats_t, f)                                                \
+        .offset = offsetof(gw_metrics_stats_t, f)                                                \
     }
 static const stats_field_t metrics_fields[] = {
     FIELD("requests", "HTTP requests to the metrics endpoint", requests),
@@ -46,7 +40,7 @@ static const stats_field_t metrics_fields[] = {
 };
 #undef FIELD
 
-static const stats_section_t metrics_section = {
+const stats_section_t gw_metrics_section = {
     .json = "metrics",
     .prom = "metrics",
     .fields = metrics_fields,
@@ -54,12 +48,12 @@ static const stats_section_t metrics_section = {
 };
 
 struct gw_metrics {
-    ev_loop_t *loop; /* borrowed */
-    stats_t *stats;  /* borrowed */
+    ev_loop_t *loop;      /* borrowed */
+    const stats_t *stats; /* borrowed */
     struct MHD_Daemon *d;
     int epfd;       /* libmicrohttpd's, registered with the loop */
     uint64_t timer; /* libmicrohttpd's next deadline */
-    metrics_stats_t st;
+    gw_metrics_stats_t st;
 };
 
 static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
@@ -197,7 +191,7 @@ static int listen_at(const gw_listen_t *l, const char *text)
     return fd;
 }
 
-gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats)
+gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t *stats)
 {
     gw_listen_t l;
     const char *why;
@@ -236,8 +230,6 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats
     int rc = m->epfd >= 0 ? ev_add_file(loop, m->epfd, EV_READABLE, on_ready, m) : -EINVAL;
     if (rc == 0 && !(m->timer = ev_add_timer(loop, next_ms(m), on_timer, m)))
         rc = -ENOMEM;
-    if (rc == 0)
-        rc = stats_add(stats, &metrics_section, &m->st);
     if (rc < 0) {
         gw_err(METRICS, "cannot serve %s (%s)", listen, gw_strerror(rc));
         gw_metrics_free(m);
@@ -247,11 +239,15 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats
     return m;
 }
 
+const gw_metrics_stats_t *gw_metrics_stats(const gw_metrics_t *m)
+{
+    return &m->st;
+}
+
 void gw_metrics_free(gw_metrics_t *m)
 {
     if (!m)
         return;
-    stats_remove(m->stats, &metrics_section, &m->st);
     if (m->timer)
         ev_del_timer(m->loop, m->timer);
     if (m->epfd >= 0)

@@ -12,6 +12,8 @@
 #ifndef TANDEM_METRICS_H
 #define TANDEM_METRICS_H
 
+#include <stdint.h>
+
 #include "ev.h"
 #include "stats.h"
 
@@ -22,12 +24,23 @@ typedef struct gw_metrics gw_metrics_t;
 
 /*
  * Listens at listen ("IPv4:PORT" or "[IPv6]:PORT", as gw_listen_parse()
- * reads it). NULL when that fails, with the reason logged (the caller exits
- * with status 3). loop and stats are borrowed and must outlive the endpoint;
- * its counters are added to stats as the section "metrics".
+ * reads it) and answers from stats. NULL when that fails, with the reason
+ * logged (the caller exits with status 3). loop and stats are borrowed and
+ * must outlive the endpoint.
  */
-gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, stats_t *stats);
+gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t *stats);
 /* Closes the connections and the listener. */
 void gw_metrics_free(gw_metrics_t *m);
+
+typedef struct gw_metrics_stats {
+    uint64_t requests;    /* HTTP requests, whatever they asked */
+    uint64_t not_found;   /* answered 404 */
+    uint64_t not_allowed; /* answered 405 */
+} gw_metrics_stats_t;
+
+/* The counters, for the caller to add to the registry with gw_metrics_section. */
+const gw_metrics_stats_t *gw_metrics_stats(const gw_metrics_t *m);
+/* The statistics section "metrics", for a gw_metrics_stats_t. */
+extern const stats_section_t gw_metrics_section;
 
 #endif

@@ -150,6 +150,7 @@ Test(control, answers, .init = setup, .fini = teardown)
 {
     gw_control_t *ctl = gw_control_new(loop, path, stats);
     cr_assert_not_null(ctl);
+    cr_assert_eq(stats_add(stats, &gw_control_section, gw_control_stats(ctl)), 0);
     struct stat st;
     cr_assert_eq(stat(path, &st), 0);
     cr_assert(S_ISSOCK(st.st_mode));
@@ -181,6 +182,7 @@ Test(control, answers, .init = setup, .fini = teardown)
     cr_assert_str_eq(a, "pong\n");
     free(a);
 
+    stats_remove(stats, &gw_control_section, gw_control_stats(ctl));
     gw_control_free(ctl);
     cr_assert_eq(access(path, F_OK), -1, "the socket file is left");
 }
@@ -189,6 +191,7 @@ Test(control, garbage_and_stalls_are_dropped, .init = setup, .fini = teardown)
 {
     gw_control_t *ctl = gw_control_new(loop, path, stats);
     cr_assert_not_null(ctl);
+    cr_assert_eq(stats_add(stats, &gw_control_section, gw_control_stats(ctl)), 0);
     char big[4096];
     memset(big, 'x', sizeof(big));
     int fd = client();
@@ -227,6 +230,7 @@ Test(control, garbage_and_stalls_are_dropped, .init = setup, .fini = teardown)
                         "\"dropped_garbage\":1,\"dropped_stalled\":1,\"refused_full\":1}") != NULL,
               "%s", a);
     free(a);
+    stats_remove(stats, &gw_control_section, gw_control_stats(ctl));
     gw_control_free(ctl);
 }
 
