@@ -78,14 +78,19 @@ static int ask(const char *path, const char *request, char **out)
         fprintf(stderr, "tandem stats: no gateway answers on %s (%s)\n", path, strerror(err));
         return -1;
     }
+    /*
+     * A gateway that refuses the connection (all its slots taken) answers
+     * and closes at once, maybe before the request is sent: its answer is
+     * read all the same.
+     */
     size_t rlen = strlen(request);
-    if (send(fd, request, rlen, MSG_NOSIGNAL) != (ssize_t)rlen) {
-        int err = errno;
+    int send_err = send(fd, request, rlen, MSG_NOSIGNAL) == (ssize_t)rlen ? 0 : errno;
+    if (send_err && send_err != EPIPE && send_err != ECONNRESET) {
         close(fd);
-        if (err == EINTR && interrupted)
+        if (send_err == EINTR && interrupted)
             return -EINTR;
         fprintf(stderr, "tandem stats: cannot ask the gateway on %s (%s)\n", path,
-                strerror(err));
+                strerror(send_err));
         return -1;
     }
     for (;;) {
@@ -117,8 +122,12 @@ static int ask(const char *path, const char *request, char **out)
                 return -1;
             }
             if (!len) {
-                fprintf(stderr, "tandem stats: the gateway on %s closed without answering\n",
-                        path);
+                if (send_err)
+                    fprintf(stderr, "tandem stats: cannot ask the gateway on %s (%s)\n", path,
+                            strerror(send_err));
+                else
+                    fprintf(stderr,
+                            "tandem stats: the gateway on %s closed without answering\n", path);
                 free(buf);
                 return -1;
             }
