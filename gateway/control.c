@@ -18,9 +18,9 @@
 #include "error.h"
 #include "log.h"
 
-#define FIELD(n, h, k, t, f)                                                                  \
-    {                                                                                         \
-        .name = n, .help = h, .kind = k, .type = t, .offset = offsetof(gw_control_stats_t, f)   \
+#define FIELD(n, h, k, t, f)                                                                       \
+    {                                                                                              \
+        .name = n, .help = h, .kind = k, .type = t, .offset = offsetof(gw_control_stats_t, f)      \
     }
 static const stats_field_t control_fields[] = {
     FIELD("clients", "Control socket connections accepted", STATS_COUNTER, STATS_U64, clients),
@@ -128,8 +128,7 @@ static void flush(struct client *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return; /* EV_WRITABLE brings us back */
         if (n <= 0) {
-            gw_debug(CONTROL, "client gone before its answer was written (%s)",
-                     strerror(errno));
+            gw_debug(CONTROL, "client gone before its answer was written (%s)", strerror(errno));
             client_close(c);
             return;
         }
@@ -272,8 +271,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
     for (int i = 0; i < GW_CONTROL_CLIENTS; i++) {
         int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot accept a client (%s)",
                                strerror(errno));
             return;
@@ -387,7 +385,7 @@ static int listen_at(const struct sockaddr_un *sa)
 
 gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, const stats_t *stats)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct stat st;
 
     if (strlen(path) >= sizeof(sa.sun_path)) {

@@ -26,15 +26,14 @@
 /* When libmicrohttpd has no deadline: look again now and then all the same. */
 #define IDLE_MS 60000
 
-#define FIELD(n, h, f)                                                                        \
-    {                                                                                         \
-        .name = n, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                       \
-        .offset = offsetof(gw_metrics_stats_t, f)                                                \
+#define FIELD(n, h, f)                                                                             \
+    {                                                                                              \
+        .name = n, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                            \
+        .offset = offsetof(gw_metrics_stats_t, f)                                                  \
     }
 static const stats_field_t metrics_fields[] = {
     FIELD("requests", "HTTP requests to the metrics endpoint", requests),
-    FIELD("not_found", "Metrics endpoint requests for another path than /metrics (404)",
-          not_found),
+    FIELD("not_found", "Metrics endpoint requests for another path than /metrics (404)", not_found),
     FIELD("not_allowed", "Metrics endpoint requests with another method than GET (405)",
           not_allowed),
 };
@@ -58,8 +57,8 @@ struct gw_metrics {
 
 static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body,
-                             size_t len, const char *allow)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
+                             const char *allow)
 {
     if (!body)
         return MHD_NO; /* out of memory: the connection is closed */
@@ -68,10 +67,9 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char 
         free(body);
         return MHD_NO;
     }
-    enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                                 status == MHD_HTTP_OK
-                                                     ? content_type
-                                                     : "text/plain; charset=utf-8");
+    enum MHD_Result ok =
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                status == MHD_HTTP_OK ? content_type : "text/plain; charset=utf-8");
     if (ok == MHD_YES && allow)
         ok = MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
     if (ok == MHD_YES)
@@ -81,9 +79,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char 
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     gw_metrics_t *m = cls;
     (void)version;
@@ -164,7 +161,7 @@ static int64_t on_timer(ev_loop_t *loop, uint64_t id, void *data)
 /* A listening socket at l; the fd, or -1 with the reason logged. */
 static int listen_at(const gw_listen_t *l, const char *text)
 {
-    struct sockaddr_storage ss = {0};
+    struct sockaddr_storage ss = { 0 };
     socklen_t len;
     if (l->family == AF_INET) {
         struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
@@ -212,13 +209,11 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t 
         free(m);
         return NULL;
     }
-    m->d = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (l.family == AF_INET6
-                                                                     ? MHD_USE_IPv6
-                                                                     : 0),
-                            0, NULL, NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_log,
-                            NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)GW_METRICS_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_END);
+    m->d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (l.family == AF_INET6 ? MHD_USE_IPv6 : 0), 0, NULL,
+        NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_METRICS_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_END);
     if (!m->d) {
         gw_err(METRICS, "cannot start the HTTP server on %s", listen);
         close(fd);

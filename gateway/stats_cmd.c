@@ -56,8 +56,8 @@ static void usage(FILE *out)
  */
 static int ask(const char *path, const char *request, char **out)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct timeval tv = {.tv_sec = ANSWER_TIMEOUT_S};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct timeval tv = { .tv_sec = ANSWER_TIMEOUT_S };
     char *buf = NULL;
     size_t len = 0, cap = 0;
 
@@ -126,8 +126,8 @@ static int ask(const char *path, const char *request, char **out)
                     fprintf(stderr, "tandem stats: cannot ask the gateway on %s (%s)\n", path,
                             strerror(send_err));
                 else
-                    fprintf(stderr,
-                            "tandem stats: the gateway on %s closed without answering\n", path);
+                    fprintf(stderr, "tandem stats: the gateway on %s closed without answering\n",
+                            path);
                 free(buf);
                 return -1;
             }
@@ -160,8 +160,7 @@ static json_object *at(json_object *o, const char *path)
             return NULL;
         memcpy(key, path, n);
         key[n] = '\0';
-        if (!json_object_is_type(o, json_type_object) ||
-            !json_object_object_get_ex(o, key, &o))
+        if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &o))
             return NULL;
         path += n + (path[n] == '.');
     }
@@ -170,8 +169,7 @@ static json_object *at(json_object *o, const char *path)
 
 static bool is_num(json_object *o)
 {
-    return o && (json_object_is_type(o, json_type_int) ||
-                 json_object_is_type(o, json_type_double));
+    return o && (json_object_is_type(o, json_type_int) || json_object_is_type(o, json_type_double));
 }
 
 /*
@@ -203,11 +201,9 @@ static void print_uptime(FILE *out, int64_t s)
 }
 
 /* Members of an object of objects, each as "  NAME  N label, ..." under head. */
-static void instances(FILE *out, const char *head, json_object *obj,
-                      const char *const *fields)
+static void instances(FILE *out, const char *head, json_object *obj, const char *const *fields)
 {
-    if (!obj || !json_object_is_type(obj, json_type_object) ||
-        !json_object_object_length(obj))
+    if (!obj || !json_object_is_type(obj, json_type_object) || !json_object_object_length(obj))
         return;
     fprintf(out, "%s\n", head);
     json_object_object_foreach(obj, name, inst)
@@ -237,12 +233,12 @@ static int summary(FILE *out, const char *text)
 
     json_object *coap = at(s, "coap");
     numbers(out, "coap:         ", coap,
-            (const char *const[]){"sessions", "sessions", "requests", "requests", "observers",
-                                  "observers", "notifications", "notifications", "bytes_in",
-                                  "bytes in", "bytes_out", "bytes out", NULL});
+            (const char *const[]){ "sessions", "sessions", "requests", "requests", "observers",
+                                   "observers", "notifications", "notifications", "bytes_in",
+                                   "bytes in", "bytes_out", "bytes out", NULL });
     numbers(out, "dtls:         ", coap,
-            (const char *const[]){"dtls_handshakes_ok", "handshakes", "dtls_handshakes_failed",
-                                  "failed", NULL});
+            (const char *const[]){ "dtls_handshakes_ok", "handshakes", "dtls_handshakes_failed",
+                                   "failed", NULL });
     json_object *resp = at(coap, "responses");
     if (resp && json_object_is_type(resp, json_type_object) && json_object_object_length(resp)) {
         const char *sep = "answers:      ";
@@ -260,27 +256,27 @@ static int summary(FILE *out, const char *text)
         v = at(mqtt, "connected");
         fputs(!v ? "?" : json_object_get_boolean(v) ? "connected" : "NOT CONNECTED", out);
         if (!numbers(out, ", ", mqtt,
-                     (const char *const[]){"published", "published", "acked", "acknowledged",
-                                           "received", "received", "reconnects", "reconnects",
-                                           NULL}))
+                     (const char *const[]){ "published", "published", "acked", "acknowledged",
+                                            "received", "received", "reconnects", "reconnects",
+                                            NULL }))
             fputc('\n', out);
         numbers(out, "ack latency:  ", mqtt,
-                (const char *const[]){"ack_latency_ms.p50", "ms p50", "ack_latency_ms.p99",
-                                      "ms p99", NULL});
+                (const char *const[]){ "ack_latency_ms.p50", "ms p50", "ack_latency_ms.p99",
+                                       "ms p99", NULL });
         numbers(out, "buffer:       ", mqtt,
-                (const char *const[]){"offline_buffered", "in the offline buffer", NULL});
+                (const char *const[]){ "offline_buffered", "in the offline buffer", NULL });
     }
     numbers(out, "mqtt devices: ", at(s, "mqtt_listener"),
-            (const char *const[]){"connections", "connections", "rejected", "rejected",
-                                  "denied_publish", "publishes denied", "denied_subscribe",
-                                  "subscriptions denied", NULL});
+            (const char *const[]){ "connections", "connections", "rejected", "rejected",
+                                   "denied_publish", "publishes denied", "denied_subscribe",
+                                   "subscriptions denied", NULL });
     instances(out, "mappings:", at(s, "mappings"),
-              (const char *const[]){"up", "up", "down", "down", "refused", "refused", NULL});
+              (const char *const[]){ "up", "up", "down", "down", "refused", "refused", NULL });
     instances(out, "certificates:", at(s, "certificates"),
-              (const char *const[]){"days_left", "days left", NULL});
-    numbers(out, "config:       ", at(s, "config"),
-            (const char *const[]){"reloads", "reloads", "reload_failures", "failed reloads",
-                                  NULL});
+              (const char *const[]){ "days_left", "days left", NULL });
+    numbers(
+        out, "config:       ", at(s, "config"),
+        (const char *const[]){ "reloads", "reloads", "reload_failures", "failed reloads", NULL });
     json_object_put(s);
     return 0;
 }
@@ -288,7 +284,7 @@ static int summary(FILE *out, const char *text)
 /* Sleeps seconds, or less when interrupted. */
 static void pause_for(unsigned seconds)
 {
-    struct timespec ts = {.tv_sec = seconds};
+    struct timespec ts = { .tv_sec = seconds };
     while (!interrupted && nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
 }
@@ -299,12 +295,9 @@ int gw_stats_cmd(int argc, char **argv)
     enum format fmt = HUMAN;
     long watch = 0;
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'j'},
-        {"prometheus", no_argument, NULL, 'p'},
-        {"watch", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        { "config", required_argument, NULL, 'c' }, { "json", no_argument, NULL, 'j' },
+        { "prometheus", no_argument, NULL, 'p' },   { "watch", required_argument, NULL, 'w' },
+        { "help", no_argument, NULL, 'h' },         { NULL, 0, NULL, 0 },
     };
     int c;
     optind = 1;
@@ -347,7 +340,7 @@ int gw_stats_cmd(int argc, char **argv)
     /* Without -c and without the default file, the default socket is asked all the same. */
     if (!conf && access(GW_DEFAULT_CONFIG, F_OK) == 0)
         conf = GW_DEFAULT_CONFIG;
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
     char *path = gw_config_control_socket(conf, &errs);
     if (!path) {
         fputs(errs.text ? errs.text : "tandem stats: cannot read the configuration\n", stderr);
@@ -355,14 +348,14 @@ int gw_stats_cmd(int argc, char **argv)
         return GW_EXIT_CONFIG;
     }
     if (!*path) {
-        fprintf(stderr, "tandem stats: %s sets no gateway.control_socket: there is nothing to ask\n",
-                conf);
+        fprintf(stderr,
+                "tandem stats: %s sets no gateway.control_socket: there is nothing to ask\n", conf);
         free(path);
         return GW_EXIT_RUNTIME;
     }
 
     /* SIGINT (and SIGTERM) end --watch between two answers, with status 0. */
-    struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: waits end early */
+    struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: waits end early */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);

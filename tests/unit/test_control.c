@@ -104,7 +104,7 @@ static void teardown(void)
 
 static int client(void)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
     cr_assert_geq(fd, 0);
@@ -161,8 +161,8 @@ Test(control, answers, .init = setup, .fini = teardown)
     free(a);
     a = ask("stats json\n");
     cr_assert(a[0] == '{' && strchr(a, '\n') == a + strlen(a) - 1, "%s", a);
-    cr_assert(strstr(a, "\"control\":{\"clients\":2,\"connected\":1,\"answered\":1,") != NULL,
-              "%s", a);
+    cr_assert(strstr(a, "\"control\":{\"clients\":2,\"connected\":1,\"answered\":1,") != NULL, "%s",
+              a);
     free(a);
     a = ask("stats prometheus\n");
     cr_assert(strstr(a, "\ntandem_control_answered_total 2\n") != NULL, "%s", a);
@@ -237,7 +237,7 @@ Test(control, garbage_and_stalls_are_dropped, .init = setup, .fini = teardown)
 Test(control, socket_file, .init = setup, .fini = teardown)
 {
     /* A stale socket (nobody listens) is replaced. */
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     cr_assert_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
