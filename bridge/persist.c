@@ -201,33 +201,38 @@ persist_t *persist_new(const char *state_dir)
         errno = e;
         return NULL;
     }
+    /*
+     * Two passes: first what a crash left (interrupted writes removed,
+     * records handed over again or in limbo renamed back), then every
+     * record checked and counted once, the renamed ones included (a file
+     * renamed during a readdir() may or may not be seen again by it).
+     */
     struct dirent *de;
-    while ((de = readdir(d))) {
-        char path[4096];
-        struct stat st;
-        snprintf(path, sizeof(path), "%s/%s", p->dir, de->d_name);
-        if (is_record(de->d_name) && stat(path, &st) == 0) {
-            if (!record_ok(p, de->d_name, path, &st)) {
-                unlink(path);
-                p->refused++;
-                continue;
-            }
-            p->bytes += (unsigned long long)st.st_size;
-            p->records++;
-        } else if (strstr(de->d_name, ".tmp")) {
-            unlink(path); /* a write a crash interrupted: never renamed, never promised */
-        } else if (ends_with(de->d_name, RESEND) || ends_with(de->d_name, LIMBO)) {
-            /*
-             * A crash while it was handed over again, or before its delivery
-             * was reported: it is sent again (at least once).
-             */
-            char back[4096];
-            size_t cut = strlen(ends_with(de->d_name, RESEND) ? RESEND : LIMBO);
-            snprintf(back, sizeof(back), "%.*s%s", (int)(strlen(path) - cut), path, SUFFIX);
-            if (rename(path, back) == 0 && stat(back, &st) == 0 &&
-                record_ok(p, strrchr(back, '/') + 1, back, &st)) {
+    for (int pass = 0; pass < 2; pass++) {
+        rewinddir(d);
+        while ((de = readdir(d))) {
+            char path[4096];
+            struct stat st;
+            snprintf(path, sizeof(path), "%s/%s", p->dir, de->d_name);
+            if (pass == 1 && is_record(de->d_name) && stat(path, &st) == 0) {
+                if (!record_ok(p, de->d_name, path, &st)) {
+                    unlink(path);
+                    p->refused++;
+                    continue;
+                }
                 p->bytes += (unsigned long long)st.st_size;
                 p->records++;
+            } else if (pass == 0 && !is_record(de->d_name) && strstr(de->d_name, ".tmp")) {
+                unlink(path); /* a write a crash interrupted: never renamed, never promised */
+            } else if (pass == 0 && (ends_with(de->d_name, RESEND) || ends_with(de->d_name, LIMBO))) {
+                /*
+                 * A crash while it was handed over again, or before its
+                 * delivery was reported: it is sent again (at least once).
+                 */
+                char back[4096];
+                size_t cut = strlen(ends_with(de->d_name, RESEND) ? RESEND : LIMBO);
+                snprintf(back, sizeof(back), "%.*s%s", (int)(strlen(path) - cut), path, SUFFIX);
+                rename(path, back);
             }
         }
     }

@@ -200,3 +200,162 @@ Test(persist, group_commit)
     cr_assert_eq(persist_records(p), 2);
     persist_free(p);
 }
+
+/* Runs persist_new(dir) with stderr captured into out (NUL-terminated). */
+static persist_t *open_capturing(char *out, size_t size)
+{
+    int fds[2], saved = dup(STDERR_FILENO);
+    cr_assert_geq(saved, 0);
+    cr_assert_eq(pipe(fds), 0);
+    fflush(stderr);
+    cr_assert_geq(dup2(fds[1], STDERR_FILENO), 0);
+    persist_t *p = persist_new(dir);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < size && (r = read(fds[0], out + n, size - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fds[0]);
+    return p;
+}
+
+Test(persist, written_records_are_read_back_after_a_restart)
+{
+    uint8_t rec[256], rec2[256];
+    size_t n = command(rec, "redback/a/b", "first"), n2 = command(rec2, "redback/a/b", "second!");
+    persist_t *p = persist_new(dir);
+    MQTTClient_persistence pp = persist_paho(p);
+    void *h;
+    pp.popen(&h, "id", "uri", pp.context);
+    persist_set_durable(p, true);
+    char *bufs[1] = {(char *)rec};
+    int lens[1] = {(int)n};
+    cr_assert_eq(pp.pput(h, "c-1", 1, bufs, lens), 0);
+    cr_assert_eq(pp.pput(h, "c-2", 1, bufs, lens), 0);
+    /* c-2 replaced by another message. */
+    bufs[0] = (char *)rec2;
+    lens[0] = (int)n2;
+    cr_assert_eq(pp.pput(h, "c-2", 1, bufs, lens), 0);
+    cr_assert_eq(persist_records(p), 2);
+    cr_assert_eq(persist_bytes(p), n + n2);
+    persist_free(p);
+
+    p = persist_new(dir);
+    cr_assert_eq(persist_records(p), 2);
+    cr_assert_eq(persist_bytes(p), n + n2, "the replaced record counted at its new size");
+    cr_assert_eq(persist_refused(p), 0);
+    pp = persist_paho(p);
+    pp.popen(&h, "id", "uri", pp.context);
+    char *buf = NULL;
+    int len = 0;
+    cr_assert_eq(pp.pget(h, "c-2", &buf, &len), 0);
+    cr_assert_eq(len, (int)n2);
+    cr_assert_arr_eq(buf, rec2, n2, "the new content, not the old");
+    MQTTAsync_free(buf);
+    cr_assert_eq(pp.pget(h, "c-1", &buf, &len), 0);
+    cr_assert_eq(len, (int)n);
+    cr_assert_arr_eq(buf, rec, n);
+    MQTTAsync_free(buf);
+    persist_free(p);
+}
+
+Test(persist, an_interrupted_write_is_removed_at_open)
+{
+    uint8_t rec[256];
+    persist_free(persist_new(dir));
+    size_t n = command(rec, "redback/a/b", "old");
+    write_file("c-1.msg", rec, n);
+    /* What gw_file_write() leaves when a crash comes before the rename. */
+    write_file("c-1.msg.tmp", rec, n / 2);
+    write_file("c-2.msg.tmp", rec, n);
+    persist_t *p = persist_new(dir);
+    cr_assert_not(exists("c-1.msg.tmp"));
+    cr_assert_not(exists("c-2.msg.tmp"), "never renamed: never promised, even when whole");
+    cr_assert(exists("c-1.msg"), "the record it was replacing stays");
+    cr_assert_eq(persist_records(p), 1);
+    cr_assert_eq(persist_bytes(p), n);
+    cr_assert_eq(persist_refused(p), 0, "a leftover is not a refused record");
+    persist_free(p);
+}
+
+/* A sent PUBLISH (QoS 1) as Paho stores it in an "s-" record: the packet. */
+static size_t publish(uint8_t *buf, const char *topic, const char *payload, uint16_t msgid)
+{
+    size_t tl = strlen(topic), pl = strlen(payload), n = 0;
+    buf[n++] = 0x32;
+    buf[n++] = (uint8_t)(2 + tl + 2 + pl); /* remaining length, < 128 here */
+    buf[n++] = (uint8_t)(tl >> 8);
+    buf[n++] = (uint8_t)tl;
+    memcpy(buf + n, topic, tl);
+    n += tl;
+    buf[n++] = (uint8_t)(msgid >> 8);
+    buf[n++] = (uint8_t)msgid;
+    memcpy(buf + n, payload, pl);
+    return n + pl;
+}
+
+Test(persist, resend_and_limbo_records_are_restored_at_open)
+{
+    uint8_t rec[256];
+    persist_free(persist_new(dir));
+    size_t n = publish(rec, "redback/a/b", "again", 3);
+    write_file("s-3.resend", rec, n); /* a crash while handed over again */
+    write_file("s-4.limbo", rec, n);  /* a crash before its delivery was reported */
+    persist_t *p = persist_new(dir);
+    cr_assert(exists("s-3.msg"));
+    cr_assert(exists("s-4.msg"));
+    cr_assert_not(exists("s-3.resend"));
+    cr_assert_not(exists("s-4.limbo"));
+    cr_assert_eq(persist_records(p), 2, "%u records", persist_records(p));
+    cr_assert_eq(persist_bytes(p), 2 * n);
+    cr_assert_eq(persist_refused(p), 0);
+    persist_free(p);
+}
+
+Test(persist, a_damaged_record_is_refused_logged_and_counted)
+{
+    uint8_t rec[256];
+    persist_free(persist_new(dir));
+    size_t n = command(rec, "redback/a/b", "good");
+    write_file("c-1.msg", rec, n);
+    write_file("c-2.msg", "\xff\xff\xff\xff garbage", 12);
+    char log[4096], folder[128];
+    persist_t *p = open_capturing(log, sizeof(log));
+    cr_assert_not_null(p);
+    cr_assert_eq(persist_refused(p), 1);
+    cr_assert_eq(persist_records(p), 1);
+    cr_assert_eq(persist_bytes(p), n);
+    cr_assert_not(exists("c-2.msg"), "removed");
+    cr_assert(exists("c-1.msg"));
+    snprintf(folder, sizeof(folder), "%s/mqtt", dir);
+    cr_assert_not_null(strstr(log, folder), "the log names the store's folder: %s", log);
+    cr_assert_not_null(strstr(log, "c-2"), "and the record refused: %s", log);
+    persist_free(p);
+    /* Opened again: nothing left to refuse, nothing logged. */
+    p = open_capturing(log, sizeof(log));
+    cr_assert_eq(persist_refused(p), 0);
+    cr_assert_null(strstr(log, folder), "%s", log);
+    persist_free(p);
+}
+
+/* A damaged record that was handed over again, or in limbo, is refused like any other. */
+Test(persist, a_damaged_resend_or_limbo_record_is_refused)
+{
+    persist_free(persist_new(dir));
+    write_file("s-5.resend", "\xff\xff\xff\xff garbage", 12);
+    write_file("s-6.limbo", "\xff\xff\xff\xff garbage", 12);
+    char log[4096];
+    persist_t *p = open_capturing(log, sizeof(log));
+    cr_assert_not_null(p);
+    cr_assert_eq(persist_refused(p), 2, "%u refused", persist_refused(p));
+    cr_assert_eq(persist_records(p), 0);
+    cr_assert_not(exists("s-5.msg"));
+    cr_assert_not(exists("s-6.msg"));
+    cr_assert_not(exists("s-5.resend"));
+    cr_assert_not(exists("s-6.limbo"));
+    persist_free(p);
+}
