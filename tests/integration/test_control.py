@@ -376,6 +376,16 @@ def socket_life_cycle():
     check(open(path).read() == "not a socket\n", "the file was touched")
 
 
+def control_socket_off():
+    """gateway.control_socket = "": no socket, and tandem stats says so."""
+    d, pki, broker, g = setup(gateway='control_socket = "";')
+    check(not g.count("control:"), "a control socket anyway:\n" + g.text())
+    r = g.stats()
+    check(r.returncode == 3 and "sets no gateway.control_socket" in r.stderr,
+          "tandem stats: exit %d %r" % (r.returncode, r.stderr))
+    check(g.stop() == 0, "gateway exit status")
+
+
 def human_summary():
     d, pki, broker, g = setup(coap="max_payload = 2000;")
     requests(d, g)
@@ -431,5 +441,5 @@ def metrics_listen_errors():
 
 if __name__ == "__main__":
     run({f.__name__: f for f in [same_counts_everywhere, prometheus_scrapes, no_gateway, watch,
-                                  hostile_clients, socket_life_cycle, human_summary,
-                                  metrics_listen_errors]})
+                                  hostile_clients, socket_life_cycle, control_socket_off,
+                                  human_summary, metrics_listen_errors]})
