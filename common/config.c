@@ -1,10 +1,12 @@
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
                  const char *fmt, ...)
@@ -85,4 +87,59 @@ int gw_uri_parse(const char *uri, gw_uri_t *out)
     return 0;
 }
 
-/* Replaces {gateway} in a template setting; any other brace is an error. */
+int gw_listen_parse(const char *s, gw_listen_t *out, const char **why)
+{
+    const char *host = s, *host_end, *colon;
+    const char *dummy;
+
+    if (!why)
+        why = &dummy;
+    memset(out, 0, sizeof(*out));
+    if (*s == '[') {
+        host = s + 1;
+        host_end = strchr(host, ']');
+        if (!host_end) {
+            *why = "an IPv6 address needs its closing ']'";
+            return -EINVAL;
+        }
+        colon = host_end + 1;
+        out->family = AF_INET6;
+    } else {
+        host_end = colon = strrchr(s, ':');
+        if (colon && memchr(s, ':', (size_t)(colon - s))) {
+            *why = "an IPv6 address is written in brackets: [ADDRESS]:PORT";
+            return -EINVAL;
+        }
+        out->family = AF_INET;
+    }
+    if (!colon || *colon != ':') {
+        *why = "the port is missing (HOST:PORT)";
+        return -EINVAL;
+    }
+    size_t hlen = (size_t)(host_end - host);
+    if (hlen == 0 || hlen >= sizeof(out->host)) {
+        *why = hlen ? "the address is too long" : "the address is missing";
+        return -EINVAL;
+    }
+    memcpy(out->host, host, hlen);
+    out->host[hlen] = '\0';
+    if (inet_pton(out->family, out->host, out->addr) != 1) {
+        *why = out->family == AF_INET6
+                   ? "not an IPv6 address (zone ids are not supported)"
+                   : "not an IP address (host names are not resolved: use IPv4:PORT or "
+                     "[IPv6]:PORT)";
+        return -EINVAL;
+    }
+    const char *p = colon + 1;
+    long port = 0;
+    if (!*p)
+        port = -1;
+    for (; *p && port >= 0; p++)
+        port = *p >= '0' && *p <= '9' && port <= 65535 ? port * 10 + (*p - '0') : -1;
+    if (port < 1 || port > 65535) {
+        *why = "the port must be a number 1..65535";
+        return -EINVAL;
+    }
+    out->port = (int)port;
+    return 0;
+}

@@ -94,4 +94,18 @@ typedef struct gw_uri {
 /* 0, or -EINVAL when uri is not mqtt[s]://host[:port][/]. */
 int gw_uri_parse(const char *uri, gw_uri_t *out);
 
+/*
+ * Parsed metrics.listen: "IPv4:PORT" or "[IPv6]:PORT", literal addresses only
+ * (host names are not resolved, so that what is bound never depends on DNS).
+ */
+typedef struct gw_listen {
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned char addr[16]; /* network order; 4 bytes for AF_INET */
+    char host[46];          /* the address as written, without brackets */
+    int port;               /* 1..65535 */
+} gw_listen_t;
+
+/* 0, or -EINVAL with why (when not NULL) saying what is wrong. */
+int gw_listen_parse(const char *s, gw_listen_t *out, const char **why);
+
 #endif

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 enum stype { S_GROUP, S_STR, S_PATH, S_INT, S_BOOL, S_ENUM };
 
@@ -361,6 +363,7 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
     }
 }
 
+/* Replaces {gateway} in a template setting; any other brace is an error. */
 static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
 {
     const char *src = *field;
@@ -499,9 +502,15 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
     if (cfg->mqtt_listener.enabled)
         gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",
                     "the MQTT device listener is not supported yet");
-    if (*cfg->metrics.listen)
+    gw_listen_t listen;
+    const char *why;
+    if (*cfg->metrics.listen && gw_listen_parse(cfg->metrics.listen, &listen, &why) < 0)
         gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen",
-                    "the metrics endpoint is not supported yet");
+                    "\"%s\": %s", cfg->metrics.listen, why);
+    if (strlen(cfg->gateway.control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        gw_errs_add(errs, f, LINE("gateway.control_socket"), "gateway.control_socket",
+                    "longer than %zu bytes, the limit of a Unix socket's path",
+                    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 #undef LINE
 }
 
@@ -565,6 +574,40 @@ gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
         return NULL;
     }
     return cfg;
+}
+
+char *gw_config_control_socket(const char *path, gw_errs_t *errs)
+{
+    const struct setting *d = find_setting("gateway.control_socket");
+    config_t lc;
+    char *out = NULL, *dir;
+
+    if (!path) {
+        if (!(out = strdup(d->def)))
+            gw_errs_add(errs, "-", 0, d->name, "out of memory");
+        return out;
+    }
+    if (!(dir = dirname_of(path))) {
+        gw_errs_add(errs, path, 0, "config", "out of memory");
+        return NULL;
+    }
+    config_init(&lc);
+    if (!config_read_file(&lc, path)) {
+        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
+            gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
+        else
+            gw_errs_add(errs, config_error_file(&lc) ? config_error_file(&lc) : path,
+                        config_error_line(&lc), "syntax", "%s", config_error_text(&lc));
+    } else {
+        config_setting_t *s = config_lookup(&lc, d->name);
+        if (s && config_setting_type(s) != CONFIG_TYPE_STRING)
+            gw_errs_add(errs, path, config_setting_source_line(s), d->name, "must be a string");
+        else if (!(out = resolve_path(dir, s ? config_setting_get_string(s) : d->def)))
+            gw_errs_add(errs, path, 0, d->name, "out of memory");
+    }
+    config_destroy(&lc);
+    free(dir);
+    return out;
 }
 
 void gw_config_free(gw_config_t *cfg)

@@ -26,6 +26,16 @@ int gw_config_line(const gw_config_t *cfg, const char *setting);
  */
 void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur);
 
+/*
+ * gateway.control_socket of the file at path, resolved as gw_config_load()
+ * does, without validating or reading anything else (for `tandem stats`,
+ * which may run as a user who cannot read the password file). Returns the
+ * path, malloc'd ("" when the file turns the socket off), or NULL with errs
+ * filled when the file cannot be read or the setting is not a string. With
+ * path NULL: the default.
+ */
+char *gw_config_control_socket(const char *path, gw_errs_t *errs);
+
 /* Prints the mapping table, with shadowing warnings, for `tandem check`. */
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out);
 

@@ -21,10 +21,12 @@
 
 #include "bridge.h"
 #include "clock.h"
+#include "control.h"
 #include "ev.h"
 #include "gate.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 #include "report.h"
 #include "stats.h"
 #include "tandem_build.h"
@@ -184,6 +186,8 @@ struct proc {
     bridge_t *b;
     stats_t *stats;      /* every module's statistics */
     gw_report_t *report; /* the process's own */
+    gw_control_t *control; /* NULL when gateway.control_socket is "" */
+    gw_metrics_t *metrics; /* NULL when metrics.listen is "" */
     gw_config_t **cfgp; /* the running configuration; a reload replaces it */
     dtls_psk_store_t **pskp;
     int coap_fd, sfd;
@@ -383,6 +387,23 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /*
+     * The control socket first: a gateway already running there (with the
+     * same configuration, most likely) stops this one before it binds a port
+     * or reaches the broker with the same client id.
+     */
+    p.loop = ev_new();
+    p.stats = stats_new();
+    if (!p.loop || !p.stats) {
+        gw_err(GATEWAY, "cannot set up the event loop (out of memory)");
+        goto out;
+    }
+    if (*cfg->gateway.control_socket &&
+        !(p.control = gw_control_new(p.loop, cfg->gateway.control_socket, p.stats)))
+        goto out;
+    if (*cfg->metrics.listen && !(p.metrics = gw_metrics_new(p.loop, cfg->metrics.listen, p.stats)))
+        goto out;
+
     coap_startup();
     coap_set_log_handler(coap_log_to_gw);
     coap_set_log_level(gw_log_level() >= GW_LOG_DEBUG ? LOG_INFO : LOG_WARNING);
@@ -405,16 +426,16 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
     }
-    p.loop = ev_new();
-    if (!p.loop || register_entries(&p, &mask) < 0) {
+    if (register_entries(&p, &mask) < 0) {
         gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
     }
-    p.stats = stats_new();
-    p.report = p.stats ? gw_report_new(p.stats, cfg) : NULL;
+    p.report = gw_report_new(p.stats, cfg);
     if (!p.report || bridge_add_stats(p.b, p.stats) < 0 ||
         (p.gate && stats_add(p.stats, &dtls_gate_section, dtls_gate_stats(p.gate)) < 0) ||
-        gw_report_add_tail(p.report) < 0) {
+        gw_report_add_tail(p.report) < 0 ||
+        (p.control && stats_add(p.stats, &gw_control_section, gw_control_stats(p.control)) < 0) ||
+        (p.metrics && stats_add(p.stats, &gw_metrics_section, gw_metrics_stats(p.metrics)) < 0)) {
         gw_err(GATEWAY, "cannot set up the statistics (out of memory)");
         goto out;
     }
@@ -438,6 +459,9 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     gw_info(GATEWAY, "stopped");
     p.status = GW_EXIT_OK;
 out:
+    /* The socket file goes with the control socket: no gateway answers there any more. */
+    gw_metrics_free(p.metrics);
+    gw_control_free(p.control);
     ev_free(p.loop);
     if (p.sfd >= 0)
         close(p.sfd);

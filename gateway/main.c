@@ -10,6 +10,7 @@
 #include "dtls.h"
 #include "gateway.h"
 #include "log.h"
+#include "stats_cmd.h"
 #include "tandem_build.h"
 
 static void usage(FILE *out)
@@ -48,8 +49,18 @@ int main(int argc, char **argv)
         cmd = argv[1];
         first = 2;
     }
+    /* Commands with options of their own; argv[0] is the command. */
+    static const struct {
+        const char *name;
+        int (*main)(int argc, char **argv);
+    } commands[] = {
+        {"stats", gw_stats_cmd},
+    };
+    for (size_t i = 0; first == 2 && i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].main(argc - 1, argv + 1);
     if (strcmp(cmd, "run") && strcmp(cmd, "check")) {
-        if (!strcmp(cmd, "stats") || !strcmp(cmd, "pki")) {
+        if (!strcmp(cmd, "pki")) {
             fprintf(stderr, "tandem: '%s' is not supported yet in this version\n", cmd);
             return GW_EXIT_USAGE;
         }

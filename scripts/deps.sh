@@ -6,10 +6,11 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config
   libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
-  libjson-c-dev
-  libcriterion-dev prometheus  # prometheus: promtool checks the /metrics text
+  libjson-c-dev libmicrohttpd-dev
+  libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
   systemd  # systemd-analyze checks the unit in deploy/
+  prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
   "$@"
 )
 

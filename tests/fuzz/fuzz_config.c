@@ -75,7 +75,10 @@ static void check_config(const gw_config_t *cfg)
     FUZZ_CHECK(cfg->mqtt.max_inflight >= 1 && cfg->mqtt.publish_timeout >= 1 && cfg->mqtt.offline_buffer >= 0);
     FUZZ_CHECK(cfg->coap.plain || *cfg->coap.dtls.psk_file || *cfg->coap.dtls.cert);
     FUZZ_CHECK(!*cfg->coap.dtls.cert == !*cfg->coap.dtls.key && !*cfg->mqtt.cert == !*cfg->mqtt.key);
-    FUZZ_CHECK(!cfg->mqtt_listener.enabled && !*cfg->metrics.listen);
+    FUZZ_CHECK(!cfg->mqtt_listener.enabled);
+    gw_listen_t listen;
+    FUZZ_CHECK(!*cfg->metrics.listen || gw_listen_parse(cfg->metrics.listen, &listen, NULL) == 0);
+    FUZZ_CHECK(strlen(cfg->gateway.control_socket) < 108);
 
     gw_uri_t uri;
     FUZZ_CHECK(gw_uri_parse(cfg->mqtt.uri, &uri) == 0);

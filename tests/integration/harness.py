@@ -360,10 +360,21 @@ class Gateway:
     """The tandem binary with a generated configuration."""
 
     def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
-                 mappings=None, gateway="", psk=None, log_level="debug", uri=None, env=None):
+                 mappings=None, gateway="", psk=None, log_level="debug", uri=None, env=None,
+                 metrics=False):
+        """metrics: serve /metrics on 127.0.0.1:self.metrics_port (or on this
+        "HOST:PORT" text); the control socket is self.control_socket, in d
+        unless gateway sets one."""
         self.dir = d
         self.dtls_port = free_port(socket.SOCK_DGRAM)
         self.plain_port = free_port(socket.SOCK_DGRAM)
+        self.metrics_port = None
+        if metrics is True:
+            self.metrics_port = free_port()
+            metrics = "127.0.0.1:%d" % self.metrics_port
+        m = re.search(r'control_socket\s*=\s*"([^"]*)"', gateway)
+        self.control_socket = m.group(1) if m else os.path.join(d, "control-%d.sock" %
+                                                                self.dtls_port)
         self.psk = psk if psk is not None else {"bike-1": "secret-bike-1",
                                                  "bike-2": "secret-bike-2"}
         psk_file = os.path.join(d, "psk.txt")
@@ -377,6 +388,8 @@ class Gateway:
         with open(self.conf, "w") as f:
             if "state_dir" not in gateway:
                 gateway += ' state_dir = "%s";' % os.path.join(d, "state-%d" % self.dtls_port)
+            if "control_socket" not in gateway:
+                gateway += ' control_socket = "%s";' % self.control_socket
             f.write('gateway = { id = "it"; log_level = "%s"; %s };\n' % (log_level, gateway))
             f.write('coap = { bind = "127.0.0.1"; port = %d; %s\n' % (self.plain_port, coap))
             f.write('  dtls = { port = %d; %s };\n' % (self.dtls_port, dtls))
@@ -385,6 +398,8 @@ class Gateway:
             ca = 'ca = "%s"; ' % pki.ca if uri.startswith("mqtts") and "ca =" not in mqtt else ""
             quiet = "" if "stats_interval" in mqtt else "stats_interval = 0; "
             f.write('mqtt = { uri = "%s"; %s%s%s };\n' % (uri, ca, quiet, mqtt))
+            if metrics:
+                f.write('metrics = { listen = "%s"; };\n' % metrics)
             f.write("mappings = (\n%s\n);\n" % mappings)
         self.log = os.path.join(d, "tandem.log")
         self.proc = None
@@ -426,6 +441,11 @@ class Gateway:
 
     def wait_log(self, needle, n=1):
         wait_until(lambda: self.count(needle) >= n, "'%s' x%d in the gateway log" % (needle, n))
+
+    def stats(self, *args, timeout=WAIT):
+        """`tandem stats -c` this gateway's configuration: the CompletedProcess."""
+        return subprocess.run([TANDEM, "stats", "-c", self.conf, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout, env=self.env)
 
     def stop(self):
         """SIGTERM, then the exit status once the log is read to its end."""

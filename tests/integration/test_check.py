@@ -121,7 +121,8 @@ def port_in_use_is_a_runtime_failure():
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))
     port = busy.getsockname()[1]
-    conf = write(d, "tandem.conf", 'coap = {\n  bind = "127.0.0.1";\n  dtls = {\n    port = %d;\n'
+    conf = write(d, "tandem.conf", 'gateway = { control_socket = "control.sock"; };\n'
+                 'coap = {\n  bind = "127.0.0.1";\n  dtls = {\n    port = %d;\n'
                  '    psk_file = "psk.txt";\n  };\n};\n%s' % (port, MAPPINGS))
     r = tandem("run", "-c", conf)
     busy.close()

@@ -2,9 +2,11 @@
  * Configuration schema: defaults, every kind of error with its line.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config_file.h"
@@ -35,12 +37,17 @@ TestSuite(config, .init = setup, .fini = teardown);
 /* A valid base: PSK credentials, so that DTLS has something. */
 #define BASE "coap = { dtls = { psk_file = \"psk.txt\"; }; };\n"
 
-static gw_config_t *load_text(const char *text)
+static void write_text(const char *text)
 {
     FILE *f = fopen(path, "w");
     cr_assert_not_null(f);
     fputs(text, f);
     fclose(f);
+}
+
+static gw_config_t *load_text(const char *text)
+{
+    write_text(text);
     return gw_config_load(path, &errs);
 }
 
@@ -169,9 +176,141 @@ Test(config, features_not_there_yet_are_refused)
 {
     expect_error(BASE "mqtt_listener = {\n  enabled = true;\n};\n", 3, "mqtt_listener.enabled",
                  "not supported yet");
+}
+
+Test(config, metrics_listen)
+{
+    gw_config_t *cfg = load_text(BASE "metrics = {\n  listen = \"127.0.0.1:9464\";\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    cr_assert_str_eq(cfg->metrics.listen, "127.0.0.1:9464");
+    gw_config_free(cfg);
+    cfg = load_text(BASE);
+    cr_assert_not_null(cfg);
+    cr_assert_str_eq(cfg->metrics.listen, "", "off by default");
+    gw_config_free(cfg);
+
+    expect_error(BASE "metrics = {\n  listen = \"localhost:9464\";\n};\n", 3, "metrics.listen",
+                 "host names are not resolved");
     gw_errs_clear(&errs);
-    expect_error(BASE "metrics = {\n  listen = \"127.0.0.1:9464\";\n};\n", 3, "metrics.listen",
-                 "not supported yet");
+    expect_error(BASE "metrics = {\n\n  listen = \"127.0.0.1\";\n};\n", 4, "metrics.listen",
+                 "\"127.0.0.1\": the port is missing");
+    gw_errs_clear(&errs);
+    expect_error(BASE "metrics = {\n  listen = \"[::1]:99999\";\n};\n", 3, "metrics.listen",
+                 "1..65535");
+    gw_errs_clear(&errs);
+    expect_error(BASE "metrics = {\n  listen = 9464;\n};\n", 3, "metrics.listen",
+                 "must be a string");
+}
+
+/* metrics.listen values, one by one. */
+static void listen_ok(const char *s, int family, const char *host, int port)
+{
+    gw_listen_t l;
+    const char *why = NULL;
+    cr_assert_eq(gw_listen_parse(s, &l, &why), 0, "\"%s\" refused: %s", s, why);
+    cr_assert_eq(l.family, family, "%s", s);
+    cr_assert_str_eq(l.host, host);
+    cr_assert_eq(l.port, port, "%s", s);
+}
+
+static void listen_bad(const char *s, const char *why_part)
+{
+    gw_listen_t l;
+    const char *why = NULL;
+    cr_assert_eq(gw_listen_parse(s, &l, &why), -EINVAL, "\"%s\" accepted", s);
+    cr_assert_not_null(why);
+    cr_assert(strstr(why, why_part) != NULL, "\"%s\": wanted \"%s\" in \"%s\"", s, why_part, why);
+}
+
+Test(listen, literal_addresses_and_ports)
+{
+    listen_ok("127.0.0.1:9464", AF_INET, "127.0.0.1", 9464);
+    listen_ok("0.0.0.0:1", AF_INET, "0.0.0.0", 1);
+    listen_ok("[::1]:9464", AF_INET6, "::1", 9464);
+    listen_ok("[::]:65535", AF_INET6, "::", 65535);
+    listen_ok("[2001:db8::17]:80", AF_INET6, "2001:db8::17", 80);
+    listen_ok("[::ffff:10.0.0.1]:9464", AF_INET6, "::ffff:10.0.0.1", 9464);
+
+    gw_listen_t l;
+    cr_assert_eq(gw_listen_parse("10.1.2.3:8080", &l, NULL), 0);
+    cr_assert_eq(memcmp(l.addr, "\x0a\x01\x02\x03", 4), 0, "network order");
+
+    listen_bad("", "the port is missing");
+    listen_bad("127.0.0.1", "the port is missing");
+    listen_bad("127.0.0.1:", "1..65535");
+    listen_bad(":9464", "the address is missing");
+    listen_bad("127.0.0.1:0", "1..65535");
+    listen_bad("127.0.0.1:65536", "1..65535");
+    listen_bad("127.0.0.1:123456789012345678901234567890", "1..65535");
+    listen_bad("127.0.0.1:-1", "1..65535");
+    listen_bad("127.0.0.1:+80", "1..65535");
+    listen_bad("127.0.0.1:80 ", "1..65535");
+    listen_bad("127.0.0.1:http", "1..65535");
+    listen_bad("localhost:9464", "host names are not resolved");
+    listen_bad("metrics.example:9464", "host names are not resolved");
+    listen_bad(" 127.0.0.1:9464", "host names are not resolved");
+    listen_bad("127.1:9464", "not an IP address");
+    listen_bad("::1:9464", "in brackets");
+    listen_bad("[::1:9464", "closing ']'");
+    listen_bad("[::1]", "the port is missing");
+    listen_bad("[::1]9464", "the port is missing");
+    listen_bad("[]:9464", "the address is missing");
+    listen_bad("[127.0.0.1]:9464", "not an IPv6 address");
+    listen_bad("[fe80::1%eth0]:9464", "zone ids are not supported");
+    listen_bad("[::1]:9464:1", "1..65535");
+}
+
+Test(config, control_socket)
+{
+    gw_config_t *cfg = load_text(BASE "gateway = {\n  control_socket = \"run/c.sock\";\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    char want[256];
+    snprintf(want, sizeof(want), "%s/run/c.sock", dir);
+    cr_assert_str_eq(cfg->gateway.control_socket, want, "relative to the file's folder");
+    gw_config_free(cfg);
+
+    cfg = load_text(BASE "gateway = {\n  control_socket = \"\";\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    cr_assert_str_eq(cfg->gateway.control_socket, "", "\"\" turns it off");
+    gw_config_free(cfg);
+
+    char text[512];
+    snprintf(text, sizeof(text), BASE "gateway = {\n  control_socket = \"/%0120d\";\n};\n", 0);
+    expect_error(text, 3, "gateway.control_socket", "the limit of a Unix socket's path");
+}
+
+Test(config, control_socket_alone)
+{
+    /* `tandem stats` reads only this setting: the rest need not be valid. */
+    char *p = NULL;
+    write_text("gateway = { control_socket = \"c.sock\"; };\nwhatever = 1;\n");
+    p = gw_config_control_socket(path, &errs);
+    char want[256];
+    snprintf(want, sizeof(want), "%s/c.sock", dir);
+    cr_assert_not_null(p, "%s", errs.text ? errs.text : "");
+    cr_assert_str_eq(p, want);
+    free(p);
+
+    write_text("mqtt = { uri = \"x\"; };\n");
+    p = gw_config_control_socket(path, &errs);
+    cr_assert_not_null(p);
+    cr_assert_str_eq(p, "/run/tandem/control.sock", "the default");
+    free(p);
+
+    write_text("gateway = {\n  control_socket = 3;\n};\n");
+    cr_assert_null(gw_config_control_socket(path, &errs));
+    cr_assert(strstr(errs.text, ":2: gateway.control_socket: must be a string") != NULL, "%s",
+              errs.text);
+    gw_errs_clear(&errs);
+
+    write_text("gateway = { control_socket = ");
+    cr_assert_null(gw_config_control_socket(path, &errs));
+    cr_assert(strstr(errs.text, ": syntax: ") != NULL, "%s", errs.text);
+    gw_errs_clear(&errs);
+
+    unlink(path);
+    cr_assert_null(gw_config_control_socket(path, &errs));
+    cr_assert(strstr(errs.text, "cannot read the file") != NULL, "%s", errs.text);
 }
 
 Test(config, mapping_errors_have_lines)

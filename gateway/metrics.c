@@ -1,0 +1,253 @@
+/*
+ * /metrics with libmicrohttpd in external-event mode: MHD_USE_EPOLL without
+ * an internal thread, so everything runs in the loop's thread and reads the
+ * statistics without locks. We bind the listening socket ourselves, to report
+ * why it cannot be bound, and hand it over (MHD_OPTION_LISTEN_SOCKET).
+ */
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "error.h"
+#include "log.h"
+
+/* When libmicrohttpd has no deadline: look again now and then all the same. */
+#define IDLE_MS 60000
+
+#define FIELD(n, h, f)                                                                             \
+    {                                                                                              \
+        .name = n, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                            \
+        .offset = offsetof(gw_metrics_stats_t, f)                                                  \
+    }
+static const stats_field_t metrics_fields[] = {
+    FIELD("requests", "HTTP requests to the metrics endpoint", requests),
+    FIELD("not_found", "Metrics endpoint requests for another path than /metrics (404)", not_found),
+    FIELD("not_allowed", "Metrics endpoint requests with another method than GET (405)",
+          not_allowed),
+};
+#undef FIELD
+
+const stats_section_t gw_metrics_section = {
+    .json = "metrics",
+    .prom = "metrics",
+    .fields = metrics_fields,
+    .nfields = sizeof(metrics_fields) / sizeof(metrics_fields[0]),
+};
+
+struct gw_metrics {
+    ev_loop_t *loop;      /* borrowed */
+    const stats_t *stats; /* borrowed */
+    struct MHD_Daemon *d;
+    int epfd;       /* libmicrohttpd's, registered with the loop */
+    uint64_t timer; /* libmicrohttpd's next deadline */
+    gw_metrics_stats_t st;
+};
+
+static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
+                             const char *allow)
+{
+    if (!body)
+        return MHD_NO; /* out of memory: the connection is closed */
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    enum MHD_Result ok =
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                status == MHD_HTTP_OK ? content_type : "text/plain; charset=utf-8");
+    if (ok == MHD_YES && allow)
+        ok = MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (ok == MHD_YES)
+        ok = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    gw_metrics_t *m = cls;
+    (void)version;
+    (void)upload_data;
+
+    /*
+     * libmicrohttpd calls once when the headers are in, then for each piece
+     * of a body, then once more with none. Other methods are refused at once
+     * (their body is not read: the connection closes after the answer);
+     * GET and HEAD are answered on the last call, which keeps the connection
+     * open for the next scrape. A body sent with a GET is skipped.
+     */
+    bool get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+    if (!*con_cls) {
+        *con_cls = m;
+        m->st.requests++;
+        if (get)
+            return MHD_YES;
+    } else if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (!get) {
+        m->st.not_allowed++;
+        return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, strdup("method not allowed\n"), 19,
+                     "GET, HEAD");
+    }
+    if (strcmp(url, "/metrics")) {
+        m->st.not_found++;
+        return reply(conn, MHD_HTTP_NOT_FOUND, strdup("not found: try /metrics\n"), 24, NULL);
+    }
+    size_t len = 0;
+    char *body = stats_prometheus(m->stats, &len);
+    if (!body) {
+        gw_log_limited(GW_LOG_WARNING, METRICS, "cannot answer a scrape (out of memory)");
+        return MHD_NO;
+    }
+    return reply(conn, MHD_HTTP_OK, body, len, NULL);
+}
+
+/* libmicrohttpd's messages are about what clients do: limited, below Tandem's own. */
+static void on_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[256];
+    (void)cls;
+    vsnprintf(line, sizeof(line), fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    gw_log_limited(GW_LOG_DEBUG, METRICS, "%s", line);
+}
+
+/* Milliseconds until libmicrohttpd wants to run again. */
+static uint64_t next_ms(gw_metrics_t *m)
+{
+    MHD_UNSIGNED_LONG_LONG t;
+    if (MHD_get_timeout(m->d, &t) != MHD_YES)
+        return IDLE_MS;
+    return t < IDLE_MS ? (uint64_t)t : IDLE_MS;
+}
+
+static void on_ready(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    gw_metrics_t *m = data;
+    (void)fd;
+    (void)mask;
+    MHD_run(m->d);
+    ev_set_timer(loop, m->timer, next_ms(m));
+}
+
+static int64_t on_timer(ev_loop_t *loop, uint64_t id, void *data)
+{
+    gw_metrics_t *m = data;
+    (void)loop;
+    (void)id;
+    MHD_run(m->d);
+    return (int64_t)next_ms(m);
+}
+
+/* A listening socket at l; the fd, or -1 with the reason logged. */
+static int listen_at(const gw_listen_t *l, const char *text)
+{
+    struct sockaddr_storage ss = { 0 };
+    socklen_t len;
+    if (l->family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)l->port);
+        memcpy(&sin->sin_addr, l->addr, 4);
+        len = sizeof(*sin);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)l->port);
+        memcpy(&sin6->sin6_addr, l->addr, 16);
+        len = sizeof(*sin6);
+    }
+    int one = 1;
+    int fd = socket(l->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, GW_METRICS_CONNECTIONS) < 0) {
+        gw_err(METRICS, "cannot listen on %s (%s)", text, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t *stats)
+{
+    gw_listen_t l;
+    const char *why;
+    if (gw_listen_parse(listen, &l, &why) < 0) {
+        gw_err(METRICS, "metrics.listen \"%s\": %s", listen, why);
+        return NULL;
+    }
+    gw_metrics_t *m = calloc(1, sizeof(*m));
+    if (!m) {
+        gw_err(METRICS, "out of memory");
+        return NULL;
+    }
+    m->loop = loop;
+    m->stats = stats;
+    m->epfd = -1;
+    int fd = listen_at(&l, listen);
+    if (fd < 0) {
+        free(m);
+        return NULL;
+    }
+    m->d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (l.family == AF_INET6 ? MHD_USE_IPv6 : 0), 0, NULL,
+        NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_METRICS_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_END);
+    if (!m->d) {
+        gw_err(METRICS, "cannot start the HTTP server on %s", listen);
+        close(fd);
+        free(m);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->d, MHD_DAEMON_INFO_EPOLL_FD);
+    m->epfd = info ? info->epoll_fd : -1;
+    int rc = m->epfd >= 0 ? ev_add_file(loop, m->epfd, EV_READABLE, on_ready, m) : -EINVAL;
+    if (rc == 0 && !(m->timer = ev_add_timer(loop, next_ms(m), on_timer, m)))
+        rc = -ENOMEM;
+    if (rc < 0) {
+        gw_err(METRICS, "cannot serve %s (%s)", listen, gw_strerror(rc));
+        gw_metrics_free(m);
+        return NULL;
+    }
+    gw_info(METRICS, "serving Prometheus metrics at http://%s/metrics", listen);
+    return m;
+}
+
+const gw_metrics_stats_t *gw_metrics_stats(const gw_metrics_t *m)
+{
+    return &m->st;
+}
+
+void gw_metrics_free(gw_metrics_t *m)
+{
+    if (!m)
+        return;
+    if (m->timer)
+        ev_del_timer(m->loop, m->timer);
+    if (m->epfd >= 0)
+        ev_del_file(m->loop, m->epfd);
+    /* Closes the connections, its epoll descriptor and the listening socket. */
+    MHD_stop_daemon(m->d);
+    free(m);
+}

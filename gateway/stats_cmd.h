@@ -1,0 +1,14 @@
+/*
+ * `tandem stats`: asks the running gateway for its statistics through the
+ * control socket (control.h) and prints them.
+ */
+#ifndef TANDEM_STATS_CMD_H
+#define TANDEM_STATS_CMD_H
+
+/* Where `tandem stats` looks without -c. */
+#define GW_DEFAULT_CONFIG "/etc/tandem/tandem.conf"
+
+/* argv[0] is "stats". Returns an exit status (SPEC §1). */
+int gw_stats_cmd(int argc, char **argv);
+
+#endif
