@@ -37,9 +37,9 @@ static double now(void)
 
 static void send_one(struct dev *d)
 {
-    coap_pdu_t *pdu = coap_pdu_init(COAP_MESSAGE_CON, COAP_REQUEST_CODE_POST,
-                                    coap_new_message_id(d->session),
-                                    coap_session_max_pdu_size(d->session));
+    coap_pdu_t *pdu =
+        coap_pdu_init(COAP_MESSAGE_CON, COAP_REQUEST_CODE_POST, coap_new_message_id(d->session),
+                      coap_session_max_pdu_size(d->session));
     uint8_t token[8];
     size_t tlen;
     char body[96];
@@ -48,10 +48,9 @@ static void send_one(struct dev *d)
     coap_session_new_token(d->session, &tlen, token);
     coap_add_token(pdu, tlen, token);
     coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(path_prefix), (const uint8_t *)path_prefix);
-    coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(d->identity),
-                    (const uint8_t *)d->identity);
+    coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(d->identity), (const uint8_t *)d->identity);
     coap_add_option(pdu, COAP_OPTION_URI_PATH, strlen(path_suffix), (const uint8_t *)path_suffix);
-    uint8_t cf[1] = {50};
+    uint8_t cf[1] = { 50 };
     coap_add_option(pdu, COAP_OPTION_CONTENT_FORMAT, 1, cf);
     coap_add_data(pdu, (size_t)n, (const uint8_t *)body);
     d->sent_at = now();
@@ -142,8 +141,8 @@ int main(int argc, char **argv)
     double elapsed = now() - t0;
 
     qsort(lat, nlat, sizeof(*lat), cmp);
-    printf("sessions %d, requests %d, 2.04 %d, other %d, in %.2f s\n", nsessions,
-           nsessions * count, ok, failed, elapsed);
+    printf("sessions %d, requests %d, 2.04 %d, other %d, in %.2f s\n", nsessions, nsessions * count,
+           ok, failed, elapsed);
     printf("throughput %.0f requests/s (handshakes included)\n", (double)(ok + failed) / elapsed);
     if (nlat)
         printf("latency ms: p50 %.2f, p99 %.2f, max %.2f\n", lat[nlat / 2] * 1000,

@@ -44,14 +44,15 @@ static double now(void)
 /* A ClientHello like a constrained device's (PSK and ECDHE-ECDSA, CCM). */
 static size_t client_hello(uint8_t *p, uint64_t *rng)
 {
-    static const uint8_t suites[] = {0xc0, 0xa8, 0xc0, 0xae, 0xc0, 0xac, 0x00, 0xa8,
-                                     0xc0, 0x2b, 0xc0, 0x23, 0x00, 0x8c, 0x00, 0xae};
+    static const uint8_t suites[] = { 0xc0, 0xa8, 0xc0, 0xae, 0xc0, 0xac, 0x00, 0xa8,
+                                      0xc0, 0x2b, 0xc0, 0x23, 0x00, 0x8c, 0x00, 0xae };
     static const uint8_t ext[] = {
         0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x17, 0x00, 0x1d, /* supported groups */
         0x00, 0x0b, 0x00, 0x02, 0x01, 0x00,                         /* point formats */
         0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x03, 0x05, 0x03, 0x08, 0x04, /* sig algs */
-        0x00, 0x16, 0x00, 0x00,  /* encrypt-then-MAC */
-        0x00, 0x17, 0x00, 0x00}; /* extended master secret */
+        0x00, 0x16, 0x00, 0x00, /* encrypt-then-MAC */
+        0x00, 0x17, 0x00, 0x00
+    }; /* extended master secret */
     size_t n = 25;
     p[n++] = 0xfe;
     p[n++] = 0xfd;
@@ -76,12 +77,12 @@ static size_t client_hello(uint8_t *p, uint64_t *rng)
 
     size_t body = n - 25, rec = n - 13;
     /* Record header: handshake, DTLS 1.0 (as clients do in the first hello), epoch 0. */
-    const uint8_t head[13] = {22,          0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, (uint8_t)(rec >> 8),
-                              (uint8_t)rec};
+    const uint8_t head[13] = { 22,          0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, (uint8_t)(rec >> 8),
+                               (uint8_t)rec };
     memcpy(p, head, sizeof(head));
     /* Handshake header: client_hello, length, message_seq 0, one fragment. */
-    const uint8_t hs[12] = {1, 0, (uint8_t)(body >> 8), (uint8_t)body, 0, 0, 0, 0,
-                            0, 0, (uint8_t)(body >> 8), (uint8_t)body};
+    const uint8_t hs[12] = { 1, 0, (uint8_t)(body >> 8), (uint8_t)body, 0, 0, 0, 0,
+                             0, 0, (uint8_t)(body >> 8), (uint8_t)body };
     memcpy(p + 13, hs, sizeof(hs));
     return n;
 }
@@ -92,7 +93,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: dtls_flood HOST PORT RATE SECONDS [POOL]\n");
         return 2;
     }
-    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
+    struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2])) };
     double rate = atof(argv[3]), seconds = atof(argv[4]);
     int pool = argc > 5 ? atoi(argv[5]) : 1024;
     if (inet_pton(AF_INET, argv[1], &dst.sin_addr) != 1 || rate < 0 || seconds <= 0 || pool < 1) {
@@ -108,7 +109,7 @@ int main(int argc, char **argv)
     if (!fds)
         return 1;
     for (int i = 0; i < pool; i++) {
-        struct sockaddr_in src = {.sin_family = AF_INET};
+        struct sockaddr_in src = { .sin_family = AF_INET };
         src.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         fds[i] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&src, sizeof(src)) < 0) {
@@ -127,7 +128,7 @@ int main(int argc, char **argv)
     while (!stop && (t = now()) < end) {
         uint64_t due = rate > 0 ? (uint64_t)((t - t0) * rate) + 1 : tried + 64;
         if (tried >= due) {
-            struct timespec pause = {0, 200000};
+            struct timespec pause = { 0, 200000 };
             nanosleep(&pause, NULL);
             continue;
         }
@@ -151,7 +152,7 @@ int main(int argc, char **argv)
     }
     double elapsed = now() - t0;
     /* Answers still on their way. */
-    struct timespec settle = {0, 100000000};
+    struct timespec settle = { 0, 100000000 };
     nanosleep(&settle, NULL);
     for (int i = 0; i < pool; i++) {
         ssize_t r;

@@ -25,7 +25,7 @@
 
 /* The pool's counters. */
 typedef struct block1_stats {
-    size_t bytes;    /* held by every transfer's buffer now */
+    size_t bytes;     /* held by every transfer's buffer now */
     uint64_t refused; /* blocks answered 5.03: every buffer at the budget */
 } block1_stats_t;
 
@@ -46,12 +46,12 @@ void b1_free(b1_t *t);
 
 /* One block of a request, as it arrived. */
 typedef struct b1_block {
-    unsigned num;       /* block number */
-    bool more;          /* the M bit */
-    unsigned szx;       /* size exponent: blocks of 1 << (szx + 4) bytes */
-    int size1;          /* Size1 option (announced body size), -1 when absent */
-    int cf;             /* Content-Format, -1 when absent */
-    const char *topic;  /* where the body goes; at most MAP_PATH_MAX bytes */
+    unsigned num;      /* block number */
+    bool more;         /* the M bit */
+    unsigned szx;      /* size exponent: blocks of 1 << (szx + 4) bytes */
+    int size1;         /* Size1 option (announced body size), -1 when absent */
+    int cf;            /* Content-Format, -1 when absent */
+    const char *topic; /* where the body goes; at most MAP_PATH_MAX bytes */
     const uint8_t *data;
     size_t len;
     uint64_t now_ms;

@@ -97,7 +97,8 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         goto fail;
     b->persist = persist_new(cfg->gateway.state_dir);
     if (!b->persist) {
-        gw_err(BRIDGE, "cannot keep state in %s/mqtt (%s)", cfg->gateway.state_dir, strerror(errno));
+        gw_err(BRIDGE, "cannot keep state in %s/mqtt (%s)", cfg->gateway.state_dir,
+               strerror(errno));
         goto fail;
     }
     persist_set_durable(b->persist, true); /* not connected yet */
@@ -216,7 +217,11 @@ void bridge_publish_stats(bridge_t *b, const char *json, size_t len)
 {
     if (!upstream_connected(b))
         return;
-    mqtt_msg_t msg = {.topic = b->cfg->mqtt.stats_topic, .payload = json, .len = len,
-                      .qos = 0, .content_type = "application/json", .utf8 = true};
+    mqtt_msg_t msg = { .topic = b->cfg->mqtt.stats_topic,
+                       .payload = json,
+                       .len = len,
+                       .qos = 0,
+                       .content_type = "application/json",
+                       .utf8 = true };
     mqtt_publish(b->mqtt, &msg, 0);
 }

@@ -80,5 +80,4 @@ void bridge_shutdown(bridge_t *b, int timeout_ms);
  */
 void bridge_reload(bridge_t *b, const gw_config_t *next);
 
-
 #endif

@@ -69,17 +69,16 @@ struct upstream {
     bool connected, connecting, ever_connected;
     uint64_t reconnect_at_ms, connected_at_ms;
     struct {
-        bool acked;          /* the broker acknowledged something on this connection */
-        unsigned strikes;    /* connections in a row the broker dropped soon */
-        bool one_at_a_time;  /* finding the message it drops them for */
-        char suspect[80];    /* the store record in flight at the last such drop */
+        bool acked;         /* the broker acknowledged something on this connection */
+        unsigned strikes;   /* connections in a row the broker dropped soon */
+        bool one_at_a_time; /* finding the message it drops them for */
+        char suspect[80];   /* the store record in flight at the last such drop */
         unsigned suspect_strikes;
-    } guard;                 /* see upstream.c, guard_dropped() */
+    } guard; /* see upstream.c, guard_dropped() */
     unsigned backoff_s;
     uint64_t last_tick_ms, last_second_ms;
     struct upstream_stats st;
 };
-
 
 struct bridge {
     const gw_config_t *cfg; /* borrowed */
@@ -89,15 +88,15 @@ struct bridge {
     persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
     sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
     pending_t *pend;        /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
-    b1_pool_t *b1;          /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
-    resources_t *res;       /* owned: the catch-all, /.well-known/core, the concrete resources */
-    down_t *down;           /* owned: the down direction */
+    b1_pool_t *b1;    /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
+    resources_t *res; /* owned: the catch-all, /.well-known/core, the concrete resources */
+    down_t *down;     /* owned: the down direction */
 
-    bool draining;          /* bridge_drain(): new requests are refused */
+    bool draining; /* bridge_drain(): new requests are refused */
     uint64_t started_ms;
 
-    struct up up;           /* up.c's */
-    struct upstream link;   /* upstream.c's */
+    struct up up;                 /* up.c's */
+    struct upstream link;         /* upstream.c's */
     struct bridge_report *report; /* owned: bridge_report.c's snapshot for the statistics */
 };
 

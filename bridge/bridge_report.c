@@ -19,8 +19,8 @@ struct map_snap {
 struct snap {
     /* coap */
     uint64_t sessions, sessions_evicted, sessions_refused, observers, observers_refused,
-        peers_remembered, dtls_handshakes_ok, dtls_handshakes_failed, requests, duplicates, bytes_in,
-        bytes_out, block1_bytes, block1_refused, notifications;
+        peers_remembered, dtls_handshakes_ok, dtls_handshakes_failed, requests, duplicates,
+        bytes_in, bytes_out, block1_bytes, block1_refused, notifications;
     uint64_t responses[256]; /* by class * 32 + detail */
     stats_hist_t answer_latency;
     /* mqtt */
@@ -135,11 +135,15 @@ static void code_label(size_t i, char *buf, size_t len)
 }
 
 #define U64(json, prom_, kind_, help_)                                                             \
-    {.name = #json, .prom = prom_, .help = help_, .kind = STATS_##kind_, .type = STATS_U64,        \
-     .offset = offsetof(struct bridge_report, s.json)}
+    {                                                                                              \
+        .name = #json, .prom = prom_, .help = help_, .kind = STATS_##kind_, .type = STATS_U64,     \
+        .offset = offsetof(struct bridge_report, s.json)                                           \
+    }
 #define BYTES(json, prom_, kind_, help_)                                                           \
-    {.name = #json, .prom = prom_, .unit = "bytes", .help = help_, .kind = STATS_##kind_,          \
-     .type = STATS_U64, .offset = offsetof(struct bridge_report, s.json)}
+    {                                                                                              \
+        .name = #json, .prom = prom_, .unit = "bytes", .help = help_, .kind = STATS_##kind_,       \
+        .type = STATS_U64, .offset = offsetof(struct bridge_report, s.json)                        \
+    }
 
 static const stats_field_t coap_fields[] = {
     U64(sessions, NULL, GAUGE, "CoAP sessions (DTLS and plain) held now"),
@@ -157,18 +161,29 @@ static const stats_field_t coap_fields[] = {
     BYTES(block1_bytes, "block1_buffered", GAUGE, "Bytes held by Block1 transfers in progress"),
     U64(block1_refused, NULL, COUNTER, "Block1 transfers refused: buffers at their bound (5.03)"),
     U64(notifications, NULL, COUNTER, "Messages that notified observers"),
-    {.name = "responses", .help = "CoAP answers by response code", .kind = STATS_COUNTER,
-     .type = STATS_ARRAY, .offset = offsetof(struct bridge_report, s.responses), .n = 256,
-     .label = "code", .label_of = code_label},
-    {.name = "answer_latency_ms", .prom = "answer_latency", .unit = "seconds",
-     .help = "Time from a request to its answer, for answers that waited for the broker",
-     .kind = STATS_HISTOGRAM, .type = STATS_HIST,
-     .offset = offsetof(struct bridge_report, s.answer_latency)},
+    { .name = "responses",
+      .help = "CoAP answers by response code",
+      .kind = STATS_COUNTER,
+      .type = STATS_ARRAY,
+      .offset = offsetof(struct bridge_report, s.responses),
+      .n = 256,
+      .label = "code",
+      .label_of = code_label },
+    { .name = "answer_latency_ms",
+      .prom = "answer_latency",
+      .unit = "seconds",
+      .help = "Time from a request to its answer, for answers that waited for the broker",
+      .kind = STATS_HISTOGRAM,
+      .type = STATS_HIST,
+      .offset = offsetof(struct bridge_report, s.answer_latency) },
 };
 
 static const stats_field_t mqtt_fields[] = {
-    {.name = "connected", .help = "1 while connected to the broker", .kind = STATS_GAUGE,
-     .type = STATS_BOOL, .offset = offsetof(struct bridge_report, s.connected)},
+    { .name = "connected",
+      .help = "1 while connected to the broker",
+      .kind = STATS_GAUGE,
+      .type = STATS_BOOL,
+      .offset = offsetof(struct bridge_report, s.connected) },
     U64(reconnects, NULL, COUNTER, "Connections to the broker after the first"),
     U64(published, NULL, COUNTER, "Publishes handed to the MQTT client while connected"),
     U64(acked, NULL, COUNTER, "Publishes the broker acknowledged"),
@@ -184,10 +199,13 @@ static const stats_field_t mqtt_fields[] = {
     U64(offline_buffered, NULL, COUNTER, "Publishes put into the offline buffer"),
     U64(stored_records, NULL, GAUGE, "Messages in the offline store now"),
     BYTES(stored_bytes, "stored", GAUGE, "Size of the offline store now"),
-    {.name = "ack_latency_ms", .prom = "ack_latency", .unit = "seconds",
-     .help = "Time from a request to the broker's acknowledgement of its publish",
-     .kind = STATS_HISTOGRAM, .type = STATS_HIST,
-     .offset = offsetof(struct bridge_report, s.ack_latency)},
+    { .name = "ack_latency_ms",
+      .prom = "ack_latency",
+      .unit = "seconds",
+      .help = "Time from a request to the broker's acknowledgement of its publish",
+      .kind = STATS_HISTOGRAM,
+      .type = STATS_HIST,
+      .offset = offsetof(struct bridge_report, s.ack_latency) },
 };
 
 static const stats_field_t mqtt_in_fields[] = {
@@ -196,12 +214,19 @@ static const stats_field_t mqtt_in_fields[] = {
 };
 
 #define DOWN(json, field, kind_, help_)                                                            \
-    {.name = #json, .help = help_, .kind = STATS_##kind_, .type = STATS_U64,                       \
-     .offset = offsetof(struct bridge_report, s.field)}
+    {                                                                                              \
+        .name = #json, .help = help_, .kind = STATS_##kind_, .type = STATS_U64,                    \
+        .offset = offsetof(struct bridge_report, s.field)                                          \
+    }
 static const stats_field_t down_fields[] = {
     DOWN(resources, resources, GAUGE, "Values held for devices to GET or observe"),
-    {.name = "value_bytes", .prom = "values", .unit = "bytes", .help = "Bytes of the values held",
-     .kind = STATS_GAUGE, .type = STATS_U64, .offset = offsetof(struct bridge_report, s.value_bytes)},
+    { .name = "value_bytes",
+      .prom = "values",
+      .unit = "bytes",
+      .help = "Bytes of the values held",
+      .kind = STATS_GAUGE,
+      .type = STATS_U64,
+      .offset = offsetof(struct bridge_report, s.value_bytes) },
     DOWN(received, down_received, COUNTER, "Broker messages taken as values"),
     DOWN(evicted, evicted, COUNTER, "Values dropped for room, or gone at a reload"),
     DOWN(dropped_full, dropped_full, COUNTER, "Messages dropped: no room for their value"),
@@ -212,8 +237,10 @@ static const stats_field_t down_fields[] = {
 };
 
 #define MAP(f, help_)                                                                              \
-    {.name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                          \
-     .offset = offsetof(struct map_snap, f)}
+    {                                                                                              \
+        .name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                       \
+        .offset = offsetof(struct map_snap, f)                                                     \
+    }
 static const stats_field_t map_fields[] = {
     MAP(up, "Requests of the mapping answered with success"),
     MAP(down, "Values stored for the mapping"),
@@ -234,16 +261,34 @@ static const void *map_instance(const void *obj, size_t i, const char **name)
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 static const stats_section_t sections[] = {
-    {.json = "coap", .prom = "coap", .fields = coap_fields, .nfields = N(coap_fields),
-     .prepare = gather},
-    {.json = "mqtt", .prom = "mqtt", .fields = mqtt_fields, .nfields = N(mqtt_fields),
-     .prepare = gather},
-    {.json = "mappings", .prom = "mapping", .fields = map_fields, .nfields = N(map_fields),
-     .label = "mapping", .count = map_count, .instance = map_instance, .prepare = gather_maps},
-    {.json = "mqtt_in", .prom = "mqtt_in", .fields = mqtt_in_fields, .nfields = N(mqtt_in_fields),
-     .prepare = gather},
-    {.json = "down", .prom = "down", .fields = down_fields, .nfields = N(down_fields),
-     .prepare = gather},
+    { .json = "coap",
+      .prom = "coap",
+      .fields = coap_fields,
+      .nfields = N(coap_fields),
+      .prepare = gather },
+    { .json = "mqtt",
+      .prom = "mqtt",
+      .fields = mqtt_fields,
+      .nfields = N(mqtt_fields),
+      .prepare = gather },
+    { .json = "mappings",
+      .prom = "mapping",
+      .fields = map_fields,
+      .nfields = N(map_fields),
+      .label = "mapping",
+      .count = map_count,
+      .instance = map_instance,
+      .prepare = gather_maps },
+    { .json = "mqtt_in",
+      .prom = "mqtt_in",
+      .fields = mqtt_in_fields,
+      .nfields = N(mqtt_in_fields),
+      .prepare = gather },
+    { .json = "down",
+      .prom = "down",
+      .fields = down_fields,
+      .nfields = N(down_fields),
+      .prepare = gather },
 };
 
 int bridge_add_stats(bridge_t *b, stats_t *stats)

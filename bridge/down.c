@@ -47,17 +47,17 @@ struct down_map {
 };
 
 struct down {
-    const gw_config_t *cfg;  /* borrowed; the next one from down_reload() */
-    coap_context_t *ctx;     /* borrowed */
-    resources_t *res;        /* borrowed: where the concrete resources are made */
-    bridge_mqtt_t *mqtt;     /* borrowed */
-    sessions_t *sessions;    /* borrowed */
+    const gw_config_t *cfg; /* borrowed; the next one from down_reload() */
+    coap_context_t *ctx;    /* borrowed */
+    resources_t *res;       /* borrowed: where the concrete resources are made */
+    bridge_mqtt_t *mqtt;    /* borrowed */
+    sessions_t *sessions;   /* borrowed */
     down_wait_fn *wait;
-    void *wait_arg;          /* borrowed */
-    store_t *store;          /* owned: current values */
-    struct down_map *maps;   /* owned, one per mapping (and one more) */
-    uint64_t sub_gen;        /* the latest set of subscriptions asked for */
-    uint64_t ready_at_ms;    /* when the values of the last acknowledged set are served; 0 = said */
+    void *wait_arg;        /* borrowed */
+    store_t *store;        /* owned: current values */
+    struct down_map *maps; /* owned, one per mapping (and one more) */
+    uint64_t sub_gen;      /* the latest set of subscriptions asked for */
+    uint64_t ready_at_ms;  /* when the values of the last acknowledged set are served; 0 = said */
     down_stats_t st;
 };
 
@@ -96,17 +96,16 @@ static int make_room(down_t *d, size_t need)
         }
         drop_entry(d, e);
     }
-    return store_count(d->store) < max && store_bytes(d->store) + need <= STORE_BYTES_MAX
-               ? 0
-               : -ENOSPC;
+    return store_count(d->store) < max && store_bytes(d->store) + need <= STORE_BYTES_MAX ? 0
+                                                                                          : -ENOSPC;
 }
 
 /*
  * The entry for a concrete resource, created with its coap_resource_t;
  * identity: the device it belongs to, NULL when any device may read it.
  */
-static store_entry_t *entry_for(down_t *d, const char *path, size_t len, size_t map,
-                                size_t need, const char *identity)
+static store_entry_t *entry_for(down_t *d, const char *path, size_t len, size_t map, size_t need,
+                                const char *identity)
 {
     store_entry_t *e = store_find(d->store, path, len);
     if (e)
@@ -156,8 +155,8 @@ void down_on_ready(down_t *d, coap_session_t *session, const char *identity)
         create_fixed(d, identity);
 }
 
-down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res,
-                 bridge_mqtt_t *mqtt, sessions_t *sessions, down_wait_fn *wait, void *wait_arg)
+down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res, bridge_mqtt_t *mqtt,
+                 sessions_t *sessions, down_wait_fn *wait, void *wait_arg)
 {
     down_t *d = calloc(1, sizeof(*d));
     if (!d)
@@ -301,8 +300,8 @@ void down_message(down_t *d, inbox_msg_t *msg)
     if (map_reverse(d->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
                     sizeof(identity)) != MAP_OK) {
         d->st.dropped_bad_topic++;
-        gw_debug(MQTT, "message on %.*s matches no down mapping; dropped",
-                 (int)msg->topic_len, msg->bytes);
+        gw_debug(MQTT, "message on %.*s matches no down mapping; dropped", (int)msg->topic_len,
+                 msg->bytes);
         return;
     }
     size_t map = map_entry_index(m);
@@ -377,8 +376,8 @@ static int add_body(coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *
         return 205;
     }
     coap_add_option(resp, COAP_OPTION_BLOCK2,
-                       coap_encode_var_safe(buf, sizeof(buf), num << 4 | (unsigned)more << 3 | szx),
-                       buf);
+                    coap_encode_var_safe(buf, sizeof(buf), num << 4 | (unsigned)more << 3 | szx),
+                    buf);
     if (num == 0)
         coap_add_option(resp, COAP_OPTION_SIZE2,
                         coap_encode_var_safe(buf, sizeof(buf), (unsigned)len), buf);
@@ -412,8 +411,7 @@ static bool link_out(FILE *out, size_t *size, bool *first, const store_entry_t *
  * it lists, and the listing stops at DISCOVERY_MAX bytes (then sent with
  * Block2 as any large body).
  */
-static void discovery(down_t *d, coap_session_t *session, const coap_pdu_t *req,
-                      coap_pdu_t *resp)
+static void discovery(down_t *d, coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp)
 {
     const char *identity = dtls_identity(session);
     char *text = NULL;
@@ -441,7 +439,7 @@ static void discovery(down_t *d, coap_session_t *session, const coap_pdu_t *req,
         }
     }
     /* Down resources held now: the device's own, then the shared ones. */
-    store_entry_t *lists[2] = {store_owned(d->store, identity), store_shared(d->store)};
+    store_entry_t *lists[2] = { store_owned(d->store, identity), store_shared(d->store) };
     for (int l = 0; l < 2; l++) {
         for (store_entry_t *e = lists[l]; e && room; e = e->inext) {
             if (map_split(e->path, strlen(e->path), &segs) < 0 ||
@@ -479,8 +477,8 @@ static bool values_ready(down_t *d, size_t map, uint64_t now, int *max_age)
     return false;
 }
 
-void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
-                 coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp)
+void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap_session_t *session,
+                 const coap_pdu_t *req, coap_pdu_t *resp)
 {
     down_t *d = data;
     map_segs_t segs;
@@ -500,8 +498,8 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
         return;
     }
     enum map_status st = bridge_uri_segments(req, &segs)
-                             ? map_route(d->cfg->maps, &segs, MAP_DOWN, dtls_identity(session),
-                                         &m, topic, sizeof(topic))
+                             ? map_route(d->cfg->maps, &segs, MAP_DOWN, dtls_identity(session), &m,
+                                         topic, sizeof(topic))
                              : MAP_NOT_FOUND;
     if (st != MAP_OK) {
         if (m)
@@ -534,7 +532,8 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
             return;
         }
         /* Observing before the first value: registered, empty until it comes. */
-        bridge_answer(&d->st.responses, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404, NO_BLOCK1, -1, -1);
+        bridge_answer(&d->st.responses, resp, observe == COAP_OBSERVE_ESTABLISH ? 205 : 404,
+                      NO_BLOCK1, -1, -1);
         return;
     }
     coap_add_option(resp, COAP_OPTION_ETAG, coap_encode_var_safe(buf, sizeof(buf), e->version),
@@ -543,10 +542,10 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
         coap_add_option(resp, COAP_OPTION_CONTENT_FORMAT,
                         coap_encode_var_safe(buf, sizeof(buf), (unsigned)e->cf), buf);
     if (e->expires_ms)
-        coap_add_option(resp, COAP_OPTION_MAXAGE,
-                        coap_encode_var_safe(buf, sizeof(buf),
-                                             (unsigned)((e->expires_ms - now + 999) / 1000)),
-                        buf);
+        coap_add_option(
+            resp, COAP_OPTION_MAXAGE,
+            coap_encode_var_safe(buf, sizeof(buf), (unsigned)((e->expires_ms - now + 999) / 1000)),
+            buf);
     int code = add_body(session, req, resp, e->value, e->len);
     d->st.bytes_out += payload_len(resp);
     bridge_answer(&d->st.responses, resp, code, NO_BLOCK1, -1, -1);

@@ -22,16 +22,16 @@
 
 /* The down direction's counters. */
 typedef struct down_stats {
-    uint64_t requests;              /* GET requests, discovery included */
-    coap_codes_t responses;         /* the answers to them */
-    uint64_t received;              /* messages from the broker */
-    uint64_t evicted;               /* resources dropped for room, or gone at a reload */
-    uint64_t dropped_full;          /* messages dropped: no room for their resource or value */
-    uint64_t dropped_bad_topic;     /* messages on a topic no down mapping matches */
-    uint64_t notifications;         /* messages that notified observers */
-    uint64_t bytes_out;             /* payload bytes of the answers and notifications (each block) */
-    uint64_t confirmations;         /* confirmable notifications to silent observers */
-    uint64_t subscriptions_failed;  /* subscriptions the broker refused */
+    uint64_t requests;             /* GET requests, discovery included */
+    coap_codes_t responses;        /* the answers to them */
+    uint64_t received;             /* messages from the broker */
+    uint64_t evicted;              /* resources dropped for room, or gone at a reload */
+    uint64_t dropped_full;         /* messages dropped: no room for their resource or value */
+    uint64_t dropped_bad_topic;    /* messages on a topic no down mapping matches */
+    uint64_t notifications;        /* messages that notified observers */
+    uint64_t bytes_out;            /* payload bytes of the answers and notifications (each block) */
+    uint64_t confirmations;        /* confirmable notifications to silent observers */
+    uint64_t subscriptions_failed; /* subscriptions the broker refused */
 } down_stats_t;
 
 /* One mapping's counters in the down direction. */
@@ -55,14 +55,14 @@ typedef int down_wait_fn(void *arg);
  * registrations and silent devices). wait(wait_arg) as above. Makes the
  * resources without variables. NULL on ENOMEM.
  */
-down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res,
-                 bridge_mqtt_t *mqtt, sessions_t *sessions, down_wait_fn *wait, void *wait_arg);
+down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res, bridge_mqtt_t *mqtt,
+                 sessions_t *sessions, down_wait_fn *wait, void *wait_arg);
 /* Frees the values (the resources belong to the CoAP context). down_free(NULL) does nothing. */
 void down_free(down_t *d);
 
 /* The handler of GET (resources.h), on the catch-all resource as on concrete ones; data is d. */
-void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource,
-                 coap_session_t *session, const coap_pdu_t *req, coap_pdu_t *resp);
+void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap_session_t *session,
+                 const coap_pdu_t *req, coap_pdu_t *resp);
 /* A device's handshake succeeded: its own resources are made. */
 void down_on_ready(down_t *d, coap_session_t *session, const char *identity);
 

@@ -24,18 +24,18 @@ enum inbox_type {
 typedef struct inbox_msg {
     size_t topic_len, len;
     int qos;
-    long expiry_s;        /* MQTT 5 Message Expiry Interval, -1 when not set */
+    long expiry_s;         /* MQTT 5 Message Expiry Interval, -1 when not set */
     char content_type[96]; /* MQTT 5 Content Type, "" when not set or too long */
     char bytes[];          /* topic_len bytes of topic, then len bytes of payload */
 } inbox_msg_t;
 
 typedef struct inbox_event {
     enum inbox_type type;
-    uint64_t id;     /* EV_PUB_*: the publish's request id */
-    int rc;          /* library or MQTT reason code */
-    char text[120];  /* a short reason, for the log */
-    void *data;      /* EV_MESSAGE: owned by whoever holds the event; free() it */
-    size_t bytes;    /* what data weighs against the inbox's byte limit */
+    uint64_t id;    /* EV_PUB_*: the publish's request id */
+    int rc;         /* library or MQTT reason code */
+    char text[120]; /* a short reason, for the log */
+    void *data;     /* EV_MESSAGE: owned by whoever holds the event; free() it */
+    size_t bytes;   /* what data weighs against the inbox's byte limit */
 } inbox_event_t;
 
 typedef struct bridge_inbox bridge_inbox_t;

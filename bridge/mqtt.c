@@ -20,21 +20,21 @@ struct bridge_mqtt {
     const gw_config_t *cfg; /* borrowed */
     bridge_inbox_t *inbox;  /* borrowed */
     bool v5;
-    bool buffering;             /* publishes are kept while disconnected */
-    MQTTClient_persistence pp;  /* Paho's view of the persist_t it was given */
-    atomic_int max_payload;   /* coap.max_payload, for Paho's threads (cfg may change) */
-    atomic_ullong too_large;  /* messages over coap.max_payload */
-    atomic_ullong dropped;    /* messages the inbox had no room for */
-    atomic_int window;        /* publishes the broker lets be in flight */
-    atomic_bool backlog;      /* what a (re)connection finds may be queued */
-    atomic_bool delivered;    /* an EV_DELIVERED waits in the inbox */
-    atomic_uint max_packet;   /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
-    bool one_at_a_time;       /* the next connections let one publish be in flight */
+    bool buffering;            /* publishes are kept while disconnected */
+    MQTTClient_persistence pp; /* Paho's view of the persist_t it was given */
+    atomic_int max_payload;    /* coap.max_payload, for Paho's threads (cfg may change) */
+    atomic_ullong too_large;   /* messages over coap.max_payload */
+    atomic_ullong dropped;     /* messages the inbox had no room for */
+    atomic_int window;         /* publishes the broker lets be in flight */
+    atomic_bool backlog;       /* what a (re)connection finds may be queued */
+    atomic_bool delivered;     /* an EV_DELIVERED waits in the inbox */
+    atomic_uint max_packet;    /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
+    bool one_at_a_time;        /* the next connections let one publish be in flight */
     /* To create the client again (client_replace): */
     char server[300];
     MQTTAsync_createOptions co;
-    atomic_bool tainted;      /* the client holds a message Paho has freed (note_write_failure) */
-    unsigned long replaced;   /* clients given up for that reason */
+    atomic_bool tainted;    /* the client holds a message Paho has freed (note_write_failure) */
+    unsigned long replaced; /* clients given up for that reason */
 };
 
 /* A topic filter no mapping can subscribe to ($...) (mqtt_kick). */
@@ -42,7 +42,7 @@ struct bridge_mqtt {
 
 static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc, const char *text)
 {
-    inbox_event_t ev = {.type = type, .id = id, .rc = rc};
+    inbox_event_t ev = { .type = type, .id = id, .rc = rc };
     if (text)
         snprintf(ev.text, sizeof(ev.text), "%s", text);
     inbox_push(m->inbox, &ev);
@@ -72,7 +72,7 @@ static void on_delivered(void *ctx, MQTTAsync_token token)
 {
     bridge_mqtt_t *m = ctx;
     persist_delivered(m->pp.context, token); /* the token is the message id here */
-    inbox_event_t ev = {.type = EV_DELIVERED};
+    inbox_event_t ev = { .type = EV_DELIVERED };
     if (!atomic_exchange(&m->delivered, true) && inbox_push(m->inbox, &ev) < 0)
         atomic_store(&m->delivered, false); /* the inbox is full: the next one tries */
 }
@@ -83,8 +83,7 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
     persist_session_start(m->pp.context);
     int window = m->cfg->mqtt.max_inflight;
     if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
-        int rm = MQTTProperties_getNumericValue(&r->properties,
-                                                MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+        int rm = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
         if (rm > 0 && rm < window)
             window = rm;
     }
@@ -162,13 +161,12 @@ static int on_message(void *ctx, char *topic, int topiclen, MQTTAsync_message *m
         if (p)
             im->expiry_s = (long)p->value.integer4;
         p = MQTTProperties_getProperty(&msg->properties, MQTTPROPERTY_CODE_CONTENT_TYPE);
-        if (p && p->value.data.len > 0 &&
-            (size_t)p->value.data.len < sizeof(im->content_type)) {
+        if (p && p->value.data.len > 0 && (size_t)p->value.data.len < sizeof(im->content_type)) {
             memcpy(im->content_type, p->value.data.data, (size_t)p->value.data.len);
             im->content_type[p->value.data.len] = '\0';
         }
     }
-    inbox_event_t ev = {.type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len};
+    inbox_event_t ev = { .type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len };
     if (inbox_push(m->inbox, &ev) < 0) {
         free(im);
         atomic_fetch_add(&m->dropped, 1);
@@ -285,8 +283,9 @@ static void on_paho_trace(enum MQTTASYNC_TRACE_LEVELS level, char *message)
     int id, qos, retained, rc;
     char name[17] = "";
     (void)level;
-    if (at && sscanf(at, "-> PUBLISH msgid: %d qos: %d retained: %d rc %d", &id, &qos, &retained,
-                     &rc) == 4 &&
+    if (at &&
+        sscanf(at, "-> PUBLISH msgid: %d qos: %d retained: %d rc %d", &id, &qos, &retained, &rc) ==
+            4 &&
         qos > 0 && (rc == -1 || rc == -2) && prctl(PR_GET_NAME, name) == 0 &&
         !strcmp(name, "MQTTAsync_send"))
         atomic_store(&write_failed, true);
@@ -379,9 +378,10 @@ static int client_replace(bridge_mqtt_t *m)
     atomic_store(&m->tainted, false);
     atomic_store(&write_failed, false);
     m->replaced++;
-    gw_warn(MQTT, "a publish may have failed on a broken connection: the MQTT client is "
-                    "created again from its store (Paho 1.3.12 bug; %lu so far; the old one "
-                    "held %d messages)",
+    gw_warn(MQTT,
+            "a publish may have failed on a broken connection: the MQTT client is "
+            "created again from its store (Paho 1.3.12 bug; %lu so far; the old one "
+            "held %d messages)",
             m->replaced, held);
     return 0;
 }
@@ -475,7 +475,7 @@ int mqtt_connect(bridge_mqtt_t *m)
         opts->onFailure5 = on_connect_fail5;
         if (!cfg->mqtt.clean_start) {
             /* MQTT 5 drops a session at disconnect unless it has an expiry. */
-            MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL};
+            MQTTProperty p = { .identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL };
             p.value.integer4 = 0xFFFFFFFFu;
             MQTTProperties_add(&props, &p);
             opts->connectProperties = &props;
@@ -585,18 +585,18 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     if (m->v5) {
         MQTTProperty p;
         if (msg->content_type) {
-            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_CONTENT_TYPE};
+            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_CONTENT_TYPE };
             p.value.data.data = (char *)msg->content_type;
             p.value.data.len = (int)strlen(msg->content_type);
             MQTTProperties_add(&props, &p);
         }
         if (msg->utf8) {
-            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR};
+            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR };
             p.value.byte = 1;
             MQTTProperties_add(&props, &p);
         }
         if (msg->device) {
-            p = (MQTTProperty){.identifier = MQTTPROPERTY_CODE_USER_PROPERTY};
+            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
             p.value.data.data = "device";
             p.value.data.len = 6;
             p.value.value.data = (char *)msg->device;
@@ -680,7 +680,7 @@ int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n
     struct sub_ctx *c = malloc(sizeof(*c));
     if (!c)
         return -ENOMEM;
-    *c = (struct sub_ctx){.m = m, .n = n, .id = id};
+    *c = (struct sub_ctx){ .m = m, .n = n, .id = id };
     ro.context = c;
     if (m->v5) {
         ro.onSuccess5 = on_sub_ok5;
@@ -740,7 +740,8 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
             ro.onFailure5 = on_offline_fail5;
         else
             ro.onFailure = on_offline_fail;
-        if (MQTTAsync_sendMessage(m->client, m->cfg->mqtt.status_topic, &pm, &ro) == MQTTASYNC_SUCCESS)
+        if (MQTTAsync_sendMessage(m->client, m->cfg->mqtt.status_topic, &pm, &ro) ==
+            MQTTASYNC_SUCCESS)
             MQTTAsync_waitForCompletion(m->client, ro.token, (unsigned long)timeout_ms);
     }
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
@@ -748,7 +749,7 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
     MQTTAsync_disconnect(m->client, &d);
     /* Let the DISCONNECT go out before the handle is destroyed (bounded). */
     for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
-        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
 }
 
 void mqtt_set_one_at_a_time(bridge_mqtt_t *m, bool on)
@@ -761,7 +762,7 @@ static void props_of(const uint8_t *p, size_t len, MQTTProperties *out)
 {
     const uint8_t *end = p + len;
     while (p < end) {
-        MQTTProperty prop = {.identifier = (enum MQTTPropertyCodes)*p++};
+        MQTTProperty prop = { .identifier = (enum MQTTPropertyCodes) * p++ };
         size_t n;
         switch (prop.identifier) {
         case MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR:
@@ -772,8 +773,8 @@ static void props_of(const uint8_t *p, size_t len, MQTTProperties *out)
         case MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL:
             if (end - p < 4)
                 return;
-            prop.value.integer4 = (unsigned)p[0] << 24 | (unsigned)p[1] << 16 |
-                                  (unsigned)p[2] << 8 | p[3];
+            prop.value.integer4 =
+                (unsigned)p[0] << 24 | (unsigned)p[1] << 16 | (unsigned)p[2] << 8 | p[3];
             p += 4;
             break;
         case MQTTPROPERTY_CODE_CONTENT_TYPE:
@@ -922,8 +923,9 @@ int mqtt_resend_lost(bridge_mqtt_t *m)
 {
     int n = persist_take_lost(m->pp.context, send_lost, m);
     if (n > 0)
-        gw_warn(MQTT, "the broker had no session for us: %d messages it had not acknowledged "
-                        "are sent again",
+        gw_warn(MQTT,
+                "the broker had no session for us: %d messages it had not acknowledged "
+                "are sent again",
                 n);
     return n;
 }

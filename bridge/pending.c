@@ -75,9 +75,8 @@ void pending_release(pending_t *pt, pending_slot_t *p)
     pt->inflight--;
 }
 
-void pending_fill(pending_t *pt, pending_slot_t *p, coap_session_t *session,
-                  const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1, size_t map,
-                  uint64_t timeout_ms)
+void pending_fill(pending_t *pt, pending_slot_t *p, coap_session_t *session, const coap_pdu_t *req,
+                  uint16_t mid, int ok_code, uint32_t block1, size_t map, uint64_t timeout_ms)
 {
     coap_bin_const_t token = coap_pdu_get_token(req);
     p->session = coap_session_reference(session);

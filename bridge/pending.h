@@ -24,19 +24,19 @@
 /* A publish waiting for the broker, and the request it will answer. */
 typedef struct pending_slot {
     bool used;
-    uint32_t gen;             /* bumped at each release; part of the request id */
-    coap_session_t *session;  /* a reference is held until the answer is sent */
-    sess_t *sess;             /* its state, kept busy meanwhile; NULL on ENOMEM */
+    uint32_t gen;            /* bumped at each release; part of the request id */
+    coap_session_t *session; /* a reference is held until the answer is sent */
+    sess_t *sess;            /* its state, kept busy meanwhile; NULL on ENOMEM */
     uint8_t token[8];
     size_t token_len;
-    uint16_t mid;             /* the request's Message ID */
-    bool con;                 /* confirmable request */
-    bool separate;            /* the empty ACK went out: the answer is separate */
-    uint16_t ok_code;         /* 204, or 202 for DELETE */
+    uint16_t mid;     /* the request's Message ID */
+    bool con;         /* confirmable request */
+    bool separate;    /* the empty ACK went out: the answer is separate */
+    uint16_t ok_code; /* 204, or 202 for DELETE */
     uint32_t block1;
-    size_t map;               /* its mapping's index; SIZE_MAX once it went at a reload */
+    size_t map; /* its mapping's index; SIZE_MAX once it went at a reload */
     uint64_t started_ms, piggyback_ms, deadline_ms;
-    bool stored;              /* in the offline buffer: answered at bridge_commit() */
+    bool stored; /* in the offline buffer: answered at bridge_commit() */
 } pending_slot_t;
 
 typedef struct pending_table pending_t;
@@ -51,9 +51,8 @@ pending_slot_t *pending_alloc(pending_t *pt);
 /* Gives the slot back without answering (its session's reference goes). */
 void pending_release(pending_t *pt, pending_slot_t *p);
 /* The request p will answer; the broker has timeout_ms to acknowledge. */
-void pending_fill(pending_t *pt, pending_slot_t *p, coap_session_t *session,
-                  const coap_pdu_t *req, uint16_t mid, int ok_code, uint32_t block1, size_t map,
-                  uint64_t timeout_ms);
+void pending_fill(pending_t *pt, pending_slot_t *p, coap_session_t *session, const coap_pdu_t *req,
+                  uint16_t mid, int ok_code, uint32_t block1, size_t map, uint64_t timeout_ms);
 /* p waits for bridge_commit() (the offline buffer's fsync). */
 void pending_mark_stored(pending_t *pt, pending_slot_t *p);
 

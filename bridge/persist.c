@@ -49,10 +49,10 @@ struct mrec {
 struct persist {
     char *dir; /* owned: state_dir/mqtt */
     atomic_bool durable;
-    atomic_ullong bytes;   /* on disk and in memory */
-    atomic_uint records;   /* on disk and in memory */
-    unsigned refused;      /* records removed at start: damaged, or refused by a broker */
-    pthread_mutex_t lock;  /* the memory tier; Paho's threads and the loop use it */
+    atomic_ullong bytes;  /* on disk and in memory */
+    atomic_uint records;  /* on disk and in memory */
+    unsigned refused;     /* records removed at start: damaged, or refused by a broker */
+    pthread_mutex_t lock; /* the memory tier; Paho's threads and the loop use it */
     struct mrec *mem[MEM_BUCKETS];
     /* Group commit (persist_defer): new records written, not yet fsync'ed. */
     bool deferring;
@@ -72,7 +72,7 @@ struct limbo {
     char key[72];
     uint8_t *data; /* owned, when it was in memory; NULL: the file key.limbo */
     size_t len;
-    bool lost;     /* removed before the connection was made: to send again */
+    bool lost; /* removed before the connection was made: to send again */
 };
 
 #define SUFFIX ".msg"
@@ -100,8 +100,7 @@ static bool key_ok(const char *key)
     return true;
 }
 
-static int path_of(const persist_t *p, const char *key, const char *suffix, char *buf,
-                   size_t len)
+static int path_of(const persist_t *p, const char *key, const char *suffix, char *buf, size_t len)
 {
     if (!key_ok(key))
         return -1;
@@ -154,8 +153,7 @@ static void mem_drop(persist_t *p, struct mrec **pp)
  * nor a message a broker would refuse (and drop the connection for) reaches
  * the broker, at every reconnection again.
  */
-static bool record_ok(const persist_t *p, const char *name, const char *path,
-                      const struct stat *st)
+static bool record_ok(const persist_t *p, const char *name, const char *path, const struct stat *st)
 {
     char key[80], why[128];
     size_t n = strlen(name) - strlen(SUFFIX);
@@ -224,7 +222,8 @@ persist_t *persist_new(const char *state_dir)
                 p->records++;
             } else if (pass == 0 && !is_record(de->d_name) && strstr(de->d_name, ".tmp")) {
                 unlink(path); /* a write a crash interrupted: never renamed, never promised */
-            } else if (pass == 0 && (ends_with(de->d_name, RESEND) || ends_with(de->d_name, LIMBO))) {
+            } else if (pass == 0 &&
+                       (ends_with(de->d_name, RESEND) || ends_with(de->d_name, LIMBO))) {
                 /*
                  * A crash while it was handed over again, or before its
                  * delivery was reported: it is sent again (at least once).
@@ -238,8 +237,10 @@ persist_t *persist_new(const char *state_dir)
     }
     closedir(d);
     if (p->refused)
-        gw_err(MQTT, "%u records of the store in %s were damaged or held messages a broker "
-               "refuses; they were removed", p->refused, p->dir);
+        gw_err(MQTT,
+               "%u records of the store in %s were damaged or held messages a broker "
+               "refuses; they were removed",
+               p->refused, p->dir);
     return p;
 }
 
@@ -259,7 +260,7 @@ static int spill(persist_t *p)
     for (size_t b = 0; b < MEM_BUCKETS; b++) {
         while (p->mem[b]) {
             struct mrec *r = p->mem[b];
-            struct iovec iov = {r->data, r->len};
+            struct iovec iov = { r->data, r->len };
             if (write_record(p, r->key, &iov, 1, r->len) < 0)
                 rc = -1;
             else /* now counted on disk */
@@ -285,7 +286,7 @@ void persist_free(persist_t *p)
     for (struct limbo *l = p->limbo, *next; l; l = next) {
         next = l->next;
         if (l->data) {
-            struct iovec iov = {l->data, l->len};
+            struct iovec iov = { l->data, l->len };
             write_record(p, l->key, &iov, 1, l->len);
         } else {
             char from[4096], to[4096];
@@ -842,8 +843,7 @@ unsigned persist_sent(persist_t *p, char *key, size_t keylen)
         if (!is_sent(de->d_name))
             continue;
         if (n++ == 0 && key)
-            snprintf(key, keylen, "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)),
-                     de->d_name);
+            snprintf(key, keylen, "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)), de->d_name);
     }
     closedir(d);
     return n;
@@ -884,8 +884,7 @@ int persist_take_sent(persist_t *p, int (*fn)(void *arg, const char *key, const 
             continue;
         char key[80], why[128], from[4096], to[4096];
         size_t len;
-        snprintf(key, sizeof(key), "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)),
-                 de->d_name);
+        snprintf(key, sizeof(key), "%.*s", (int)(strlen(de->d_name) - strlen(SUFFIX)), de->d_name);
         uint8_t *buf = read_whole(p, de->d_name, &len);
         record_pub_t pub;
         if (!buf || record_read(key, buf, len, &pub, why, sizeof(why)) != RECORD_PUBLISH ||

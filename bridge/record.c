@@ -137,7 +137,7 @@ static bool take_props(struct rd *r, bool publish, const uint8_t **props, size_t
         *props = start;
         *plen = len;
     }
-    struct rd p = {start, start + len};
+    struct rd p = { start, start + len };
     while (p.p < p.end) {
         size_t id, v;
         unsigned u;
@@ -183,7 +183,7 @@ static bool take_props(struct rd *r, bool publish, const uint8_t **props, size_t
 static int read_packet(const uint8_t *data, size_t len, bool v5, bool pubrel, record_pub_t *pub,
                        char *why, size_t whylen)
 {
-    struct rd r = {data, data + len};
+    struct rd r = { data, data + len };
     unsigned head;
     size_t remaining;
     if (!take_u8(&r, &head) || !take_varint(&r, &remaining))
@@ -213,9 +213,14 @@ static int read_packet(const uint8_t *data, size_t len, bool v5, bool pubrel, re
     if (v5 && !take_props(&r, true, &props, &plen))
         return fail(why, whylen, "malformed properties");
     if (pub) {
-        *pub = (record_pub_t){.topic = (const char *)topic, .topic_len = tlen, .payload = r.p,
-                              .len = (size_t)(r.end - r.p), .qos = qos, .retain = head & 1,
-                              .props = props, .props_len = plen};
+        *pub = (record_pub_t){ .topic = (const char *)topic,
+                               .topic_len = tlen,
+                               .payload = r.p,
+                               .len = (size_t)(r.end - r.p),
+                               .qos = qos,
+                               .retain = head & 1,
+                               .props = props,
+                               .props_len = plen };
     }
     return RECORD_PUBLISH;
 }
@@ -224,7 +229,7 @@ static int read_packet(const uint8_t *data, size_t len, bool v5, bool pubrel, re
 static int read_command(const uint8_t *data, size_t len, bool v5, record_pub_t *pub, char *why,
                         size_t whylen)
 {
-    struct rd r = {data, data + len};
+    struct rd r = { data, data + len };
     int type, token, count, qos, retained, payloadlen;
     const char *s;
     size_t slen;
@@ -235,11 +240,10 @@ static int read_command(const uint8_t *data, size_t len, bool v5, record_pub_t *
         const uint8_t *payload;
         if (!take_cstr(&r, &s, &slen) || !map_topic_ok(s, slen))
             return fail(why, whylen, "a topic a broker refuses");
-        if (!take_int(&r, &payloadlen) || payloadlen < 0 ||
-            !take(&r, (size_t)payloadlen, &payload))
+        if (!take_int(&r, &payloadlen) || payloadlen < 0 || !take(&r, (size_t)payloadlen, &payload))
             return fail(why, whylen, "bad payload length");
-        if (!take_int(&r, &qos) || qos < 0 || qos > 2 || !take_int(&r, &retained) ||
-            retained < 0 || retained > 1)
+        if (!take_int(&r, &qos) || qos < 0 || qos > 2 || !take_int(&r, &retained) || retained < 0 ||
+            retained > 1)
             return fail(why, whylen, "bad QoS or retain flag");
         const uint8_t *props = NULL;
         size_t plen = 0;
@@ -248,9 +252,14 @@ static int read_command(const uint8_t *data, size_t len, bool v5, record_pub_t *
         if (r.p != r.end)
             return fail(why, whylen, "bytes after the command");
         if (pub)
-            *pub = (record_pub_t){.topic = s, .topic_len = slen, .payload = payload,
-                                  .len = (size_t)payloadlen, .qos = qos, .retain = retained,
-                                  .props = props, .props_len = plen};
+            *pub = (record_pub_t){ .topic = s,
+                                   .topic_len = slen,
+                                   .payload = payload,
+                                   .len = (size_t)payloadlen,
+                                   .qos = qos,
+                                   .retain = retained,
+                                   .props = props,
+                                   .props_len = plen };
         return RECORD_PUBLISH;
     }
     case T_SUBSCRIBE:
@@ -260,9 +269,8 @@ static int read_command(const uint8_t *data, size_t len, bool v5, record_pub_t *
         for (int i = 0; i < count; i++) {
             if (!take_cstr(&r, &s, &slen) || !slen || !map_mqtt_string_ok(s, slen))
                 return fail(why, whylen, "a filter a broker refuses");
-            if (type == T_SUBSCRIBE &&
-                (!take_int(&r, &qos) || qos < 0 || qos > 2 ||
-                 (v5 && !take(&r, sizeof(MQTTSubscribe_options), NULL))))
+            if (type == T_SUBSCRIBE && (!take_int(&r, &qos) || qos < 0 || qos > 2 ||
+                                        (v5 && !take(&r, sizeof(MQTTSubscribe_options), NULL))))
                 return fail(why, whylen, "bad subscription options");
         }
         if (v5 && !take_props(&r, false, NULL, NULL))
@@ -278,7 +286,7 @@ static int read_command(const uint8_t *data, size_t len, bool v5, record_pub_t *
 /* A message queued for the application ("q", "q5"). */
 static int read_queued(const uint8_t *data, size_t len, bool v5, char *why, size_t whylen)
 {
-    struct rd r = {data, data + len};
+    struct rd r = { data, data + len };
     int payloadlen, qos, retained, dup, msgid, topiclen;
     const char *s;
     size_t slen;
@@ -300,9 +308,9 @@ int record_read(const char *key, const uint8_t *data, size_t len, record_pub_t *
         int kind; /* 's' sent, 'p' PUBREL, 'r' received, 'c' command, 'q' queued */
         bool v5;
     } kinds[] = {
-        {"s5-", 's', true}, {"sc5-", 'p', true}, {"r5-", 'r', true}, {"c5-", 'c', true},
-        {"q5-", 'q', true}, {"s-", 's', false},  {"sc-", 'p', false}, {"r-", 'r', false},
-        {"c-", 'c', false}, {"q-", 'q', false},
+        { "s5-", 's', true }, { "sc5-", 'p', true }, { "r5-", 'r', true },  { "c5-", 'c', true },
+        { "q5-", 'q', true }, { "s-", 's', false },  { "sc-", 'p', false }, { "r-", 'r', false },
+        { "c-", 'c', false }, { "q-", 'q', false },
     };
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
         size_t n = strlen(kinds[i].prefix);

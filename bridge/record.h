@@ -28,9 +28,9 @@ typedef struct record_pub {
 } record_pub_t;
 
 enum record_kind {
-    RECORD_PUBLISH,   /* a message to send (a queued command, or sent and unacknowledged) */
-    RECORD_RECEIVED,  /* a QoS 2 message from the broker, not yet completed */
-    RECORD_OTHER,     /* a PUBREL, a subscription, a queued message for the application */
+    RECORD_PUBLISH,  /* a message to send (a queued command, or sent and unacknowledged) */
+    RECORD_RECEIVED, /* a QoS 2 message from the broker, not yet completed */
+    RECORD_OTHER,    /* a PUBREL, a subscription, a queued message for the application */
 };
 
 /*

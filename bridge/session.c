@@ -48,7 +48,6 @@ struct sessions {
     struct sessions_stats st;
 };
 
-
 sessions_t *sessions_new(coap_context_t *ctx, size_t max_sessions, void (*free_up)(void *up),
                          void (*on_ready)(void *arg, coap_session_t *s, const char *identity),
                          void *arg)
@@ -252,7 +251,8 @@ sess_t *sess_get(sessions_t *ss, coap_session_t *session)
     s->remote = *coap_session_get_addr_remote(session);
     s->ifindex = coap_session_get_ifindex(session);
     s->cls = coap_session_get_proto(session) == COAP_PROTO_DTLS ? SESS_HANDSHAKE : SESS_PLAIN;
-    if (s->cls == SESS_HANDSHAKE && coap_session_get_state(session) == COAP_SESSION_STATE_ESTABLISHED)
+    if (s->cls == SESS_HANDSHAKE &&
+        coap_session_get_state(session) == COAP_SESSION_STATE_ESTABLISHED)
         s->cls = SESS_DTLS;
     /*
      * A DTLS peer's first ClientHello makes a session before its address is
@@ -430,8 +430,7 @@ static struct peer *peer_of(sess_t *s, const char *identity)
     return p;
 }
 
-const struct dedup *sess_dedup_find(sess_t *s, const char *identity, uint16_t mid,
-                                    uint64_t now_ms)
+const struct dedup *sess_dedup_find(sess_t *s, const char *identity, uint16_t mid, uint64_t now_ms)
 {
     struct peer *p = peer_of(s, identity);
     if (!p)
@@ -453,8 +452,12 @@ struct dedup *sess_dedup_add(sess_t *s, const char *identity, uint16_t mid, int 
         return &none;
     struct dedup *d = &p->recent[p->next++ % DEDUP_SLOTS];
     p->last_ms = gw_now_ms();
-    *d = (struct dedup){.used = true, .mid = mid, .code = (uint16_t)code, .block1 = block1,
-                        .max_age = (uint16_t)(max_age < 0 ? 0 : max_age), .at_ms = p->last_ms};
+    *d = (struct dedup){ .used = true,
+                         .mid = mid,
+                         .code = (uint16_t)code,
+                         .block1 = block1,
+                         .max_age = (uint16_t)(max_age < 0 ? 0 : max_age),
+                         .at_ms = p->last_ms };
     return d;
 }
 

@@ -49,7 +49,7 @@
 struct dedup {
     bool used;
     uint16_t mid;
-    uint16_t code;    /* e.g. 204, or CODE_PENDING while the broker has it */
+    uint16_t code; /* e.g. 204, or CODE_PENDING while the broker has it */
     uint16_t max_age;
     uint32_t block1;  /* Block1 option value echoed, or NO_BLOCK1 */
     uint64_t pending; /* CODE_PENDING: the publish's request id */
@@ -116,8 +116,7 @@ void sess_touch(sess_t *s, uint64_t now_ms);
 void sessions_after_io(sessions_t *ss);
 
 /* Duplicate detection of the session's peer (identity may be NULL). */
-const struct dedup *sess_dedup_find(sess_t *s, const char *identity, uint16_t mid,
-                                    uint64_t now_ms);
+const struct dedup *sess_dedup_find(sess_t *s, const char *identity, uint16_t mid, uint64_t now_ms);
 struct dedup *sess_dedup_add(sess_t *s, const char *identity, uint16_t mid, int code,
                              uint32_t block1, int max_age);
 /* The slot waiting for publish id, or NULL. */
@@ -136,8 +135,7 @@ void sess_obs_remove(sess_t *s, const uint8_t *token, size_t len);
  * that long either: at most max of them, least recently active first; each
  * is marked confirmed now. Returns how many were put in out.
  */
-size_t sessions_silent(sessions_t *ss, uint64_t now_ms, uint64_t idle_ms, sess_t **out,
-                       size_t max);
+size_t sessions_silent(sessions_t *ss, uint64_t now_ms, uint64_t idle_ms, sess_t **out, size_t max);
 
 struct sessions_stats {
     uint64_t sessions, evicted, refused, handshakes_ok, handshakes_failed, observers;

@@ -13,15 +13,15 @@
 #include <stdint.h>
 
 typedef struct store_entry {
-    char *path;        /* owned: the resource path, e.g. "bikes/bike-7/commands" */
-    size_t map;        /* index of the mapping it comes from */
-    uint8_t *value;    /* owned; NULL until a value arrives */
+    char *path;     /* owned: the resource path, e.g. "bikes/bike-7/commands" */
+    size_t map;     /* index of the mapping it comes from */
+    uint8_t *value; /* owned; NULL until a value arrives */
     size_t len;
     bool has_value;
-    int cf;              /* CoAP Content-Format, -1 when unknown */
-    uint64_t expires_ms; /* monotonic ms when the value expires, 0 = never */
-    uint32_t version;    /* bumped at each value; the ETag */
-    void *res;           /* the coap_resource_t, owned by the CoAP context */
+    int cf;                    /* CoAP Content-Format, -1 when unknown */
+    uint64_t expires_ms;       /* monotonic ms when the value expires, 0 = never */
+    uint32_t version;          /* bumped at each value; the ETag */
+    void *res;                 /* the coap_resource_t, owned by the CoAP context */
     struct store_owner *owner; /* the identity it belongs to; NULL when shared */
     struct store_entry *hnext, *older, *newer;
     struct store_entry *inext, *iprev; /* the owner's entries, or the shared ones */

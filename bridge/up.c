@@ -70,8 +70,10 @@ static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_
     }
     if (rc == -EINVAL) {
         b->up.st.unpublishable++;
-        gw_log_limited(GW_LOG_ERROR, MQTT, "a message for %s was not published (the broker "
-                       "would refuse it)", msg->topic);
+        gw_log_limited(GW_LOG_ERROR, MQTT,
+                       "a message for %s was not published (the broker "
+                       "would refuse it)",
+                       msg->topic);
         return 500;
     }
     *max_age = bridge_retry_after_s(b);
@@ -88,8 +90,7 @@ enum body_state { BODY_READY, BODY_CONTINUE, BODY_ERROR };
  */
 static enum body_state take_body(bridge_t *b, sess_t *s, const coap_session_t *session,
                                  const coap_pdu_t *req, const char *topic, const uint8_t **data,
-                                 size_t *len, uint32_t *block1, int *code, int *size1,
-                                 int *max_age)
+                                 size_t *len, uint32_t *block1, int *code, int *size1, int *max_age)
 {
     coap_block_b_t blk;
     size_t max = (size_t)b->cfg->coap.max_payload;
@@ -187,7 +188,8 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
                 p->separate = true;
             return;
         }
-        bridge_answer(&b->up.st.responses, resp, d->code, d->block1, d->code == 503 ? d->max_age : -1, -1);
+        bridge_answer(&b->up.st.responses, resp, d->code, d->block1,
+                      d->code == 503 ? d->max_age : -1, -1);
         return;
     }
 
@@ -202,10 +204,10 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
                       method == COAP_REQUEST_CODE_DELETE
                   ? MAP_UP
                   : 0;
-    enum map_status ms = bridge_uri_segments(req, &segs)
-                             ? map_route(b->cfg->maps, &segs, dir, identity, &e, topic,
-                                         sizeof(topic))
-                             : MAP_NOT_FOUND;
+    enum map_status ms =
+        bridge_uri_segments(req, &segs)
+            ? map_route(b->cfg->maps, &segs, dir, identity, &e, topic, sizeof(topic))
+            : MAP_NOT_FOUND;
     if (ms != MAP_OK) {
         code = map_status_code(ms);
         goto refuse;
@@ -222,8 +224,8 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
     if (method == COAP_REQUEST_CODE_DELETE) {
         len = 0;
     } else {
-        switch (take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1,
-                          &max_age)) {
+        switch (
+            take_body(b, s, session, req, topic, &data, &len, &block1, &code, &size1, &max_age)) {
         case BODY_ERROR:
             goto refuse;
         case BODY_CONTINUE:
@@ -234,8 +236,8 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
             break;
         }
     }
-    if (!upstream_connected(b) && (b->cfg->mqtt.offline_buffer == 0 ||
-                          persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
+    if (!upstream_connected(b) &&
+        (b->cfg->mqtt.offline_buffer == 0 || persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
         code = 503;
         max_age = bridge_retry_after_s(b);
         goto refuse;
@@ -282,7 +284,8 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
         pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
                      (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
         pending_mark_stored(b->pend, p);
-        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b->pend, p);
+        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending =
+            pending_id(b->pend, p);
         coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
         return;
     }
@@ -306,7 +309,7 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
         goto refuse;
     }
     pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
-                     (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
+                 (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
     int rc = mqtt_publish(b->mqtt, &msg, pending_id(b->pend, p));
     if (rc < 0) {
         pending_release(b->pend, p);

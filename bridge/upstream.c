@@ -71,7 +71,8 @@ static void schedule_reconnect(bridge_t *b)
     b->link.connected = false;
     b->link.connecting = false;
     b->link.reconnect_at_ms = gw_now_ms() + (uint64_t)b->link.backoff_s * 1000;
-    b->link.backoff_s = b->link.backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->link.backoff_s * 2;
+    b->link.backoff_s =
+        b->link.backoff_s * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : b->link.backoff_s * 2;
 }
 
 /*
@@ -106,8 +107,11 @@ static void on_connected(bridge_t *b)
     mqtt_resend_lost(b->mqtt);
     down_on_connected(b->down);
     if (*b->cfg->mqtt.status_topic) {
-        mqtt_msg_t online = {.topic = b->cfg->mqtt.status_topic, .payload = "online", .len = 6,
-                             .qos = 1, .retain = true};
+        mqtt_msg_t online = { .topic = b->cfg->mqtt.status_topic,
+                              .payload = "online",
+                              .len = 6,
+                              .qos = 1,
+                              .retain = true };
         if (mqtt_publish(b->mqtt, &online, UINT64_MAX) < 0)
             gw_warn(MQTT, "cannot publish \"online\" on %s", b->cfg->mqtt.status_topic);
     }
@@ -136,8 +140,9 @@ static void guard_dropped(bridge_t *b)
             return;
         b->link.guard.one_at_a_time = true;
         b->link.guard.suspect[0] = '\0';
-        gw_warn(MQTT, "the broker dropped %u connections in a row soon after they were made: "
-                        "messages go one at a time to find one it refuses",
+        gw_warn(MQTT,
+                "the broker dropped %u connections in a row soon after they were made: "
+                "messages go one at a time to find one it refuses",
                 b->link.guard.strikes);
         mqtt_set_one_at_a_time(b->mqtt, true);
         mqtt_restart(b->mqtt, true);
@@ -157,8 +162,9 @@ static void guard_dropped(bridge_t *b)
         mqtt_restart(b->mqtt, false); /* a client that no longer holds it */
     b->link.guard.suspect[0] = '\0';
     b->link.st.broker_dropped_for++;
-    gw_err(MQTT, "the broker drops the connection whenever message %s is sent: %s "
-                   "(%s-refused)",
+    gw_err(MQTT,
+           "the broker drops the connection whenever message %s is sent: %s "
+           "(%s-refused)",
            key, rc == 0 ? "it was set aside" : "it cannot be set aside", b->cfg->gateway.state_dir);
 }
 
@@ -295,7 +301,8 @@ void bridge_tick(bridge_t *b)
         for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p)) {
             if (now >= p->deadline_ms) {
                 b->link.st.timeouts++;
-                gw_log_limited(GW_LOG_WARNING, MQTT, "no acknowledgement within %ds; answering 5.04",
+                gw_log_limited(GW_LOG_WARNING, MQTT,
+                               "no acknowledgement within %ds; answering 5.04",
                                b->cfg->mqtt.publish_timeout);
                 upstream_answer(b, p, 504);
             } else if (!p->separate && now >= p->piggyback_ms) {
@@ -304,7 +311,8 @@ void bridge_tick(bridge_t *b)
             }
         }
     }
-    if (b->link.guard.one_at_a_time && b->link.connected && now - b->link.connected_at_ms >= STABLE_MS) {
+    if (b->link.guard.one_at_a_time && b->link.connected &&
+        now - b->link.connected_at_ms >= STABLE_MS) {
         /* The connection holds: what was refused is out; back to the full rate. */
         b->link.guard.one_at_a_time = false;
         b->link.guard.strikes = 0;
@@ -312,7 +320,8 @@ void bridge_tick(bridge_t *b)
         gw_info(MQTT, "messages go at the full rate again");
         mqtt_disconnect(b->mqtt);
     }
-    if (!b->link.connected && !b->link.connecting && !b->draining && now >= b->link.reconnect_at_ms) {
+    if (!b->link.connected && !b->link.connecting && !b->draining &&
+        now >= b->link.reconnect_at_ms) {
         b->link.connecting = true;
         gw_info(MQTT, "connecting to %s", b->cfg->mqtt.uri);
         mqtt_connect(b->mqtt);
@@ -341,4 +350,3 @@ void bridge_shutdown(bridge_t *b, int timeout_ms)
     mqtt_shutdown(b->mqtt, timeout_ms);
     b->link.connected = false;
 }
-

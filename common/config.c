@@ -8,8 +8,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
-                 const char *fmt, ...)
+void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting, const char *fmt,
+                 ...)
 {
     char msg[1024];
     va_list ap;

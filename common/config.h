@@ -19,8 +19,8 @@ typedef struct gw_errs {
     unsigned count;
 } gw_errs_t;
 
-void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting,
-                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void gw_errs_add(gw_errs_t *e, const char *file, int line, const char *setting, const char *fmt,
+                 ...) __attribute__((format(printf, 5, 6)));
 void gw_errs_clear(gw_errs_t *e);
 
 /* Strings are owned by the configuration; paths are already resolved. */

@@ -160,7 +160,7 @@ static int kernel_ctl(ev_loop_t *loop, int op, int fd, unsigned mask, uint32_t g
 static void kernel_del(ev_loop_t *loop, int fd)
 {
     /* Linux before 2.6.9 wanted an event even for DEL. */
-    struct epoll_event ev = {0};
+    struct epoll_event ev = { 0 };
     /* A failure means the owner closed fd already, which took it out of the set. */
     (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ev);
 }
@@ -197,7 +197,7 @@ static int add_new_file(ev_loop_t *loop, int fd, unsigned mask, ev_file_fn *fn, 
         kernel_del(loop, fd);
         return -ENOMEM;
     }
-    loop->files[fd] = (struct ev_file){.fn = fn, .data = data, .mask = mask, .gen = gen};
+    loop->files[fd] = (struct ev_file){ .fn = fn, .data = data, .mask = mask, .gen = gen };
     return 0;
 }
 
@@ -220,7 +220,7 @@ int ev_add_file(ev_loop_t *loop, int fd, unsigned mask, ev_file_fn *fn, void *da
          */
         if (rc != -ENOENT)
             return rc;
-        *f = (struct ev_file){0};
+        *f = (struct ev_file){ 0 };
     }
     return add_new_file(loop, fd, mask, fn, data);
 }
@@ -246,7 +246,7 @@ void ev_del_file(ev_loop_t *loop, int fd)
     if (!f->parked)
         kernel_del(loop, fd);
     /* gen 0: events for fd already taken from the kernel this turn are dropped. */
-    *f = (struct ev_file){0};
+    *f = (struct ev_file){ 0 };
 }
 
 /*
@@ -257,7 +257,7 @@ void ev_del_file(ev_loop_t *loop, int fd)
  */
 static void park(ev_loop_t *loop, int fd, struct ev_file *f)
 {
-    struct epoll_event ev = {0};
+    struct epoll_event ev = { 0 };
     if (epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, &ev) == 0)
         f->parked = true;
 }
@@ -336,7 +336,7 @@ uint64_t ev_add_timer(ev_loop_t *loop, uint64_t ms, ev_time_fn *fn, void *data)
     /* 64 bits: the counter does not wrap, so an id is never reused nor 0. */
     uint64_t id = ++loop->last_timer_id;
     timers[loop->ntimers++] =
-        (struct ev_timer){.id = id, .due_ms = due_in(ms), .fn = fn, .data = data};
+        (struct ev_timer){ .id = id, .due_ms = due_in(ms), .fn = fn, .data = data };
     return id;
 }
 
@@ -433,7 +433,7 @@ int ev_add_hook(ev_loop_t *loop, ev_hook_fn *fn, void *data)
     if (!hooks)
         return -ENOMEM;
     loop->hooks = hooks;
-    hooks[loop->nhooks++] = (struct ev_hook){.fn = fn, .data = data};
+    hooks[loop->nhooks++] = (struct ev_hook){ .fn = fn, .data = data };
     return 0;
 }
 

@@ -10,11 +10,11 @@
 #include <unistd.h>
 
 static atomic_int current = GW_LOG_INFO;
-static const char *const names[] = {"error", "warning", "info", "debug"};
+static const char *const names[] = { "error", "warning", "info", "debug" };
 static const char *const groups[GW_GRP_COUNT] = {
-    [GW_GRP_GATEWAY] = "gateway", [GW_GRP_CONFIG] = "config",   [GW_GRP_COAP] = "coap",
-    [GW_GRP_DTLS] = "dtls",       [GW_GRP_MQTT] = "mqtt",       [GW_GRP_BRIDGE] = "bridge",
-    [GW_GRP_DOWN] = "down",       [GW_GRP_STORE] = "store",     [GW_GRP_CONTROL] = "control",
+    [GW_GRP_GATEWAY] = "gateway", [GW_GRP_CONFIG] = "config", [GW_GRP_COAP] = "coap",
+    [GW_GRP_DTLS] = "dtls",       [GW_GRP_MQTT] = "mqtt",     [GW_GRP_BRIDGE] = "bridge",
+    [GW_GRP_DOWN] = "down",       [GW_GRP_STORE] = "store",   [GW_GRP_CONTROL] = "control",
     [GW_GRP_METRICS] = "metrics", [GW_GRP_TLS] = "tls",
 };
 
@@ -36,9 +36,12 @@ int gw_log_level(void)
 /* Length of the well-formed UTF-8 sequence at p (2 to 4 bytes), or 0. */
 static size_t utf8_seq(const unsigned char *p)
 {
-    size_t need = (p[0] & 0xe0) == 0xc0 ? 1 : (p[0] & 0xf0) == 0xe0 ? 2 : (p[0] & 0xf8) == 0xf0 ? 3 : 0;
+    size_t need = (p[0] & 0xe0) == 0xc0   ? 1
+                  : (p[0] & 0xf0) == 0xe0 ? 2
+                  : (p[0] & 0xf8) == 0xf0 ? 3
+                                          : 0;
     uint32_t cp = p[0] & (need == 1 ? 0x1f : need == 2 ? 0x0f : 0x07);
-    static const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
+    static const uint32_t min[] = { 0, 0x80, 0x800, 0x10000 };
     if (!need)
         return 0;
     for (size_t k = 1; k <= need; k++) {
@@ -108,8 +111,8 @@ void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
 }
 
 static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t limit_second;  /* the second all_lines counts */
-static unsigned all_lines;     /* limited lines of every kind written in it */
+static uint64_t limit_second; /* the second all_lines counts */
+static unsigned all_lines;    /* limited lines of every kind written in it */
 static uint64_t all_suppressed;
 
 static uint64_t now_s(void)

@@ -61,10 +61,10 @@ typedef struct gw_log_kind {
 void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define gw_log_limited(level, grp, ...)                                                    \
-    do {                                                                                   \
-        static gw_log_kind_t gw_kind_;                                                     \
-        gw_log_rl(&gw_kind_, level, GW_GRP_##grp, __VA_ARGS__);                            \
+#define gw_log_limited(level, grp, ...)                                                            \
+    do {                                                                                           \
+        static gw_log_kind_t gw_kind_;                                                             \
+        gw_log_rl(&gw_kind_, level, GW_GRP_##grp, __VA_ARGS__);                                    \
     } while (0)
 
 /* Lines held back by gw_log_limited() since the start. */

@@ -76,7 +76,7 @@ int stats_add(stats_t *s, const stats_section_t *sec, const void *obj)
         s->v = v;
         s->cap = cap;
     }
-    s->v[s->n++] = (stats_entry_t){.sec = sec, .obj = obj};
+    s->v[s->n++] = (stats_entry_t){ .sec = sec, .obj = obj };
     return 0;
 }
 
@@ -460,8 +460,8 @@ static const struct {
     unsigned ms;
     const char *le;
 } hist_bounds[] = {
-    {1, "0.001"}, {2, "0.002"}, {5, "0.005"}, {10, "0.01"}, {20, "0.02"},
-    {50, "0.05"}, {100, "0.1"}, {200, "0.2"}, {500, "0.5"}, {1000, "1"},
+    { 1, "0.001" }, { 2, "0.002" }, { 5, "0.005" }, { 10, "0.01" }, { 20, "0.02" },
+    { 50, "0.05" }, { 100, "0.1" }, { 200, "0.2" }, { 500, "0.5" }, { 1000, "1" },
 };
 
 /* A metric or label name: what the format allows ([a-zA-Z0-9_]) kept, any other byte '_'. */

@@ -52,11 +52,11 @@ void stats_hist_add(stats_hist_t *h, uint64_t ms);
 uint64_t stats_hist_quantile(const stats_hist_t *h, double q);
 
 typedef struct stats_field {
-    const char *name;  /* JSON key; also the Prometheus stem unless prom is set */
-    const char *prom;  /* Prometheus stem when it differs from name; NULL otherwise */
-    const char *help;  /* one line, for # HELP */
+    const char *name; /* JSON key; also the Prometheus stem unless prom is set */
+    const char *prom; /* Prometheus stem when it differs from name; NULL otherwise */
+    const char *help; /* one line, for # HELP */
     stats_kind_t kind;
-    const char *unit;  /* Prometheus unit suffix, a base unit ("bytes", "seconds"); NULL for none */
+    const char *unit; /* Prometheus unit suffix, a base unit ("bytes", "seconds"); NULL for none */
     /*
      * STATS_INT and STATS_FN: Prometheus shows value * scale (0: 1), for a
      * figure that JSON shows in another unit than Prometheus's base one
@@ -64,7 +64,7 @@ typedef struct stats_field {
      */
     double scale;
     stats_type_t type;
-    size_t offset;     /* of the value in the module's struct (not for STATS_FN) */
+    size_t offset; /* of the value in the module's struct (not for STATS_FN) */
     /* STATS_FN: the value (may be negative). NAN is JSON null and no Prometheus sample. */
     double (*get)(const void *obj);
     /* STATS_ARRAY: n elements; label names the Prometheus label; label_of writes element i's. */
@@ -74,8 +74,8 @@ typedef struct stats_field {
 } stats_field_t;
 
 typedef struct stats_section {
-    const char *json;  /* key in the JSON object; NULL: the fields are top-level keys */
-    const char *prom;  /* Prometheus prefix after tandem_ ("coap"); NULL or "": none */
+    const char *json; /* key in the JSON object; NULL: the fields are top-level keys */
+    const char *prom; /* Prometheus prefix after tandem_ ("coap"); NULL or "": none */
     const stats_field_t *fields;
     size_t nfields;
     /*

@@ -12,7 +12,7 @@
 #include "tls.h"
 
 struct psk {
-    char *identity;      /* owned, NUL-terminated */
+    char *identity; /* owned, NUL-terminated */
     size_t idlen;
     uint8_t key[DTLS_PSK_MAX];
     coap_bin_const_t bin; /* points into key; what libcoap is given */
@@ -101,8 +101,8 @@ dtls_psk_store_t *dtls_psk_load(const char *path, const char *setting, gw_errs_t
             continue;
         }
         if (hexlen == 0 || hexlen % 2 || hexlen / 2 > DTLS_PSK_MAX) {
-            gw_errs_add(errs, path, lineno, setting,
-                        "key must be 2..%d hex digits, an even number", DTLS_PSK_MAX * 2);
+            gw_errs_add(errs, path, lineno, setting, "key must be 2..%d hex digits, an even number",
+                        DTLS_PSK_MAX * 2);
             continue;
         }
         if (st->n == alloc) {
@@ -164,17 +164,16 @@ nomem:
     return NULL;
 }
 
-static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint8_t *id,
-                                          size_t len)
+static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint8_t *id, size_t len)
 {
-    struct psk key = {.identity = (char *)id, .idlen = len};
+    struct psk key = { .identity = (char *)id, .idlen = len };
     const struct psk *p = st && st->n ? bsearch(&key, st->v, st->n, sizeof(*st->v), psk_cmp) : NULL;
     return p ? &p->bin : NULL;
 }
 
 /* libcoap asks for the key of an identity during the handshake. */
-static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
-                                               coap_session_t *session, void *arg)
+static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_session_t *session,
+                                               void *arg)
 {
     const dtls_psk_store_t *st = arg;
     (void)session;
@@ -185,7 +184,7 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity,
     const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
     if (!key) {
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (unknown PSK identity \"%.*s\")",
-                (int)identity->length, (const char *)identity->s);
+                       (int)identity->length, (const char *)identity->s);
         return NULL;
     }
     return key;
@@ -206,7 +205,8 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
     }
     if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
         !map_identity_ok(subject_cn, strlen(subject_cn))) {
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate CN not acceptable)");
+        gw_log_limited(GW_LOG_INFO, DTLS,
+                       "handshake refused (device certificate CN not acceptable)");
         return 0;
     }
     dtls_peer_t *peer = dtls_peer_get(session);
@@ -234,7 +234,7 @@ static void set_paths(char *paths[3])
 
 void dtls_release(void)
 {
-    char *none[3] = {NULL, NULL, NULL};
+    char *none[3] = { NULL, NULL, NULL };
     set_paths(none);
 }
 
@@ -275,8 +275,8 @@ int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store
         p.cert_chain_validation = 1;
         p.cert_chain_verify_depth = 4;
         p.validate_cn_call_back = on_cert;
-        char *paths[3] = {strdup(cfg->coap.dtls.cert), strdup(cfg->coap.dtls.key),
-                          *cfg->coap.dtls.ca ? strdup(cfg->coap.dtls.ca) : NULL};
+        char *paths[3] = { strdup(cfg->coap.dtls.cert), strdup(cfg->coap.dtls.key),
+                           *cfg->coap.dtls.ca ? strdup(cfg->coap.dtls.ca) : NULL };
         if (!paths[0] || !paths[1] || (*cfg->coap.dtls.ca && !paths[2])) {
             for (int i = 0; i < 3; i++)
                 free(paths[i]);

@@ -45,8 +45,8 @@ typedef struct dtls_peer {
     char identity[MAP_IDENTITY_MAX + 1];
     bool has_identity;
     void *app;
-    coap_session_t *session;              /* the session this belongs to */
-    struct dtls_peer *prev, *next;        /* every live peer, for dtls_peers_free */
+    coap_session_t *session;       /* the session this belongs to */
+    struct dtls_peer *prev, *next; /* every live peer, for dtls_peers_free */
 } dtls_peer_t;
 
 /* The session's peer state, created on first use; NULL on ENOMEM. */

@@ -374,9 +374,10 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
     g->head_verified = false;
     while (*budget > 0) {
         struct sockaddr_storage peer;
-        struct iovec iov = {.iov_base = g->buf, .iov_len = sizeof(g->buf)};
+        struct iovec iov = { .iov_base = g->buf, .iov_len = sizeof(g->buf) };
         struct msghdr m = {
-            .msg_name = &peer, .msg_namelen = sizeof(peer), .msg_iov = &iov, .msg_iovlen = 1};
+            .msg_name = &peer, .msg_namelen = sizeof(peer), .msg_iov = &iov, .msg_iovlen = 1
+        };
         memset(&peer, 0, sizeof(peer));
         ssize_t n = recvmsg(g->fd, &m, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
         if (n < 0) {
@@ -429,8 +430,10 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
         }
         discard(g);
         /* The answer reuses the hello's record sequence number (RFC 6347 §4.2.1). */
-        gnutls_dtls_prestate_st pre = {.record_seq = dg.record_seq};
-        struct reply r = {.fd = g->fd, .to = (const struct sockaddr *)&peer, .len = m.msg_namelen};
+        gnutls_dtls_prestate_st pre = { .record_seq = dg.record_seq };
+        struct reply r = { .fd = g->fd,
+                           .to = (const struct sockaddr *)&peer,
+                           .len = m.msg_namelen };
         if (gnutls_dtls_cookie_send(&g->key[0], key, PEER_KEY, &pre, &r, push) >= 0) {
             g->st.hellos_answered++;
             if (debug)
@@ -455,7 +458,7 @@ int dtls_gate_run(dtls_gate_t *g, coap_context_t *ctx, int max)
          */
         if (dtls_gate_next(g, &budget) == 0)
             break;
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = g->epdata};
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = g->epdata };
         handing = g;
         coap_io_do_epoll(ctx, &ev, 1);
         handing = NULL;
@@ -526,14 +529,13 @@ dtls_gate_t *dtls_gate_attach(coap_context_t *ctx, const coap_address_t *addr)
     }
     fclose(f);
     if (matches != 1) {
-        gw_err(DTLS, "cannot find libcoap's DTLS socket: %d sockets bound to its address",
-               matches);
+        gw_err(DTLS, "cannot find libcoap's DTLS socket: %d sockets bound to its address", matches);
         return NULL;
     }
     void *bound = dlsym(RTLD_DEFAULT, "gnutls_dtls_cookie_verify");
     if (bound != (void *)gnutls_dtls_cookie_verify || !gnutls_verify()) {
         gw_err(DTLS, "libcoap would not take the cookie gate's cookies "
-                       "(gnutls_dtls_cookie_verify is not Tandem's)");
+                     "(gnutls_dtls_cookie_verify is not Tandem's)");
         return NULL;
     }
     dtls_gate_t *g = dtls_gate_new(fd);
@@ -558,7 +560,7 @@ void dtls_gate_free(dtls_gate_t *g)
         return;
     if (g->epfd >= 0) {
         /* libcoap takes the socket out of its set when it closes it. */
-        struct epoll_event ev = {.events = g->epevents, .data.u64 = g->epdata};
+        struct epoll_event ev = { .events = g->epevents, .data.u64 = g->epdata };
         if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->fd, &ev) < 0)
             gw_warn(DTLS, "cannot give the DTLS socket back to libcoap (%s)", strerror(errno));
     }
@@ -569,15 +571,18 @@ void dtls_gate_free(dtls_gate_t *g)
 }
 
 #define GATE(f, help_)                                                                             \
-    {.name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                          \
-     .offset = offsetof(dtls_gate_stats_t, f)}
+    {                                                                                              \
+        .name = #f, .help = help_, .kind = STATS_COUNTER, .type = STATS_U64,                       \
+        .offset = offsetof(dtls_gate_stats_t, f)                                                   \
+    }
 static const stats_field_t gate_fields[] = {
     GATE(hellos_answered, "ClientHellos answered with a cookie (HelloVerifyRequest)"),
     GATE(peers_verified, "Addresses that came back with a valid cookie"),
     GATE(dropped, "Datagrams dropped before libcoap: malformed, or unverified fragments"),
     GATE(peers_forgotten, "Verified addresses forgotten early: the table was full"),
 };
-const stats_section_t dtls_gate_section = {.json = "dtls_cookies",
-                                           .prom = "dtls_cookies",
-                                           .fields = gate_fields,
-                                           .nfields = sizeof(gate_fields) / sizeof(gate_fields[0])};
+const stats_section_t dtls_gate_section = { .json = "dtls_cookies",
+                                            .prom = "dtls_cookies",
+                                            .fields = gate_fields,
+                                            .nfields =
+                                                sizeof(gate_fields) / sizeof(gate_fields[0]) };

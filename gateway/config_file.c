@@ -34,70 +34,74 @@ struct setting {
 #define OFF(f) offsetof(gw_config_t, f)
 
 static const struct setting schema[] = {
-    {"gateway", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"gateway.id", S_STR, OFF(gateway.id), 0, 0, "edge-01", NULL, false},
-    {"gateway.log_level", S_ENUM, OFF(gateway.log_level), 0, 0, "info", "error|warning|info|debug", true},
-    {"gateway.control_socket", S_PATH, OFF(gateway.control_socket), 0, 0, "/run/tandem/control.sock",
-     NULL, false},
-    {"gateway.state_dir", S_PATH, OFF(gateway.state_dir), 0, 0, "/var/lib/tandem", NULL, false},
+    { "gateway", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "gateway.id", S_STR, OFF(gateway.id), 0, 0, "edge-01", NULL, false },
+    { "gateway.log_level", S_ENUM, OFF(gateway.log_level), 0, 0, "info", "error|warning|info|debug",
+      true },
+    { "gateway.control_socket", S_PATH, OFF(gateway.control_socket), 0, 0,
+      "/run/tandem/control.sock", NULL, false },
+    { "gateway.state_dir", S_PATH, OFF(gateway.state_dir), 0, 0, "/var/lib/tandem", NULL, false },
 
-    {"coap", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"coap.bind", S_STR, OFF(coap.bind), 0, 0, "::", NULL, false},
-    {"coap.plain", S_BOOL, OFF(coap.plain), 0, 0, "false", NULL, false},
-    {"coap.port", S_INT, OFF(coap.port), 1, 65535, "5683", NULL, false},
-    {"coap.max_sessions", S_INT, OFF(coap.max_sessions), 1, 1000000, "10000", NULL, true},
-    {"coap.max_payload", S_INT, OFF(coap.max_payload), 1, 16777216, "65536", NULL, true},
-    {"coap.max_resources", S_INT, OFF(coap.max_resources), 1, 10000000, "100000", NULL, true},
-    {"coap.session_idle_timeout", S_INT, OFF(coap.session_idle_timeout), 1, 86400, "300", NULL, true},
-    {"coap.dtls", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"coap.dtls.port", S_INT, OFF(coap.dtls.port), 1, 65535, "5684", NULL, false},
-    {"coap.dtls.psk_file", S_PATH, OFF(coap.dtls.psk_file), 0, 0, "", NULL, true},
-    {"coap.dtls.cert", S_PATH, OFF(coap.dtls.cert), 0, 0, "", NULL, true},
-    {"coap.dtls.key", S_PATH, OFF(coap.dtls.key), 0, 0, "", NULL, true},
-    {"coap.dtls.ca", S_PATH, OFF(coap.dtls.ca), 0, 0, "", NULL, true},
-    {"coap.dtls.require_client_cert", S_BOOL, OFF(coap.dtls.require_client_cert), 0, 0, "false", NULL,
-     true},
+    { "coap", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "coap.bind", S_STR, OFF(coap.bind), 0, 0, "::", NULL, false },
+    { "coap.plain", S_BOOL, OFF(coap.plain), 0, 0, "false", NULL, false },
+    { "coap.port", S_INT, OFF(coap.port), 1, 65535, "5683", NULL, false },
+    { "coap.max_sessions", S_INT, OFF(coap.max_sessions), 1, 1000000, "10000", NULL, true },
+    { "coap.max_payload", S_INT, OFF(coap.max_payload), 1, 16777216, "65536", NULL, true },
+    { "coap.max_resources", S_INT, OFF(coap.max_resources), 1, 10000000, "100000", NULL, true },
+    { "coap.session_idle_timeout", S_INT, OFF(coap.session_idle_timeout), 1, 86400, "300", NULL,
+      true },
+    { "coap.dtls", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "coap.dtls.port", S_INT, OFF(coap.dtls.port), 1, 65535, "5684", NULL, false },
+    { "coap.dtls.psk_file", S_PATH, OFF(coap.dtls.psk_file), 0, 0, "", NULL, true },
+    { "coap.dtls.cert", S_PATH, OFF(coap.dtls.cert), 0, 0, "", NULL, true },
+    { "coap.dtls.key", S_PATH, OFF(coap.dtls.key), 0, 0, "", NULL, true },
+    { "coap.dtls.ca", S_PATH, OFF(coap.dtls.ca), 0, 0, "", NULL, true },
+    { "coap.dtls.require_client_cert", S_BOOL, OFF(coap.dtls.require_client_cert), 0, 0, "false",
+      NULL, true },
 
-    {"mqtt", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"mqtt.uri", S_STR, OFF(mqtt.uri), 0, 0, "mqtts://localhost:8883", NULL, false},
-    {"mqtt.client_id", S_STR, OFF(mqtt.client_id), 0, 0, "tandem-{gateway}", NULL, false},
-    {"mqtt.version", S_INT, OFF(mqtt.version), 3, 5, "5", NULL, false},
-    {"mqtt.username", S_STR, OFF(mqtt.username), 0, 0, "", NULL, false},
-    {"mqtt.password_file", S_PATH, OFF(mqtt.password_file), 0, 0, "", NULL, false},
-    {"mqtt.ca", S_PATH, OFF(mqtt.ca), 0, 0, "", NULL, false},
-    {"mqtt.cert", S_PATH, OFF(mqtt.cert), 0, 0, "", NULL, false},
-    {"mqtt.key", S_PATH, OFF(mqtt.key), 0, 0, "", NULL, false},
-    {"mqtt.verify_hostname", S_BOOL, OFF(mqtt.verify_hostname), 0, 0, "true", NULL, false},
-    {"mqtt.keepalive", S_INT, OFF(mqtt.keepalive), 0, 65535, "30", NULL, false},
-    {"mqtt.clean_start", S_BOOL, OFF(mqtt.clean_start), 0, 0, "false", NULL, false},
-    {"mqtt.max_inflight", S_INT, OFF(mqtt.max_inflight), 1, 65535, "1000", NULL, false},
-    {"mqtt.publish_timeout", S_INT, OFF(mqtt.publish_timeout), 1, 3600, "10", NULL, true},
-    {"mqtt.offline_buffer", S_INT, OFF(mqtt.offline_buffer), 0, 10000000, "10000", NULL, false},
-    {"mqtt.status_topic", S_STR, OFF(mqtt.status_topic), 0, 0, "tandem/{gateway}/status", NULL, false},
-    {"mqtt.stats_topic", S_STR, OFF(mqtt.stats_topic), 0, 0, "tandem/{gateway}/stats", NULL, true},
-    {"mqtt.stats_interval", S_INT, OFF(mqtt.stats_interval), 0, 86400, "60", NULL, true},
+    { "mqtt", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "mqtt.uri", S_STR, OFF(mqtt.uri), 0, 0, "mqtts://localhost:8883", NULL, false },
+    { "mqtt.client_id", S_STR, OFF(mqtt.client_id), 0, 0, "tandem-{gateway}", NULL, false },
+    { "mqtt.version", S_INT, OFF(mqtt.version), 3, 5, "5", NULL, false },
+    { "mqtt.username", S_STR, OFF(mqtt.username), 0, 0, "", NULL, false },
+    { "mqtt.password_file", S_PATH, OFF(mqtt.password_file), 0, 0, "", NULL, false },
+    { "mqtt.ca", S_PATH, OFF(mqtt.ca), 0, 0, "", NULL, false },
+    { "mqtt.cert", S_PATH, OFF(mqtt.cert), 0, 0, "", NULL, false },
+    { "mqtt.key", S_PATH, OFF(mqtt.key), 0, 0, "", NULL, false },
+    { "mqtt.verify_hostname", S_BOOL, OFF(mqtt.verify_hostname), 0, 0, "true", NULL, false },
+    { "mqtt.keepalive", S_INT, OFF(mqtt.keepalive), 0, 65535, "30", NULL, false },
+    { "mqtt.clean_start", S_BOOL, OFF(mqtt.clean_start), 0, 0, "false", NULL, false },
+    { "mqtt.max_inflight", S_INT, OFF(mqtt.max_inflight), 1, 65535, "1000", NULL, false },
+    { "mqtt.publish_timeout", S_INT, OFF(mqtt.publish_timeout), 1, 3600, "10", NULL, true },
+    { "mqtt.offline_buffer", S_INT, OFF(mqtt.offline_buffer), 0, 10000000, "10000", NULL, false },
+    { "mqtt.status_topic", S_STR, OFF(mqtt.status_topic), 0, 0, "tandem/{gateway}/status", NULL,
+      false },
+    { "mqtt.stats_topic", S_STR, OFF(mqtt.stats_topic), 0, 0, "tandem/{gateway}/stats", NULL,
+      true },
+    { "mqtt.stats_interval", S_INT, OFF(mqtt.stats_interval), 0, 86400, "60", NULL, true },
 
-    {"mqtt_listener", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"mqtt_listener.enabled", S_BOOL, OFF(mqtt_listener.enabled), 0, 0, "false", NULL, false},
-    {"mqtt_listener.bind", S_STR, OFF(mqtt_listener.bind), 0, 0, "::", NULL, false},
-    {"mqtt_listener.port", S_INT, OFF(mqtt_listener.port), 1, 65535, "8883", NULL, false},
-    {"mqtt_listener.cert", S_PATH, OFF(mqtt_listener.cert), 0, 0, "", NULL, true},
-    {"mqtt_listener.key", S_PATH, OFF(mqtt_listener.key), 0, 0, "", NULL, true},
-    {"mqtt_listener.ca", S_PATH, OFF(mqtt_listener.ca), 0, 0, "", NULL, true},
-    {"mqtt_listener.require_client_cert", S_BOOL, OFF(mqtt_listener.require_client_cert), 0, 0, "true",
-     NULL, true},
-    {"mqtt_listener.max_connections", S_INT, OFF(mqtt_listener.max_connections), 1, 100000, "1000", NULL,
-     true},
+    { "mqtt_listener", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "mqtt_listener.enabled", S_BOOL, OFF(mqtt_listener.enabled), 0, 0, "false", NULL, false },
+    { "mqtt_listener.bind", S_STR, OFF(mqtt_listener.bind), 0, 0, "::", NULL, false },
+    { "mqtt_listener.port", S_INT, OFF(mqtt_listener.port), 1, 65535, "8883", NULL, false },
+    { "mqtt_listener.cert", S_PATH, OFF(mqtt_listener.cert), 0, 0, "", NULL, true },
+    { "mqtt_listener.key", S_PATH, OFF(mqtt_listener.key), 0, 0, "", NULL, true },
+    { "mqtt_listener.ca", S_PATH, OFF(mqtt_listener.ca), 0, 0, "", NULL, true },
+    { "mqtt_listener.require_client_cert", S_BOOL, OFF(mqtt_listener.require_client_cert), 0, 0,
+      "true", NULL, true },
+    { "mqtt_listener.max_connections", S_INT, OFF(mqtt_listener.max_connections), 1, 100000, "1000",
+      NULL, true },
 
-    {"metrics", S_GROUP, 0, 0, 0, NULL, NULL, false},
-    {"metrics.listen", S_STR, OFF(metrics.listen), 0, 0, "", NULL, false},
+    { "metrics", S_GROUP, 0, 0, 0, NULL, NULL, false },
+    { "metrics.listen", S_STR, OFF(metrics.listen), 0, 0, "", NULL, false },
 };
 
 #define NSETTINGS (sizeof(schema) / sizeof(schema[0]))
 
 /* The settings of one element of the mappings list. */
-static const char *const mapping_keys[] = {"name", "resource", "topic", "direction", "qos",
-                                           "retain"};
+static const char *const mapping_keys[] = { "name",      "resource", "topic",
+                                            "direction", "qos",      "retain" };
 
 static const struct setting *find_setting(const char *name)
 {
@@ -280,7 +284,7 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
         config_setting_t *m = config_setting_get_elem(list, (unsigned)i);
         int line = config_setting_source_line(m);
         char where[48];
-        map_spec_t spec = {.qos = 0, .retain = false, .direction = -1};
+        map_spec_t spec = { .qos = 0, .retain = false, .direction = -1 };
         const char *dir = NULL;
         int bad = 0;
 
@@ -309,8 +313,8 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
                 bool isq = key[0] == 'q';
                 if (isq ? (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
                         : t != CONFIG_TYPE_BOOL) {
-                    gw_errs_add(errs, file, sl, full, isq ? "must be 0, 1 or 2"
-                                                          : "must be true or false");
+                    gw_errs_add(errs, file, sl, full,
+                                isq ? "must be 0, 1 or 2" : "must be true or false");
                     bad++;
                 } else if (isq) {
                     long long q = config_setting_get_int64(s);
@@ -450,8 +454,8 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
         gw_errs_add(errs, f, LINE("coap.dtls.ca"), "coap.dtls.ca",
                     "verifying device certificates needs coap.dtls.cert and coap.dtls.key");
     if (cfg->coap.dtls.require_client_cert && !*cfg->coap.dtls.ca)
-        gw_errs_add(errs, f, LINE("coap.dtls.require_client_cert"),
-                    "coap.dtls.require_client_cert", "needs coap.dtls.ca to verify devices");
+        gw_errs_add(errs, f, LINE("coap.dtls.require_client_cert"), "coap.dtls.require_client_cert",
+                    "needs coap.dtls.ca to verify devices");
     if (!cfg->coap.plain && !*cfg->coap.dtls.psk_file && !*cfg->coap.dtls.cert)
         gw_errs_add(errs, f, LINE("coap.dtls"), "coap.dtls",
                     "neither psk_file nor cert is set, so no device could connect "
@@ -505,8 +509,8 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
     gw_listen_t listen;
     const char *why;
     if (*cfg->metrics.listen && gw_listen_parse(cfg->metrics.listen, &listen, &why) < 0)
-        gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen",
-                    "\"%s\": %s", cfg->metrics.listen, why);
+        gw_errs_add(errs, f, LINE("metrics.listen"), "metrics.listen", "\"%s\": %s",
+                    cfg->metrics.listen, why);
     if (strlen(cfg->gateway.control_socket) >= sizeof(((struct sockaddr_un *)0)->sun_path))
         gw_errs_add(errs, f, LINE("gateway.control_socket"), "gateway.control_socket",
                     "longer than %zu bytes, the limit of a Unix socket's path",
@@ -670,15 +674,15 @@ void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur)
 
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out)
 {
-    static const char *dirs[] = {"?", "up", "down", "both"};
+    static const char *dirs[] = { "?", "up", "down", "both" };
     size_t n = map_table_count(cfg->maps);
     fprintf(out, "%-16s %-5s %-3s %-6s %-36s %s\n", "NAME", "DIR", "QOS", "RETAIN", "RESOURCE",
             "TOPIC");
     for (size_t i = 0; i < n; i++) {
         const map_entry_t *e = map_table_get(cfg->maps, i);
         fprintf(out, "%-16s %-5s %-3d %-6s %-36s %s\n", map_entry_name(e),
-                dirs[map_entry_direction(e)], map_entry_qos(e),
-                map_entry_retain(e) ? "yes" : "no", map_entry_resource(e), map_entry_topic(e));
+                dirs[map_entry_direction(e)], map_entry_qos(e), map_entry_retain(e) ? "yes" : "no",
+                map_entry_resource(e), map_entry_topic(e));
     }
     for (size_t i = 0; i < n; i++) {
         const map_entry_t *e = map_table_get(cfg->maps, i);

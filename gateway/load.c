@@ -21,12 +21,12 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     const struct {
         const char *name, *cert, *key;
     } pairs[] = {
-        {"coap.dtls.cert", cfg->coap.dtls.cert, cfg->coap.dtls.key},
-        {"mqtt.cert", cfg->mqtt.cert, cfg->mqtt.key},
+        { "coap.dtls.cert", cfg->coap.dtls.cert, cfg->coap.dtls.key },
+        { "mqtt.cert", cfg->mqtt.cert, cfg->mqtt.key },
     };
     const struct {
         const char *name, *path;
-    } cas[] = {{"coap.dtls.ca", cfg->coap.dtls.ca}, {"mqtt.ca", cfg->mqtt.ca}};
+    } cas[] = { { "coap.dtls.ca", cfg->coap.dtls.ca }, { "mqtt.ca", cfg->mqtt.ca } };
 
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         if (!*pairs[i].cert)
@@ -39,8 +39,7 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     }
     for (size_t i = 0; i < sizeof(cas) / sizeof(cas[0]); i++)
         if (*cas[i].path && tls_ca_check(cas[i].path, err, sizeof(err)) < 0)
-            gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s",
-                        err);
+            gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s", err);
     if (*cfg->coap.dtls.psk_file) {
         psk = dtls_psk_load(cfg->coap.dtls.psk_file, "coap.dtls.psk_file", errs);
         if (psk && dtls_psk_count(psk) == 0)

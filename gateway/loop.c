@@ -43,10 +43,9 @@
 /* Whether fd (libcoap's epoll descriptor) has events waiting now. */
 static bool readable(int fd)
 {
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
     return poll(&pfd, 1, 0) == 1;
 }
-
 
 /*
  * libcoap's messages are mostly about what peers send (bad packets, RSTs,
@@ -136,7 +135,7 @@ static uint64_t watchdog_interval_ms(void)
 static void reload(coap_context_t *ctx, bridge_t *b, gw_report_t *report, gw_config_t **cfg,
                    dtls_psk_store_t **psk)
 {
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
     dtls_psk_store_t *npsk = NULL;
     const char *file = (*cfg)->file;
 
@@ -184,11 +183,11 @@ struct proc {
     coap_context_t *ctx;
     dtls_gate_t *gate; /* NULL without DTLS */
     bridge_t *b;
-    stats_t *stats;      /* every module's statistics */
-    gw_report_t *report; /* the process's own */
+    stats_t *stats;        /* every module's statistics */
+    gw_report_t *report;   /* the process's own */
     gw_control_t *control; /* NULL when gateway.control_socket is "" */
     gw_metrics_t *metrics; /* NULL when metrics.listen is "" */
-    gw_config_t **cfgp; /* the running configuration; a reload replaces it */
+    gw_config_t **cfgp;    /* the running configuration; a reload replaces it */
     dtls_psk_store_t **pskp;
     int coap_fd, sfd;
     bool stopping, at_once; /* a graceful stop was asked; a second signal: stop at once */
@@ -239,7 +238,6 @@ static void on_inbox(ev_loop_t *loop, int fd, unsigned mask, void *data)
     coap_io_process(p->ctx, COAP_IO_NO_WAIT);
     bridge_after_io(p->b);
 }
-
 
 /* A graceful stop ends when no publish awaits the broker, or at STOP_WAIT_MS. */
 static int64_t on_stop_check(ev_loop_t *loop, uint64_t id, void *data)
@@ -376,7 +374,7 @@ static int register_entries(struct proc *p, const sigset_t *mask)
 int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
 {
     const gw_config_t *cfg = *cfgp;
-    struct proc p = {.cfgp = cfgp, .pskp = pskp, .sfd = -1, .status = GW_EXIT_RUNTIME};
+    struct proc p = { .cfgp = cfgp, .pskp = pskp, .sfd = -1, .status = GW_EXIT_RUNTIME };
     sigset_t mask;
 
     /* Block the signals before any thread exists, so that all go to the signalfd. */

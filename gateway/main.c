@@ -26,7 +26,7 @@ static void usage(FILE *out)
 /* Loads and checks everything; prints errors. NULL when anything is wrong. */
 static gw_config_t *load(const char *path, dtls_psk_store_t **psk)
 {
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
     gw_config_t *cfg = gw_load(path, psk, &errs);
     if (errs.count)
         fputs(errs.text ? errs.text : "tandem: configuration error\n", stderr);
@@ -39,10 +39,10 @@ int main(int argc, char **argv)
     const char *cmd = "run", *path = NULL;
     int first = 1;
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        { "config", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
     };
 
     if (argc > 1 && argv[1][0] != '-') {
@@ -54,7 +54,7 @@ int main(int argc, char **argv)
         const char *name;
         int (*main)(int argc, char **argv);
     } commands[] = {
-        {"stats", gw_stats_cmd},
+        { "stats", gw_stats_cmd },
     };
     for (size_t i = 0; first == 2 && i < sizeof(commands) / sizeof(commands[0]); i++)
         if (!strcmp(cmd, commands[i].name))

@@ -12,7 +12,7 @@
 #include "tls.h"
 
 /* The certificates Tandem presents, by the setting that names them. */
-static const char *const cert_settings[] = {"coap.dtls.cert", "mqtt.cert", "mqtt_listener.cert"};
+static const char *const cert_settings[] = { "coap.dtls.cert", "mqtt.cert", "mqtt_listener.cert" };
 #define NCERTS (sizeof(cert_settings) / sizeof(cert_settings[0]))
 
 struct cert {
@@ -55,34 +55,56 @@ static double days_left(const void *obj)
 }
 
 static const stats_field_t top_fields[] = {
-    {.name = "gateway", .help = "The gateway's gateway.id", .type = STATS_STR,
-     .offset = offsetof(gw_report_t, id)},
-    {.name = "version", .help = "Tandem's version", .type = STATS_STR,
-     .offset = offsetof(gw_report_t, version)},
-    {.name = "uptime_s", .prom = "uptime", .unit = "seconds", .help = "Time since the start",
-     .kind = STATS_GAUGE, .type = STATS_FN, .get = uptime_s},
+    { .name = "gateway",
+      .help = "The gateway's gateway.id",
+      .type = STATS_STR,
+      .offset = offsetof(gw_report_t, id) },
+    { .name = "version",
+      .help = "Tandem's version",
+      .type = STATS_STR,
+      .offset = offsetof(gw_report_t, version) },
+    { .name = "uptime_s",
+      .prom = "uptime",
+      .unit = "seconds",
+      .help = "Time since the start",
+      .kind = STATS_GAUGE,
+      .type = STATS_FN,
+      .get = uptime_s },
 };
-static const stats_section_t top_section = {.fields = top_fields, .nfields = 3};
+static const stats_section_t top_section = { .fields = top_fields, .nfields = 3 };
 
 static const stats_field_t config_fields[] = {
-    {.name = "reloads", .help = "Reloads (SIGHUP) that took effect", .kind = STATS_COUNTER,
-     .type = STATS_U64, .offset = offsetof(gw_report_t, reloads)},
-    {.name = "reload_failures", .help = "Reloads refused: the running configuration stayed",
-     .kind = STATS_COUNTER, .type = STATS_U64, .offset = offsetof(gw_report_t, reload_failures)},
+    { .name = "reloads",
+      .help = "Reloads (SIGHUP) that took effect",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(gw_report_t, reloads) },
+    { .name = "reload_failures",
+      .help = "Reloads refused: the running configuration stayed",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(gw_report_t, reload_failures) },
 };
 static const stats_section_t config_section = {
-    .json = "config", .prom = "config", .fields = config_fields, .nfields = 2};
+    .json = "config", .prom = "config", .fields = config_fields, .nfields = 2
+};
 
 static const stats_field_t log_fields[] = {
-    {.name = "suppressed", .help = "Log lines held back by the rate limit on what peers cause",
-     .kind = STATS_COUNTER, .type = STATS_FN, .get = log_suppressed},
+    { .name = "suppressed",
+      .help = "Log lines held back by the rate limit on what peers cause",
+      .kind = STATS_COUNTER,
+      .type = STATS_FN,
+      .get = log_suppressed },
 };
 static const stats_section_t log_section = {
-    .json = "log", .prom = "log", .fields = log_fields, .nfields = 1};
+    .json = "log", .prom = "log", .fields = log_fields, .nfields = 1
+};
 
 #define LISTENER(f, h)                                                                             \
-    {.name = #f, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                              \
-     .offset = offsetof(struct listener_stats, f)}
+    {                                                                                              \
+        .name = #f, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                           \
+        .offset = offsetof(struct listener_stats, f)                                               \
+    }
 static const stats_field_t listener_fields[] = {
     LISTENER(connections, "MQTT devices accepted by the MQTT listener"),
     LISTENER(rejected, "MQTT devices refused at the handshake or CONNECT"),
@@ -90,12 +112,18 @@ static const stats_field_t listener_fields[] = {
     LISTENER(denied_subscribe, "SUBSCRIBE filters refused by the identity policy"),
 };
 static const stats_section_t listener_section = {
-    .json = "mqtt_listener", .prom = "mqtt_listener", .fields = listener_fields, .nfields = 4};
+    .json = "mqtt_listener", .prom = "mqtt_listener", .fields = listener_fields, .nfields = 4
+};
 
 static const stats_field_t cert_fields[] = {
-    {.name = "days_left", .prom = "expiry", .unit = "seconds", .scale = 86400,
-     .help = "Time until the certificate expires (whole days; negative once expired)",
-     .kind = STATS_GAUGE, .type = STATS_FN, .get = days_left},
+    { .name = "days_left",
+      .prom = "expiry",
+      .unit = "seconds",
+      .scale = 86400,
+      .help = "Time until the certificate expires (whole days; negative once expired)",
+      .kind = STATS_GAUGE,
+      .type = STATS_FN,
+      .get = days_left },
 };
 
 static size_t cert_count(const void *obj)
@@ -110,19 +138,19 @@ static const void *cert_instance(const void *obj, size_t i, const char **name)
     return c;
 }
 
-static const stats_section_t cert_section = {.json = "certificates",
-                                             .prom = "certificate",
-                                             .fields = cert_fields,
-                                             .nfields = 1,
-                                             .label = "certificate",
-                                             .count = cert_count,
-                                             .instance = cert_instance};
+static const stats_section_t cert_section = { .json = "certificates",
+                                              .prom = "certificate",
+                                              .fields = cert_fields,
+                                              .nfields = 1,
+                                              .label = "certificate",
+                                              .count = cert_count,
+                                              .instance = cert_instance };
 
 /* Reads when each configured certificate expires: at start and at each reload. */
 static void read_certs(gw_report_t *r, const gw_config_t *cfg)
 {
-    const char *paths[NCERTS] = {cfg->coap.dtls.cert, cfg->mqtt.cert,
-                                 cfg->mqtt_listener.enabled ? cfg->mqtt_listener.cert : ""};
+    const char *paths[NCERTS] = { cfg->coap.dtls.cert, cfg->mqtt.cert,
+                                  cfg->mqtt_listener.enabled ? cfg->mqtt_listener.cert : "" };
     r->ncerts = 0;
     for (size_t i = 0; i < NCERTS; i++) {
         if (!paths[i] || !*paths[i])

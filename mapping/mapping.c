@@ -257,8 +257,8 @@ static int tmpl_parse(struct tmpl *t, const char *src, const char *gateway, cons
             g->len = g->text ? strlen(g->text) : 0;
         } else {
             if (memchr(s, '{', len) || memchr(s, '}', len)) {
-                errf(err, errlen, "%s segment \"%.*s\": a variable must be a whole segment",
-                     what, (int)len, s);
+                errf(err, errlen, "%s segment \"%.*s\": a variable must be a whole segment", what,
+                     (int)len, s);
                 goto fail;
             }
             if (memchr(s, '+', len) || memchr(s, '#', len)) {
@@ -677,7 +677,7 @@ enum map_status map_reverse(const map_table_t *t, const char *topic, size_t topi
             memcpy(identity, segs.s[at], segs.len[at]);
             identity[segs.len[at]] = '\0';
             id = identity;
-            if (idlen && !put(identity_out, idlen, &(size_t){0}, identity, segs.len[at]))
+            if (idlen && !put(identity_out, idlen, &(size_t){ 0 }, identity, segs.len[at]))
                 return MAP_BAD_VALUE;
         }
         if (!tmpl_render(&e->res, &segs, cap, id, resource, reslen))
@@ -697,9 +697,8 @@ static bool tmpl_covers(const struct tmpl *a, const struct tmpl *b)
             return i < b->n;
         if (i >= b->n || b->seg[i].kind == SEG_MULTI)
             return false;
-        if (g->kind == SEG_LIT &&
-            (b->seg[i].kind != SEG_LIT || b->seg[i].len != g->len ||
-             memcmp(b->seg[i].text, g->text, g->len)))
+        if (g->kind == SEG_LIT && (b->seg[i].kind != SEG_LIT || b->seg[i].len != g->len ||
+                                   memcmp(b->seg[i].text, g->text, g->len)))
             return false;
     }
     return a->n == b->n;

@@ -2,7 +2,8 @@
 # Installs what is needed, builds, and runs the whole test suite twice: a
 # normal build with warnings as errors, and one with AddressSanitizer and
 # UndefinedBehaviorSanitizer. Then each fuzz target runs for FUZZ_SECONDS
-# (default 60) with libFuzzer (scripts/fuzz.sh).
+# (default 60) with libFuzzer (scripts/fuzz.sh). scripts/format.sh checks
+# that the C files follow .clang-format.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,9 @@ setup build-ci -Dwerror=true
 setup build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 status=0
+format=passed
+bash scripts/format.sh || { status=1; format=FAILED; }
+
 for dir in build-ci build-asan; do
   echo "== tests in $dir"
   meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
@@ -46,5 +50,6 @@ for d in sys.argv[1:]:
                 failed += 1
 print("tests: %d passed, %d failed" % (passed, failed))
 PY
+echo "format: $format"
 echo "fuzzing: $fuzz"
 exit $status

@@ -12,7 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -27,7 +28,7 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 static int load_chain(const char *path, gnutls_x509_crt_t **list, unsigned *n, char *err,
                       size_t errlen)
 {
-    gnutls_datum_t data = {NULL, 0};
+    gnutls_datum_t data = { NULL, 0 };
     int rc = gnutls_load_file(path, &data);
     if (rc < 0)
         return fail(err, errlen, "cannot read %s (%s)", path, strerror(errno ? errno : ENOENT));
@@ -98,7 +99,7 @@ int tls_cert_check(const char *cert_path, const char *key_path, int *days_left, 
 {
     gnutls_x509_crt_t *chain = NULL;
     unsigned n = 0;
-    gnutls_datum_t kdata = {NULL, 0};
+    gnutls_datum_t kdata = { NULL, 0 };
     gnutls_privkey_t key = NULL;
     gnutls_pubkey_t certpub = NULL, keypub = NULL;
     unsigned char id1[64], id2[64];
@@ -158,7 +159,7 @@ int tls_ca_check(const char *ca_path, char *err, size_t errlen)
 int tls_der_cn(const uint8_t *der, size_t len, char *cn, size_t cnlen)
 {
     gnutls_x509_crt_t crt;
-    gnutls_datum_t d = {(unsigned char *)der, (unsigned)len};
+    gnutls_datum_t d = { (unsigned char *)der, (unsigned)len };
     size_t size = cnlen;
     int rc = -EINVAL;
 

@@ -28,7 +28,7 @@ struct bridge_mqtt {
 
 static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc)
 {
-    inbox_event_t ev = {.type = type, .id = id, .rc = rc};
+    inbox_event_t ev = { .type = type, .id = id, .rc = rc };
     inbox_push(m->inbox, &ev);
 }
 
@@ -148,7 +148,7 @@ void stub_message(bridge_mqtt_t *m, const char *topic, size_t tlen, const uint8_
     strcpy(im->content_type, len % 2 ? "application/json" : "");
     memcpy(im->bytes, topic, tlen);
     memcpy(im->bytes + tlen, payload, len);
-    inbox_event_t ev = {.type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len};
+    inbox_event_t ev = { .type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len };
     if (inbox_push(m->inbox, &ev) < 0)
         free(im);
 }

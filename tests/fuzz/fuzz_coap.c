@@ -40,11 +40,14 @@ static const char config_fmt[] =
     "mqtt = { uri = \"mqtt://127.0.0.1:1\"; offline_buffer = 0; stats_interval = 0;\n"
     "  max_inflight = 8; publish_timeout = 1; };\n"
     "mappings = (\n"
-    " { name = \"up\"; resource = \"u/{a}\"; topic = \"fz/u/{a}\"; direction = \"up\"; qos = 1; },\n"
+    " { name = \"up\"; resource = \"u/{a}\"; topic = \"fz/u/{a}\"; direction = \"up\"; qos = 1; "
+    "},\n"
     " { name = \"up0\"; resource = \"u0/{a}/{rest*}\"; topic = \"fz/u0/{a}/{rest*}\";\n"
     "   direction = \"up\"; qos = 0; retain = true; },\n"
-    " { name = \"both\"; resource = \"b/{x}\"; topic = \"fz/b/{x}\"; direction = \"both\"; qos = 2; },\n"
-    " { name = \"down\"; resource = \"d/{rest*}\"; topic = \"fz/d/{rest*}\"; direction = \"down\"; },\n"
+    " { name = \"both\"; resource = \"b/{x}\"; topic = \"fz/b/{x}\"; direction = \"both\"; qos = "
+    "2; },\n"
+    " { name = \"down\"; resource = \"d/{rest*}\"; topic = \"fz/d/{rest*}\"; direction = \"down\"; "
+    "},\n"
     " { name = \"me\"; resource = \"m/{identity}/c\"; topic = \"fz/m/{identity}/c\";\n"
     "   direction = \"both\"; qos = 1; },\n"
     " { name = \"fixed\"; resource = \"f/{gateway}/x\"; topic = \"fz/f\"; direction = \"down\"; }\n"
@@ -53,7 +56,7 @@ static const char config_fmt[] =
 static int free_udp_port(void)
 {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t len = sizeof(a);
     int port = -1;
     if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
@@ -122,12 +125,12 @@ static void check_bounds(const bridge_t *b)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char conf[2048], path[4096];
-    int devs[DEVICES] = {-1, -1, -1, -1};
+    int devs[DEVICES] = { -1, -1, -1, -1 };
     coap_context_t *ctx = NULL;
     bridge_t *b = NULL;
     gw_config_t *cfg = NULL;
-    gw_errs_t errs = {0};
-    struct sockaddr_in gw = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    gw_errs_t errs = { 0 };
+    struct sockaddr_in gw = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 
     int port = free_udp_port();
     if (port < 0)
@@ -144,8 +147,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ctx = coap_new_context(NULL);
     coap_address_t addr;
     coap_address_init(&addr);
-    addr.addr.sin = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    addr.addr.sin = (struct sockaddr_in){ .sin_family = AF_INET,
+                                          .sin_port = htons((uint16_t)port),
+                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     addr.size = sizeof(addr.addr.sin);
     if (!ctx || !coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP))
         goto out; /* the port was taken meanwhile */

@@ -42,7 +42,7 @@ const char *__lsan_default_suppressions(void)
  */
 static bool reads_devices(const uint8_t *data, size_t size)
 {
-    static const char *const bad[] = {"@include", "/dev", "/proc", "/sys"};
+    static const char *const bad[] = { "@include", "/dev", "/proc", "/sys" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (memmem(data, size, bad[i], strlen(bad[i])))
             return true;
@@ -65,16 +65,20 @@ static void check_topic(const char *t, const char *id)
 
 static void check_config(const gw_config_t *cfg)
 {
-    FUZZ_CHECK(cfg->gateway.id && map_value_ok(cfg->gateway.id, strlen(cfg->gateway.id)) && strlen(cfg->gateway.id) <= 64);
+    FUZZ_CHECK(cfg->gateway.id && map_value_ok(cfg->gateway.id, strlen(cfg->gateway.id)) &&
+               strlen(cfg->gateway.id) <= 64);
     FUZZ_CHECK(cfg->gateway.log_level >= GW_LOG_ERROR && cfg->gateway.log_level <= GW_LOG_DEBUG);
     FUZZ_CHECK(cfg->coap.port >= 1 && cfg->coap.port <= 65535);
     FUZZ_CHECK(cfg->coap.dtls.port >= 1 && cfg->coap.dtls.port <= 65535);
-    FUZZ_CHECK(cfg->coap.max_sessions >= 1 && cfg->coap.max_payload >= 1 && cfg->coap.max_resources >= 1);
+    FUZZ_CHECK(cfg->coap.max_sessions >= 1 && cfg->coap.max_payload >= 1 &&
+               cfg->coap.max_resources >= 1);
     FUZZ_CHECK(cfg->mqtt.version == 3 || cfg->mqtt.version == 5);
     FUZZ_CHECK(cfg->mqtt.keepalive >= 0 && cfg->mqtt.keepalive <= 65535);
-    FUZZ_CHECK(cfg->mqtt.max_inflight >= 1 && cfg->mqtt.publish_timeout >= 1 && cfg->mqtt.offline_buffer >= 0);
+    FUZZ_CHECK(cfg->mqtt.max_inflight >= 1 && cfg->mqtt.publish_timeout >= 1 &&
+               cfg->mqtt.offline_buffer >= 0);
     FUZZ_CHECK(cfg->coap.plain || *cfg->coap.dtls.psk_file || *cfg->coap.dtls.cert);
-    FUZZ_CHECK(!*cfg->coap.dtls.cert == !*cfg->coap.dtls.key && !*cfg->mqtt.cert == !*cfg->mqtt.key);
+    FUZZ_CHECK(!*cfg->coap.dtls.cert == !*cfg->coap.dtls.key &&
+               !*cfg->mqtt.cert == !*cfg->mqtt.key);
     FUZZ_CHECK(!cfg->mqtt_listener.enabled);
     gw_listen_t listen;
     FUZZ_CHECK(!*cfg->metrics.listen || gw_listen_parse(cfg->metrics.listen, &listen, NULL) == 0);
@@ -123,7 +127,7 @@ static const gw_config_t *running_config(void)
                                "coap = { dtls = { psk_file = \"psk.txt\"; }; };\n"
                                "mqtt = { password_file = \"running.conf\"; username = \"u\"; };\n";
     char path[PATH_MAX];
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
 
     if (running)
         return running;
@@ -149,16 +153,21 @@ static void check_reload(gw_config_t *next)
 {
     const gw_config_t *cur = running_config();
     gw_config_keep_fixed(next, cur);
-    FUZZ_CHECK(same(next->gateway.id, cur->gateway.id) && same(next->gateway.control_socket, cur->gateway.control_socket));
-    FUZZ_CHECK(same(next->gateway.state_dir, cur->gateway.state_dir) && same(next->coap.bind, cur->coap.bind));
+    FUZZ_CHECK(same(next->gateway.id, cur->gateway.id) &&
+               same(next->gateway.control_socket, cur->gateway.control_socket));
+    FUZZ_CHECK(same(next->gateway.state_dir, cur->gateway.state_dir) &&
+               same(next->coap.bind, cur->coap.bind));
     FUZZ_CHECK(next->coap.plain == cur->coap.plain && next->coap.port == cur->coap.port);
     FUZZ_CHECK(next->coap.dtls.port == cur->coap.dtls.port && same(next->mqtt.uri, cur->mqtt.uri));
-    FUZZ_CHECK(same(next->mqtt.client_id, cur->mqtt.client_id) && next->mqtt.version == cur->mqtt.version);
-    FUZZ_CHECK(same(next->mqtt.username, cur->mqtt.username) && same(next->mqtt.password, cur->mqtt.password));
+    FUZZ_CHECK(same(next->mqtt.client_id, cur->mqtt.client_id) &&
+               next->mqtt.version == cur->mqtt.version);
+    FUZZ_CHECK(same(next->mqtt.username, cur->mqtt.username) &&
+               same(next->mqtt.password, cur->mqtt.password));
     FUZZ_CHECK(same(next->mqtt.ca, cur->mqtt.ca) && same(next->mqtt.cert, cur->mqtt.cert));
     FUZZ_CHECK(same(next->mqtt.key, cur->mqtt.key) && next->mqtt.keepalive == cur->mqtt.keepalive);
     FUZZ_CHECK(next->mqtt.verify_hostname == cur->mqtt.verify_hostname);
-    FUZZ_CHECK(next->mqtt.clean_start == cur->mqtt.clean_start && next->mqtt.max_inflight == cur->mqtt.max_inflight);
+    FUZZ_CHECK(next->mqtt.clean_start == cur->mqtt.clean_start &&
+               next->mqtt.max_inflight == cur->mqtt.max_inflight);
     FUZZ_CHECK(next->mqtt.offline_buffer == cur->mqtt.offline_buffer);
     FUZZ_CHECK(same(next->mqtt.status_topic, cur->mqtt.status_topic));
 }
@@ -166,7 +175,7 @@ static void check_reload(gw_config_t *next)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char path[PATH_MAX];
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
 
     if (reads_devices(data, size))
         return 0;

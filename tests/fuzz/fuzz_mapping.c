@@ -262,7 +262,8 @@ static void check_route(const ctx_t *c, const char *path, size_t len, int dir, c
     /* SPEC §6's answers. */
     static const int codes[] = {
         [MAP_OK] = 0,          [MAP_NOT_FOUND] = 404, [MAP_BAD_METHOD] = 405,
-        [MAP_BAD_VALUE] = 400, [MAP_FORBIDDEN] = 403, [MAP_UNAUTHORIZED] = 401};
+        [MAP_BAD_VALUE] = 400, [MAP_FORBIDDEN] = 403, [MAP_UNAUTHORIZED] = 401
+    };
     FUZZ_CHECK((size_t)st < sizeof(codes) / sizeof(codes[0]) && map_status_code(st) == codes[st]);
     switch (st) {
     case MAP_NOT_FOUND:
@@ -435,7 +436,7 @@ static size_t split_fields(const uint8_t *data, size_t size, field_t *f, size_t 
 static void exercise(const ctx_t *c, field_t path, field_t identity, field_t topic)
 {
     char id[MAP_IDENTITY_MAX + 1];
-    const char *ids[3] = {NULL, "bike-7", NULL};
+    const char *ids[3] = { NULL, "bike-7", NULL };
     size_t nids = 2;
 
     check_predicates(path.s, path.len);
@@ -461,18 +462,18 @@ static void exercise(const ctx_t *c, field_t path, field_t identity, field_t top
 
 /* The SPEC's example mappings, and {x*}, {gateway} and {identity} in the topic only. */
 static const map_spec_t fixed_specs[] = {
-    {"telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP, 1,
-     false},
-    {"commands", "bikes/{identity}/commands", "redback/p1/bikes/{identity}/commands", MAP_DOWN, 1,
-     false},
-    {"state", "bikes/{identity}/state", "redback/p1/bikes/{identity}/state", MAP_BOTH, 1, true},
-    {"logs", "bikes/{identity}/logs/{path*}", "redback/p1/logs/{identity}/{path*}", MAP_UP, 0,
-     false},
-    {"hello", "hello", "redback/p1/hello/{identity}", MAP_UP, 0, false},
-    {"alerts", "zones/{zone}/bikes/{bike}/alerts", "redback/{gateway}/zones/{zone}/{bike}/alerts",
-     MAP_BOTH, 2, false},
-    {"public", "public/{rest*}", "redback/public/{rest*}", MAP_BOTH, 0, true},
-    {"config", "fleet/{gateway}/config/{key*}", "cfg/{key*}", MAP_DOWN, 1, false},
+    { "telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP, 1,
+      false },
+    { "commands", "bikes/{identity}/commands", "redback/p1/bikes/{identity}/commands", MAP_DOWN, 1,
+      false },
+    { "state", "bikes/{identity}/state", "redback/p1/bikes/{identity}/state", MAP_BOTH, 1, true },
+    { "logs", "bikes/{identity}/logs/{path*}", "redback/p1/logs/{identity}/{path*}", MAP_UP, 0,
+      false },
+    { "hello", "hello", "redback/p1/hello/{identity}", MAP_UP, 0, false },
+    { "alerts", "zones/{zone}/bikes/{bike}/alerts", "redback/{gateway}/zones/{zone}/{bike}/alerts",
+      MAP_BOTH, 2, false },
+    { "public", "public/{rest*}", "redback/public/{rest*}", MAP_BOTH, 0, true },
+    { "config", "fleet/{gateway}/config/{key*}", "cfg/{key*}", MAP_DOWN, 1, false },
 };
 
 static map_table_t *fixed;
@@ -503,9 +504,9 @@ static const map_table_t *fixed_table(void)
 
 static void fuzz_fixed(const uint8_t *data, size_t size)
 {
-    field_t f[3] = {{"", 0}, {"", 0}, {"", 0}};
+    field_t f[3] = { { "", 0 }, { "", 0 }, { "", 0 } };
     split_fields(data, size, f, 3);
-    ctx_t c = {.t = fixed_table(), .gateway = "edge-01", .fixed = true};
+    ctx_t c = { .t = fixed_table(), .gateway = "edge-01", .fixed = true };
     exercise(&c, f[0], f[1], f[2]);
 }
 
@@ -516,7 +517,7 @@ static char *dup_field(field_t f)
 
 static void fuzz_table(const uint8_t *data, size_t size)
 {
-    uint8_t hdr[3] = {0, 0, 0};
+    uint8_t hdr[3] = { 0, 0, 0 };
     for (size_t i = 0; i < 3 && i < size; i++)
         hdr[i] = data[i];
     data += size < 3 ? size : 3;
@@ -525,7 +526,7 @@ static void fuzz_table(const uint8_t *data, size_t size)
     size_t k = hdr[0] % 4 + 1;
     field_t f[FIELDS_MAX];
     for (size_t i = 0; i < FIELDS_MAX; i++)
-        f[i] = (field_t){"", 0};
+        f[i] = (field_t){ "", 0 };
     split_fields(data, size, f, 1 + 2 * k + 3);
 
     /* The configuration accepts only such gateway ids (gateway/config.c). */
@@ -535,7 +536,7 @@ static void fuzz_table(const uint8_t *data, size_t size)
     map_table_t *t = map_table_new(gateway);
     FUZZ_CHECK(t);
 
-    static const char *const names[] = {"m0", "m1", "m2", "m3"};
+    static const char *const names[] = { "m0", "m1", "m2", "m3" };
     for (size_t i = 0; i < k; i++) {
         char *res = dup_field(f[1 + 2 * i]), *top = dup_field(f[2 + 2 * i]);
         FUZZ_CHECK(res && top);
@@ -571,7 +572,7 @@ static void fuzz_table(const uint8_t *data, size_t size)
         free(res);
         free(top);
     }
-    ctx_t c = {.t = t, .gateway = gateway, .fixed = false};
+    ctx_t c = { .t = t, .gateway = gateway, .fixed = false };
     exercise(&c, f[1 + 2 * k], f[2 + 2 * k], f[3 + 2 * k]);
     map_table_free(t);
     free(gw);

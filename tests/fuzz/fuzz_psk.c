@@ -59,7 +59,7 @@ static void check_errors(const gw_errs_t *errs, const char *path, size_t lines)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char path[PATH_MAX];
-    gw_errs_t errs = {0};
+    gw_errs_t errs = { 0 };
 
     if (fuzz_file_new(data, size, "psk.txt", path, sizeof(path)) < 0) {
         perror("fuzz_psk: temporary file");

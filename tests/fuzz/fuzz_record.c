@@ -14,8 +14,8 @@
 #include "mapping.h"
 #include "record.h"
 
-static const char *const keys[] = {"s-1", "s5-2", "sc-3", "sc5-4", "r-5", "r5-6",
-                                   "c-7", "c5-8", "q-9", "q5-10", "x-11", "c-"};
+static const char *const keys[] = { "s-1", "s5-2", "sc-3", "sc5-4", "r-5",  "r5-6",
+                                    "c-7", "c5-8", "q-9",  "q5-10", "x-11", "c-" };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -36,7 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (kind != RECORD_PUBLISH)
         return 0;
     const uint8_t *end = rec + len;
-    FUZZ_CHECK((const uint8_t *)pub.topic >= rec && (const uint8_t *)pub.topic + pub.topic_len <= end);
+    FUZZ_CHECK((const uint8_t *)pub.topic >= rec &&
+               (const uint8_t *)pub.topic + pub.topic_len <= end);
     FUZZ_CHECK(map_topic_ok(pub.topic, pub.topic_len));
     FUZZ_CHECK(pub.payload >= rec && pub.payload + pub.len <= end);
     FUZZ_CHECK(pub.qos >= 0 && pub.qos <= 2);

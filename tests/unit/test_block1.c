@@ -38,9 +38,15 @@ static void fill(void)
 static b1_block_t block(unsigned num, bool more, unsigned szx, size_t len, uint64_t now)
 {
     fill();
-    return (b1_block_t){.num = num, .more = more, .szx = szx, .size1 = -1, .cf = 0,
-                        .topic = "sensors/a", .data = src + ((size_t)num << (szx + 4)),
-                        .len = len, .now_ms = now};
+    return (b1_block_t){ .num = num,
+                         .more = more,
+                         .szx = szx,
+                         .size1 = -1,
+                         .cf = 0,
+                         .topic = "sensors/a",
+                         .data = src + ((size_t)num << (szx + 4)),
+                         .len = len,
+                         .now_ms = now };
 }
 
 static enum b1_verdict take(b1_t *t, b1_block_t b, size_t max, b1_refusal_t *why)

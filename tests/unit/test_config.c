@@ -124,8 +124,8 @@ Test(config, unknown_settings)
 {
     expect_error(BASE "gateway = {\n  idd = \"x\";\n};\n", 3, "gateway.idd", "unknown setting");
     gw_errs_clear(&errs);
-    expect_error("coap = {\n  dtls = {\n    psk_file = \"p\";\n    pskfile = \"p\";\n  };\n};\n",
-                 4, "coap.dtls.pskfile", "unknown setting");
+    expect_error("coap = {\n  dtls = {\n    psk_file = \"p\";\n    pskfile = \"p\";\n  };\n};\n", 4,
+                 "coap.dtls.pskfile", "unknown setting");
     gw_errs_clear(&errs);
     expect_error(BASE "\nfoo = 1;\n", 3, "foo", "unknown setting");
 }
@@ -163,8 +163,7 @@ Test(config, rules_between_settings)
                  "is not mqtt://");
     gw_errs_clear(&errs);
     expect_error("coap = {\n  bind = \"localhost\";\n  dtls = { psk_file = \"p\"; };\n};\n", 2,
-                 "coap.bind",
-                 "not an IP address");
+                 "coap.bind", "not an IP address");
     gw_errs_clear(&errs);
     expect_error(BASE "mqtt = {\n  status_topic = \"a/#\";\n};\n", 3, "mqtt.status_topic",
                  "not a valid topic");

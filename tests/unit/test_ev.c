@@ -56,7 +56,7 @@ Test(ev, pipe_readiness_calls_back_with_data)
 {
     ev_loop_t *loop = ev_new();
     int p[2];
-    seen_t s = {0};
+    seen_t s = { 0 };
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &s), 0);
     cr_assert_eq(ev_turn(loop, 0), 0, "nothing to read yet");
@@ -75,7 +75,7 @@ Test(ev, eventfd_readiness)
 {
     ev_loop_t *loop = ev_new();
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    seen_t s = {0};
+    seen_t s = { 0 };
     uint64_t one = 1;
     cr_assert_eq(ev_add_file(loop, efd, EV_READABLE, record, &s), 0);
     cr_assert_eq(write(efd, &one, sizeof(one)), (ssize_t)sizeof(one));
@@ -89,7 +89,7 @@ Test(ev, eventfd_readiness)
 Test(ev, bad_arguments)
 {
     ev_loop_t *loop = ev_new();
-    seen_t s = {0};
+    seen_t s = { 0 };
     int p[2];
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, -1, EV_READABLE, record, &s), -EBADF);
@@ -116,7 +116,7 @@ Test(ev, add_again_changes_callback_and_data)
 {
     ev_loop_t *loop = ev_new();
     int p[2];
-    seen_t a = {0}, b = {0};
+    seen_t a = { 0 }, b = { 0 };
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &a), 0);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &b), 0);
@@ -149,7 +149,7 @@ Test(ev, fd_removed_by_another_callback_is_not_called)
     int a[2], b[2];
     make_pipe(a);
     make_pipe(b);
-    rivals_t r = {.fd = {a[0], b[0]}};
+    rivals_t r = { .fd = { a[0], b[0] } };
     cr_assert_eq(ev_add_file(loop, a[0], EV_READABLE, remove_rival, &r), 0);
     cr_assert_eq(ev_add_file(loop, b[0], EV_READABLE, remove_rival, &r), 0);
     put_byte(a[1]);
@@ -209,7 +209,7 @@ Test(ev, fd_number_reused_in_the_same_turn_gets_no_stale_event)
     int a[2], b[2];
     make_pipe(a);
     make_pipe(b);
-    swap_t s = {.rd = {a[0], b[0]}, .wr = {a[1], b[1]}};
+    swap_t s = { .rd = { a[0], b[0] }, .wr = { a[1], b[1] } };
     cr_assert_eq(ev_add_file(loop, a[0], EV_READABLE, swap_rival, &s), 0);
     cr_assert_eq(ev_add_file(loop, b[0], EV_READABLE, swap_rival, &s), 0);
     put_byte(a[1]);
@@ -252,7 +252,7 @@ Test(ev, callback_removes_itself_and_grows_the_table)
     int p[2], q[2];
     make_pipe(p);
     make_pipe(q);
-    self_t s = {.self = p[0], .high = 900};
+    self_t s = { .self = p[0], .high = 900 };
     cr_assert_eq(dup3(q[0], s.high, O_CLOEXEC), s.high);
     put_byte(p[1]);
     put_byte(q[1]);
@@ -273,7 +273,7 @@ Test(ev, writable_socketpair)
 {
     ev_loop_t *loop = ev_new();
     int sp[2];
-    seen_t s = {0};
+    seen_t s = { 0 };
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
     cr_assert_eq(ev_add_file(loop, sp[0], EV_READABLE | EV_WRITABLE, record, &s), 0);
     cr_assert_eq(ev_turn(loop, SLACK_MS), 1);
@@ -289,7 +289,7 @@ Test(ev, mask_zero_silences)
 {
     ev_loop_t *loop = ev_new();
     int p[2];
-    seen_t s = {0};
+    seen_t s = { 0 };
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &s), 0);
     put_byte(p[1]);
@@ -309,7 +309,7 @@ Test(ev, mask_zero_silences_a_hang_up_without_spinning)
 {
     ev_loop_t *loop = ev_new();
     int p[2];
-    seen_t s = {0};
+    seen_t s = { 0 };
     char c;
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], 0, record, &s), 0);
@@ -334,7 +334,7 @@ Test(ev, hang_up_is_delivered)
 {
     ev_loop_t *loop = ev_new();
     int p[2], q[2];
-    seen_t r = {0}, w = {0};
+    seen_t r = { 0 }, w = { 0 };
     char c;
     signal(SIGPIPE, SIG_IGN);
     make_pipe(p);
@@ -410,7 +410,7 @@ static void turn_until(ev_loop_t *loop, trace_t *t, size_t n)
 Test(ev, timers_fire_in_order_of_due_time)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     cr_assert_neq(ev_add_timer(loop, 30, mark_c, &t), 0);
     cr_assert_neq(ev_add_timer(loop, 10, mark_a, &t), 0);
     cr_assert_neq(ev_add_timer(loop, 20, mark_b, &t), 0);
@@ -422,7 +422,7 @@ Test(ev, timers_fire_in_order_of_due_time)
 Test(ev, timers_due_in_the_same_turn_run_earliest_first)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     ev_add_timer(loop, 5, mark_b, &t);
     ev_add_timer(loop, 0, mark_a, &t);
     ev_add_timer(loop, 5, mark_c, &t);
@@ -446,7 +446,7 @@ static int64_t count_down(ev_loop_t *loop, uint64_t id, void *data)
 Test(ev, return_value_rearms_and_ev_nomore_removes)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {.rearms = 3};
+    trace_t t = { .rearms = 3 };
     uint64_t id = ev_add_timer(loop, 0, count_down, &t);
     cr_assert_neq(id, 0);
     turn_until(loop, &t, 4);
@@ -475,7 +475,7 @@ static int64_t delete_self(ev_loop_t *loop, uint64_t id, void *data)
 Test(ev, timers_deleted_from_callbacks)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     /* Due at the same time: the deleter is older, so it runs first and the victim never does. */
     ev_add_timer(loop, 0, delete_other, &t);
     t.other = ev_add_timer(loop, 0, mark_a, &t);
@@ -501,7 +501,7 @@ static int64_t delete_other_and_wait(ev_loop_t *loop, uint64_t id, void *data)
 Test(ev, timer_deleting_an_older_timer_is_rearmed_itself)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     t.other = ev_add_timer(loop, 60000, mark_a, &t);
     uint64_t deleter = ev_add_timer(loop, 0, delete_other_and_wait, &t);
     uint64_t bystander = ev_add_timer(loop, 60000, mark_c, &t);
@@ -522,7 +522,7 @@ static void delete_timer_fd(ev_loop_t *loop, int fd, unsigned mask, void *data)
 Test(ev, timer_deleted_from_a_file_callback)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
     make_pipe(p);
     t.other = ev_add_timer(loop, 0, mark_a, &t);
@@ -537,7 +537,7 @@ Test(ev, timer_deleted_from_a_file_callback)
 Test(ev, set_timer_moves_the_due_time)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     uint64_t id = ev_add_timer(loop, 60000, mark_a, &t);
     cr_assert_eq(ev_turn(loop, 0), 0);
     cr_assert_eq(ev_set_timer(loop, id, 0), 0);
@@ -557,7 +557,7 @@ static int64_t add_zero_timer(ev_loop_t *loop, uint64_t id, void *data)
 Test(ev, timer_added_by_a_timer_waits_for_the_next_turn)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     ev_add_timer(loop, 0, add_zero_timer, &t);
     cr_assert_eq(ev_turn(loop, SLACK_MS), 1);
     cr_assert_str_eq(t.order, "z");
@@ -578,7 +578,7 @@ static void add_zero_timer_fd(ev_loop_t *loop, int fd, unsigned mask, void *data
 Test(ev, timer_added_by_a_file_callback_runs_in_the_same_turn)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, add_zero_timer_fd, &t), 0);
@@ -592,9 +592,9 @@ Test(ev, timer_added_by_a_file_callback_runs_in_the_same_turn)
 Test(ev, wait_is_bounded_by_the_earliest_timer)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
-    seen_t s = {0};
+    seen_t s = { 0 };
     make_pipe(p);
     /* An fd that never becomes ready, so that only the timer can end the wait. */
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &s), 0);
@@ -639,7 +639,7 @@ static void mark_fd(ev_loop_t *loop, int fd, unsigned mask, void *data)
 Test(ev, hooks_run_after_callbacks_in_order)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, mark_fd, &t), 0);
@@ -665,7 +665,7 @@ static void add_hook_2(ev_loop_t *loop, void *data)
 Test(ev, hook_added_by_a_hook_runs_from_the_next_turn)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     cr_assert_eq(ev_add_hook(loop, add_hook_2, &t), 0);
     cr_assert_eq(ev_turn(loop, 0), 0);
     cr_assert_str_eq(t.order, "h");
@@ -689,7 +689,7 @@ static int64_t stop_third(ev_loop_t *loop, uint64_t id, void *data)
 Test(ev, stop_from_a_timer_ends_run)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     ev_add_timer(loop, 0, stop_third, &t);
     ev_add_hook(loop, hook_1, &t);
     cr_assert_eq(ev_run(loop), 0);
@@ -707,7 +707,7 @@ static void stop_fd(ev_loop_t *loop, int fd, unsigned mask, void *data)
 Test(ev, stop_from_a_file_callback_ends_run)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, stop_fd, &t), 0);
@@ -748,11 +748,11 @@ static void on_alarm(int sig)
 Test(ev, signal_during_the_wait_is_not_an_error)
 {
     ev_loop_t *loop = ev_new();
-    trace_t t = {0};
+    trace_t t = { 0 };
     int p[2];
-    seen_t s = {0};
-    struct sigaction sa = {.sa_handler = on_alarm};
-    struct itimerval it = {.it_value = {.tv_usec = 20000}};
+    seen_t s = { 0 };
+    struct sigaction sa = { .sa_handler = on_alarm };
+    struct itimerval it = { .it_value = { .tv_usec = 20000 } };
     make_pipe(p);
     cr_assert_eq(ev_add_file(loop, p[0], EV_READABLE, record, &s), 0);
     cr_assert_eq(ev_add_hook(loop, hook_1, &t), 0);

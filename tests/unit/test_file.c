@@ -59,7 +59,7 @@ Test(file, writes_the_pieces_with_mode_0600)
 {
     char path[128], buf[64];
     snprintf(path, sizeof(path), "%s/state", dir);
-    struct iovec iov[3] = {{"hello", 5}, {", ", 2}, {"world", 5}};
+    struct iovec iov[3] = { { "hello", 5 }, { ", ", 2 }, { "world", 5 } };
     umask(022);
     cr_assert_eq(gw_file_write(path, iov, 3, 0), 0);
     cr_assert_eq(slurp(path, buf, sizeof(buf)), 12);
@@ -74,7 +74,7 @@ Test(file, replaces_the_old_content_whole)
 {
     char path[128], buf[64];
     snprintf(path, sizeof(path), "%s/state", dir);
-    struct iovec a = {"a much longer old content", 25}, b = {"new", 3};
+    struct iovec a = { "a much longer old content", 25 }, b = { "new", 3 };
     cr_assert_eq(gw_file_write(path, &a, 1, GW_FILE_SYNC), 0);
     cr_assert_eq(gw_file_write(path, &b, 1, GW_FILE_SYNC | GW_FILE_SYNC_DIR), 0);
     cr_assert_eq(slurp(path, buf, sizeof(buf)), 3, "not the old tail");
@@ -95,7 +95,7 @@ Test(file, a_missing_folder_fails_and_leaves_nothing)
     char path[256], missing[128];
     snprintf(missing, sizeof(missing), "%s/nope", dir);
     snprintf(path, sizeof(path), "%s/state", missing);
-    struct iovec iov = {"x", 1};
+    struct iovec iov = { "x", 1 };
     cr_assert_eq(gw_file_write(path, &iov, 1, GW_FILE_SYNC), -ENOENT);
     cr_assert_eq(entries(dir), 0, "nothing made");
 }
@@ -107,7 +107,7 @@ Test(file, a_failed_rename_removes_the_temporary_and_keeps_the_target)
     snprintf(path, sizeof(path), "%s/state", dir);
     cr_assert_eq(mkdir(path, 0700), 0);
     snprintf(inner, sizeof(inner), "%s/keep", path);
-    struct iovec iov = {"x", 1};
+    struct iovec iov = { "x", 1 };
     cr_assert_eq(gw_file_write(inner, &iov, 1, 0), 0);
     int rc = gw_file_write(path, &iov, 1, 0);
     cr_assert_lt(rc, 0);
@@ -122,6 +122,6 @@ Test(file, a_name_too_long)
     char path[5000];
     memset(path, 'a', sizeof(path) - 1);
     path[sizeof(path) - 1] = '\0';
-    struct iovec iov = {"x", 1};
+    struct iovec iov = { "x", 1 };
     cr_assert_eq(gw_file_write(path, &iov, 1, 0), -ENAMETOOLONG);
 }

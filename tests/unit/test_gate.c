@@ -76,8 +76,8 @@ Test(classify, real_first_hellos)
 
 Test(classify, not_hellos)
 {
-    const uint8_t coap[] = {0x42, 0x02, 0x12, 0x34, 0xab, 0xcd, 0xb5, 'b', 'i', 'k', 'e', 's'};
-    const uint8_t appdata[] = {23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, 0, 3, 1, 2, 3};
+    const uint8_t coap[] = { 0x42, 0x02, 0x12, 0x34, 0xab, 0xcd, 0xb5, 'b', 'i', 'k', 'e', 's' };
+    const uint8_t appdata[] = { 23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, 0, 3, 1, 2, 3 };
     dtls_dgram_t dg;
     cr_assert_eq(classify(coap, sizeof(coap), &dg), DTLS_DGRAM_OTHER);
     cr_assert_eq(classify(appdata, sizeof(appdata), &dg), DTLS_DGRAM_OTHER);
@@ -113,7 +113,7 @@ Test(classify, random_hellos)
 {
     uint8_t d[160];
     dtls_dgram_t dg;
-    int kinds[4] = {0};
+    int kinds[4] = { 0 };
     for (int i = 0; i < 200000; i++) {
         size_t len = 14 + rnd() % (sizeof(d) - 14);
         for (size_t k = 0; k < len; k++)
@@ -207,7 +207,7 @@ static uint64_t fake_clock(void)
 static int udp(struct sockaddr_in *addr)
 {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct sockaddr_in a = { .sin_family = AF_INET };
     socklen_t len = sizeof(a);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cr_assert_geq(fd, 0);
@@ -276,7 +276,7 @@ Test(gate, other_datagrams_stay_for_libcoap)
 {
     struct bench b = start();
     int dev = udp(NULL);
-    const uint8_t coap[] = {0x42, 0x02, 0x12, 0x34, 0xab, 0xcd};
+    const uint8_t coap[] = { 0x42, 0x02, 0x12, 0x34, 0xab, 0xcd };
     uint8_t in[64];
     send_to(&b, dev, coap, sizeof(coap));
     cr_assert_eq(next(&b), 1);

@@ -12,7 +12,7 @@
 Test(inbox, bounded_and_in_order)
 {
     bridge_inbox_t *in = inbox_new(4, 1 << 20);
-    inbox_event_t ev = {.type = EV_PUB_OK}, out[8];
+    inbox_event_t ev = { .type = EV_PUB_OK }, out[8];
     cr_assert_not_null(in);
     for (uint64_t i = 0; i < 4; i++) {
         ev.id = i;
@@ -21,7 +21,7 @@ Test(inbox, bounded_and_in_order)
     ev.id = 99;
     cr_assert_eq(inbox_push(in, &ev), -ENOBUFS);
     cr_assert_eq(inbox_dropped(in), 1);
-    struct pollfd p = {.fd = inbox_fd(in), .events = POLLIN};
+    struct pollfd p = { .fd = inbox_fd(in), .events = POLLIN };
     cr_assert_eq(poll(&p, 1, 0), 1, "the eventfd is readable");
     cr_assert_eq(inbox_drain(in, out, 3), 3);
     cr_assert_eq(out[0].id, 0);
@@ -35,7 +35,7 @@ Test(inbox, bounded_and_in_order)
 
 static void *producer(void *arg)
 {
-    inbox_event_t ev = {.type = EV_PUB_OK};
+    inbox_event_t ev = { .type = EV_PUB_OK };
     for (int i = 0; i < 1000; i++)
         while (inbox_push(arg, &ev) < 0)
             sched_yield();
@@ -51,7 +51,7 @@ Test(inbox, threads)
     for (int i = 0; i < 4; i++)
         pthread_create(&t[i], NULL, producer, in);
     while (got < 4000) {
-        struct pollfd p = {.fd = inbox_fd(in), .events = POLLIN};
+        struct pollfd p = { .fd = inbox_fd(in), .events = POLLIN };
         cr_assert_eq(poll(&p, 1, 5000), 1, "no wake-up after %zu events", got);
         got += inbox_drain(in, out, 16);
     }
@@ -64,7 +64,7 @@ Test(inbox, threads)
 Test(inbox, byte_limit)
 {
     bridge_inbox_t *in = inbox_new(8, 100);
-    inbox_event_t ev = {.type = EV_MESSAGE, .bytes = 60}, out[8];
+    inbox_event_t ev = { .type = EV_MESSAGE, .bytes = 60 }, out[8];
     ev.data = malloc(60);
     cr_assert_eq(inbox_push(in, &ev), 0);
     void *second = malloc(60);

@@ -13,13 +13,13 @@ static map_table_t *table;
 static void add(const char *name, const char *res, const char *topic, int dir, int qos)
 {
     char err[256] = "";
-    map_spec_t s = {.name = name, .resource = res, .topic = topic, .direction = dir, .qos = qos};
+    map_spec_t s = { .name = name, .resource = res, .topic = topic, .direction = dir, .qos = qos };
     cr_assert_eq(map_table_add(table, &s, err, sizeof(err)), 0, "%s: %s", name, err);
 }
 
 static int add_err(const char *res, const char *topic, int dir, char *err, size_t len)
 {
-    map_spec_t s = {.name = "x", .resource = res, .topic = topic, .direction = dir, .qos = 1};
+    map_spec_t s = { .name = "x", .resource = res, .topic = topic, .direction = dir, .qos = 1 };
     return map_table_add(table, &s, err, len);
 }
 
@@ -48,8 +48,8 @@ Test(mapping, spec_telemetry_example)
 {
     char topic[MAP_PATH_MAX + 1];
     const map_entry_t *e = NULL;
-    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry",
-        MAP_UP, 1);
+    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP,
+        1);
     cr_assert_eq(route("bikes/bike-7/telemetry", MAP_UP, "bike-7", topic, &e), MAP_OK);
     cr_assert_str_eq(topic, "redback/p1/bikes/bike-7/telemetry");
     cr_assert_str_eq(map_entry_name(e), "telemetry");
@@ -60,8 +60,7 @@ Test(mapping, another_identity_is_forbidden)
 {
     char topic[MAP_PATH_MAX + 1];
     const map_entry_t *e;
-    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP,
-        1);
+    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP, 1);
     cr_assert_eq(route("bikes/bike-8/telemetry", MAP_UP, "bike-7", topic, &e), MAP_FORBIDDEN);
     cr_assert_eq(map_status_code(MAP_FORBIDDEN), 403);
 }
@@ -70,8 +69,7 @@ Test(mapping, identity_needed_but_anonymous)
 {
     char topic[MAP_PATH_MAX + 1];
     const map_entry_t *e;
-    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP,
-        1);
+    add("telemetry", "bikes/{identity}/telemetry", "redback/bikes/{identity}/telemetry", MAP_UP, 1);
     add("hello", "hello", "redback/hello/{identity}", MAP_UP, 0);
     cr_assert_eq(route("bikes/bike-7/telemetry", MAP_UP, NULL, topic, &e), MAP_UNAUTHORIZED);
     /* {identity} only in the topic needs an identity too. */
@@ -117,20 +115,19 @@ Test(mapping, first_match_in_file_order_for_the_direction)
 
 Test(mapping, bad_values_are_refused)
 {
-    static const char *bad[] = {"a/+",  "a/#",    "a/$SYS", "a/x+y", "a/x#", "a/",
-                                "a/\xff", "a/\xc0\xaf", "a/\xed\xa0\x80"};
+    static const char *bad[] = { "a/+", "a/#",    "a/$SYS",     "a/x+y",         "a/x#",
+                                 "a/",  "a/\xff", "a/\xc0\xaf", "a/\xed\xa0\x80" };
     char topic[MAP_PATH_MAX + 1];
     const map_entry_t *e;
     add("up", "a/{x}", "t/{x}", MAP_UP, 0);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_expect_eq(route(bad[i], MAP_UP, NULL, topic, &e), MAP_BAD_VALUE, "%zu", i);
     /* A NUL inside a segment (CoAP options are binary). */
-    map_segs_t segs = {.n = 2, .s = {"a", "x\0y"}, .len = {1, 3}};
+    map_segs_t segs = { .n = 2, .s = { "a", "x\0y" }, .len = { 1, 3 } };
     cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
     /* A '/' inside one Uri-Path option would add topic levels. */
-    map_segs_t slash = {.n = 2, .s = {"a", "x/y"}, .len = {1, 3}};
-    cr_assert_eq(map_route(table, &slash, MAP_UP, NULL, &e, topic, sizeof(topic)),
-                 MAP_BAD_VALUE);
+    map_segs_t slash = { .n = 2, .s = { "a", "x/y" }, .len = { 1, 3 } };
+    cr_assert_eq(map_route(table, &slash, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE);
     cr_assert_eq(map_status_code(MAP_BAD_VALUE), 400);
     cr_assert_eq(route("a/caf\xc3\xa9", MAP_UP, NULL, topic, &e), MAP_OK);
 }
@@ -140,30 +137,30 @@ Test(mapping, refused_templates)
     static const struct {
         const char *res, *topic, *why;
     } cases[] = {
-        {"a/{x}", "t/{y}", "does not appear"},
-        {"a/{x}", "t", "does not appear"},
-        {"a", "t/{y}", "does not appear"},
-        {"a/{x*}/b", "t/{x*}", "last segment"},
-        {"a/{x*}", "t/{x}", "is {x*}"},
-        {"a/+", "t", "wildcard"},
-        {"a", "t/#", "wildcard"},
-        {"a", "$SYS/x", "'$'"},
-        {"/a", "t", "empty segment"},
-        {"a//b", "t", "empty segment"},
-        {"a/", "t", "empty segment"},
-        {"", "t", "empty"},
-        {"a/b{x}", "t/{x}", "whole segment"},
-        {"a/{x-y}", "t", "not a variable"},
-        {"a/{x}/{x}", "t/{x}", "twice"},
-        {"a/{identity*}", "t", "{identity}"},
-        {"a/{}", "t", "not a variable"},
+        { "a/{x}", "t/{y}", "does not appear" },
+        { "a/{x}", "t", "does not appear" },
+        { "a", "t/{y}", "does not appear" },
+        { "a/{x*}/b", "t/{x*}", "last segment" },
+        { "a/{x*}", "t/{x}", "is {x*}" },
+        { "a/+", "t", "wildcard" },
+        { "a", "t/#", "wildcard" },
+        { "a", "$SYS/x", "'$'" },
+        { "/a", "t", "empty segment" },
+        { "a//b", "t", "empty segment" },
+        { "a/", "t", "empty segment" },
+        { "", "t", "empty" },
+        { "a/b{x}", "t/{x}", "whole segment" },
+        { "a/{x-y}", "t", "not a variable" },
+        { "a/{x}/{x}", "t/{x}", "twice" },
+        { "a/{identity*}", "t", "{identity}" },
+        { "a/{}", "t", "not a variable" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char err[256] = "";
         cr_expect_lt(add_err(cases[i].res, cases[i].topic, MAP_UP, err, sizeof(err)), 0,
                      "%s -> %s accepted", cases[i].res, cases[i].topic);
-        cr_expect(strstr(err, cases[i].why) != NULL, "%s -> %s: \"%s\" lacks \"%s\"",
-                  cases[i].res, cases[i].topic, err, cases[i].why);
+        cr_expect(strstr(err, cases[i].why) != NULL, "%s -> %s: \"%s\" lacks \"%s\"", cases[i].res,
+                  cases[i].topic, err, cases[i].why);
     }
     cr_assert_eq(map_table_count(table), 0);
 }
@@ -171,7 +168,7 @@ Test(mapping, refused_templates)
 Test(mapping, names_qos_direction_checked)
 {
     char err[256];
-    map_spec_t s = {.name = "a", .resource = "r", .topic = "t", .direction = MAP_UP, .qos = 3};
+    map_spec_t s = { .name = "a", .resource = "r", .topic = "t", .direction = MAP_UP, .qos = 3 };
     cr_assert_lt(map_table_add(table, &s, err, sizeof(err)), 0);
     s.qos = 0;
     s.direction = 0;
@@ -200,10 +197,10 @@ Test(mapping, topic_back_to_resource)
     char res[MAP_PATH_MAX + 1], id[MAP_IDENTITY_MAX + 1];
     const map_entry_t *e = NULL;
     const char *t = "redback/p1/bikes/bike-7/commands";
-    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry",
-        MAP_UP, 1);
-    add("commands", "bikes/{identity}/commands", "redback/p1/bikes/{identity}/commands",
-        MAP_DOWN, 1);
+    add("telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP,
+        1);
+    add("commands", "bikes/{identity}/commands", "redback/p1/bikes/{identity}/commands", MAP_DOWN,
+        1);
     add("plans", "plans/{rest*}", "redback/plans/{rest*}", MAP_BOTH, 0);
     cr_assert_eq(map_reverse(table, t, strlen(t), &e, res, sizeof(res), id, sizeof(id)), MAP_OK);
     cr_assert_str_eq(res, "bikes/bike-7/commands");
@@ -242,11 +239,12 @@ Test(mapping, identities)
 Test(mapping, mqtt_string_rules)
 {
     static const char *const refused[] = {
-        ("a\x01" "b"),     /* U+0001 */
-        "tab\there",       /* U+0009 */
-        "nl\n",            /* U+000A */
-        "\x1f",            /* U+001F */
-        "del\x7f",         /* U+007F */
+        ("a\x01"
+         "b"),              /* U+0001 */
+        "tab\there",        /* U+0009 */
+        "nl\n",             /* U+000A */
+        "\x1f",             /* U+001F */
+        "del\x7f",          /* U+007F */
         "\xc2\x80",         /* U+0080 */
         "\xc2\x9f",         /* U+009F */
         "\xef\xb7\x90",     /* U+FDD0, a noncharacter */
@@ -268,10 +266,10 @@ Test(mapping, mqtt_string_rules)
     cr_assert_not(map_mqtt_string_ok("a\0b", 3));
     /* Just around the refused ranges. */
     cr_assert(map_mqtt_string_ok(" ~", 2));
-    cr_assert(map_mqtt_string_ok("\xc2\xa0", 2));        /* U+00A0 */
-    cr_assert(map_mqtt_string_ok("\xef\xb7\x8f", 3));    /* U+FDCF */
-    cr_assert(map_mqtt_string_ok("\xef\xb7\xb0", 3));    /* U+FDF0 */
-    cr_assert(map_mqtt_string_ok("\xef\xbf\xbd", 3));    /* U+FFFD */
+    cr_assert(map_mqtt_string_ok("\xc2\xa0", 2));         /* U+00A0 */
+    cr_assert(map_mqtt_string_ok("\xef\xb7\x8f", 3));     /* U+FDCF */
+    cr_assert(map_mqtt_string_ok("\xef\xb7\xb0", 3));     /* U+FDF0 */
+    cr_assert(map_mqtt_string_ok("\xef\xbf\xbd", 3));     /* U+FFFD */
     cr_assert(map_mqtt_string_ok("\xf0\x9f\x9a\xb2", 4)); /* a bicycle */
     cr_assert(map_value_ok("\xf0\x9f\x9a\xb2", 4));
     /* Payloads are not MQTT strings: text with a newline is still UTF-8. */
@@ -291,17 +289,18 @@ Test(mapping, control_characters_in_paths_are_refused)
     const map_entry_t *e;
     map_segs_t segs;
     add("z", "zones/{zone}/{rest*}", "redback/zones/{zone}/{rest*}", MAP_UP, 1);
-    static const char *const bad[] = {("zones/a\x01" "b/x"), "zones/ab/x\x7f", "zones/\x1f/x",
-                                      "zones/a/b\xc2\x85"};
+    static const char *const bad[] = { ("zones/a\x01"
+                                        "b/x"),
+                                       "zones/ab/x\x7f", "zones/\x1f/x", "zones/a/b\xc2\x85" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cr_assert_eq(map_split(bad[i], strlen(bad[i]), &segs), 0);
-        cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)),
-                     MAP_BAD_VALUE, "case %zu", i);
+        cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_BAD_VALUE,
+                     "case %zu", i);
     }
     map_split("zones/ab/x", 10, &segs);
     cr_assert_eq(map_route(table, &segs, MAP_UP, NULL, &e, topic, sizeof(topic)), MAP_OK);
     /* And a template with one is refused when it is read. */
-    map_spec_t spec = {.name = "bad", .resource = "a\tb", .topic = "t", .direction = MAP_UP};
+    map_spec_t spec = { .name = "bad", .resource = "a\tb", .topic = "t", .direction = MAP_UP };
     char err[200];
     cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
     cr_assert(strstr(err, "control character"), "%s", err);
@@ -323,8 +322,7 @@ Test(mapping, fixed_resources_for_discovery)
     add("c", "bikes/{identity}/commands", "redback/bikes/{identity}/commands", MAP_DOWN, 1);
     add("v", "zones/{zone}", "redback/zones/{zone}", MAP_DOWN, 0);
     add("h", "{gateway}/hello", "redback/hello", MAP_UP, 0);
-    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), "bike-7", buf, sizeof(buf)),
-                 21);
+    cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), "bike-7", buf, sizeof(buf)), 21);
     cr_assert_str_eq(buf, "bikes/bike-7/commands");
     cr_assert_eq(map_entry_fixed_resource(map_table_get(table, 0), NULL, buf, sizeof(buf)),
                  -EACCES);
@@ -343,8 +341,11 @@ Test(mapping, fixed_resources_for_discovery)
 Test(mapping, down_identity_in_topic_only_is_refused)
 {
     char err[200];
-    map_spec_t spec = {.name = "mine", .resource = "mine/cmd", .topic = "t/{identity}/cmd",
-                       .direction = MAP_DOWN, .qos = 1};
+    map_spec_t spec = { .name = "mine",
+                        .resource = "mine/cmd",
+                        .topic = "t/{identity}/cmd",
+                        .direction = MAP_DOWN,
+                        .qos = 1 };
     cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
     cr_assert(strstr(err, "needs it in the resource"), "%s", err);
     spec.direction = MAP_BOTH;

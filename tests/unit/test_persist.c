@@ -54,8 +54,8 @@ static void write_file(const char *name, const void *data, size_t len)
 
 static int put(MQTTClient_persistence *pp, void *h, const char *key, const char *a, const char *b)
 {
-    char *bufs[2] = {(char *)a, (char *)b};
-    int lens[2] = {(int)strlen(a), (int)strlen(b)};
+    char *bufs[2] = { (char *)a, (char *)b };
+    int lens[2] = { (int)strlen(a), (int)strlen(b) };
     return pp->pput(h, (char *)key, 2, bufs, lens);
 }
 
@@ -150,11 +150,14 @@ Test(persist, opening_cleans_what_a_crash_or_a_disk_left)
     persist_free(p);
     size_t n = command(rec, "redback/a/b", "good");
     write_file("c-1.msg", rec, n);
-    n = command(rec, "redback/a\x01" "b", "poison");
+    n = command(rec,
+                "redback/a\x01"
+                "b",
+                "poison");
     write_file("c-2.msg", rec, n);
-    write_file("c-3.msg", rec, 5);                 /* cut short */
-    write_file("c-4.tmp", "half", 4);              /* a write a crash interrupted */
-    write_file("notes.txt", "not ours", 8);        /* left alone */
+    write_file("c-3.msg", rec, 5);          /* cut short */
+    write_file("c-4.tmp", "half", 4);       /* a write a crash interrupted */
+    write_file("notes.txt", "not ours", 8); /* left alone */
     p = persist_new(dir);
     cr_assert_eq(persist_records(p), 1);
     cr_assert_eq(persist_refused(p), 2);
@@ -187,8 +190,8 @@ Test(persist, group_commit)
     pp.popen(&h, "id", "uri", pp.context);
     persist_set_durable(p, true);
     persist_defer(p, true);
-    char *bufs[1] = {(char *)rec};
-    int lens[1] = {(int)n};
+    char *bufs[1] = { (char *)rec };
+    int lens[1] = { (int)n };
     cr_assert_eq(pp.pput(h, "c-1", 1, bufs, lens), 0);
     cr_assert_eq(pp.pput(h, "c-2", 1, bufs, lens), 0);
     persist_defer(p, false);
@@ -232,8 +235,8 @@ Test(persist, written_records_are_read_back_after_a_restart)
     void *h;
     pp.popen(&h, "id", "uri", pp.context);
     persist_set_durable(p, true);
-    char *bufs[1] = {(char *)rec};
-    int lens[1] = {(int)n};
+    char *bufs[1] = { (char *)rec };
+    int lens[1] = { (int)n };
     cr_assert_eq(pp.pput(h, "c-1", 1, bufs, lens), 0);
     cr_assert_eq(pp.pput(h, "c-2", 1, bufs, lens), 0);
     /* c-2 replaced by another message. */

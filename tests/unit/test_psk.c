@@ -45,7 +45,7 @@ static dtls_psk_store_t *load_text(const char *text)
  */
 Test(psk, empty_file_is_an_empty_store)
 {
-    static const char *const texts[] = {"", "\n", "# no devices yet\n\n"};
+    static const char *const texts[] = { "", "\n", "# no devices yet\n\n" };
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
         dtls_psk_store_t *st = load_text(texts[i]);
         cr_assert_not_null(st, "\"%s\": %s", texts[i], errs.text ? errs.text : "");

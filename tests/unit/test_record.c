@@ -24,9 +24,9 @@ static size_t command(uint8_t *buf, const char *topic, const char *payload, int 
     PUT_INT(0);
     if (v5) {
         /* properties: content type "text/plain", user property device=bike-1 */
-        static const uint8_t props[] = {30, 0x03, 0, 10, 't', 'e', 'x', 't', '/', 'p', 'l',
-                                        'a', 'i', 'n', 0x26, 0, 6, 'd', 'e', 'v', 'i', 'c',
-                                        'e', 0, 6, 'b', 'i', 'k', 'e', '-', '1'};
+        static const uint8_t props[] = { 30,  0x03, 0,   10,   't', 'e', 'x', 't', '/', 'p', 'l',
+                                         'a', 'i',  'n', 0x26, 0,   6,   'd', 'e', 'v', 'i', 'c',
+                                         'e', 0,    6,   'b',  'i', 'k', 'e', '-', '1' };
         memcpy(buf + n, props, sizeof(props));
         n += sizeof(props);
     }
@@ -38,7 +38,7 @@ static size_t command(uint8_t *buf, const char *topic, const char *payload, int 
 static size_t packet(uint8_t *buf, const char *topic, const char *payload, bool v5)
 {
     size_t t = strlen(topic), p = strlen(payload), rem = 2 + t + 2 + (v5 ? 1 : 0) + p, n = 0;
-    buf[n++] = 0x32; /* PUBLISH, QoS 1 */
+    buf[n++] = 0x32;         /* PUBLISH, QoS 1 */
     buf[n++] = (uint8_t)rem; /* tests keep it under 128 */
     buf[n++] = 0;
     buf[n++] = (uint8_t)t;
@@ -71,16 +71,19 @@ Test(record, what_paho_writes_is_read)
     n = packet(buf, "redback/x", "v", true);
     cr_assert_eq(record_read("s5-9", buf, n, &pub, why, sizeof(why)), RECORD_PUBLISH, "%s", why);
     cr_assert_eq(record_read("r5-9", buf, n, NULL, why, sizeof(why)), RECORD_RECEIVED, "%s", why);
-    static const uint8_t pubrel[] = {0x62, 0x02, 0x00, 0x09};
-    cr_assert_eq(record_read("sc-9", pubrel, sizeof(pubrel), NULL, why, sizeof(why)),
-                 RECORD_OTHER, "%s", why);
+    static const uint8_t pubrel[] = { 0x62, 0x02, 0x00, 0x09 };
+    cr_assert_eq(record_read("sc-9", pubrel, sizeof(pubrel), NULL, why, sizeof(why)), RECORD_OTHER,
+                 "%s", why);
 }
 
 Test(record, a_topic_a_broker_refuses_is_not_read)
 {
     uint8_t buf[512];
     char why[128];
-    size_t n = command(buf, "redback/p1/zones/a\x01" "b", "poison", 1, false);
+    size_t n = command(buf,
+                       "redback/p1/zones/a\x01"
+                       "b",
+                       "poison", 1, false);
     cr_assert_eq(record_read("c-1", buf, n, NULL, why, sizeof(why)), -1);
     cr_assert(strstr(why, "topic"), "%s", why);
     n = command(buf, "redback/+/x", "poison", 1, false);
@@ -107,7 +110,7 @@ Test(record, damaged_records_are_not_read)
         cr_assert_eq(rc, -1, "length %zu read as %d", k, rc);
     }
     /* A remaining length whose every byte says "more". */
-    static const uint8_t endless[] = {0x32, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00};
+    static const uint8_t endless[] = { 0x32, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00 };
     cr_assert_eq(record_read("s-1", endless, sizeof(endless), NULL, why, sizeof(why)), -1);
     /* A payload length larger than the record, and a negative one. */
     n = command(buf, "t", "abc", 1, false);

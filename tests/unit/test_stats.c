@@ -20,7 +20,7 @@
 /* ---- a module with one field of every kind ---- */
 
 /* CoAP response codes, class << 5 | detail, shown as "2.04". */
-static const unsigned char codes[] = {65, 68, 69, 128, 132, 160, 163};
+static const unsigned char codes[] = { 65, 68, 69, 128, 132, 160, 163 };
 #define NCODES (sizeof(codes) / sizeof(codes[0]))
 
 static void code_label(size_t i, char *buf, size_t len)
@@ -56,90 +56,91 @@ static double demo_expires(const void *obj)
 }
 
 static const stats_field_t top_fields[] = {
-    {.name = "gateway",
-     .help = "The gateway's name",
-     .type = STATS_STR,
-     .offset = offsetof(demo_t, gateway)},
-    {.name = "version",
-     .help = "Tandem's version",
-     .type = STATS_STR,
-     .offset = offsetof(demo_t, version)},
-    {.name = "uptime_s",
-     .prom = "uptime",
-     .unit = "seconds",
-     .help = "Time since start",
-     .kind = STATS_GAUGE,
-     .type = STATS_FN,
-     .get = demo_uptime},
+    { .name = "gateway",
+      .help = "The gateway's name",
+      .type = STATS_STR,
+      .offset = offsetof(demo_t, gateway) },
+    { .name = "version",
+      .help = "Tandem's version",
+      .type = STATS_STR,
+      .offset = offsetof(demo_t, version) },
+    { .name = "uptime_s",
+      .prom = "uptime",
+      .unit = "seconds",
+      .help = "Time since start",
+      .kind = STATS_GAUGE,
+      .type = STATS_FN,
+      .get = demo_uptime },
 };
-static const stats_section_t top_section = {.fields = top_fields,
-                                            .nfields = sizeof(top_fields) / sizeof(top_fields[0])};
+static const stats_section_t top_section = { .fields = top_fields,
+                                             .nfields =
+                                                 sizeof(top_fields) / sizeof(top_fields[0]) };
 
 static const stats_field_t coap_fields[] = {
-    {.name = "requests",
-     .help = "CoAP requests received",
-     .kind = STATS_COUNTER,
-     .type = STATS_U64,
-     .offset = offsetof(demo_t, requests)},
-    {.name = "bytes_in",
-     .prom = "received",
-     .unit = "bytes",
-     .help = "Bytes received\\read",
-     .kind = STATS_COUNTER,
-     .type = STATS_U64,
-     .offset = offsetof(demo_t, bytes_in)},
-    {.name = "sessions",
-     .help = "Sessions open\nnow",
-     .kind = STATS_GAUGE,
-     .type = STATS_SIZE,
-     .offset = offsetof(demo_t, sessions)},
-    {.name = "observers",
-     .help = "Observers registered",
-     .kind = STATS_GAUGE,
-     .type = STATS_UINT,
-     .offset = offsetof(demo_t, observers)},
-    {.name = "balance",
-     .help = "A gauge that may be negative",
-     .kind = STATS_GAUGE,
-     .type = STATS_INT,
-     .offset = offsetof(demo_t, balance)},
-    {.name = "connected",
-     .help = "Whether the broker is connected",
-     .kind = STATS_GAUGE,
-     .type = STATS_BOOL,
-     .offset = offsetof(demo_t, connected)},
-    {.name = "responses",
-     .help = "CoAP responses sent, by \"code\"",
-     .kind = STATS_COUNTER,
-     .type = STATS_ARRAY,
-     .offset = offsetof(demo_t, responses),
-     .n = NCODES,
-     .label = "code",
-     .label_of = code_label},
-    {.name = "ack_latency_ms",
-     .prom = "ack_latency",
-     .unit = "seconds",
-     .help = "Time until the broker acknowledged",
-     .kind = STATS_HISTOGRAM,
-     .type = STATS_HIST,
-     .offset = offsetof(demo_t, latency)},
-    {.name = "load",
-     .help = "A computed value",
-     .kind = STATS_GAUGE,
-     .type = STATS_FN,
-     .get = demo_load},
-    {.name = "expires_in",
-     .unit = "seconds",
-     .help = "Unknown until a certificate is loaded",
-     .kind = STATS_GAUGE,
-     .type = STATS_FN,
-     .get = demo_expires},
+    { .name = "requests",
+      .help = "CoAP requests received",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(demo_t, requests) },
+    { .name = "bytes_in",
+      .prom = "received",
+      .unit = "bytes",
+      .help = "Bytes received\\read",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(demo_t, bytes_in) },
+    { .name = "sessions",
+      .help = "Sessions open\nnow",
+      .kind = STATS_GAUGE,
+      .type = STATS_SIZE,
+      .offset = offsetof(demo_t, sessions) },
+    { .name = "observers",
+      .help = "Observers registered",
+      .kind = STATS_GAUGE,
+      .type = STATS_UINT,
+      .offset = offsetof(demo_t, observers) },
+    { .name = "balance",
+      .help = "A gauge that may be negative",
+      .kind = STATS_GAUGE,
+      .type = STATS_INT,
+      .offset = offsetof(demo_t, balance) },
+    { .name = "connected",
+      .help = "Whether the broker is connected",
+      .kind = STATS_GAUGE,
+      .type = STATS_BOOL,
+      .offset = offsetof(demo_t, connected) },
+    { .name = "responses",
+      .help = "CoAP responses sent, by \"code\"",
+      .kind = STATS_COUNTER,
+      .type = STATS_ARRAY,
+      .offset = offsetof(demo_t, responses),
+      .n = NCODES,
+      .label = "code",
+      .label_of = code_label },
+    { .name = "ack_latency_ms",
+      .prom = "ack_latency",
+      .unit = "seconds",
+      .help = "Time until the broker acknowledged",
+      .kind = STATS_HISTOGRAM,
+      .type = STATS_HIST,
+      .offset = offsetof(demo_t, latency) },
+    { .name = "load",
+      .help = "A computed value",
+      .kind = STATS_GAUGE,
+      .type = STATS_FN,
+      .get = demo_load },
+    { .name = "expires_in",
+      .unit = "seconds",
+      .help = "Unknown until a certificate is loaded",
+      .kind = STATS_GAUGE,
+      .type = STATS_FN,
+      .get = demo_expires },
 };
-static const stats_section_t coap_section = {.json = "coap",
-                                             .prom = "coap",
-                                             .fields = coap_fields,
-                                             .nfields =
-                                                 sizeof(coap_fields) / sizeof(coap_fields[0])};
+static const stats_section_t coap_section = { .json = "coap",
+                                              .prom = "coap",
+                                              .fields = coap_fields,
+                                              .nfields =
+                                                  sizeof(coap_fields) / sizeof(coap_fields[0]) };
 
 /* ---- a section with instances ---- */
 
@@ -166,29 +167,29 @@ static const void *mappings_instance(const void *obj, size_t i, const char **nam
 }
 
 static const stats_field_t mapping_fields[] = {
-    {.name = "up",
-     .help = "Messages mapped up",
-     .kind = STATS_COUNTER,
-     .type = STATS_U64,
-     .offset = offsetof(mapping_stats_t, up)},
-    {.name = "down",
-     .help = "Messages mapped down",
-     .kind = STATS_COUNTER,
-     .type = STATS_U64,
-     .offset = offsetof(mapping_stats_t, down)},
-    {.name = "topic",
-     .help = "The topic template",
-     .type = STATS_STR,
-     .offset = offsetof(mapping_stats_t, topic)},
+    { .name = "up",
+      .help = "Messages mapped up",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(mapping_stats_t, up) },
+    { .name = "down",
+      .help = "Messages mapped down",
+      .kind = STATS_COUNTER,
+      .type = STATS_U64,
+      .offset = offsetof(mapping_stats_t, down) },
+    { .name = "topic",
+      .help = "The topic template",
+      .type = STATS_STR,
+      .offset = offsetof(mapping_stats_t, topic) },
 };
-static const stats_section_t mapping_section = {.json = "mappings",
-                                                .prom = "mapping",
-                                                .fields = mapping_fields,
-                                                .nfields = sizeof(mapping_fields) /
-                                                           sizeof(mapping_fields[0]),
-                                                .label = "mapping",
-                                                .count = mappings_count,
-                                                .instance = mappings_instance};
+static const stats_section_t mapping_section = { .json = "mappings",
+                                                 .prom = "mapping",
+                                                 .fields = mapping_fields,
+                                                 .nfields = sizeof(mapping_fields) /
+                                                            sizeof(mapping_fields[0]),
+                                                 .label = "mapping",
+                                                 .count = mappings_count,
+                                                 .instance = mappings_instance };
 
 /* ---- the fixture ---- */
 
@@ -199,24 +200,24 @@ static stats_t *reg;
 
 static void fill(void)
 {
-    demo = (demo_t){.gateway = "edge-01",
-                    .uptime = 3600,
-                    .load = 0.1,
-                    .expires_in = NAN,
-                    .requests = 12345,
-                    .bytes_in = 1ull << 40,
-                    .sessions = 7,
-                    .observers = 3,
-                    .balance = -3,
-                    .connected = true};
+    demo = (demo_t){ .gateway = "edge-01",
+                     .uptime = 3600,
+                     .load = 0.1,
+                     .expires_in = NAN,
+                     .requests = 12345,
+                     .bytes_in = 1ull << 40,
+                     .sessions = 7,
+                     .observers = 3,
+                     .balance = -3,
+                     .connected = true };
     demo.responses[1] = 40; /* 2.04 */
     demo.responses[2] = 2;  /* 2.05 */
     demo.responses[4] = 1;  /* 4.04 */
     for (uint64_t i = 0; i < 100; i++)
         stats_hist_add(&demo.latency, i * 11); /* 0 .. 1089 ms: the longest past the buckets */
-    mapping_list[0] = (mapping_stats_t){.name = "tele\"metry", .topic = "t/{id}", .up = 5};
-    mapping_list[1] = (mapping_stats_t){.name = "back\\slash", .topic = NULL, .down = 9};
-    maps = (mappings_t){.m = mapping_list, .n = 2};
+    mapping_list[0] = (mapping_stats_t){ .name = "tele\"metry", .topic = "t/{id}", .up = 5 };
+    mapping_list[1] = (mapping_stats_t){ .name = "back\\slash", .topic = NULL, .down = 9 };
+    maps = (mappings_t){ .m = mapping_list, .n = 2 };
 }
 
 static void setup(void)
@@ -312,7 +313,7 @@ static family_t *family(prom_t *p, const char *name, size_t len)
         if (strlen(p->f[i].name) == len && !strncmp(p->f[i].name, name, len))
             return &p->f[i];
     p->f = realloc(p->f, (p->nf + 1) * sizeof(*p->f));
-    p->f[p->nf] = (family_t){.name = strndup(name, len)};
+    p->f[p->nf] = (family_t){ .name = strndup(name, len) };
     return &p->f[p->nf++];
 }
 
@@ -341,7 +342,7 @@ static void parse_sample(prom_t *p, const char *line)
 {
     p->s = realloc(p->s, (p->ns + 1) * sizeof(*p->s));
     sample_t *s = &p->s[p->ns++];
-    *s = (sample_t){0};
+    *s = (sample_t){ 0 };
     size_t n = strcspn(line, "{ ");
     s->name = strndup(line, n);
     const char *q = line + n;
@@ -371,7 +372,7 @@ static void parse_sample(prom_t *p, const char *line)
 /* The family a sample name belongs to: itself, or a histogram's _bucket, _sum, _count. */
 static family_t *family_of(prom_t *p, const char *name)
 {
-    static const char *const parts[] = {"_bucket", "_sum", "_count"};
+    static const char *const parts[] = { "_bucket", "_sum", "_count" };
     for (size_t i = 0; i < p->nf; i++) {
         size_t n = strlen(p->f[i].name);
         if (strncmp(name, p->f[i].name, n))
@@ -387,7 +388,7 @@ static family_t *family_of(prom_t *p, const char *name)
 
 static prom_t parse_prom(const char *text)
 {
-    prom_t p = {0};
+    prom_t p = { 0 };
     char *copy = strdup(text), *save = NULL;
     cr_assert(!*text || text[strlen(text) - 1] == '\n', "the last line ends");
     for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -611,21 +612,21 @@ Test(stats, prometheus_matches_json, .init = setup, .fini = teardown)
     prom_t p = render_prom(reg);
 
     static const char *const families[][2] = {
-        {"tandem_info", "gauge"},
-        {"tandem_uptime_seconds", "gauge"},
-        {"tandem_coap_requests_total", "counter"},
-        {"tandem_coap_received_bytes_total", "counter"},
-        {"tandem_coap_sessions", "gauge"},
-        {"tandem_coap_observers", "gauge"},
-        {"tandem_coap_balance", "gauge"},
-        {"tandem_coap_connected", "gauge"},
-        {"tandem_coap_responses_total", "counter"},
-        {"tandem_coap_ack_latency_seconds", "histogram"},
-        {"tandem_coap_load", "gauge"},
-        {"tandem_coap_expires_in_seconds", "gauge"},
-        {"tandem_mapping_up_total", "counter"},
-        {"tandem_mapping_down_total", "counter"},
-        {"tandem_mapping_info", "gauge"},
+        { "tandem_info", "gauge" },
+        { "tandem_uptime_seconds", "gauge" },
+        { "tandem_coap_requests_total", "counter" },
+        { "tandem_coap_received_bytes_total", "counter" },
+        { "tandem_coap_sessions", "gauge" },
+        { "tandem_coap_observers", "gauge" },
+        { "tandem_coap_balance", "gauge" },
+        { "tandem_coap_connected", "gauge" },
+        { "tandem_coap_responses_total", "counter" },
+        { "tandem_coap_ack_latency_seconds", "histogram" },
+        { "tandem_coap_load", "gauge" },
+        { "tandem_coap_expires_in_seconds", "gauge" },
+        { "tandem_mapping_up_total", "counter" },
+        { "tandem_mapping_down_total", "counter" },
+        { "tandem_mapping_info", "gauge" },
     };
     size_t nfam = sizeof(families) / sizeof(families[0]);
     cr_assert_eq(p.nf, nfam, "%zu families", p.nf);
@@ -817,7 +818,7 @@ Test(stats, bounded)
 {
     /* The registry grows as sections come, up to its bound (a module that never removes). */
     stats_t *s = stats_new();
-    mappings_t empty = {0};
+    mappings_t empty = { 0 };
     int rc = 0;
     size_t added = 0;
     while (added < 100000 && (rc = stats_add(s, &mapping_section, &empty)) == 0)
@@ -834,7 +835,7 @@ Test(stats, bounded)
 
 Test(stats, quantiles)
 {
-    stats_hist_t h = {0};
+    stats_hist_t h = { 0 };
     cr_assert_eq(stats_hist_quantile(&h, 0.5), 0, "empty");
     cr_assert_eq(stats_hist_quantile(&h, 1), 0);
     for (uint64_t ms = 1; ms <= 100; ms++)
@@ -848,13 +849,13 @@ Test(stats, quantiles)
     cr_assert_eq(stats_hist_quantile(&h, 0.001), 1, "the smallest rank is 1");
     cr_assert_eq(stats_hist_quantile(&h, 0.505), 51, "ranks round up");
 
-    stats_hist_t one = {0};
+    stats_hist_t one = { 0 };
     stats_hist_add(&one, 7);
     cr_assert_eq(stats_hist_quantile(&one, 0.5), 7);
     cr_assert_eq(stats_hist_quantile(&one, 0.99), 7);
 
     /* Longer than the buckets: counted in the last one, summed in full. */
-    stats_hist_t big = {0};
+    stats_hist_t big = { 0 };
     stats_hist_add(&big, 5000);
     stats_hist_add(&big, STATS_HIST_MS - 1);
     cr_assert_eq(big.ms[STATS_HIST_MS - 1], 2);
@@ -862,7 +863,7 @@ Test(stats, quantiles)
     cr_assert_eq(stats_hist_quantile(&big, 0.5), STATS_HIST_MS - 1);
 
     /* Skewed: 98 fast, 2 slow. */
-    stats_hist_t skew = {0};
+    stats_hist_t skew = { 0 };
     for (int i = 0; i < 98; i++)
         stats_hist_add(&skew, 2);
     stats_hist_add(&skew, 300);
