@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* fsync of the folder that holds path. */
@@ -30,6 +31,12 @@ static int sync_parent(const char *path)
 
 int gw_file_write(const char *path, const struct iovec *iov, int n, unsigned flags)
 {
+    return gw_file_write_mode(path, iov, n, flags, 0600);
+}
+
+int gw_file_write_mode(const char *path, const struct iovec *iov, int n, unsigned flags,
+                       unsigned mode)
+{
     char tmp[PATH_MAX];
     size_t total = 0;
     int rc = 0;
@@ -41,7 +48,7 @@ int gw_file_write(const char *path, const struct iovec *iov, int n, unsigned fla
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    ssize_t w = writev(fd, iov, n);
+    ssize_t w = fchmod(fd, mode) < 0 ? -1 : writev(fd, iov, n);
     if (w < 0)
         rc = -errno;
     else if ((size_t)w != total)
@@ -50,8 +57,16 @@ int gw_file_write(const char *path, const struct iovec *iov, int n, unsigned fla
         rc = -errno;
     if (close(fd) < 0 && rc == 0)
         rc = -errno;
-    if (rc == 0 && rename(tmp, path) < 0)
+    if (rc == 0 && (flags & GW_FILE_EXCL)) {
+        /* link() refuses an existing target, where rename() would replace it */
+        if (link(tmp, path) < 0)
+            rc = -errno;
+        unlink(tmp);
+        if (rc < 0)
+            return rc;
+    } else if (rc == 0 && rename(tmp, path) < 0) {
         rc = -errno;
+    }
     if (rc < 0) {
         unlink(tmp);
         return rc;

@@ -11,6 +11,7 @@
 enum {
     GW_FILE_SYNC = 1,     /* fsync the content before the rename */
     GW_FILE_SYNC_DIR = 2, /* and the folder after it: the rename itself is durable */
+    GW_FILE_EXCL = 4,     /* never replace: -EEXIST when path exists (linked, not renamed) */
 };
 
 /*
@@ -19,5 +20,9 @@ enum {
  * untouched.
  */
 int gw_file_write(const char *path, const struct iovec *iov, int n, unsigned flags);
+
+/* As gw_file_write, with the file's mode (exactly, whatever the umask). */
+int gw_file_write_mode(const char *path, const struct iovec *iov, int n, unsigned flags,
+                       unsigned mode);
 
 #endif

@@ -10,6 +10,7 @@
 #include "dtls.h"
 #include "gateway.h"
 #include "log.h"
+#include "pki_cmd.h"
 #include "stats_cmd.h"
 #include "tandem_build.h"
 
@@ -19,7 +20,7 @@ static void usage(FILE *out)
             "Usage: tandem [run] -c FILE       run the gateway in the foreground\n"
             "       tandem check -c FILE       validate the configuration, print the mappings\n"
             "       tandem stats [-c FILE] [--json|--prometheus] [--watch SECONDS]\n"
-            "       tandem pki ...\n"
+            "       tandem pki init|device|psk ...  certificates and keys (tandem pki --help)\n"
             "       tandem --version | --help | COMMAND --help\n");
 }
 
@@ -55,15 +56,12 @@ int main(int argc, char **argv)
         int (*main)(int argc, char **argv);
     } commands[] = {
         { "stats", gw_stats_cmd },
+        { "pki", gw_pki_cmd },
     };
     for (size_t i = 0; first == 2 && i < sizeof(commands) / sizeof(commands[0]); i++)
         if (!strcmp(cmd, commands[i].name))
             return commands[i].main(argc - 1, argv + 1);
     if (strcmp(cmd, "run") && strcmp(cmd, "check")) {
-        if (!strcmp(cmd, "pki")) {
-            fprintf(stderr, "tandem: '%s' is not supported yet in this version\n", cmd);
-            return GW_EXIT_USAGE;
-        }
         fprintf(stderr, "tandem: unknown command '%s'\n", cmd);
         usage(stderr);
         return GW_EXIT_USAGE;

@@ -1,0 +1,48 @@
+/*
+ * Certificates and keys for `tandem pki` (SPEC §8), made with GnuTLS's X.509
+ * API: an ECDSA P-256 CA, a gateway certificate for the names it is reached
+ * by, and device certificates whose subject CN is the device identity.
+ * (`tandem pki psk` is in gateway/pki_cmd.c: it reads PSK files as the DTLS
+ * side does.)
+ *
+ * Every file is written whole or not at all (common/file.h), keys mode 0600
+ * and certificates 0644, and none is ever replaced: a function that would
+ * replace one fails with -EEXIST and writes nothing.
+ */
+#ifndef TANDEM_PKI_H
+#define TANDEM_PKI_H
+
+#include <stddef.h>
+
+/* Days a certificate is valid by default; the CA lives at least PKI_CA_DAYS. */
+#define PKI_DAYS 825
+#define PKI_CA_DAYS 3650
+/* Most names a gateway certificate may carry. */
+#define PKI_NAMES_MAX 32
+
+/*
+ * DIR/ca.pem, DIR/ca.key, DIR/gateway.pem, DIR/gateway.key: a CA valid
+ * max(days, PKI_CA_DAYS) days, and a gateway certificate valid days days,
+ * for TLS servers and clients, whose subject alternative names are names
+ * (an IPv4 or IPv6 literal becomes an IP address, anything else a DNS name;
+ * the first is also its CN). DIR is created (0755) when missing. Returns 0,
+ * or a negative errno code with a one-line reason in err: -EEXIST when any
+ * of the four files exists (nothing is written then), -EINVAL for a name
+ * that is neither an address nor a DNS name.
+ */
+int pki_init(const char *dir, int days, const char *const *names, size_t n, char *err,
+             size_t errlen);
+
+/*
+ * DIR/NAME.pem and DIR/NAME.key: a device certificate (TLS client) with
+ * CN=name, signed by DIR/ca.pem and DIR/ca.key, valid days days. name must
+ * already have passed the identity rules (map_identity_ok). Returns 0, or a
+ * negative errno code with a reason in err (-EEXIST when either file exists;
+ * -ENOENT when the CA is missing).
+ */
+int pki_device(const char *dir, const char *name, int days, char *err, size_t errlen);
+
+/* True when s is an IPv4 or IPv6 address literal, or a DNS name a certificate may carry. */
+int pki_name_ok(const char *s);
+
+#endif
