@@ -114,8 +114,8 @@ static int cmd_device(const char *dir, int days, const char *name)
         fprintf(stderr, "tandem pki: %s\n", err);
         return GW_EXIT_CONFIG;
     }
-    printf("Made %s/%s.pem and %s/%s.key for the device \"%s\" (signed by %s/ca.pem)\n", dir,
-           name, dir, name, name, dir);
+    printf("Made %s/%s.pem and %s/%s.key for the device \"%s\" (signed by %s/ca.pem)\n", dir, name,
+           dir, name, name, dir);
     return GW_EXIT_OK;
 }
 
@@ -206,12 +206,9 @@ static int cmd_psk(const char *path, const char *name)
 int gw_pki_cmd(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "dir", required_argument, NULL, 'd' },
-        { "days", required_argument, NULL, 'n' },
-        { "hostname", required_argument, NULL, 'H' },
-        { "file", required_argument, NULL, 'f' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        { "dir", required_argument, NULL, 'd' },      { "days", required_argument, NULL, 'n' },
+        { "hostname", required_argument, NULL, 'H' }, { "file", required_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },           { NULL, 0, NULL, 0 },
     };
     const char *dir = NULL, *file = NULL, *names[PKI_NAMES_MAX];
     size_t nnames = 0;

@@ -91,8 +91,8 @@ enum role { ROLE_CA, ROLE_SERVER, ROLE_CLIENT };
  * Makes p: a new P-256 key and a certificate for cn valid days days, signed
  * by issuer (or by itself when issuer is NULL).
  */
-static int make(struct pair *p, enum role role, const char *cn, int days,
-                const char *const *names, size_t n, const struct pair *issuer)
+static int make(struct pair *p, enum role role, const char *cn, int days, const char *const *names,
+                size_t n, const struct pair *issuer)
 {
     unsigned char serial[16], id[64];
     size_t idlen = sizeof(id);
@@ -100,9 +100,8 @@ static int make(struct pair *p, enum role role, const char *cn, int days,
     int rc;
 
     if ((rc = gnutls_x509_privkey_init(&p->key)) < 0 ||
-        (rc = gnutls_x509_privkey_generate(p->key, GNUTLS_PK_ECDSA,
-                                           GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0)) <
-            0 ||
+        (rc = gnutls_x509_privkey_generate(
+             p->key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0)) < 0 ||
         (rc = gnutls_x509_crt_init(&p->crt)) < 0)
         return rc;
     if ((rc = gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof(serial))) < 0)
@@ -222,8 +221,8 @@ int pki_init(const char *dir, int days, const char *const *names, size_t n, char
         return fail(err, errlen, -EINVAL, "give 1 to %d names", PKI_NAMES_MAX);
     for (size_t i = 0; i < n; i++)
         if (!pki_name_ok(names[i]))
-            return fail(err, errlen, -EINVAL,
-                        "\"%s\" is neither an IP address nor a DNS name", names[i]);
+            return fail(err, errlen, -EINVAL, "\"%s\" is neither an IP address nor a DNS name",
+                        names[i]);
     if (days < 1 || days > 36500)
         return fail(err, errlen, -EINVAL, "--days must be 1..36500");
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
