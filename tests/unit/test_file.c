@@ -125,3 +125,28 @@ Test(file, a_name_too_long)
     struct iovec iov = { "x", 1 };
     cr_assert_eq(gw_file_write(path, &iov, 1, 0), -ENAMETOOLONG);
 }
+
+Test(file, a_given_mode_whatever_the_umask)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/cert.pem", dir);
+    struct iovec iov = { "pem", 3 };
+    umask(077);
+    cr_assert_eq(gw_file_write_mode(path, &iov, 1, 0, 0644), 0);
+    umask(022);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0644);
+}
+
+Test(file, exclusive_never_replaces)
+{
+    char path[128], buf[16];
+    snprintf(path, sizeof(path), "%s/ca.key", dir);
+    struct iovec a = { "first", 5 }, b = { "second", 6 };
+    cr_assert_eq(gw_file_write_mode(path, &a, 1, GW_FILE_EXCL | GW_FILE_SYNC, 0600), 0);
+    cr_assert_eq(gw_file_write_mode(path, &b, 1, GW_FILE_EXCL | GW_FILE_SYNC, 0600), -EEXIST);
+    cr_assert_eq(slurp(path, buf, sizeof(buf)), 5, "the first content stays");
+    cr_assert_arr_eq(buf, "first", 5);
+    cr_assert_eq(entries(dir), 1, "no temporary file left");
+}
