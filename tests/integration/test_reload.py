@@ -1,6 +1,7 @@
 """SIGHUP: configuration, mappings, PSK file and certificates are read again;
 a broken set keeps the running one."""
 
+import grp
 import json
 import os
 import signal
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEFAULT_MAPPINGS, Broker, Gateway, Pki, Subscriber, check, coap,  # noqa
+from harness import (TANDEM, DEFAULT_MAPPINGS, Broker, Gateway, Pki, Subscriber, check, coap,  # noqa
                      run, wait_until, workdir)
 from test_down import Observer  # noqa: E402
 
@@ -111,16 +112,45 @@ def certificate_renewal():
     os.replace(first[1], key)
     g = Gateway(d, broker, pki, dtls='cert = "fullchain.pem"; key = "privkey.pem";').start()
     check("CN = first.example" in server_subject(g, pki), "first certificate")
-    # What certbot does: new files in place, then the deploy hook reloads.
+    # What certbot does: the renewed pair in its lineage folder, then the deploy hook.
+    lineage = os.path.join(d, "live")
+    os.makedirs(lineage)
     second = pki.leaf("second", "second.example", san="DNS:second.example,IP:127.0.0.1",
                       server=True)
-    os.replace(second[0], cert)
-    os.replace(second[1], key)
-    hup(g, 1)
-    check(g.count("reloaded:") == 1, "reload refused:\n" + g.text())
+    os.replace(second[0], os.path.join(lineage, "fullchain.pem"))
+    os.replace(second[1], os.path.join(lineage, "privkey.pem"))
+    r = deploy_hook(g, lineage)
+    check(r.returncode == 0, "hook: %s" % r.stderr)
+    wait_until(lambda: g.count("reloaded:") == 1, "the hook's reload")
     check("CN = second.example" in server_subject(g, pki), "renewed certificate not served")
     r = coap(url(g, "public/x"), payload="after renewal", ca=pki.ca)
     check(r and r.code == "2.04", "a device after the renewal: %r" % r)
+
+    # A renewal whose key does not match its certificate: the old pair stays, no reload.
+    third = pki.leaf("third", "third.example", san="DNS:third.example,IP:127.0.0.1",
+                     server=True)
+    os.replace(third[0], os.path.join(lineage, "fullchain.pem"))  # keeps second's key
+    before = [open(p, "rb").read() for p in (cert, key)]
+    r = deploy_hook(g, lineage)
+    check(r.returncode != 0, "the hook took a mismatched pair")
+    check("old one stays" in r.stderr and "does not match" in r.stderr,
+          "the hook's reason: %r" % r.stderr)
+    check([open(p, "rb").read() for p in (cert, key)] == before, "the old pair was replaced")
+    check(sorted(n for n in os.listdir(d) if n.startswith(".")) == [],
+          "files left behind: %r" % os.listdir(d))
+    check("CN = second.example" in server_subject(g, pki), "the served certificate changed")
+    check(g.count("reloaded:") + g.count("reload refused") == 1, "reloaded anyway")
+
+
+def deploy_hook(g, lineage):
+    """Runs deploy/certbot-deploy-hook as certbot would, for gateway g."""
+    hook = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
+                        "certbot-deploy-hook")
+    env = dict(os.environ, RENEWED_LINEAGE=lineage, TANDEM_CERT_DIR=g.dir, TANDEM_CONF=g.conf,
+               TANDEM_GROUP=grp.getgrgid(os.getgid()).gr_name, TANDEM_BIN=TANDEM,
+               TANDEM_RELOAD="kill -HUP %d" % g.proc.pid)
+    return subprocess.run(["sh", hook], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=60)
 
 
 def server_subject(g, pki):
