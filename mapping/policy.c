@@ -139,6 +139,26 @@ static enum fit fit_filter(const map_entry_t *e, const map_segs_t *f, const stru
     return verdict(e, other, w);
 }
 
+/*
+ * A '#' in the place of e's last {x*} also matches its parent: the topics of
+ * the filter without "/#", which have one level fewer than e's topics and so
+ * are not e's. Some other mapping, in either direction, may give them to
+ * another device (mappings "t/{identity}/{x*}" and "{identity}/{y}": "t/me/#"
+ * would receive device t's "t/me"). Returns the first such mapping, or NULL.
+ */
+static const map_entry_t *parent_owner(const map_table_t *t, const map_entry_t *e,
+                                       const map_segs_t *f, const struct who *w)
+{
+    if (f->n != e->top.n || !is_wildcard(f->s[f->n - 1], f->len[f->n - 1], '#'))
+        return NULL;
+    map_segs_t parent = *f;
+    parent.n--;
+    for (size_t i = 0; i < t->n; i++)
+        if (fit_filter(t->v[i], &parent, w) == FIT_IDENTITY)
+            return t->v[i];
+    return NULL;
+}
+
 /* Asks each mapping of direction dir in file order; see policy.h for the answer. */
 static enum map_status decide(const map_table_t *t, const map_segs_t *segs, bool filter, int dir,
                               const char *identity, const map_entry_t **out)
@@ -147,10 +167,15 @@ static enum map_status decide(const map_table_t *t, const map_segs_t *segs, bool
     const map_entry_t *near = NULL;
 
     for (size_t i = 0; i < t->n; i++) {
-        const map_entry_t *e = t->v[i];
+        const map_entry_t *e = t->v[i], *owner;
         if (!(e->direction & dir))
             continue;
         enum fit fit = filter ? fit_filter(e, segs, &w) : fit_topic(e, segs, &w);
+        if (fit == FIT_YES && filter && (owner = parent_owner(t, e, segs, &w))) {
+            if (!near)
+                near = owner;
+            continue;
+        }
         if (fit == FIT_YES) {
             *out = e;
             return MAP_OK;

@@ -74,8 +74,8 @@ static void check_topic_at(int line, const char *topic, size_t len, int dir, con
 {
     const map_entry_t *e = (const map_entry_t *)&e; /* not NULL: the call must set it */
     enum map_status st = map_policy_topic(table, topic, len, dir, id, &e);
-    cr_expect_eq(st, want, "line %d: topic \"%.*s\": status %d, want %d", line, (int)len, topic,
-                 st, want);
+    cr_expect_eq(st, want, "line %d: topic \"%.*s\": status %d, want %d", line, (int)len, topic, st,
+                 want);
     check_out(line, topic, e, name);
 }
 
@@ -102,24 +102,21 @@ Test(policy, publish_own_topic)
 
 Test(policy, publish_another_devices_topic_is_forbidden)
 {
-    expect_topic("redback/p1/bikes/bike-8/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN,
-                 "telemetry");
+    expect_topic("redback/p1/bikes/bike-8/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN, "telemetry");
     expect_topic("redback/p1/hello/bike-8", MAP_UP, "bike-7", MAP_FORBIDDEN, "hello");
     /* A prefix or an extension of one's identity is another identity. */
     expect_topic("redback/p1/bikes/bike-70/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN,
                  "telemetry");
     expect_topic("redback/p1/bikes/bike-/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN, "telemetry");
     /* Case matters: BIKE-7 is not bike-7. */
-    expect_topic("redback/p1/bikes/BIKE-7/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN,
-                 "telemetry");
+    expect_topic("redback/p1/bikes/BIKE-7/telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN, "telemetry");
     /* An empty identity level is nobody's, and not the device's either. */
     expect_topic("redback/p1/bikes//telemetry", MAP_UP, "bike-7", MAP_FORBIDDEN, "telemetry");
 }
 
 Test(policy, publish_anonymous)
 {
-    expect_topic("redback/p1/bikes/bike-7/telemetry", MAP_UP, NULL, MAP_UNAUTHORIZED,
-                 "telemetry");
+    expect_topic("redback/p1/bikes/bike-7/telemetry", MAP_UP, NULL, MAP_UNAUTHORIZED, "telemetry");
     expect_topic("redback/p1/hello/bike-7", MAP_UP, NULL, MAP_UNAUTHORIZED, "hello");
     /* {identity} only in the resource still needs an identity, as for CoAP. */
     expect_topic("redback/fleet", MAP_UP, NULL, MAP_UNAUTHORIZED, "fleet");
@@ -134,8 +131,7 @@ Test(policy, publish_needs_an_up_mapping)
     expect_topic("redback/p1/bikes/bike-7/commands", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/public/news", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/p1/bikes/bike-7/commands", MAP_DOWN, "bike-7", MAP_OK, "commands");
-    expect_topic("redback/p1/bikes/bike-8/commands", MAP_DOWN, "bike-7", MAP_FORBIDDEN,
-                 "commands");
+    expect_topic("redback/p1/bikes/bike-8/commands", MAP_DOWN, "bike-7", MAP_FORBIDDEN, "commands");
     /* telemetry is up only. */
     expect_topic("redback/p1/bikes/bike-7/telemetry", MAP_DOWN, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/public/a/b", MAP_DOWN, NULL, MAP_OK, "public");
@@ -199,7 +195,7 @@ Test(policy, publish_malformed_topics)
         "$SYS/broker/x",
         "$share/g/redback/p1/bikes/bike-7/telemetry",
         "redback/p1/bikes/\xff/telemetry",
-        "redback/p1/bikes/\xc0\xaf/telemetry", /* an overlong '/' */
+        "redback/p1/bikes/\xc0\xaf/telemetry",     /* an overlong '/' */
         "redback/p1/bikes/\xed\xa0\x80/telemetry", /* a surrogate */
         "redback/p1/bikes/a\x01/telemetry",
         "redback/p1/bikes/a\x7f/telemetry",
@@ -218,8 +214,8 @@ Test(policy, publish_nul_inside_the_length)
     static const char id[] = "redback/p1/bikes/bike-7\0bike-8/telemetry";
     check_topic_at(__LINE__, id, sizeof(id) - 1, MAP_UP, "bike-7", MAP_BAD_VALUE, NULL);
     /* Only len bytes count: what follows is not read. */
-    check_topic_at(__LINE__, "redback/p1/bikes/bike-7/telemetry/more", 33, MAP_UP, "bike-7",
-                   MAP_OK, "telemetry");
+    check_topic_at(__LINE__, "redback/p1/bikes/bike-7/telemetry/more", 33, MAP_UP, "bike-7", MAP_OK,
+                   "telemetry");
 }
 
 Test(policy, publish_overlong_topics)
@@ -432,8 +428,7 @@ Test(policy, subscribe_shared)
     expect_filter("$share/g/redback/public/#", NULL, MAP_OK, "public");
     /* The rest is held to the same rules. */
     expect_filter("$share/g/redback/p1/bikes/+/commands", "bike-7", MAP_FORBIDDEN, "commands");
-    expect_filter("$share/g/redback/p1/bikes/bike-8/commands", "bike-7", MAP_FORBIDDEN,
-                  "commands");
+    expect_filter("$share/g/redback/p1/bikes/bike-8/commands", "bike-7", MAP_FORBIDDEN, "commands");
     expect_filter("$share/g/redback/p1/bikes/bike-7/commands", NULL, MAP_UNAUTHORIZED, "commands");
     expect_filter("$share/g/#", "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("$share/g/+/#", "bike-7", MAP_NOT_FOUND, NULL);
@@ -551,4 +546,19 @@ Test(policy_order, empty_table)
 {
     expect_topic("a", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("a/#", "bike-7", MAP_NOT_FOUND, NULL);
+}
+
+Test(policy_order, hash_never_reaches_a_parent_topic_of_another_device)
+{
+    /* "t/me/#" matches "t/me" too, which is device t's topic by the second mapping. */
+    add("logs", "l/{identity}/{x*}", "t/{identity}/{x*}", MAP_DOWN);
+    add("status", "s/{identity}/{y}", "{identity}/{y}", MAP_UP);
+    expect_filter("t/me/#", "me", MAP_FORBIDDEN, "status");
+    expect_filter("t/me/#", NULL, MAP_UNAUTHORIZED, "logs");
+    expect_topic("t/me", MAP_UP, "me", MAP_FORBIDDEN, "status");
+    /* Without the parent: exactly the first mapping's topics. */
+    expect_filter("t/me/+/#", "me", MAP_OK, "logs");
+    expect_filter("t/me/a/#", "me", MAP_OK, "logs");
+    /* Device t's own parent topic is its own. */
+    expect_filter("t/t/#", "t", MAP_OK, "logs");
 }
