@@ -140,6 +140,45 @@ static enum fit fit_filter(const map_entry_t *e, const map_segs_t *f, const stru
 }
 
 /*
+ * True when some topic that the filter levels p (no '#') match is one of e's
+ * topics with another device's identity in {identity}, or with any identity
+ * when the device has none. A '+' may take any value, the other device's
+ * identity or a literal of e's included.
+ */
+static bool meets_another(const map_entry_t *e, const map_segs_t *p, const struct who *w)
+{
+    const struct tmpl *t = &e->top;
+    size_t last = t->n - 1;
+    bool multi = t->seg[last].kind == SEG_MULTI;
+    bool other = map_entry_uses_identity(e) && !w->ok;
+
+    if (multi ? p->n < t->n : p->n != t->n)
+        return false;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct seg *g = &t->seg[i < last ? i : last];
+        const char *s = p->s[i];
+        size_t len = p->len[i];
+        bool plus = is_wildcard(s, len, '+');
+        switch (g->kind) {
+        case SEG_LIT:
+            if (!plus && !level_is(s, len, g->text, g->len))
+                return false;
+            break;
+        case SEG_VAR:
+        case SEG_MULTI:
+            if (!plus && !map_value_ok(s, len))
+                return false;
+            break;
+        case SEG_IDENTITY:
+            if (plus || !is_own(w, s, len))
+                other = true;
+            break;
+        }
+    }
+    return other;
+}
+
+/*
  * A '#' in the place of e's last {x*} also matches its parent: the topics of
  * the filter without "/#", which have one level fewer than e's topics and so
  * are not e's. Some other mapping, in either direction, may give them to
@@ -154,7 +193,7 @@ static const map_entry_t *parent_owner(const map_table_t *t, const map_entry_t *
     map_segs_t parent = *f;
     parent.n--;
     for (size_t i = 0; i < t->n; i++)
-        if (fit_filter(t->v[i], &parent, w) == FIT_IDENTITY)
+        if (meets_another(t->v[i], &parent, w))
             return t->v[i];
     return NULL;
 }

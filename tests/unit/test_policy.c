@@ -562,3 +562,14 @@ Test(policy_order, hash_never_reaches_a_parent_topic_of_another_device)
     /* Device t's own parent topic is its own. */
     expect_filter("t/t/#", "t", MAP_OK, "logs");
 }
+
+Test(policy_order, hash_never_reaches_a_parent_topic_through_a_plus)
+{
+    /* "t/+/#" matches "t/cmd", device t's topic by the second mapping. */
+    add("open", "o/{zone}/{x*}", "t/{zone}/{x*}", MAP_DOWN);
+    add("cmd", "c/{identity}", "{identity}/cmd", MAP_UP);
+    expect_filter("t/+/#", "me", MAP_FORBIDDEN, "cmd");
+    expect_filter("t/+/+/#", "me", MAP_OK, "open");
+    expect_filter("t/x/#", "me", MAP_OK, "open");
+    expect_filter("t/cmd/#", "me", MAP_FORBIDDEN, "cmd");
+}
