@@ -213,6 +213,19 @@ void bridge_reload(bridge_t *b, const gw_config_t *next)
     mqtt_set_config(b->mqtt, next);
 }
 
+void bridge_count_mqtt(bridge_t *b, size_t map, enum bridge_mqtt_count what)
+{
+    if (map >= map_table_count(b->cfg->maps))
+        return;
+    struct up_map_stats *m = &b->up.maps[map];
+    if (what == BRIDGE_MQTT_UP)
+        m->up++;
+    else if (what == BRIDGE_MQTT_DOWN)
+        m->mqtt_down++;
+    else
+        m->refused++;
+}
+
 void bridge_publish_stats(bridge_t *b, const char *json, size_t len)
 {
     if (!upstream_connected(b))

@@ -69,6 +69,17 @@ void bridge_publish_stats(bridge_t *b, const char *json, size_t len);
 int bridge_add_stats(bridge_t *b, stats_t *stats);
 void bridge_remove_stats(bridge_t *b, stats_t *stats);
 
+/* What bridge_count_mqtt counts. */
+enum bridge_mqtt_count { BRIDGE_MQTT_UP, BRIDGE_MQTT_DOWN, BRIDGE_MQTT_REFUSED };
+
+/*
+ * Counts a message of an MQTT device (the MQTT listener's) in the per-mapping
+ * figures of the "mappings" section, beside the CoAP devices': a publish
+ * relayed up, a delivery down, a refusal. map is the mapping's index in the
+ * running table; an index out of range is ignored.
+ */
+void bridge_count_mqtt(bridge_t *b, size_t map, enum bridge_mqtt_count what);
+
 /* Says "offline" on the status topic and disconnects. */
 void bridge_shutdown(bridge_t *b, int timeout_ms);
 

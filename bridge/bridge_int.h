@@ -42,6 +42,7 @@ struct up_stats {
 struct up_map_stats {
     uint64_t up;      /* requests answered with success */
     uint64_t refused; /* requests refused, by the mapping's rules or the broker */
+    uint64_t mqtt_down; /* messages delivered to MQTT devices (bridge_count_mqtt) */
 };
 
 /* up.c's state. */

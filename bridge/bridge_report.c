@@ -124,7 +124,7 @@ static void gather_maps(const void *obj)
     for (size_t i = 0; i < n; i++) {
         const down_map_stats_t *dm = down_map_stats(b->down, i);
         r->maps[i].up = b->up.maps[i].up;
-        r->maps[i].down = dm->down;
+        r->maps[i].down = dm->down + b->up.maps[i].mqtt_down;
         r->maps[i].refused = b->up.maps[i].refused + dm->refused;
     }
 }

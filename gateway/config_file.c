@@ -503,9 +503,25 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
                     "is not a valid topic (no '+', '#', leading '$', control characters or "
                     "Unicode noncharacters)");
 
-    if (cfg->mqtt_listener.enabled)
-        gw_errs_add(errs, f, LINE("mqtt_listener.enabled"), "mqtt_listener.enabled",
-                    "the MQTT device listener is not supported yet");
+    const gw_listener_config_t *ml = &cfg->mqtt_listener;
+    if (ml->enabled) {
+        if (!is_ip(ml->bind))
+            gw_errs_add(errs, f, LINE("mqtt_listener.bind"), "mqtt_listener.bind",
+                        "\"%s\" is not an IP address", ml->bind);
+        /* A setting left out is reported at the line that turned the listener on. */
+        int on = LINE("mqtt_listener.enabled");
+        const char *missing = *ml->cert ? "mqtt_listener.key" : "mqtt_listener.cert";
+        if (!*ml->cert || !*ml->key)
+            gw_errs_add(errs, f, LINE(missing) ? LINE(missing) : on, missing,
+                        "the MQTT listener needs mqtt_listener.cert and mqtt_listener.key");
+        if (ml->require_client_cert && !*ml->ca)
+            gw_errs_add(errs, f,
+                        LINE("mqtt_listener.require_client_cert")
+                            ? LINE("mqtt_listener.require_client_cert")
+                            : on,
+                        "mqtt_listener.require_client_cert",
+                        "needs mqtt_listener.ca to verify devices (the default is true)");
+    }
     gw_listen_t listen;
     const char *why;
     if (*cfg->metrics.listen && gw_listen_parse(cfg->metrics.listen, &listen, &why) < 0)

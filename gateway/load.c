@@ -23,10 +23,14 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     } pairs[] = {
         { "coap.dtls.cert", cfg->coap.dtls.cert, cfg->coap.dtls.key },
         { "mqtt.cert", cfg->mqtt.cert, cfg->mqtt.key },
+        { "mqtt_listener.cert", cfg->mqtt_listener.enabled ? cfg->mqtt_listener.cert : "",
+          cfg->mqtt_listener.key },
     };
     const struct {
         const char *name, *path;
-    } cas[] = { { "coap.dtls.ca", cfg->coap.dtls.ca }, { "mqtt.ca", cfg->mqtt.ca } };
+    } cas[] = { { "coap.dtls.ca", cfg->coap.dtls.ca },
+                { "mqtt.ca", cfg->mqtt.ca },
+                { "mqtt_listener.ca", cfg->mqtt_listener.enabled ? cfg->mqtt_listener.ca : "" } };
 
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         if (!*pairs[i].cert)

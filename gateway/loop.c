@@ -25,6 +25,7 @@
 #include "ev.h"
 #include "gate.h"
 #include "gateway.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "report.h"
@@ -132,8 +133,8 @@ static uint64_t watchdog_interval_ms(void)
  * again; the new set is used by new handshakes and requests. Anything
  * invalid keeps the running set.
  */
-static void reload(coap_context_t *ctx, bridge_t *b, gw_report_t *report, gw_config_t **cfg,
-                   dtls_psk_store_t **psk)
+static void reload(coap_context_t *ctx, bridge_t *b, listener_t *l, gw_report_t *report,
+                   gw_config_t **cfg, dtls_psk_store_t **psk)
 {
     gw_errs_t errs = { 0 };
     dtls_psk_store_t *npsk = NULL;
@@ -167,6 +168,9 @@ static void reload(coap_context_t *ctx, bridge_t *b, gw_report_t *report, gw_con
     coap_limits(ctx, next);
     gw_log_set_level(next->gateway.log_level);
     bridge_reload(b, next);
+    /* Its new credentials were checked with the configuration; a failure keeps the running ones. */
+    if (l)
+        listener_reload(l, next);
     gw_config_free(*cfg);
     dtls_psk_free(*psk);
     *cfg = next;
@@ -183,6 +187,8 @@ struct proc {
     coap_context_t *ctx;
     dtls_gate_t *gate; /* NULL without DTLS */
     bridge_t *b;
+    listener_t *listener;  /* NULL when mqtt_listener.enabled is false */
+    listener_stats_t no_listener; /* the zeros shown then */
     stats_t *stats;        /* every module's statistics */
     gw_report_t *report;   /* the process's own */
     gw_control_t *control; /* NULL when gateway.control_socket is "" */
@@ -259,7 +265,7 @@ static void on_signal(ev_loop_t *loop, int fd, unsigned mask, void *data)
     while (read(fd, &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
             if (!p->stopping)
-                reload(p->ctx, p->b, p->report, p->cfgp, p->pskp);
+                reload(p->ctx, p->b, p->listener, p->report, p->cfgp, p->pskp);
         } else if (p->stopping) {
             gw_warn(GATEWAY, "second stop signal: exiting now");
             p->at_once = true;
@@ -270,6 +276,7 @@ static void on_signal(ev_loop_t *loop, int fd, unsigned mask, void *data)
             notify("STOPPING=1");
             p->stopping = true;
             p->stop_deadline = gw_now_ms() + STOP_WAIT_MS;
+            listener_shutdown(p->listener);
             bridge_drain(p->b);
             if (!ev_add_timer(loop, 0, on_stop_check, p))
                 ev_stop(loop);
@@ -319,6 +326,15 @@ static int64_t on_watchdog(ev_loop_t *loop, uint64_t id, void *data)
     (void)loop, (void)id;
     notify("WATCHDOG=1");
     return (int64_t)(uintptr_t)data;
+}
+
+/* The MQTT listener's per-mapping counts go to the bridge's "mappings" section. */
+static void count_mqtt(void *arg, size_t map, enum listener_count what)
+{
+    bridge_count_mqtt(arg, map,
+                      what == LISTENER_UP     ? BRIDGE_MQTT_UP
+                      : what == LISTENER_DOWN ? BRIDGE_MQTT_DOWN
+                                              : BRIDGE_MQTT_REFUSED);
 }
 
 /* Binds the CoAP endpoints (DTLS with its cookie gate, plain when asked). */
@@ -424,6 +440,9 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
     }
+    if (cfg->mqtt_listener.enabled &&
+        !(p.listener = listener_new(p.loop, cfg, count_mqtt, p.b)))
+        goto out;
     if (register_entries(&p, &mask) < 0) {
         gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
@@ -431,7 +450,9 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     p.report = gw_report_new(p.stats, cfg);
     if (!p.report || bridge_add_stats(p.b, p.stats) < 0 ||
         (p.gate && stats_add(p.stats, &dtls_gate_section, dtls_gate_stats(p.gate)) < 0) ||
-        gw_report_add_tail(p.report) < 0 ||
+        gw_report_add_tail(p.report, &listener_section,
+                           p.listener ? (const void *)listener_stats(p.listener)
+                                      : (const void *)&p.no_listener) < 0 ||
         (p.control && stats_add(p.stats, &gw_control_section, gw_control_stats(p.control)) < 0) ||
         (p.metrics && stats_add(p.stats, &gw_metrics_section, gw_metrics_stats(p.metrics)) < 0)) {
         gw_err(GATEWAY, "cannot set up the statistics (out of memory)");
@@ -460,6 +481,8 @@ out:
     /* The socket file goes with the control socket: no gateway answers there any more. */
     gw_metrics_free(p.metrics);
     gw_control_free(p.control);
+    /* Before the loop it is registered with; the report's section over it goes unrendered. */
+    listener_free(p.listener);
     ev_free(p.loop);
     if (p.sfd >= 0)
         close(p.sfd);

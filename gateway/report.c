@@ -20,18 +20,14 @@ struct cert {
     time_t not_after; /* 0: none configured, or unreadable */
 };
 
-/* The MQTT device listener's counters (SPEC §9); it has no devices until it is enabled. */
-struct listener_stats {
-    uint64_t connections, rejected, denied_publish, denied_subscribe;
-};
-
 struct gw_report {
     stats_t *stats; /* borrowed */
     char *id;       /* owned copy of gateway.id */
     const char *version;
     uint64_t started_ms;
     uint64_t reloads, reload_failures;
-    struct listener_stats listener;
+    const stats_section_t *listener_sec; /* the MQTT listener's section, borrowed */
+    const void *listener_obj;
     struct cert certs[NCERTS];
     size_t ncerts;
 };
@@ -98,21 +94,6 @@ static const stats_field_t log_fields[] = {
 };
 static const stats_section_t log_section = {
     .json = "log", .prom = "log", .fields = log_fields, .nfields = 1
-};
-
-#define LISTENER(f, h)                                                                             \
-    {                                                                                              \
-        .name = #f, .help = h, .kind = STATS_COUNTER, .type = STATS_U64,                           \
-        .offset = offsetof(struct listener_stats, f)                                               \
-    }
-static const stats_field_t listener_fields[] = {
-    LISTENER(connections, "MQTT devices accepted by the MQTT listener"),
-    LISTENER(rejected, "MQTT devices refused at the handshake or CONNECT"),
-    LISTENER(denied_publish, "PUBLISH packets refused by the identity policy"),
-    LISTENER(denied_subscribe, "SUBSCRIBE filters refused by the identity policy"),
-};
-static const stats_section_t listener_section = {
-    .json = "mqtt_listener", .prom = "mqtt_listener", .fields = listener_fields, .nfields = 4
 };
 
 static const stats_field_t cert_fields[] = {
@@ -188,10 +169,12 @@ gw_report_t *gw_report_new(stats_t *stats, const gw_config_t *cfg)
     return r;
 }
 
-int gw_report_add_tail(gw_report_t *r)
+int gw_report_add_tail(gw_report_t *r, const stats_section_t *listener_sec, const void *listener_obj)
 {
+    r->listener_sec = listener_sec;
+    r->listener_obj = listener_obj;
     if (stats_add(r->stats, &config_section, r) < 0 || stats_add(r->stats, &log_section, r) < 0 ||
-        stats_add(r->stats, &listener_section, &r->listener) < 0 ||
+        stats_add(r->stats, listener_sec, listener_obj) < 0 ||
         stats_add(r->stats, &cert_section, r) < 0)
         return -1;
     return 0;
@@ -204,7 +187,8 @@ void gw_report_free(gw_report_t *r)
     stats_remove(r->stats, &top_section, r);
     stats_remove(r->stats, &config_section, r);
     stats_remove(r->stats, &log_section, r);
-    stats_remove(r->stats, &listener_section, &r->listener);
+    if (r->listener_sec)
+        stats_remove(r->stats, r->listener_sec, r->listener_obj);
     stats_remove(r->stats, &cert_section, r);
     free(r->id);
     free(r);

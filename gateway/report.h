@@ -19,9 +19,11 @@ void gw_report_free(gw_report_t *r);
 
 /*
  * Sections added after the bridge's, to keep SPEC §9's order: config, log,
- * listener and certificates.
+ * the MQTT listener's (listener_sec over listener_obj, borrowed until the
+ * report is freed) and certificates.
  */
-int gw_report_add_tail(gw_report_t *r);
+int gw_report_add_tail(gw_report_t *r, const stats_section_t *listener_sec,
+                       const void *listener_obj);
 
 /* A reload happened (ok) or was refused; cfg is the configuration running now. */
 void gw_report_reload(gw_report_t *r, const gw_config_t *cfg, bool ok);

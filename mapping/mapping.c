@@ -2,6 +2,7 @@
  * Mapping engine: templates, matching, rendering, policy. See mapping.h.
  */
 #include "mapping.h"
+#include "mapping_int.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -9,35 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum seg_kind { SEG_LIT, SEG_VAR, SEG_MULTI, SEG_IDENTITY };
-
-struct seg {
-    enum seg_kind kind;
-    char *text; /* SEG_LIT: the literal; SEG_VAR/SEG_MULTI: the name; owned */
-    size_t len;
-    int ref; /* VAR/MULTI: index of the same variable in the other template */
-};
-
-struct tmpl {
-    size_t n;
-    struct seg seg[MAP_SEGMENTS_MAX];
-    int identity_at; /* index of the {identity} segment, or -1 */
-};
-
-struct map_entry {
-    char *name, *resource, *topic; /* owned copies of the spec */
-    int direction, qos;
-    bool retain;
-    size_t index;
-    struct tmpl res, top;
-};
-
-struct map_table {
-    char *gateway;   /* owned */
-    map_entry_t **v; /* owned, with their entries */
-    size_t n, cap;
-};
 
 /* Which segments of a path a template segment took: [first, first+count). */
 struct capture {

@@ -79,7 +79,9 @@ static void check_config(const gw_config_t *cfg)
     FUZZ_CHECK(cfg->coap.plain || *cfg->coap.dtls.psk_file || *cfg->coap.dtls.cert);
     FUZZ_CHECK(!*cfg->coap.dtls.cert == !*cfg->coap.dtls.key &&
                !*cfg->mqtt.cert == !*cfg->mqtt.key);
-    FUZZ_CHECK(!cfg->mqtt_listener.enabled);
+    FUZZ_CHECK(!cfg->mqtt_listener.enabled ||
+               (*cfg->mqtt_listener.cert && *cfg->mqtt_listener.key &&
+                (!cfg->mqtt_listener.require_client_cert || *cfg->mqtt_listener.ca)));
     gw_listen_t listen;
     FUZZ_CHECK(!*cfg->metrics.listen || gw_listen_parse(cfg->metrics.listen, &listen, NULL) == 0);
     FUZZ_CHECK(strlen(cfg->gateway.control_socket) < 108);

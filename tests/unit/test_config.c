@@ -171,10 +171,27 @@ Test(config, rules_between_settings)
     expect_error(BASE "gateway = {\n  id = \"a/b\";\n};\n", 3, "gateway.id", "without '/'");
 }
 
-Test(config, features_not_there_yet_are_refused)
+Test(config, mqtt_listener_rules)
 {
-    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n};\n", 3, "mqtt_listener.enabled",
-                 "not supported yet");
+    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n};\n", 3, "mqtt_listener.cert",
+                 "needs mqtt_listener.cert and mqtt_listener.key");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n};\n", 3,
+                 "mqtt_listener.key", "needs mqtt_listener.cert and mqtt_listener.key");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n"
+                      "  key = \"k.pem\";\n};\n",
+                 3, "mqtt_listener.require_client_cert", "needs mqtt_listener.ca");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n  bind = \"any\";\n"
+                      "  cert = \"c.pem\";\n  key = \"k.pem\";\n  ca = \"ca.pem\";\n};\n",
+                 4, "mqtt_listener.bind", "not an IP address");
+    gw_errs_clear(&errs);
+    gw_config_t *cfg = load_text(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n"
+                                      "  key = \"k.pem\";\n  require_client_cert = false;\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    cr_assert(cfg->mqtt_listener.enabled);
+    gw_config_free(cfg);
 }
 
 Test(config, metrics_listen)

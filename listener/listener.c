@@ -1,0 +1,853 @@
+/*
+ * The MQTT device listener (see listener.h): the listening socket, the
+ * device connections' TLS, their identities and limits, their upstream
+ * connections, and one timer for every deadline. What the MQTT packets say is
+ * relay.c's.
+ *
+ * A connection's callbacks never free it while relay.c works on it: closing
+ * marks it (lconn_close), and settle() frees it once the callback is done and
+ * what had to go out has gone.
+ */
+#include "listener.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gnutls/x509.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "listener_int.h"
+#include "log.h"
+#include "tls.h"
+
+/* How long a closing connection may take to send what is queued, ms. */
+#define CLOSE_FLUSH_MS 2000
+/* The timer's period, ms: deadlines are kept to within this. */
+#define TICK_MS 250
+/* Connections accepted per readiness of the listening socket. */
+#define ACCEPT_BATCH 64
+/* Reads per side per callback, so that one busy device does not hold the loop. */
+#define READ_BATCH 16
+/* Bytes read at a time into an input buffer. */
+#define READ_CHUNK 4096
+/* A failed name lookup of the broker is tried again after this, ms. */
+#define RESOLVE_RETRY_MS 5000
+
+struct listener {
+    ev_loop_t *loop;
+    const gw_config_t *cfg; /* borrowed; a reload replaces it */
+    listener_count_fn *count;
+    void *count_arg;
+    int lfd;
+    bool accepting;
+    lcred_t *cred; /* for new handshakes; a reference */
+    int client_cert; /* 0 none asked, 1 asked, 2 required */
+    gnutls_certificate_credentials_t up_cred; /* NULL for mqtt:// */
+    gw_uri_t uri;
+    struct sockaddr_storage up_addr;
+    socklen_t up_addrlen; /* 0: not resolved */
+    uint64_t resolve_after_ms;
+    lconn_t *conns;
+    size_t relayed, handshaking;
+    uint64_t timer;
+    listener_stats_t st;
+};
+
+/* ------------------------------------------------------------------ statistics */
+
+#define FIELD(f, k, h, u)                                                                          \
+    {                                                                                              \
+        .name = #f, .help = h, .kind = STATS_##k, .unit = u, .type = STATS_U64,                   \
+        .offset = offsetof(listener_stats_t, f)                                                    \
+    }
+static const stats_field_t listener_fields[] = {
+    FIELD(connections, GAUGE, "MQTT devices relayed to the broker now", NULL),
+    FIELD(rejected, COUNTER,
+          "MQTT device connections refused: limits, a Will topic not allowed, authentication",
+          NULL),
+    FIELD(denied_publish, COUNTER, "PUBLISH and Will topics refused by the identity policy", NULL),
+    FIELD(denied_subscribe, COUNTER, "SUBSCRIBE filters refused by the identity policy", NULL),
+    FIELD(accepted, COUNTER, "MQTT devices whose CONNECT was accepted and relayed", NULL),
+    FIELD(handshaking, GAUGE, "MQTT device connections before their CONNECT was accepted", NULL),
+    FIELD(bytes_in, COUNTER, "Bytes of MQTT packets from devices", "bytes"),
+    FIELD(bytes_out, COUNTER, "Bytes of MQTT packets to devices", "bytes"),
+    FIELD(handshake_failures, COUNTER,
+          "TLS handshakes of MQTT devices that failed (certificate, identity, protocol)", NULL),
+    FIELD(timeouts, COUNTER, "MQTT device connections dropped for a handshake, CONNECT or "
+                             "keep-alive that ran out", NULL),
+    FIELD(malformed, COUNTER, "MQTT device connections closed for a malformed, too large or "
+                              "out-of-protocol packet", NULL),
+    FIELD(upstream_failures, COUNTER,
+          "Upstream broker connections of MQTT devices that failed or broke", NULL),
+    FIELD(closed_at_reload, COUNTER,
+          "MQTT device connections closed because a reload's mappings no longer allow them", NULL),
+};
+const stats_section_t listener_section = { .json = "mqtt_listener",
+                                           .prom = "mqtt_listener",
+                                           .fields = listener_fields,
+                                           .nfields = sizeof(listener_fields) /
+                                                      sizeof(listener_fields[0]) };
+
+const listener_stats_t *listener_stats(const listener_t *l)
+{
+    return &l->st;
+}
+
+listener_stats_t *listener_stats_mut(listener_t *l)
+{
+    return &l->st;
+}
+
+const gw_config_t *listener_cfg(const listener_t *l)
+{
+    return l->cfg;
+}
+
+size_t listener_max_packet(const listener_t *l)
+{
+    return (size_t)l->cfg->coap.max_payload + LISTENER_PACKET_EXTRA;
+}
+
+bool listener_room(const listener_t *l)
+{
+    return l->relayed < (size_t)l->cfg->mqtt_listener.max_connections;
+}
+
+void listener_count(listener_t *l, const map_entry_t *e, enum listener_count what)
+{
+    if (e && l->count)
+        l->count(l->count_arg, map_entry_index(e), what);
+}
+
+/* ------------------------------------------------------------------ credentials */
+
+static void cred_unref(lcred_t *c)
+{
+    if (c && --c->refs == 0) {
+        gnutls_certificate_free_credentials(c->cred);
+        free(c);
+    }
+}
+
+/*
+ * During the handshake, once the device's certificate is in: it must verify
+ * against mqtt_listener.ca, and its subject CN must be an identity (SPEC §2).
+ * Otherwise the handshake fails with an alert.
+ */
+static int verify_device(gnutls_session_t session)
+{
+    lconn_t *c = gnutls_session_get_ptr(session);
+    unsigned n = 0, status = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_get_peers(session, &n);
+    if (!certs || n == 0)
+        return 0; /* none: refused by GnuTLS when one is required, else anonymous */
+    int rc = gnutls_certificate_verify_peers2(session, &status);
+    if (rc < 0 || status) {
+        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s)",
+                       rc < 0 ? gnutls_strerror(rc) : "does not verify against mqtt_listener.ca");
+        return -1;
+    }
+    char cn[MAP_IDENTITY_MAX * 2];
+    if (tls_der_cn(certs[0].data, certs[0].size, cn, sizeof(cn)) < 0 ||
+        !map_identity_ok(cn, strlen(cn))) {
+        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (its CN is no identity)");
+        return -1;
+    }
+    memcpy(c->identity, cn, strlen(cn) + 1);
+    return 0;
+}
+
+static lcred_t *cred_load(const gw_listener_config_t *lc)
+{
+    lcred_t *c = calloc(1, sizeof(*c));
+    int rc;
+    if (!c || gnutls_certificate_allocate_credentials(&c->cred) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->refs = 1;
+    rc = gnutls_certificate_set_x509_key_file2(c->cred, lc->cert, lc->key, GNUTLS_X509_FMT_PEM,
+                                               NULL, 0);
+    if (rc < 0) {
+        gw_err(TLS, "mqtt_listener: cannot load %s and %s (%s)", lc->cert, lc->key,
+               gnutls_strerror(rc));
+        cred_unref(c);
+        return NULL;
+    }
+    if (*lc->ca) {
+        rc = gnutls_certificate_set_x509_trust_file(c->cred, lc->ca, GNUTLS_X509_FMT_PEM);
+        if (rc <= 0) {
+            gw_err(TLS, "mqtt_listener: cannot load the CA bundle %s (%s)", lc->ca,
+                   rc < 0 ? gnutls_strerror(rc) : "no certificate");
+            cred_unref(c);
+            return NULL;
+        }
+    }
+    gnutls_certificate_set_verify_function(c->cred, verify_device);
+    return c;
+}
+
+static int client_cert_mode(const gw_listener_config_t *lc)
+{
+    return lc->require_client_cert ? 2 : *lc->ca ? 1 : 0;
+}
+
+/* The upstream side's credentials, as bridge/mqtt.c gives them to Paho. */
+static int upstream_cred(listener_t *l, const gw_mqtt_config_t *m)
+{
+    if (!l->uri.tls)
+        return 0;
+    int rc = gnutls_certificate_allocate_credentials(&l->up_cred);
+    if (rc < 0)
+        return -ENOMEM;
+    rc = *m->ca ? gnutls_certificate_set_x509_trust_file(l->up_cred, m->ca, GNUTLS_X509_FMT_PEM)
+                : gnutls_certificate_set_x509_system_trust(l->up_cred);
+    if (rc < 0) {
+        gw_err(TLS, "mqtt_listener: cannot load the broker's CA %s (%s)",
+               *m->ca ? m->ca : "(system store)", gnutls_strerror(rc));
+        return -EINVAL;
+    }
+    if (*m->cert) {
+        rc = gnutls_certificate_set_x509_key_file2(l->up_cred, m->cert, m->key,
+                                                   GNUTLS_X509_FMT_PEM, NULL, 0);
+        if (rc < 0) {
+            gw_err(TLS, "mqtt_listener: cannot load %s and %s (%s)", m->cert, m->key,
+                   gnutls_strerror(rc));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The broker's address (blocks for the lookup: at start, at a reload, after a failure). */
+static int resolve(listener_t *l)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG }, *res;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", l->uri.port);
+    int rc = getaddrinfo(l->uri.host, port, &hints, &res);
+    l->resolve_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
+    if (rc != 0) {
+        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
+                       gai_strerror(rc));
+        return -EHOSTUNREACH;
+    }
+    memcpy(&l->up_addr, res->ai_addr, res->ai_addrlen);
+    l->up_addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ connections */
+
+static void on_dev(ev_loop_t *loop, int fd, unsigned mask, void *data);
+static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data);
+
+static void close_upstream(lconn_t *c)
+{
+    if (c->up_fd >= 0) {
+        ev_del_file(c->l->loop, c->up_fd);
+        close(c->up_fd);
+        c->up_fd = -1;
+    }
+    tls_stream_free(c->up);
+    c->up = NULL;
+    c->up_state = UP_CLOSED;
+}
+
+static void destroy(lconn_t *c)
+{
+    listener_t *l = c->l;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->relayed) {
+        l->relayed--;
+        l->st.connections = l->relayed;
+    } else {
+        l->handshaking--;
+        l->st.handshaking = l->handshaking;
+    }
+    close_upstream(c);
+    ev_del_file(l->loop, c->fd);
+    tls_stream_free(c->dev);
+    close(c->fd);
+    relay_free(c->r);
+    cred_unref(c->cred);
+    free(c->din.p);
+    free(c->uin.p);
+    free(c);
+}
+
+void lconn_close(lconn_t *c, bool flush, bool up_flush)
+{
+    if (c->state == LC_CLOSING) {
+        if (!flush)
+            c->dead = true;
+        return;
+    }
+    c->state = LC_CLOSING;
+    c->deadline_ms = gw_now_ms() + CLOSE_FLUSH_MS;
+    if (!up_flush || c->up_state != UP_OPEN)
+        close_upstream(c);
+    c->up_closing = true;
+    if (!flush)
+        c->dead = true;
+}
+
+void lconn_relayed(lconn_t *c)
+{
+    listener_t *l = c->l;
+    c->relayed = true;
+    l->handshaking--;
+    l->relayed++;
+    l->st.handshaking = l->handshaking;
+    l->st.connections = l->relayed;
+    l->st.accepted++;
+}
+
+int lconn_send_dev(lconn_t *c, const void *buf, size_t len)
+{
+    c->l->st.bytes_out += len;
+    int rc = tls_stream_write(c->dev, buf, len);
+    if (rc < 0)
+        lconn_close(c, false, false);
+    return rc;
+}
+
+int lconn_send_up(lconn_t *c, const void *buf, size_t len)
+{
+    if (!c->up)
+        return -EPIPE;
+    int rc = tls_stream_write(c->up, buf, len);
+    if (rc < 0) {
+        c->l->st.upstream_failures++;
+        lconn_close(c, true, false);
+    }
+    return rc;
+}
+
+int lconn_open_upstream(lconn_t *c)
+{
+    listener_t *l = c->l;
+    c->state = LC_UPSTREAM;
+    c->deadline_ms = gw_now_ms() + LISTENER_UPSTREAM_TIMEOUT_MS;
+    if (!l->up_addrlen && (gw_now_ms() < l->resolve_after_ms || resolve(l) < 0))
+        return -EHOSTUNREACH;
+    int fd = socket(l->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (struct sockaddr *)&l->up_addr, l->up_addrlen) < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        close(fd);
+        l->up_addrlen = 0; /* looked up again next time */
+        return -err;
+    }
+    c->up = tls_stream_client(fd, l->up_cred, l->uri.host, l->cfg->mqtt.verify_hostname);
+    if (!c->up || ev_add_file(l->loop, fd, EV_WRITABLE, on_up, c) < 0) {
+        tls_stream_free(c->up);
+        c->up = NULL;
+        close(fd);
+        return -ENOMEM;
+    }
+    c->up_fd = fd;
+    c->up_state = UP_CONNECTING;
+    c->up_mask = EV_WRITABLE;
+    return 0;
+}
+
+/* Grows b for one more read; false when out of memory. */
+static bool reserve(lbuf_t *b)
+{
+    if (b->cap - b->len >= READ_CHUNK)
+        return true;
+    size_t cap = b->cap ? b->cap * 2 : READ_CHUNK;
+    while (cap - b->len < READ_CHUNK)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        return false;
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static bool dev_may_read(const lconn_t *c)
+{
+    return (c->state == LC_CONNECT || c->state == LC_RELAY) &&
+           tls_stream_buffered(c->dev) <= LISTENER_HIGH_WATER &&
+           (!c->up || tls_stream_buffered(c->up) <= LISTENER_HIGH_WATER) &&
+           c->din.len < listener_max_packet(c->l) + READ_CHUNK;
+}
+
+static bool up_may_read(const lconn_t *c)
+{
+    return c->up_state == UP_OPEN && c->state != LC_CLOSING &&
+           tls_stream_buffered(c->dev) <= LISTENER_HIGH_WATER &&
+           c->uin.len < listener_max_packet(c->l) + READ_CHUNK;
+}
+
+/* Reads the device while it may; hands each read to relay.c. <0 when c is closing. */
+static int read_dev(lconn_t *c)
+{
+    for (int k = 0; k < READ_BATCH && dev_may_read(c); k++) {
+        if (!reserve(&c->din)) {
+            lconn_close(c, false, false);
+            return -1;
+        }
+        ssize_t n = tls_stream_read(c->dev, c->din.p + c->din.len, c->din.cap - c->din.len);
+        if (n == -EAGAIN)
+            break;
+        if (n <= 0) {
+            /* Gone without DISCONNECT: the upstream goes at once, so the broker sends the Will. */
+            gw_log_limited(GW_LOG_DEBUG, MQTT, "device %s: connection closed (%s)",
+                           c->anonymous ? "(anonymous)" : c->identity,
+                           n == 0 ? "by the device" : tls_stream_error(c->dev));
+            lconn_close(c, false, false);
+            return -1;
+        }
+        c->din.len += (size_t)n;
+        if (relay_device_input(c) < 0)
+            return -1;
+    }
+    if (c->din.len == 0 && c->din.p) {
+        free(c->din.p);
+        c->din.p = NULL;
+        c->din.cap = 0;
+    }
+    return 0;
+}
+
+static int read_up(lconn_t *c)
+{
+    for (int k = 0; k < READ_BATCH && up_may_read(c); k++) {
+        if (!reserve(&c->uin)) {
+            lconn_close(c, false, false);
+            return -1;
+        }
+        ssize_t n = tls_stream_read(c->up, c->uin.p + c->uin.len, c->uin.cap - c->uin.len);
+        if (n == -EAGAIN)
+            break;
+        if (n <= 0) {
+            gw_log_limited(GW_LOG_INFO, MQTT, "broker closed the connection of device %s (%s)",
+                           c->anonymous ? "(anonymous)" : c->identity,
+                           n == 0 ? "end of stream" : tls_stream_error(c->up));
+            lconn_close(c, true, false);
+            return -1;
+        }
+        c->uin.len += (size_t)n;
+        if (relay_upstream_input(c) < 0)
+            return -1;
+    }
+    if (c->uin.len == 0 && c->uin.p) {
+        free(c->uin.p);
+        c->uin.p = NULL;
+        c->uin.cap = 0;
+    }
+    return 0;
+}
+
+/* Sends what is queued both ways; a broken side closes the connection. */
+static void flush_both(lconn_t *c)
+{
+    int rc = tls_stream_flush(c->dev);
+    if (rc < 0 && rc != -EAGAIN) {
+        lconn_close(c, false, false);
+        return;
+    }
+    if (c->up && c->up_state == UP_OPEN) {
+        rc = tls_stream_flush(c->up);
+        if (rc < 0 && rc != -EAGAIN) {
+            c->l->st.upstream_failures++;
+            lconn_close(c, true, false);
+        }
+    }
+}
+
+/*
+ * After a callback: what waited for room goes on (input already read, bytes
+ * GnuTLS holds), the masks follow, and a finished connection is freed.
+ */
+static void settle(lconn_t *c)
+{
+    listener_t *l = c->l;
+    for (int round = 0; round < 4 && !c->dead && c->state != LC_CLOSING; round++) {
+        size_t before = c->din.len + c->uin.len + tls_stream_buffered(c->dev) +
+                        (c->up ? tls_stream_buffered(c->up) : 0);
+        if ((c->din.len && relay_device_input(c) < 0) ||
+            (c->uin.len && relay_upstream_input(c) < 0))
+            break;
+        bool more = (dev_may_read(c) && tls_stream_pending(c->dev)) ||
+                    (up_may_read(c) && tls_stream_pending(c->up));
+        if (more && (read_dev(c) < 0 || (c->up && read_up(c) < 0)))
+            break;
+        flush_both(c);
+        size_t after = c->din.len + c->uin.len + tls_stream_buffered(c->dev) +
+                       (c->up ? tls_stream_buffered(c->up) : 0);
+        if (!more && after == before)
+            break;
+    }
+    if (c->state == LC_CLOSING && !c->dead) {
+        flush_both(c);
+        if (c->up && (c->up_state != UP_OPEN || tls_stream_buffered(c->up) == 0)) {
+            tls_stream_bye(c->up);
+            close_upstream(c);
+        }
+        if (tls_stream_buffered(c->dev) == 0 && !c->up) {
+            tls_stream_bye(c->dev);
+            c->dead = true;
+        }
+    }
+    if (c->dead) {
+        destroy(c);
+        return;
+    }
+    unsigned dm = tls_stream_want(c->dev);
+    if (c->state != LC_HANDSHAKE) {
+        dm = dm & EV_WRITABLE;
+        if (tls_stream_buffered(c->dev))
+            dm |= EV_WRITABLE;
+        if (dev_may_read(c))
+            dm |= EV_READABLE;
+    }
+    if (dm != c->dev_mask && ev_set_mask(l->loop, c->fd, dm) == 0)
+        c->dev_mask = dm;
+    if (c->up) {
+        unsigned um = c->up_state == UP_CONNECTING ? EV_WRITABLE : tls_stream_want(c->up);
+        if (c->up_state == UP_OPEN) {
+            um &= EV_WRITABLE;
+            if (tls_stream_buffered(c->up))
+                um |= EV_WRITABLE;
+            if (up_may_read(c))
+                um |= EV_READABLE;
+        }
+        if (um != c->up_mask && ev_set_mask(l->loop, c->up_fd, um) == 0)
+            c->up_mask = um;
+    }
+}
+
+/* The device's handshake is done: its identity, or anonymous. false when refused. */
+static bool identify(lconn_t *c)
+{
+    gnutls_session_t s = tls_stream_session(c->dev);
+    unsigned n = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_get_peers(s, &n);
+    if (!certs || n == 0) {
+        if (c->l->client_cert == 2)
+            return false;
+        c->anonymous = true;
+        c->identity[0] = '\0';
+        return true;
+    }
+    /* verify_device() checked the certificate and wrote its CN during the handshake. */
+    return c->identity[0] != '\0';
+}
+
+static void on_dev(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    lconn_t *c = data;
+    (void)loop, (void)fd;
+    if (c->state == LC_HANDSHAKE) {
+        int rc = tls_stream_handshake(c->dev);
+        if (rc == -EAGAIN) {
+            settle(c);
+            return;
+        }
+        if (rc < 0 || !identify(c)) {
+            c->l->st.handshake_failures++;
+            gw_log_limited(GW_LOG_INFO, TLS, "MQTT device handshake failed (%s)",
+                           rc < 0 ? tls_stream_error(c->dev) : "no valid client certificate");
+            c->dead = true;
+            settle(c);
+            return;
+        }
+        gw_log_limited(GW_LOG_DEBUG, MQTT, "device %s: TLS handshake done",
+                       c->anonymous ? "(anonymous)" : c->identity);
+        c->state = LC_CONNECT;
+        mask |= EV_READABLE;
+    }
+    if ((mask & EV_WRITABLE) || tls_stream_buffered(c->dev))
+        flush_both(c);
+    if (!c->dead && (mask & EV_READABLE))
+        read_dev(c);
+    settle(c);
+}
+
+static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    lconn_t *c = data;
+    (void)loop;
+    if (c->up_state == UP_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err) {
+            gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot connect to %s:%d (%s)",
+                           c->l->uri.host, c->l->uri.port, strerror(err));
+            c->l->up_addrlen = 0;
+            close_upstream(c);
+            relay_upstream_failed(c);
+            settle(c);
+            return;
+        }
+        c->up_state = UP_HANDSHAKE;
+    }
+    if (c->up_state == UP_HANDSHAKE) {
+        int rc = tls_stream_handshake(c->up);
+        if (rc == -EAGAIN) {
+            settle(c);
+            return;
+        }
+        if (rc < 0) {
+            gw_log_limited(GW_LOG_WARNING, TLS, "mqtt_listener: TLS to the broker failed (%s)",
+                           tls_stream_error(c->up));
+            close_upstream(c);
+            relay_upstream_failed(c);
+            settle(c);
+            return;
+        }
+        c->up_state = UP_OPEN;
+        mask |= EV_WRITABLE | EV_READABLE;
+    }
+    if (mask & EV_WRITABLE)
+        flush_both(c);
+    if (!c->dead && c->up && (mask & EV_READABLE))
+        read_up(c);
+    settle(c);
+}
+
+static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
+{
+    listener_t *l = data;
+    (void)mask;
+    for (int k = 0; k < ACCEPT_BATCH; k++) {
+        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0)
+            return;
+        if (!l->accepting || l->handshaking >= (size_t)l->cfg->mqtt_listener.max_connections +
+                                                    LISTENER_HANDSHAKE_EXTRA) {
+            l->st.rejected++;
+            gw_log_limited(GW_LOG_WARNING, MQTT,
+                           "mqtt_listener: too many connections in their handshake; one closed");
+            close(cfd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        lconn_t *c = calloc(1, sizeof(*c));
+        if (c)
+            c->dev = tls_stream_server(cfd, l->cred->cred, l->client_cert);
+        if (!c || !c->dev || ev_add_file(loop, cfd, EV_READABLE, on_dev, c) < 0) {
+            if (c)
+                tls_stream_free(c->dev);
+            free(c);
+            close(cfd);
+            continue;
+        }
+        gnutls_session_set_ptr(tls_stream_session(c->dev), c);
+        c->l = l;
+        c->fd = cfd;
+        c->up_fd = -1;
+        c->dev_mask = EV_READABLE;
+        c->cred = l->cred;
+        l->cred->refs++;
+        c->state = LC_HANDSHAKE;
+        c->deadline_ms = gw_now_ms() + LISTENER_CONNECT_TIMEOUT_MS;
+        c->next = l->conns;
+        if (l->conns)
+            l->conns->prev = c;
+        l->conns = c;
+        l->handshaking++;
+        l->st.handshaking = l->handshaking;
+    }
+}
+
+/* Deadlines: handshake and CONNECT, the upstream connection, keep-alive, closing. */
+static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
+{
+    listener_t *l = data;
+    uint64_t now = gw_now_ms();
+    (void)loop, (void)id;
+    for (lconn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == LC_RELAY) {
+            if (c->keepalive_ms && now - c->last_rx_ms > c->keepalive_ms) {
+                l->st.timeouts++;
+                gw_log_limited(GW_LOG_INFO, MQTT, "device %s: silent past its keep-alive; closed",
+                               c->anonymous ? "(anonymous)" : c->identity);
+                lconn_close(c, false, false);
+                settle(c);
+            }
+            continue;
+        }
+        if (!c->deadline_ms || now < c->deadline_ms)
+            continue;
+        if (c->state == LC_UPSTREAM) {
+            /* The device gets its CONNACK (0x88, 3.1.1: 0x03) while the connection closes. */
+            close_upstream(c);
+            relay_upstream_failed(c);
+        } else {
+            if (c->state != LC_CLOSING) {
+                l->st.timeouts++;
+                gw_log_limited(GW_LOG_INFO, MQTT, "MQTT device: no %s within %d s; closed",
+                               c->state == LC_HANDSHAKE ? "TLS handshake" : "CONNECT",
+                               LISTENER_CONNECT_TIMEOUT_MS / 1000);
+            }
+            c->dead = true;
+        }
+        settle(c);
+    }
+    return TICK_MS;
+}
+
+/* ------------------------------------------------------------------ life cycle */
+
+static int bind_socket(const gw_listener_config_t *lc)
+{
+    struct sockaddr_storage ss = { 0 };
+    socklen_t len;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    if (inet_pton(AF_INET6, lc->bind, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)lc->port);
+        len = sizeof(*s6);
+    } else if (inet_pton(AF_INET, lc->bind, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)lc->port);
+        len = sizeof(*s4);
+    } else {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* "::" takes IPv4 too, as the CoAP side does. */
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 512) < 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count_fn *count,
+                         void *arg)
+{
+    const gw_listener_config_t *lc = &cfg->mqtt_listener;
+    listener_t *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->loop = loop;
+    l->cfg = cfg;
+    l->count = count;
+    l->count_arg = arg;
+    l->lfd = -1;
+    if (gw_uri_parse(cfg->mqtt.uri, &l->uri) < 0 || upstream_cred(l, &cfg->mqtt) < 0 ||
+        !(l->cred = cred_load(lc))) {
+        listener_free(l);
+        return NULL;
+    }
+    l->client_cert = client_cert_mode(lc);
+    resolve(l); /* a failure is tried again at the first device */
+    l->lfd = bind_socket(lc);
+    if (l->lfd < 0) {
+        gw_err(MQTT, "cannot bind the MQTT listener to [%s]:%d (%s)", lc->bind, lc->port,
+               strerror(errno));
+        listener_free(l);
+        return NULL;
+    }
+    if (ev_add_file(loop, l->lfd, EV_READABLE, on_accept, l) < 0 ||
+        !(l->timer = ev_add_timer(loop, TICK_MS, on_tick, l))) {
+        gw_err(MQTT, "cannot register the MQTT listener (out of memory)");
+        listener_free(l);
+        return NULL;
+    }
+    l->accepting = true;
+    gw_info(MQTT, "listening for MQTT devices over TLS on [%s]:%d (%s)", lc->bind, lc->port,
+            lc->require_client_cert ? "client certificate required" : "anonymous devices allowed");
+    return l;
+}
+
+void listener_shutdown(listener_t *l)
+{
+    if (!l)
+        return;
+    l->accepting = false;
+    if (l->lfd >= 0) {
+        ev_del_file(l->loop, l->lfd);
+        close(l->lfd);
+        l->lfd = -1;
+    }
+    while (l->conns)
+        destroy(l->conns);
+}
+
+void listener_free(listener_t *l)
+{
+    if (!l)
+        return;
+    while (l->conns)
+        destroy(l->conns);
+    if (l->lfd >= 0) {
+        ev_del_file(l->loop, l->lfd);
+        close(l->lfd);
+    }
+    if (l->timer)
+        ev_del_timer(l->loop, l->timer);
+    cred_unref(l->cred);
+    if (l->up_cred)
+        gnutls_certificate_free_credentials(l->up_cred);
+    free(l);
+}
+
+int listener_reload(listener_t *l, const gw_config_t *next)
+{
+    lcred_t *cred = cred_load(&next->mqtt_listener);
+    if (!cred) {
+        gw_err(MQTT, "reload: the MQTT listener keeps its running certificate, key and CA");
+        return -EINVAL;
+    }
+    cred_unref(l->cred);
+    l->cred = cred;
+    l->client_cert = client_cert_mode(&next->mqtt_listener);
+    l->cfg = next;
+    l->up_addrlen = 0;
+    l->resolve_after_ms = 0;
+    resolve(l);
+    size_t closed = 0;
+    for (lconn_t *c = l->conns, *nx; c; c = nx) {
+        nx = c->next;
+        if (c->state == LC_CLOSING || relay_allowed(c, next->maps))
+            continue;
+        l->st.closed_at_reload++;
+        closed++;
+        gw_info(MQTT, "device %s: its subscriptions or Will are no longer allowed; closed",
+                c->anonymous ? "(anonymous)" : c->identity);
+        lconn_close(c, false, false);
+        settle(c);
+    }
+    if (closed)
+        gw_info(MQTT, "reload closed %zu MQTT device connection%s", closed, closed == 1 ? "" : "s");
+    return 0;
+}
