@@ -481,9 +481,8 @@ static int dec_publish(rd_t *r, int version, uint8_t flags, mqtt_publish_t *p)
     }
     if (version == MQTT_V5 && (rc = rd_props(r, MQTT_PUBLISH, &p->props)) < 0)
         return rc;
-    if (p->topic.len == 0
-            ? version != MQTT_V5 || !mqtt_prop_find(&p->props, MQTT_PROP_TOPIC_ALIAS)
-            : !topic_name_ok(&p->topic))
+    if (p->topic.len == 0 ? version != MQTT_V5 || !mqtt_prop_find(&p->props, MQTT_PROP_TOPIC_ALIAS)
+                          : !topic_name_ok(&p->topic))
         return -EPROTO;
     p->payload.p = r->p + r->pos;
     p->payload.len = rd_left(r);
@@ -814,9 +813,8 @@ static int enc_publish(wr_t *w, int version, const mqtt_publish_t *p)
 {
     if (p->qos > 2 || (p->qos > 0 && p->id == 0) || (version == MQTT_V5 && p->dup && !p->qos))
         return -EINVAL;
-    if (p->topic.len == 0
-            ? version != MQTT_V5 || !mqtt_prop_find(&p->props, MQTT_PROP_TOPIC_ALIAS)
-            : !topic_name_ok(&p->topic))
+    if (p->topic.len == 0 ? version != MQTT_V5 || !mqtt_prop_find(&p->props, MQTT_PROP_TOPIC_ALIAS)
+                          : !topic_name_ok(&p->topic))
         return -EINVAL;
     if (wr_bin(w, &p->topic) < 0)
         return -EINVAL;
@@ -1018,13 +1016,13 @@ int mqtt_prop_set_data(mqtt_props_t *props, uint8_t id, const void *data, size_t
 const char *mqtt_type_name(int type)
 {
     static const char *const names[] = {
-        [MQTT_CONNECT] = "CONNECT",         [MQTT_CONNACK] = "CONNACK",
-        [MQTT_PUBLISH] = "PUBLISH",         [MQTT_PUBACK] = "PUBACK",
-        [MQTT_PUBREC] = "PUBREC",           [MQTT_PUBREL] = "PUBREL",
-        [MQTT_PUBCOMP] = "PUBCOMP",         [MQTT_SUBSCRIBE] = "SUBSCRIBE",
-        [MQTT_SUBACK] = "SUBACK",           [MQTT_UNSUBSCRIBE] = "UNSUBSCRIBE",
-        [MQTT_UNSUBACK] = "UNSUBACK",       [MQTT_PINGREQ] = "PINGREQ",
-        [MQTT_PINGRESP] = "PINGRESP",       [MQTT_DISCONNECT] = "DISCONNECT",
+        [MQTT_CONNECT] = "CONNECT",   [MQTT_CONNACK] = "CONNACK",
+        [MQTT_PUBLISH] = "PUBLISH",   [MQTT_PUBACK] = "PUBACK",
+        [MQTT_PUBREC] = "PUBREC",     [MQTT_PUBREL] = "PUBREL",
+        [MQTT_PUBCOMP] = "PUBCOMP",   [MQTT_SUBSCRIBE] = "SUBSCRIBE",
+        [MQTT_SUBACK] = "SUBACK",     [MQTT_UNSUBSCRIBE] = "UNSUBSCRIBE",
+        [MQTT_UNSUBACK] = "UNSUBACK", [MQTT_PINGREQ] = "PINGREQ",
+        [MQTT_PINGRESP] = "PINGRESP", [MQTT_DISCONNECT] = "DISCONNECT",
         [MQTT_AUTH] = "AUTH",
     };
     if (type < MQTT_CONNECT || type > MQTT_AUTH)
