@@ -393,7 +393,7 @@ def shared_and_response_topic():
     acked(dev.publish(TEL % "bike-1", "resp-own", props=[(PROP_RESPONSE_TOPIC, TEL % "bike-1")]),
           0, "Response Topic on the own telemetry")
     msgs = s.sync(dev)
-    never_arrived(msgs, [b"resp-forged", b"resp-wild"])
+    never_arrived(msgs, [b"resp-forged", b"resp-wild"], topic_part=None)
     check(any(m["payload"] == b"resp-own" for m in msgs), "the allowed one did not arrive")
 
 
@@ -535,12 +535,15 @@ def broker_restart_keeps_session(version):
         s.broker.stop()
         wait_until(lambda: state["disconnects"] >= 1, "the device's connection to be closed")
         s.broker.start()
-        wait_until(lambda: len(state["connects"]) >= 2, "Paho to reconnect", timeout=3 * WAIT)
+        # While the broker is away the gateway may refuse the device's CONNECT
+        # (CONNACK "server unavailable"); Paho tries again.
+        wait_until(lambda: [x for x in state["connects"][1:] if x[1] == 0], "Paho to reconnect",
+                   timeout=3 * WAIT)
         prod.join(WAIT)
         wait_until(lambda: len(mids) == n and set(mids) <= state["acked"],
                    "every publish acknowledged", timeout=3 * WAIT)
-        again = state["connects"][1]
-        check(again[1] == 0 and again[0], "the reconnect did not find its session: %r" %
+        again = [x for x in state["connects"][1:] if x[1] == 0][0]
+        check(again[0], "the reconnect did not find its session: %r" %
               state["connects"])
         sub = s.sub.reconnected()
         want = {b"m%03d" % i for i in range(n)}
@@ -598,7 +601,7 @@ def anonymous_devices():
     acked(anon.publish("redback/p1/public/hello", "anon-public"), 0, "anonymous on public")
     acked(anon.publish(TEL % "bike-1", "anon-forged"), DENIED, "anonymous on bike-1's telemetry")
     codes = anon.subscribe(["redback/p1/news/+", CMD % "bike-1", "redback/p1/bikes/+/commands"])
-    check(codes == [0, DENIED, DENIED], "anonymous SUBACK codes %r" % codes)
+    check(codes[0] < 0x80 and codes[1:] == [DENIED, DENIED], "anonymous SUBACK codes %r" % codes)
     anon4 = s.device(None, 4, client_id="anon-2")
     acked(anon4.publish("redback/p1/public/hello", "anon-311"), 0, "anonymous 3.1.1 on public")
     s.broker.publish("redback/p1/news/today", "news", "-q", "1")
@@ -628,7 +631,7 @@ def client_ids_cannot_take_over():
 def max_connections_enforced():
     s = Setup(listener="max_connections = 2;", sub=False)
     d1 = s.device("bike-1", 5)
-    s.device("bike-2", 4)
+    d2 = s.device("bike-2", 4)
     before = s.stats()["mqtt_listener"]["rejected"]
     for version, code in ((5, 0x89), (4, 0x03)):
         dev = MqttDevice(s.g, s.bike["bike-1"], version=version)
@@ -637,6 +640,7 @@ def max_connections_enforced():
               "MQTT %d over max_connections: %r" % (version, ack))
         dev.closed()
     check(s.stats()["mqtt_listener"]["rejected"] - before >= 2, "refusals not counted")
+    check(d2.ping(), "a device within the bound lost its connection")
     d1.send(mqtt_disconnect(5))
     d1.closed()
 
@@ -690,7 +694,7 @@ def reload_closes_disallowed_subscriptions():
     check(sub2.subscribe([STATE % "bike-2"]) == [1], "state")
     pub = s.device("bike-2", 4)
     text = open(s.g.conf).read()
-    cut = re.search(r'\s*\{ name = "commands";[^}]*\},', text)
+    cut = re.search(r'\n\s*\{ name = "commands";[^\n]*\n[^\n]*\},', text)
     check(cut, "commands mapping in the configuration")
     open(s.g.conf, "w").write(text.replace(cut.group(0), ""))
     s.g.proc.send_signal(signal.SIGHUP)
