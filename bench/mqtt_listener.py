@@ -40,13 +40,16 @@ def private_dirty_kib(pid):
 def publish_all(port, pki, certs):
     """Every device publishes MESSAGES QoS 1 messages at once; messages/s."""
     procs = []
+    lines = os.path.join(pki.dir, "lines.txt")
+    with open(lines, "w") as f:
+        f.write((PAYLOAD + "\n") * MESSAGES)
     start = time.monotonic()
     for name, cert in certs.items():
         procs.append(spawn(["mosquitto_pub", "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(port),
                             "--cafile", pki.ca, "--cert", cert[0], "--key", cert[1], "-i",
                             "bench-" + secrets.token_hex(3), "-q", "1", "-t",
-                            "redback/p1/bikes/%s/telemetry" % name, "-m", PAYLOAD, "--repeat",
-                            str(MESSAGES)], stdout=subprocess.DEVNULL,
+                            "redback/p1/bikes/%s/telemetry" % name, "-l"],
+                           stdin=open(lines), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL))
     for p in procs:
         check(p.wait(600) == 0, "a mosquitto_pub failed")
@@ -80,7 +83,7 @@ def main():
     broker = Broker(d, pki, require_certificate=True,
                     extra="use_identity_as_username true\nmax_inflight_messages 0\n").start()
     cert, key = broker.client_cert
-    g = Gateway(d, broker, pki, mappings=MAPPINGS, log_level="warning",
+    g = Gateway(d, broker, pki, mappings=MAPPINGS, log_level="info",
                 mqtt='cert = "%s"; key = "%s";' % (cert, key),
                 mqtt_listener="max_connections = %d;" % (DEVICES + 10)).start()
 
