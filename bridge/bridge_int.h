@@ -40,8 +40,8 @@ struct up_stats {
 
 /* One mapping's counters in the up direction (up.c; the down direction has its own). */
 struct up_map_stats {
-    uint64_t up;      /* requests answered with success */
-    uint64_t refused; /* requests refused, by the mapping's rules or the broker */
+    uint64_t up;        /* requests answered with success */
+    uint64_t refused;   /* requests refused, by the mapping's rules or the broker */
     uint64_t mqtt_down; /* messages delivered to MQTT devices (bridge_count_mqtt) */
 };
 

@@ -187,13 +187,13 @@ struct proc {
     coap_context_t *ctx;
     dtls_gate_t *gate; /* NULL without DTLS */
     bridge_t *b;
-    listener_t *listener;  /* NULL when mqtt_listener.enabled is false */
+    listener_t *listener;         /* NULL when mqtt_listener.enabled is false */
     listener_stats_t no_listener; /* the zeros shown then */
-    stats_t *stats;        /* every module's statistics */
-    gw_report_t *report;   /* the process's own */
-    gw_control_t *control; /* NULL when gateway.control_socket is "" */
-    gw_metrics_t *metrics; /* NULL when metrics.listen is "" */
-    gw_config_t **cfgp;    /* the running configuration; a reload replaces it */
+    stats_t *stats;               /* every module's statistics */
+    gw_report_t *report;          /* the process's own */
+    gw_control_t *control;        /* NULL when gateway.control_socket is "" */
+    gw_metrics_t *metrics;        /* NULL when metrics.listen is "" */
+    gw_config_t **cfgp;           /* the running configuration; a reload replaces it */
     dtls_psk_store_t **pskp;
     int coap_fd, sfd;
     bool stopping, at_once; /* a graceful stop was asked; a second signal: stop at once */
@@ -440,8 +440,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
     }
-    if (cfg->mqtt_listener.enabled &&
-        !(p.listener = listener_new(p.loop, cfg, count_mqtt, p.b)))
+    if (cfg->mqtt_listener.enabled && !(p.listener = listener_new(p.loop, cfg, count_mqtt, p.b)))
         goto out;
     if (register_entries(&p, &mask) < 0) {
         gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));

@@ -169,7 +169,8 @@ gw_report_t *gw_report_new(stats_t *stats, const gw_config_t *cfg)
     return r;
 }
 
-int gw_report_add_tail(gw_report_t *r, const stats_section_t *listener_sec, const void *listener_obj)
+int gw_report_add_tail(gw_report_t *r, const stats_section_t *listener_sec,
+                       const void *listener_obj)
 {
     r->listener_sec = listener_sec;
     r->listener_obj = listener_obj;

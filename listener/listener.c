@@ -48,8 +48,8 @@ struct listener {
     void *count_arg;
     int lfd;
     bool accepting;
-    lcred_t *cred; /* for new handshakes; a reference */
-    int client_cert; /* 0 none asked, 1 asked, 2 required */
+    lcred_t *cred;                            /* for new handshakes; a reference */
+    int client_cert;                          /* 0 none asked, 1 asked, 2 required */
     gnutls_certificate_credentials_t up_cred; /* NULL for mqtt:// */
     gw_uri_t uri;
     struct sockaddr_storage up_addr;
@@ -65,7 +65,7 @@ struct listener {
 
 #define FIELD(f, k, h, u)                                                                          \
     {                                                                                              \
-        .name = #f, .help = h, .kind = STATS_##k, .unit = u, .type = STATS_U64,                   \
+        .name = #f, .help = h, .kind = STATS_##k, .unit = u, .type = STATS_U64,                    \
         .offset = offsetof(listener_stats_t, f)                                                    \
     }
 static const stats_field_t listener_fields[] = {
@@ -81,10 +81,14 @@ static const stats_field_t listener_fields[] = {
     FIELD(bytes_out, COUNTER, "Bytes of MQTT packets to devices", "bytes"),
     FIELD(handshake_failures, COUNTER,
           "TLS handshakes of MQTT devices that failed (certificate, identity, protocol)", NULL),
-    FIELD(timeouts, COUNTER, "MQTT device connections dropped for a handshake, CONNECT or "
-                             "keep-alive that ran out", NULL),
-    FIELD(malformed, COUNTER, "MQTT device connections closed for a malformed, too large or "
-                              "out-of-protocol packet", NULL),
+    FIELD(timeouts, COUNTER,
+          "MQTT device connections dropped for a handshake, CONNECT or "
+          "keep-alive that ran out",
+          NULL),
+    FIELD(malformed, COUNTER,
+          "MQTT device connections closed for a malformed, too large or "
+          "out-of-protocol packet",
+          NULL),
     FIELD(upstream_failures, COUNTER,
           "Upstream broker connections of MQTT devices that failed or broke", NULL),
     FIELD(closed_at_reload, COUNTER,
@@ -216,8 +220,8 @@ static int upstream_cred(listener_t *l, const gw_mqtt_config_t *m)
         return -EINVAL;
     }
     if (*m->cert) {
-        rc = gnutls_certificate_set_x509_key_file2(l->up_cred, m->cert, m->key,
-                                                   GNUTLS_X509_FMT_PEM, NULL, 0);
+        rc = gnutls_certificate_set_x509_key_file2(l->up_cred, m->cert, m->key, GNUTLS_X509_FMT_PEM,
+                                                   NULL, 0);
         if (rc < 0) {
             gw_err(TLS, "mqtt_listener: cannot load %s and %s (%s)", m->cert, m->key,
                    gnutls_strerror(rc));
@@ -331,7 +335,10 @@ int lconn_send_up(lconn_t *c, const void *buf, size_t len)
     if (!c->up)
         return -EPIPE;
     int rc = tls_stream_write(c->up, buf, len);
-    if (rc < 0) {
+    if (rc < 0 && c->state == LC_UPSTREAM) {
+        close_upstream(c);
+        relay_upstream_failed(c);
+    } else if (rc < 0) {
         c->l->st.upstream_failures++;
         lconn_close(c, true, false);
     }
@@ -639,7 +646,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
         if (cfd < 0)
             return;
         if (!l->accepting || l->handshaking >= (size_t)l->cfg->mqtt_listener.max_connections +
-                                                    LISTENER_HANDSHAKE_EXTRA) {
+                                                   LISTENER_HANDSHAKE_EXTRA) {
             l->st.rejected++;
             gw_log_limited(GW_LOG_WARNING, MQTT,
                            "mqtt_listener: too many connections in their handshake; one closed");

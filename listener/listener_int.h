@@ -51,8 +51,8 @@ typedef struct lconn {
     lbuf_t din;
     char identity[MAP_IDENTITY_MAX + 1];
     bool anonymous;
-    uint64_t deadline_ms; /* of the current state; 0 for none */
-    uint64_t last_rx_ms;  /* last packet from the device */
+    uint64_t deadline_ms;  /* of the current state; 0 for none */
+    uint64_t last_rx_ms;   /* last packet from the device */
     uint64_t keepalive_ms; /* 1.5 x the keep-alive; 0 for none */
 
     int up_fd;

@@ -29,10 +29,10 @@ struct alias {
 struct subpend {
     bool used;
     uint16_t id;
-    size_t n;                           /* filters the device asked for */
-    uint8_t code[MQTT_FILTERS_MAX];     /* the refused ones' reason codes */
-    bool refused[MQTT_FILTERS_MAX];     /* refused by the gateway */
-    char *filter[MQTT_FILTERS_MAX];     /* the relayed ones, owned, in order */
+    size_t n;                       /* filters the device asked for */
+    uint8_t code[MQTT_FILTERS_MAX]; /* the refused ones' reason codes */
+    bool refused[MQTT_FILTERS_MAX]; /* refused by the gateway */
+    char *filter[MQTT_FILTERS_MAX]; /* the relayed ones, owned, in order */
     size_t nfwd;
 };
 
@@ -92,8 +92,9 @@ static int send_packet(lconn_t *c, bool to_dev, const mqtt_packet_t *p, int vers
     if (!big)
         return -ENOMEM;
     ssize_t m = mqtt_encode(p, version, big, (size_t)n);
-    int rc = m == n ? (to_dev ? lconn_send_dev(c, big, (size_t)n) : lconn_send_up(c, big, (size_t)n))
-                    : -EINVAL;
+    int rc = m == n
+                 ? (to_dev ? lconn_send_dev(c, big, (size_t)n) : lconn_send_up(c, big, (size_t)n))
+                 : -EINVAL;
     free(big);
     return rc;
 }
@@ -146,8 +147,7 @@ static void consume(lbuf_t *b, size_t n)
 }
 
 /* Is topic allowed as a publish (or Will, or Response Topic)? *e the mapping to count. */
-static bool topic_allowed(const lconn_t *c, const uint8_t *topic, size_t len,
-                          const map_entry_t **e)
+static bool topic_allowed(const lconn_t *c, const uint8_t *topic, size_t len, const map_entry_t **e)
 {
     const map_table_t *t = listener_cfg(c->l)->maps;
     *e = NULL;
@@ -262,7 +262,8 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
         rc = send_packet(c, false, &up, v);
     free(cid);
     if (rc < 0) {
-        lconn_close(c, false, false);
+        if (c->state != LC_CLOSING) /* else the device has its CONNACK already */
+            lconn_close(c, false, false);
         return -1;
     }
     return 0;
@@ -424,9 +425,9 @@ static int on_subscribe(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_
     mqtt_subscribe_t *fs = &fwd.u.subscribe;
     for (size_t i = 0; i < sb->n; i++) {
         const map_entry_t *e = NULL;
-        enum map_status st = map_policy_filter(listener_cfg(c->l)->maps,
-                                               (const char *)sb->filter[i].p, sb->filter[i].len,
-                                               identity_of(c), &e);
+        enum map_status st =
+            map_policy_filter(listener_cfg(c->l)->maps, (const char *)sb->filter[i].p,
+                              sb->filter[i].len, identity_of(c), &e);
         bool quota = st == MAP_OK && held >= LISTENER_FILTERS_MAX &&
                      !granted(r, sb->filter[i].p, sb->filter[i].len);
         if (st != MAP_OK || quota) {
@@ -717,6 +718,8 @@ int relay_upstream_input(lconn_t *c)
 
 void relay_upstream_failed(lconn_t *c)
 {
+    if (c->state == LC_CLOSING)
+        return;
     listener_stats_mut(c->l)->upstream_failures++;
     gw_log_limited(GW_LOG_WARNING, MQTT, "device %s: the broker cannot be reached",
                    c->anonymous ? "(anonymous)" : c->identity);

@@ -25,11 +25,11 @@ struct tls_stream {
     int fd;
     gnutls_session_t tls; /* NULL: plain TCP */
     bool handshaken;
-    unsigned want;       /* EV_* the last call waits for */
-    size_t send_again;   /* a send that returned AGAIN asked for this many bytes; 0: none */
-    uint8_t *out;        /* queued output, out_head..out_head+out_len; NULL when empty */
+    unsigned want;     /* EV_* the last call waits for */
+    size_t send_again; /* a send that returned AGAIN asked for this many bytes; 0: none */
+    uint8_t *out;      /* queued output, out_head..out_head+out_len; NULL when empty */
     size_t out_head, out_len, out_cap;
-    const char *error;   /* static text, or GnuTLS's */
+    const char *error; /* static text, or GnuTLS's */
 };
 
 static tls_stream_t *stream_new(int fd)
@@ -75,7 +75,7 @@ tls_stream_t *tls_stream_client(int fd, gnutls_certificate_credentials_t cred, c
     if (!s)
         return NULL;
     if (!cred) {
-        s->handshaken = true;
+        s->want = EV_WRITABLE; /* connecting: tls_stream_handshake once connected */
         return s;
     }
     if (gnutls_init(&s->tls, GNUTLS_CLIENT | GNUTLS_NONBLOCK) < 0) {
@@ -116,6 +116,11 @@ int tls_stream_handshake(tls_stream_t *s)
 {
     if (s->handshaken)
         return 0;
+    if (!s->tls) {
+        s->handshaken = true;
+        s->want = 0;
+        return 0;
+    }
     int rc = gnutls_handshake(s->tls);
     if (rc == GNUTLS_E_SUCCESS) {
         s->handshaken = true;
@@ -170,8 +175,8 @@ int tls_stream_flush(tls_stream_t *s)
 {
     s->want &= ~(unsigned)EV_WRITABLE;
     while (s->out_len) {
-        size_t len = s->send_again ? s->send_again
-                                   : (s->out_len < SEND_CHUNK ? s->out_len : SEND_CHUNK);
+        size_t len =
+            s->send_again ? s->send_again : (s->out_len < SEND_CHUNK ? s->out_len : SEND_CHUNK);
         const uint8_t *p = s->out + s->out_head;
         ssize_t n;
         if (s->tls) {

@@ -43,7 +43,8 @@ tls_stream_t *tls_stream_client(int fd, gnutls_certificate_credentials_t cred, c
 void tls_stream_free(tls_stream_t *s);
 
 /*
- * Advances the handshake. 0 once it is done (at once for plain TCP);
+ * Advances the handshake. 0 once it is done (at once for plain TCP; then
+ * tls_stream_flush sends what was queued before);
  * -EAGAIN while it waits for the socket (tls_stream_want says which way); any
  * other negative value: it failed, with a reason for logs in
  * tls_stream_error.
