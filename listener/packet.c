@@ -582,6 +582,12 @@ static int dec_reason(rd_t *r, int version, int type, mqtt_reason_t *m)
     return rd_props(r, type, &m->props);
 }
 
+/*
+ * On any error out->type is the packet's type when the fixed header was read.
+ * A CONNECT refused with -EPROTO for its protocol leaves in out->u.connect.version
+ * the level it announced (0 when the name is not "MQTT"), so that the caller
+ * can answer CONNACK 0x01 (3.1.1) or 0x84 (5) before closing.
+ */
 int mqtt_decode(const uint8_t *pkt, size_t len, int version, mqtt_packet_t *out)
 {
     uint32_t rl;

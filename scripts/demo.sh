@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The quick-start demo: a throw-away CA, Mosquitto with TLS, Tandem with DTLS,
-# and a bike reading sent over CoAP/DTLS arriving on MQTT.
+# The quick-start demo: a throw-away CA, Mosquitto with TLS, Tandem with DTLS
+# and its MQTT device listener, a bike reading sent over CoAP/DTLS and another
+# bike's reading sent over MQTT/TLS (mosquitto_pub with its certificate), both
+# arriving on MQTT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,13 +37,20 @@ openssl req -new -key gateway.key -subj "/CN=localhost" -out gateway.csr
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > ext
 openssl x509 -req -in gateway.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
   -extfile ext -out gateway.pem 2>/dev/null
-chmod 600 ca.key gateway.key
+# bike-9 speaks MQTT: its certificate's CN is its identity.
+openssl ecparam -name prime256v1 -genkey -noout -out bike-9.key
+openssl req -new -key bike-9.key -subj "/CN=bike-9" -out bike-9.csr
+printf 'extendedKeyUsage=clientAuth\n' > ext-device
+openssl x509 -req -in bike-9.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
+  -extfile ext-device -out bike-9.pem 2>/dev/null
+chmod 600 ca.key gateway.key bike-9.key
 key=$(openssl rand -hex 16)
 echo "bike-7:$(printf '%s' "$key" | od -An -tx1 | tr -d ' \n')" > psk.txt
 chmod 600 psk.txt
 
 mqtt_port=$(free_port)
 dtls_port=$(free_port)
+listener_port=$(free_port)
 echo "== 2. Mosquitto with a TLS listener on 127.0.0.1:$mqtt_port"
 {
   [ "$(id -u)" -eq 0 ] && echo "user root"
@@ -67,7 +76,7 @@ for _ in $(seq 1 50); do  # until the subscription is in place
   sleep 0.2
 done
 
-echo "== 3. Tandem with DTLS on udp/127.0.0.1:$dtls_port"
+echo "== 3. Tandem with DTLS on udp/127.0.0.1:$dtls_port, MQTT devices on tcp/127.0.0.1:$listener_port"
 cat > tandem.conf <<CONF
 gateway = { id = "demo"; control_socket = "$dir/control.sock"; state_dir = "$dir"; };
 coap = {
@@ -75,6 +84,10 @@ coap = {
   dtls = { port = $dtls_port; psk_file = "psk.txt"; cert = "gateway.pem"; key = "gateway.key"; };
 };
 mqtt = { uri = "mqtts://127.0.0.1:$mqtt_port"; ca = "ca.pem"; stats_interval = 0; };
+mqtt_listener = {
+  enabled = true; bind = "127.0.0.1"; port = $listener_port;
+  cert = "gateway.pem"; key = "gateway.key"; ca = "ca.pem";
+};
 mappings = (
   { name = "telemetry"; resource = "bikes/{identity}/telemetry";
     topic = "redback/p1/bikes/{identity}/telemetry"; direction = "up"; qos = 1; }
@@ -90,9 +103,22 @@ echo "coap-client-gnutls -m post -u bike-7 -k *** -t json -e '$reading' coaps://
 coap-client-gnutls -v 6 -B 10 -m post -u bike-7 -k "$key" -t json -e "$reading" \
   "coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry" 2>&1 | grep -E '^v:1 t:(ACK|CON) c:[245]' || true
 
-echo "== 5. what the backend sees on MQTT"
+echo "== 5. bike-9 publishes a reading over MQTT/TLS (its certificate, CN=bike-9)"
+reading9='{"bike":"bike-9","heart_rate":131,"cadence":92,"power_w":198}'
+echo "mosquitto_pub -h 127.0.0.1 -p $listener_port --cafile ca.pem --cert bike-9.pem --key bike-9.key -q 1 -t redback/p1/bikes/bike-9/telemetry -m '$reading9'"
+mosquitto_pub -h 127.0.0.1 -p "$listener_port" --cafile ca.pem --cert bike-9.pem --key bike-9.key \
+  -i pi-bike -q 1 -t redback/p1/bikes/bike-9/telemetry -m "$reading9"
+echo "   and tries bike-7's topic (refused: MQTT 5 PUBACK 0x87 Not authorized):"
+mosquitto_pub -V mqttv5 -h 127.0.0.1 -p "$listener_port" --cafile ca.pem --cert bike-9.pem \
+  --key bike-9.key -q 1 -t redback/p1/bikes/bike-7/telemetry -m forged 2>&1 | sed 's/^/   /' || true
+
+echo "== 6. what the backend sees on MQTT"
 wait_for received.txt "redback/p1/bikes/bike-7/telemetry" 10
+wait_for received.txt "redback/p1/bikes/bike-9/telemetry" 10
 grep redback received.txt
-echo "== 6. the gateway's log"
+if grep -q forged received.txt; then echo "demo: the forged reading arrived" >&2; exit 1; fi
+echo "   Mosquitto saw bike-9's relayed connection as:"
+grep "as bike-9/" mosquitto.log | sed 's/^/   /'
+echo "== 7. the gateway's log"
 cat tandem.log
-echo "== demo OK: the reading arrived on redback/p1/bikes/bike-7/telemetry"
+echo "== demo OK: bike-7's reading (CoAP) and bike-9's (MQTT) arrived; the forged one did not"

@@ -140,6 +140,12 @@ class Pki:
     def ca(self):
         return os.path.join(self.dir, "ca.pem")
 
+    def device(self, identity, ca="ca"):
+        """(certificate, key) of a device whose subject CN is identity, signed by
+        ca ("ca", or "other-ca" for a foreign one)."""
+        name = "dev-%s-%s" % (ca, re.sub(r"[^A-Za-z0-9_.-]", "_", identity))
+        return self.leaf(name, identity, ca)
+
 
 class Broker:
     """Mosquitto with one TLS listener on loopback."""
@@ -361,11 +367,15 @@ class Gateway:
 
     def __init__(self, d, broker, pki, coap="", dtls='psk_file = "psk.txt";', mqtt="",
                  mappings=None, gateway="", psk=None, log_level="debug", uri=None, env=None,
-                 metrics=False):
+                 metrics=False, mqtt_listener=None):
         """metrics: serve /metrics on 127.0.0.1:self.metrics_port (or on this
         "HOST:PORT" text); the control socket is self.control_socket, in d
-        unless gateway sets one."""
-        self.dir = d
+        unless gateway sets one. mqtt_listener: None for no MQTT device
+        listener, else more settings for it (text): it listens on 127.0.0.1 at
+        self.listener_port with the PKI's server certificate and CA unless
+        these settings give others."""
+        self.dir, self.pki = d, pki
+        self.listener_port = free_port() if mqtt_listener is not None else None
         self.dtls_port = free_port(socket.SOCK_DGRAM)
         self.plain_port = free_port(socket.SOCK_DGRAM)
         self.metrics_port = None
@@ -400,6 +410,9 @@ class Gateway:
             f.write('mqtt = { uri = "%s"; %s%s%s };\n' % (uri, ca, quiet, mqtt))
             if metrics:
                 f.write('metrics = { listen = "%s"; };\n' % metrics)
+            if mqtt_listener is not None:
+                f.write("mqtt_listener = { enabled = true; %s };\n" %
+                        self._listener_settings(pki, mqtt_listener))
             f.write("mappings = (\n%s\n);\n" % mappings)
         self.log = os.path.join(d, "tandem.log")
         self.proc = None
@@ -408,6 +421,53 @@ class Gateway:
         self.env.setdefault("LSAN_OPTIONS", "suppressions=%s:print_suppressions=0" % os.path.join(
             os.path.dirname(os.path.abspath(__file__)), "lsan.supp"))
         _gateways.append(self)
+
+    def _listener_settings(self, pki, extra):
+        out = ""
+        if not re.search(r"(^|[\s;])bind\s*=", extra):
+            out += 'bind = "127.0.0.1"; '
+        if not re.search(r"(^|[\s;])port\s*=", extra):
+            out += "port = %d; " % self.listener_port
+        for name, path in (("cert", pki.server[0]), ("key", pki.server[1]), ("ca", pki.ca)):
+            if not re.search(r"(^|[\s;])%s\s*=" % name, extra):
+                out += '%s = "%s"; ' % (name, path)
+        return out + extra
+
+    def listening(self):
+        """Whether the MQTT listener's port is in the LISTEN state (read from
+        /proc, so that asking makes no connection the gateway would count)."""
+        port = "%04X" % self.listener_port
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    next(f)
+                    for line in f:
+                        cols = line.split()
+                        if cols[1].rsplit(":", 1)[1] == port and cols[3] == "0A":
+                            return True
+            except OSError:
+                continue
+        return False
+
+    def wait_listening(self):
+        wait_until(lambda: self.listening() or self.proc.poll() is not None,
+                   "the MQTT listener on %d" % self.listener_port)
+        check(self.proc.poll() is None, "tandem exited:\n" + self.text())
+
+    def device_args(self, cert=None, ca=None):
+        """mosquitto_pub/mosquitto_sub arguments that reach the MQTT listener as
+        the device with cert ((certificate, key), or None for none)."""
+        args = ["-h", "127.0.0.1", "-p", str(self.listener_port), "--cafile", ca or self.pki.ca]
+        if cert:
+            args += ["--cert", cert[0], "--key", cert[1]]
+        return args
+
+    def stats_json(self):
+        """The statistics object (tandem stats --json)."""
+        import json
+        r = self.stats("--json")
+        check(r.returncode == 0, "tandem stats: %s" % r.stderr)
+        return json.loads(r.stdout)
 
     def start(self, wait_connected=True):
         self.proc = spawn([TANDEM, "run", "-c", self.conf], stdout=subprocess.DEVNULL,
@@ -419,6 +479,8 @@ class Gateway:
         check(self.proc.poll() is None, "tandem exited at start:\n" + self.text())
         if wait_connected:
             self.wait_log("mqtt: connected to")
+        if self.listener_port:
+            self.wait_listening()
         return self
 
     def restart(self):
@@ -771,3 +833,408 @@ class ScriptedBroker:
     def stop(self):
         self.closed = True
         self.sock.close()
+
+
+# --- MQTT devices: raw MQTT 3.1.1/5 packets, for what mosquitto_pub/sub cannot send
+
+# MQTT 5 property types (§2.2.2.2): b byte, h two-byte, i four-byte, v variable
+# byte integer, s UTF-8 string, d binary data, p string pair.
+MQTT_PROP_TYPES = {0x01: "b", 0x02: "i", 0x03: "s", 0x08: "s", 0x09: "d", 0x0B: "v", 0x11: "i",
+                   0x12: "s", 0x13: "h", 0x15: "s", 0x16: "d", 0x17: "b", 0x18: "i", 0x19: "b",
+                   0x1A: "s", 0x1C: "s", 0x1F: "s", 0x21: "h", 0x22: "h", 0x23: "h", 0x24: "b",
+                   0x25: "b", 0x26: "p", 0x27: "i", 0x28: "b", 0x29: "b", 0x2A: "b"}
+PROP_RESPONSE_TOPIC, PROP_TOPIC_ALIAS_MAX, PROP_TOPIC_ALIAS = 0x08, 0x22, 0x23
+PROP_CONTENT_TYPE, PROP_SESSION_EXPIRY = 0x03, 0x11
+
+
+def _mqtt_bin(v):
+    """A Two Byte length and the bytes (str is UTF-8 encoded; bytes go as they are,
+    so that tests can send what is not UTF-8)."""
+    b = v.encode() if isinstance(v, str) else bytes(v)
+    return struct.pack("!H", len(b)) + b
+
+
+def mqtt_props(props):
+    """An encoded property list from (id, value) pairs, in the given order
+    (duplicates included)."""
+    out = b""
+    for pid, v in props:
+        t = MQTT_PROP_TYPES[pid]
+        out += _mqtt_varint(pid)
+        if t == "b":
+            out += bytes([v])
+        elif t == "h":
+            out += struct.pack("!H", v)
+        elif t == "i":
+            out += struct.pack("!I", v)
+        elif t == "v":
+            out += _mqtt_varint(v)
+        elif t == "p":
+            out += _mqtt_bin(v[0]) + _mqtt_bin(v[1])
+        else:
+            out += _mqtt_bin(v)
+    return _mqtt_varint(len(out)) + out
+
+
+def _read_varint(b, i):
+    n, shift = 0, 0
+    while True:
+        n |= (b[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b[i - 1] & 0x80:
+            return n, i
+
+
+def _parse_props(b, i):
+    """({id: value or [values]}, index after the list)."""
+    n, i = _read_varint(b, i)
+    end, props = i + n, {}
+    while i < end:
+        pid, i = _read_varint(b, i)
+        t = MQTT_PROP_TYPES.get(pid, "d")
+        if t == "b":
+            v, i = b[i], i + 1
+        elif t == "h":
+            v, i = struct.unpack("!H", b[i:i + 2])[0], i + 2
+        elif t == "i":
+            v, i = struct.unpack("!I", b[i:i + 4])[0], i + 4
+        elif t == "v":
+            v, i = _read_varint(b, i)
+        else:
+            ln = struct.unpack("!H", b[i:i + 2])[0]
+            v, i = b[i + 2:i + 2 + ln], i + 2 + ln
+            if t == "p":
+                ln2 = struct.unpack("!H", b[i:i + 2])[0]
+                v, i = (v, b[i + 2:i + 2 + ln2]), i + 2 + ln2
+        if pid == 0x26:
+            props.setdefault(pid, []).append(v)
+        else:
+            props[pid] = v
+    return props, end
+
+
+def mqtt_connect(client_id, version=5, clean=True, keepalive=60, props=(), will=None,
+                 username=None, password=None):
+    """CONNECT. will: dict(topic=, payload=, qos=0, retain=False, props=())."""
+    flags = 0x02 if clean else 0
+    payload = _mqtt_bin(client_id)
+    if will:
+        flags |= 0x04 | will.get("qos", 0) << 3 | (0x20 if will.get("retain") else 0)
+        if version == 5:
+            payload += mqtt_props(will.get("props", ()))
+        payload += _mqtt_bin(will["topic"]) + _mqtt_bin(will["payload"])
+    if username is not None:
+        flags |= 0x80
+        payload += _mqtt_bin(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _mqtt_bin(password)
+    body = _mqtt_bin("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
+    if version == 5:
+        body += mqtt_props(props)
+    return _mqtt_packet(0x10, body + payload)
+
+
+def mqtt_publish(topic, payload, version=5, qos=0, pid=1, retain=False, dup=False, props=()):
+    body = _mqtt_bin(topic) + (struct.pack("!H", pid) if qos else b"")
+    if version == 5:
+        body += mqtt_props(props)
+    payload = payload.encode() if isinstance(payload, str) else payload
+    return _mqtt_packet(0x30 | (8 if dup else 0) | qos << 1 | (1 if retain else 0), body + payload)
+
+
+def mqtt_subscribe(filters, version=5, pid=1, qos=1, props=()):
+    """SUBSCRIBE; filters: topic filters (str or bytes), or (filter, options) pairs."""
+    body = struct.pack("!H", pid) + (mqtt_props(props) if version == 5 else b"")
+    for f in filters:
+        f, opts = f if isinstance(f, tuple) else (f, qos)
+        body += _mqtt_bin(f) + bytes([opts])
+    return _mqtt_packet(0x82, body)
+
+
+def mqtt_ack(kind, pid, version=5, reason=0):
+    """PUBACK (4), PUBREC (5), PUBREL (6) or PUBCOMP (7)."""
+    body = struct.pack("!H", pid) + (bytes([reason]) if version == 5 and reason else b"")
+    return _mqtt_packet(kind << 4 | (2 if kind == 6 else 0), body)
+
+
+def mqtt_disconnect(version=5, reason=0):
+    return _mqtt_packet(0xE0, bytes([reason]) if version == 5 and reason else b"")
+
+
+MQTT_NAMES = {1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL",
+              7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
+              12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH"}
+
+
+class MqttPacket:
+    """A decoded packet: name, flags, and per type session_present/reason/props
+    (CONNACK), topic/qos/id/retain/props/payload (PUBLISH), id/reason (acks),
+    id/codes (SUBACK, UNSUBACK), reason (DISCONNECT)."""
+
+    def __init__(self, kind, body, version):
+        self.type, self.flags, self.body = kind >> 4, kind & 0x0F, body
+        self.name = MQTT_NAMES.get(self.type, "?")
+        self.props, self.reason = {}, 0
+        v5 = version == 5
+        if self.type == 2:
+            self.session_present, self.reason = bool(body[0] & 1), body[1]
+            if v5 and len(body) > 2:
+                self.props, _ = _parse_props(body, 2)
+        elif self.type == 3:
+            self.qos, self.retain = (self.flags >> 1) & 3, bool(self.flags & 1)
+            tl = struct.unpack("!H", body[:2])[0]
+            self.topic, i = body[2:2 + tl].decode("utf-8", "replace"), 2 + tl
+            self.id = 0
+            if self.qos:
+                self.id, i = struct.unpack("!H", body[i:i + 2])[0], i + 2
+            if v5:
+                self.props, i = _parse_props(body, i)
+            self.payload = body[i:]
+        elif self.type in (4, 5, 6, 7):
+            self.id = struct.unpack("!H", body[:2])[0]
+            self.reason = body[2] if len(body) > 2 else 0
+        elif self.type in (9, 11):
+            self.id, i = struct.unpack("!H", body[:2])[0], 2
+            if v5:
+                self.props, i = _parse_props(body, i)
+            self.codes = list(body[i:])
+        elif self.type == 14:
+            self.reason = body[0] if body else 0
+
+    def __repr__(self):
+        return "%s(reason=0x%02x, %r)" % (self.name, self.reason, self.body[:40])
+
+
+class _SockTransport:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def recv(self, timeout):
+        """Bytes; b"" at the end of the connection; None when nothing came in time."""
+        import ssl
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            return self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        except (ssl.SSLError, OSError):
+            return b""
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _ProcTransport:
+    """A process (openssl s_client) whose input goes to the server and whose
+    output is what the server sent."""
+
+    def __init__(self, proc):
+        self.proc, self.q = proc, queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while True:
+            data = os.read(self.proc.stdout.fileno(), 65536)
+            self.q.put(data)
+            if not data:
+                return
+
+    def send(self, data):
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError:
+            pass
+
+    def recv(self, timeout):
+        try:
+            return self.q.get(timeout=max(timeout, 0.001))
+        except queue.Empty:
+            return None
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def device_tls_context(pki, cert=None, ca=None):
+    """A TLS client context that verifies the gateway with the PKI's CA and
+    presents cert ((certificate, key)) when given."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca or pki.ca)
+    if cert:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+class MqttDevice:
+    """A device speaking raw MQTT to the gateway's listener over TLS (or over
+    any transport). Reads are synchronous and bounded; PUBLISH packets that
+    arrive while waiting for something else are kept in self.received (QoS 1
+    and 2 ones acknowledged)."""
+
+    def __init__(self, g=None, cert=None, version=5, ctx=None, transport=None, port=None):
+        """Opens the TLS connection (the handshake may raise ssl.SSLError or
+        OSError when the gateway refuses it; with TLS 1.3 a refused client
+        certificate shows only as the end of the connection afterwards)."""
+        self.version = version
+        self.buf, self.eof, self.received = b"", False, []
+        if transport is None:
+            ctx = ctx or device_tls_context(g.pki, cert)
+            raw = socket.create_connection(("127.0.0.1", port or g.listener_port), WAIT)
+            try:
+                transport = _SockTransport(ctx.wrap_socket(raw, server_hostname="localhost"))
+            except Exception:
+                raw.close()
+                raise
+        self.t = transport
+        self.next_id = 1
+
+    def send(self, data):
+        try:
+            self.t.send(data)
+        except OSError:
+            pass  # the gateway closed the connection: seen at the next read
+
+    def _take(self):
+        b = self.buf
+        if len(b) < 2:
+            return None
+        n, mult, i = 0, 1, 1
+        while True:
+            if i >= len(b) or i > 4:
+                return None
+            n += (b[i] & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not b[i - 1] & 0x80:
+                break
+        if len(b) < i + n:
+            return None
+        self.buf = b[i + n:]
+        return MqttPacket(b[0], b[i:i + n], self.version)
+
+    def packet(self, timeout=WAIT):
+        """The next packet, or None when the connection ended first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self._take()
+            if p:
+                return p
+            if self.eof:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Failure("no packet from the gateway within %.0f s" % timeout)
+            data = self.t.recv(left)
+            if data == b"":
+                self.eof = True
+            elif data:
+                self.buf += data
+
+    def expect(self, name, pid=None, timeout=WAIT):
+        """The next packet called name (with that id), handling PUBLISH packets
+        that come first; None when the connection ended first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.packet(max(deadline - time.monotonic(), 0))
+            if p is None:
+                return None
+            if p.name == name and (pid is None or getattr(p, "id", None) == pid):
+                return p
+            if p.name == "PUBLISH":
+                self.received.append(p)
+                if p.qos == 1:
+                    self.send(mqtt_ack(4, p.id, self.version))
+                elif p.qos == 2:
+                    self.send(mqtt_ack(5, p.id, self.version))
+            elif p.name == "PUBREL":
+                self.send(mqtt_ack(7, p.id, self.version))
+            elif p.name in ("DISCONNECT",):
+                self.disconnect_packet = p
+
+    def connect(self, client_id="dev", **kw):
+        """Sends CONNECT; the CONNACK, or None when the connection ended."""
+        self.send(mqtt_connect(client_id, version=self.version, **kw))
+        return self.expect("CONNACK")
+
+    def _id(self):
+        self.next_id = self.next_id % 65535 + 1
+        return self.next_id
+
+    def publish(self, topic, payload, qos=1, **kw):
+        """Publishes; for QoS 1 the PUBACK, for QoS 2 the PUBREC (then completes
+        the exchange when it is a success), for QoS 0 nothing; None when the
+        connection ended."""
+        pid = self._id()
+        self.send(mqtt_publish(topic, payload, self.version, qos, pid, **kw))
+        if qos == 1:
+            return self.expect("PUBACK", pid)
+        if qos == 2:
+            rec = self.expect("PUBREC", pid)
+            if rec is not None and rec.reason < 0x80:
+                self.send(mqtt_ack(6, pid, self.version))
+                if self.expect("PUBCOMP", pid) is None:
+                    return None
+            return rec
+        return None
+
+    def subscribe(self, filters, qos=1, **kw):
+        """The SUBACK's codes, or None when the connection ended."""
+        pid = self._id()
+        self.send(mqtt_subscribe(filters, self.version, pid, qos, **kw))
+        ack = self.expect("SUBACK", pid)
+        return ack.codes if ack else None
+
+    def ping(self, timeout=WAIT):
+        """True when a PINGRESP comes back: the connection works both ways."""
+        self.send(_mqtt_packet(0xC0, b""))
+        return self.expect("PINGRESP", timeout=timeout) is not None
+
+    def wait_message(self, n=1, timeout=WAIT):
+        """Waits until n PUBLISH packets have arrived (acknowledging them); returns them."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Failure("%d messages expected, %d came" % (n, len(self.received)))
+            p = self.packet(left)
+            if p is None:
+                raise Failure("the connection ended after %d of %d messages" %
+                              (len(self.received), n))
+            if p.name == "PUBLISH":
+                self.received.append(p)
+                if p.qos:
+                    self.send(mqtt_ack(4 if p.qos == 1 else 5, p.id, self.version))
+            elif p.name == "PUBREL":
+                self.send(mqtt_ack(7, p.id, self.version))
+        return list(self.received)
+
+    def closed(self, timeout=WAIT):
+        """Waits until the gateway ends the connection (reading what it still
+        sends); the packets seen on the way. A Failure when it stays open."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Failure("the gateway kept the connection open for %.0f s (it sent %r)" %
+                              (timeout, seen))
+            try:
+                p = self.packet(left)
+            except Failure:
+                continue
+            if p is None:
+                return seen
+            seen.append(p)
+
+    def close(self):
+        self.t.close()
