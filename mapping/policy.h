@@ -40,7 +40,10 @@ enum map_status map_policy_topic(const map_table_t *t, const char *topic, size_t
  * with the device's identity: each filter level matches its template level,
  * where a literal, {identity} and {gateway} take only their one value, '+'
  * stands only for a variable other than {identity} and {gateway}, and '#' only
- * at or after a last {x*}. '#' alone never passes. A "$share/GROUP/" prefix
+ * at or after a last {x*}. '#' alone never passes. A '#' in the place of
+ * the {x*} also matches the topics one level up; it passes only when no
+ * mapping, of either direction, gives one of those to another device (else
+ * MAP_FORBIDDEN or MAP_UNAUTHORIZED naming that mapping). A "$share/GROUP/" prefix
  * (GROUP one non-empty level without wildcards) is removed first and the rest
  * checked; any other leading '$' is refused.
  *
