@@ -177,6 +177,16 @@ int tls_stream_flush(tls_stream_t *s)
     while (s->out_len) {
         size_t len =
             s->send_again ? s->send_again : (s->out_len < SEND_CHUNK ? s->out_len : SEND_CHUNK);
+        /*
+         * A peer's max_fragment_length (RFC 6066) bounds our records. GnuTLS
+         * 3.7 negotiates it but does not split a larger send to fit it, so
+         * each send is at most one record of the size agreed.
+         */
+        if (s->tls && !s->send_again) {
+            size_t max = gnutls_record_get_max_size(s->tls);
+            if (max && len > max)
+                len = max;
+        }
         const uint8_t *p = s->out + s->out_head;
         ssize_t n;
         if (s->tls) {
