@@ -242,9 +242,9 @@ static const stats_field_t down_fields[] = {
         .offset = offsetof(struct map_snap, f)                                                     \
     }
 static const stats_field_t map_fields[] = {
-    MAP(up, "Requests of the mapping answered with success"),
-    MAP(down, "Values stored for the mapping"),
-    MAP(refused, "Requests of the mapping refused"),
+    MAP(up, "CoAP requests answered with success and MQTT device publishes relayed"),
+    MAP(down, "Values stored for CoAP devices and messages delivered to MQTT devices"),
+    MAP(refused, "CoAP requests and MQTT device publishes and filters refused"),
 };
 
 static size_t map_count(const void *obj)

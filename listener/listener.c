@@ -68,6 +68,11 @@ struct listener {
         .name = #f, .help = h, .kind = STATS_##k, .unit = u, .type = STATS_U64,                    \
         .offset = offsetof(listener_stats_t, f)                                                    \
     }
+#define FIELD_PROM(f, p, k, h, u)                                                                  \
+    {                                                                                              \
+        .name = #f, .prom = p, .help = h, .kind = STATS_##k, .unit = u, .type = STATS_U64,         \
+        .offset = offsetof(listener_stats_t, f)                                                    \
+    }
 static const stats_field_t listener_fields[] = {
     FIELD(connections, GAUGE, "MQTT devices relayed to the broker now", NULL),
     FIELD(rejected, COUNTER,
@@ -77,8 +82,8 @@ static const stats_field_t listener_fields[] = {
     FIELD(denied_subscribe, COUNTER, "SUBSCRIBE filters refused by the identity policy", NULL),
     FIELD(accepted, COUNTER, "MQTT devices whose CONNECT was accepted and relayed", NULL),
     FIELD(handshaking, GAUGE, "MQTT device connections before their CONNECT was accepted", NULL),
-    FIELD(bytes_in, COUNTER, "Bytes of MQTT packets from devices", "bytes"),
-    FIELD(bytes_out, COUNTER, "Bytes of MQTT packets to devices", "bytes"),
+    FIELD_PROM(bytes_in, "received", COUNTER, "Bytes of MQTT packets from devices", "bytes"),
+    FIELD_PROM(bytes_out, "sent", COUNTER, "Bytes of MQTT packets to devices", "bytes"),
     FIELD(handshake_failures, COUNTER,
           "TLS handshakes of MQTT devices that failed (certificate, identity, protocol)", NULL),
     FIELD(timeouts, COUNTER,

@@ -439,7 +439,31 @@ def metrics_listen_errors():
     check(not os.path.exists(g.control_socket), "the control socket is left after a failed start")
 
 
+def readme_lists_every_metric():
+    """The README's metric table names every family /metrics serves (with the
+    listener, a certificate and answers by code), and no family it does not."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    cert, key = pki.server
+    g = Gateway(d, broker, pki, metrics=True, mqtt_listener="",
+                dtls='psk_file = "psk.txt"; cert = "%s"; key = "%s";' % (cert, key)).start()
+    r = coap(url(g, "bikes/bike-1/telemetry"), payload="a", psk=BIKE1)
+    check(r and r.code == "2.04", "POST: %r" % r)
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % g.metrics_port,
+                                timeout=WAIT) as resp:
+        text = resp.read().decode()
+    served = set(re.findall(r"^# HELP (tandem_\w+) ", text, re.M))
+    check(len(served) > 60, "families served: %d" % len(served))
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+    with open(readme) as f:
+        rows = set(re.findall(r"^\| `(tandem_\w+)[`{]", f.read(), re.M))
+    check(not served - rows, "metrics missing from the README's table: %s" % sorted(served - rows))
+    check(not rows - served, "README lists metrics that are not served: %s" % sorted(rows - served))
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [same_counts_everywhere, prometheus_scrapes, no_gateway, watch,
                                   hostile_clients, socket_life_cycle, control_socket_off,
-                                  human_summary, metrics_listen_errors]})
+                                  human_summary, metrics_listen_errors,
+                                  readme_lists_every_metric]})
