@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quick-start demo: a throw-away CA, Mosquitto with TLS, Tandem with DTLS
+# The quick-start demo: a throw-away CA (tandem pki), Mosquitto with TLS, Tandem with DTLS
 # and its MQTT device listener, a bike reading sent over CoAP/DTLS and another
 # bike's reading sent over MQTT/TLS (mosquitto_pub with its certificate), both
 # arriving on MQTT.
@@ -28,25 +28,15 @@ wait_for() {
   echo "demo: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
 }
 
-echo "== 1. a throw-away CA and certificates (in $dir)"
+echo "== 1. a throw-away CA and certificates with tandem pki (in $dir)"
+tandem=$PWD/build/tandem
 cd "$dir"
-openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=Tandem demo CA" -out ca.pem
-openssl ecparam -name prime256v1 -genkey -noout -out gateway.key
-openssl req -new -key gateway.key -subj "/CN=localhost" -out gateway.csr
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > ext
-openssl x509 -req -in gateway.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
-  -extfile ext -out gateway.pem 2>/dev/null
-# bike-9 speaks MQTT: its certificate's CN is its identity.
-openssl ecparam -name prime256v1 -genkey -noout -out bike-9.key
-openssl req -new -key bike-9.key -subj "/CN=bike-9" -out bike-9.csr
-printf 'extendedKeyUsage=clientAuth\n' > ext-device
-openssl x509 -req -in bike-9.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
-  -extfile ext-device -out bike-9.pem 2>/dev/null
-chmod 600 ca.key gateway.key bike-9.key
-key=$(openssl rand -hex 16)
-echo "bike-7:$(printf '%s' "$key" | od -An -tx1 | tr -d ' \n')" > psk.txt
-chmod 600 psk.txt
+"$tandem" pki init --dir "$dir" --days 30 --hostname localhost --hostname 127.0.0.1
+# bike-7 speaks CoAP, bike-9 MQTT: their certificates' CN is their identity.
+"$tandem" pki device --dir "$dir" --days 30 bike-7
+"$tandem" pki device --dir "$dir" --days 30 bike-9
+# A PSK device would use this key (its hex is the key's bytes).
+echo "bike-8's PSK: $("$tandem" pki psk --file "$dir/psk.txt" bike-8)"
 
 mqtt_port=$(free_port)
 dtls_port=$(free_port)
@@ -81,7 +71,8 @@ cat > tandem.conf <<CONF
 gateway = { id = "demo"; control_socket = "$dir/control.sock"; state_dir = "$dir"; };
 coap = {
   bind = "127.0.0.1";
-  dtls = { port = $dtls_port; psk_file = "psk.txt"; cert = "gateway.pem"; key = "gateway.key"; };
+  dtls = { port = $dtls_port; psk_file = "psk.txt";
+           cert = "gateway.pem"; key = "gateway.key"; ca = "ca.pem"; };
 };
 mqtt = { uri = "mqtts://127.0.0.1:$mqtt_port"; ca = "ca.pem"; stats_interval = 0; };
 mqtt_listener = {
@@ -93,14 +84,14 @@ mappings = (
     topic = "redback/p1/bikes/{identity}/telemetry"; direction = "up"; qos = 1; }
 );
 CONF
-"$OLDPWD/build/tandem" check -c tandem.conf
-"$OLDPWD/build/tandem" run -c tandem.conf 2> tandem.log & pids+=($!)
+"$tandem" check -c tandem.conf
+"$tandem" run -c tandem.conf 2> tandem.log & pids+=($!)
 wait_for tandem.log "mqtt: connected" 15
 
-echo "== 4. bike-7 posts a reading over CoAP/DTLS (PSK)"
+echo "== 4. bike-7 posts a reading over CoAP/DTLS (its certificate, CN=bike-7)"
 reading='{"bike":"bike-7","heart_rate":142,"cadence":88,"power_w":215}'
-echo "coap-client-gnutls -m post -u bike-7 -k *** -t json -e '$reading' coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry"
-coap-client-gnutls -v 6 -B 10 -m post -u bike-7 -k "$key" -t json -e "$reading" \
+echo "coap-client-gnutls -m post -c bike-7.pem -j bike-7.key -R ca.pem -t json -e '$reading' coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry"
+coap-client-gnutls -v 6 -B 10 -m post -c bike-7.pem -j bike-7.key -R ca.pem -t json -e "$reading" \
   "coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry" 2>&1 | grep -E '^v:1 t:(ACK|CON) c:[245]' || true
 
 echo "== 5. bike-9 publishes a reading over MQTT/TLS (its certificate, CN=bike-9)"
