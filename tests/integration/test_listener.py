@@ -7,6 +7,7 @@ Python's ssl for what the clients cannot send."""
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +23,7 @@ from harness import (PROP_CONTENT_TYPE, PROP_RESPONSE_TOPIC,  # noqa: E402
                      PROP_TOPIC_ALIAS, PROP_TOPIC_ALIAS_MAX, WAIT, Broker, Failure, Gateway,
                      MqttDevice, Pki, Subscriber, _mqtt_packet, _mqtt_varint, _ProcTransport,
                      check, coap, mqtt_connect, mqtt_disconnect, mqtt_publish, spawn, wait_until,
-                     workdir, run)
+                     device_tls_context, workdir, run)
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # ssl.TLSVersion.TLSv1_1
 
@@ -707,13 +709,61 @@ def reload_closes_disallowed_subscriptions():
     check(again.subscribe([CMD % "bike-1"]) == [DENIED], "the removed mapping still allows")
 
 
+def certificates_reloaded():
+    """SIGHUP reloads the listener's certificate, key and CA for new
+    handshakes; a device connected before goes on."""
+    d = workdir()
+    pki = Pki(d)
+    cert, key, ca = (os.path.join(d, n) for n in ("listener.pem", "listener.key", "devices.pem"))
+    first = pki.leaf("first", "first.example", san="DNS:localhost,IP:127.0.0.1", server=True)
+    os.replace(first[0], cert)
+    os.replace(first[1], key)
+    shutil.copy(pki.ca, ca)
+    s = types.SimpleNamespace(pki=pki, broker=Broker(d, pki).start())
+    s.sub = Subscriber(s.broker, "#")
+    s.g = Gateway(d, s.broker, pki, mappings=MAPPINGS,
+                  mqtt_listener='cert = "%s"; key = "%s"; ca = "%s";' % (cert, key, ca)).start()
+    s.bike = {"bike-1": pki.device("bike-1")}
+    before = MqttDevice(s.g, s.bike["bike-1"])
+    ack = before.connect("before-" + secrets.token_hex(3))
+    check(ack is not None and ack.reason == 0, "bike-1 refused: %r" % ack)
+    def served_cn():
+        ctx = device_tls_context(s.pki, s.bike["bike-1"])
+        with socket.create_connection(("127.0.0.1", s.g.listener_port), WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+                return dict(x[0] for x in t.getpeercert()["subject"])["commonName"]
+    check(served_cn() == "first.example", "first certificate")
+
+    # certbot's renewal, and devices now signed by another CA
+    second = pki.leaf("second", "second.example", san="DNS:localhost,IP:127.0.0.1",
+                      server=True)
+    os.replace(second[0], cert)
+    os.replace(second[1], key)
+    foreign = pki.device("bike-2", ca="other-ca")
+    shutil.copy(os.path.join(pki.dir, "other-ca.pem"), ca)
+    s.g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: s.g.count("reloaded:") + s.g.count("reload refused") >= 1, "the reload")
+    check(s.g.count("reloaded:") == 1, "reload refused:\n" + s.g.text()[-2000:])
+
+    check(served_cn() == "second.example", "the renewed certificate is not served")
+    check(refused_connection(s, s.bike["bike-1"]), "a device of the old CA still accepted")
+    dev = MqttDevice(s.g, foreign)
+    ack = dev.connect("after-" + secrets.token_hex(3))
+    check(ack is not None and ack.reason == 0, "a device of the new CA refused: %r" % ack)
+    acked(dev.publish(TEL % "bike-2", "new-ca", qos=1), 0, "publish of the new CA's device")
+    acked(before.publish(TEL % "bike-1", "before", qos=1), 0, "the connection from before")
+    wait_until(lambda: {b"new-ca", b"before"} <= {m["payload"] for m in s.sub.messages},
+               "both messages at the broker")
+
+
 CASES = [own_topic_publish_byte_for_byte, other_device_topic_refused, commands_own_only,
          handshake_refusals, tls12_one_suite_max_fragment_length, will_on_other_device_refused,
          topic_alias_trick, shared_and_response_topic,
          malformed_packets_close_only_their_connection, coap_and_mqtt_devices_share_both_mapping,
          broker_restart_session_mqtt311, broker_restart_session_mqtt5,
          idle_and_stalled_connections_dropped, anonymous_devices, client_ids_cannot_take_over,
-         max_connections_enforced, statistics, reload_closes_disallowed_subscriptions]
+         max_connections_enforced, statistics, reload_closes_disallowed_subscriptions,
+         certificates_reloaded]
 
 if __name__ == "__main__":
     run({f.__name__: f for f in CASES})
