@@ -134,7 +134,7 @@ enable_binfmt "$dir/tandem"
 echo "arm64: $("$dir/tandem" --version) runs under qemu-user"
 
 status=0
-rm -f "$dir"/meson-logs/testlog-*.json
+rm -f "$dir"/meson-logs/testlog*.json
 echo "== arm64 unit tests under qemu-user"
 t0=$SECONDS
 meson test -C "$dir" --suite unit --print-errorlogs --num-processes 2 --logbase testlog-unit ||

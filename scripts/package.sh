@@ -21,7 +21,7 @@ for arg in "$@"; do
     --arm64) arm64=1 ;;
     --arm64-only) arm64=1 amd64=0 ;;
     --nocheck) nocheck=1 ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "package: unknown option $arg" >&2; exit 2 ;;
   esac
 done
