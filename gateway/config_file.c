@@ -544,6 +544,19 @@ static char *dirname_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+/* Reads path into lc; false with the reason (FILE:LINE for a syntax error) added to errs. */
+static bool read_file(config_t *lc, const char *path, gw_errs_t *errs)
+{
+    if (config_read_file(lc, path))
+        return true;
+    if (config_error_type(lc) == CONFIG_ERR_FILE_IO)
+        gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
+    else
+        gw_errs_add(errs, config_error_file(lc) ? config_error_file(lc) : path,
+                    config_error_line(lc), "syntax", "%s", config_error_text(lc));
+    return false;
+}
+
 gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
 {
     config_t lc;
@@ -562,12 +575,7 @@ gw_config_t *gw_config_load(const char *path, gw_errs_t *errs)
     }
 
     config_init(&lc);
-    if (!config_read_file(&lc, path)) {
-        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
-            gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
-        else
-            gw_errs_add(errs, config_error_file(&lc) ? config_error_file(&lc) : path,
-                        config_error_line(&lc), "syntax", "%s", config_error_text(&lc));
+    if (!read_file(&lc, path, errs)) {
         config_destroy(&lc);
         gw_config_free(cfg);
         return NULL;
@@ -612,12 +620,7 @@ char *gw_config_control_socket(const char *path, gw_errs_t *errs)
         return NULL;
     }
     config_init(&lc);
-    if (!config_read_file(&lc, path)) {
-        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
-            gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
-        else
-            gw_errs_add(errs, config_error_file(&lc) ? config_error_file(&lc) : path,
-                        config_error_line(&lc), "syntax", "%s", config_error_text(&lc));
+    if (!read_file(&lc, path, errs)) {
     } else {
         config_setting_t *s = config_lookup(&lc, d->name);
         if (s && config_setting_type(s) != CONFIG_TYPE_STRING)
