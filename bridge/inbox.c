@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -50,20 +51,27 @@ int inbox_fd(const bridge_inbox_t *in)
     return in->efd;
 }
 
+/*
+ * The eventfd is written only when the inbox was empty: while events wait,
+ * it is readable already, and the loop takes them all (up to its batch) at
+ * each read. A write per event would cost a system call in Paho's thread
+ * and a wake-up of the loop for each acknowledgement.
+ */
 int inbox_push(bridge_inbox_t *in, const inbox_event_t *ev)
 {
     int rc = 0;
+    bool wake = false;
     pthread_mutex_lock(&in->lock);
     if (in->count == in->capacity || in->bytes + ev->bytes > in->max_bytes) {
         in->dropped++;
         rc = -ENOBUFS;
     } else {
         in->ring[(in->head + in->count) % in->capacity] = *ev;
-        in->count++;
+        wake = in->count++ == 0;
         in->bytes += ev->bytes;
     }
     pthread_mutex_unlock(&in->lock);
-    if (rc == 0) {
+    if (wake) {
         uint64_t one = 1;
         ssize_t w = write(in->efd, &one, sizeof(one));
         (void)w; /* a full counter still leaves the fd readable */

@@ -28,6 +28,12 @@ struct bridge_mqtt {
     atomic_int window;         /* publishes the broker lets be in flight */
     atomic_bool backlog;       /* what a (re)connection finds may be queued */
     atomic_bool delivered;     /* an EV_DELIVERED waits in the inbox */
+    /*
+     * Connected, as the callbacks last told (MQTTAsync_isConnected() takes
+     * the lock Paho's threads hold while they work: once per publish, the
+     * loop would wait for them).
+     */
+    atomic_bool connected;
     atomic_uint max_packet;    /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
     bool one_at_a_time;        /* the next connections let one publish be in flight */
     /* To create the client again (client_replace): */
@@ -59,6 +65,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
     bridge_mqtt_t *m = ctx;
     (void)r;
     persist_session_start(m->pp.context);
+    atomic_store(&m->connected, true);
     atomic_store(&m->window, m->cfg->mqtt.max_inflight);
     atomic_store(&m->backlog, true);
     push(ctx, EV_CONNECTED, 0, 0, NULL);
@@ -81,6 +88,7 @@ static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
     bridge_mqtt_t *m = ctx;
     persist_session_start(m->pp.context);
+    atomic_store(&m->connected, true);
     int window = m->cfg->mqtt.max_inflight;
     if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM)) {
         int rm = MQTTProperties_getNumericValue(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
@@ -111,8 +119,13 @@ static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
                                                : (r ? MQTTAsync_strerror(r->code) : "unknown")));
 }
 
+static void trace_protocol(bool on);
+
 static void on_conn_lost(void *ctx, char *cause)
 {
+    bridge_mqtt_t *m = ctx;
+    atomic_store(&m->connected, false);
+    trace_protocol(true);
     push(ctx, EV_CONN_LOST, 0, 0, cause ? cause : "connection lost");
 }
 
@@ -126,6 +139,8 @@ static void on_disconnected(void *ctx, MQTTProperties *props, enum MQTTReasonCod
     char text[96];
     (void)props;
     snprintf(text, sizeof(text), "the broker disconnected: %s", MQTTReasonCode_toString(rc));
+    atomic_store(&((bridge_mqtt_t *)ctx)->connected, false);
+    trace_protocol(true);
     push(ctx, EV_CONN_LOST, 0, (int)rc, text);
 }
 
@@ -271,6 +286,30 @@ static void on_pub_ok5(void *ctx, MQTTAsync_successData5 *r)
  */
 static atomic_bool write_failed; /* the trace saw it (one client connects at a time) */
 
+/*
+ * Paho formats a protocol trace line for every packet (the local time, a
+ * format, under its log mutex shared by its two threads), which costs as
+ * much as sending the packet. So the trace is on only while commands
+ * restored from the store may be sent: from the creation of a client whose
+ * store holds records until the store is seen empty (every restored command
+ * is a record until its message is sent and acknowledged); and, to be safe,
+ * from a lost connection until the same. Paho's level is the process's.
+ */
+static atomic_bool tracing = true;
+
+static void trace_protocol(bool on)
+{
+    if (atomic_exchange(&tracing, on) == on || getenv("MQTT_C_CLIENT_TRACE"))
+        return;
+    MQTTAsync_setTraceLevel(on ? MQTTASYNC_TRACE_PROTOCOL : MQTTASYNC_TRACE_ERROR);
+}
+
+void mqtt_trace_settle(bridge_mqtt_t *m)
+{
+    if (atomic_load(&tracing) && persist_records(m->pp.context) == 0)
+        trace_protocol(false);
+}
+
 static void note_write_failure(bridge_mqtt_t *m, MQTTAsync_token token)
 {
     if (token == 0)
@@ -336,6 +375,7 @@ static int client_create(bridge_mqtt_t *m)
      */
     if (!getenv("MQTT_C_CLIENT_TRACE"))
         MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_PROTOCOL);
+    atomic_store(&tracing, true);
     MQTTAsync_setTraceCallback(on_paho_trace);
     MQTTAsync_setCallbacks(m->client, m, on_conn_lost, on_message, on_delivered);
     if (m->v5)
@@ -367,6 +407,7 @@ static int client_replace(bridge_mqtt_t *m)
     MQTTAsync old = m->client;
     MQTTAsync_token *tokens = NULL;
     int held = 0;
+    atomic_store(&m->connected, false);
     if (MQTTAsync_getPendingTokens(old, &tokens) == MQTTASYNC_SUCCESS)
         while (tokens && tokens[held] != -1)
             held++;
@@ -568,7 +609,7 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     unsigned max_packet = atomic_load(&m->max_packet);
     if (max_packet && packet_size(msg) > max_packet)
         return -EMSGSIZE;
-    if (!MQTTAsync_isConnected(m->client)) {
+    if (!atomic_load(&m->connected)) {
         if (!m->buffering)
             return -ENOTCONN;
         /*
@@ -746,6 +787,7 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
     }
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
     d.timeout = timeout_ms;
+    atomic_store(&m->connected, false);
     MQTTAsync_disconnect(m->client, &d);
     /* Let the DISCONNECT go out before the handle is destroyed (bounded). */
     for (int i = 0; i < timeout_ms / 10 && MQTTAsync_isConnected(m->client); i++)
@@ -907,6 +949,7 @@ int mqtt_disconnect(bridge_mqtt_t *m)
     MQTTAsync_disconnectOptions *o = m->v5 ? &d5 : &d;
     o->timeout = 1000;
     o->context = m;
+    atomic_store(&m->connected, false);
     if (m->v5)
         o->onSuccess5 = on_quiet_disconnect5;
     else

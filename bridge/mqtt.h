@@ -104,4 +104,7 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
  */
 void mqtt_kick(bridge_mqtt_t *m, size_t waiting);
 
+/* Turns Paho's protocol trace off once the store is empty (the loop, after each batch). */
+void mqtt_trace_settle(bridge_mqtt_t *m);
+
 #endif

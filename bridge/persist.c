@@ -54,6 +54,7 @@ struct persist {
     unsigned refused;     /* records removed at start: damaged, or refused by a broker */
     pthread_mutex_t lock; /* the memory tier; Paho's threads and the loop use it */
     struct mrec *mem[MEM_BUCKETS];
+    unsigned mem_records; /* of records: those in memory (lock held) */
     /* Group commit (persist_defer): new records written, not yet fsync'ed. */
     bool deferring;
     pthread_t defer_thread;
@@ -137,10 +138,21 @@ static struct mrec **mem_find(persist_t *p, const char *key)
     return pp;
 }
 
+/*
+ * Whether a record not in memory may be on disk (lock held): while
+ * connected, Paho removes keys it never stored ("sc-" and the like), and a
+ * look at the disk for each would cost a system call per message.
+ */
+static bool maybe_on_disk(const persist_t *p)
+{
+    return atomic_load(&p->records) != p->mem_records;
+}
+
 static void mem_drop(persist_t *p, struct mrec **pp)
 {
     struct mrec *r = *pp;
     *pp = r->next;
+    p->mem_records--;
     atomic_fetch_sub(&p->bytes, r->len);
     atomic_fetch_sub(&p->records, 1);
     free(r->data);
@@ -530,6 +542,7 @@ static int p_put(void *handle, char *key, int bufcount, char *buffers[], int buf
             r->len = total;
             r->next = p->mem[bucket(key)];
             p->mem[bucket(key)] = r;
+            p->mem_records++;
         }
     }
     if (rc == 0) {
@@ -644,7 +657,7 @@ static int p_remove(void *handle, char *key)
         pthread_mutex_unlock(&p->lock);
         return 0;
     }
-    int rc = stat(path, &st) < 0 ? -1 : l ? rename(path, limbo) : unlink(path);
+    int rc = !maybe_on_disk(p) || stat(path, &st) < 0 ? -1 : l ? rename(path, limbo) : unlink(path);
     if (rc == 0 && l) {
         l->next = p->limbo;
         p->limbo = l;
@@ -805,9 +818,9 @@ static int p_containskey(void *handle, char *key)
     if (path_of(p, key, SUFFIX, path, sizeof(path)) < 0)
         return MQTTCLIENT_PERSISTENCE_ERROR;
     pthread_mutex_lock(&p->lock);
-    bool in_memory = *mem_find(p, key) != NULL;
+    bool in_memory = *mem_find(p, key) != NULL, on_disk = !in_memory && maybe_on_disk(p);
     pthread_mutex_unlock(&p->lock);
-    return in_memory || access(path, F_OK) == 0 ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
+    return in_memory || (on_disk && access(path, F_OK) == 0) ? 0 : MQTTCLIENT_PERSISTENCE_ERROR;
 }
 
 MQTTClient_persistence persist_paho(persist_t *p)

@@ -325,17 +325,21 @@ void sessions_after_io(sessions_t *ss)
     for (sess_t *s = ss->oldest[SESS_HANDSHAKE]; s; s = next) {
         next = s->newer;
         /*
-         * libcoap 4.3 frees a session whose DTLS state could not be made
-         * without telling: such a session is no longer found by its peer's
-         * address, and must not be touched.
+         * libcoap 4.3 frees a ClientHello's session whose DTLS state could not
+         * be made without telling (coap_session_new_dtls_session): such a
+         * session is no longer found by its peer's address, and must not be
+         * touched. Every other session it frees, it tells of
+         * (COAP_EVENT_SERVER_SESSION_DEL). The search costs a walk over every
+         * session, so it is made for those only: with the cookie gate, a
+         * ClientHello's session lasts one datagram.
          */
-        coap_session_t *found = coap_session_get_by_peer(ss->ctx, &s->remote, s->ifindex);
-        dtls_peer_t *peer = found ? coap_session_get_app_data(found) : NULL;
-        if (found != s->session || !peer || peer->app != s) {
-            if (!s->hello)
-                ss->st.handshakes_failed++;
-            dtls_peer_forget(s, sess_free);
-            continue;
+        if (s->hello) {
+            coap_session_t *found = coap_session_get_by_peer(ss->ctx, &s->remote, s->ifindex);
+            dtls_peer_t *peer = found ? coap_session_get_app_data(found) : NULL;
+            if (found != s->session || !peer || peer->app != s) {
+                dtls_peer_forget(s, sess_free);
+                continue;
+            }
         }
         if (s->hello && coap_session_get_type(s->session) == COAP_SESSION_TYPE_SERVER) {
             /* Past the cookie exchange: counted from now on. */

@@ -269,6 +269,8 @@ void bridge_process_inbox(bridge_t *b)
             break;
         }
     }
+    if (n)
+        mqtt_trace_settle(b->mqtt);
 }
 
 void bridge_commit(bridge_t *b)

@@ -121,6 +121,11 @@ void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
     (void)waiting;
 }
 
+void mqtt_trace_settle(bridge_mqtt_t *m)
+{
+    (void)m;
+}
+
 void stub_acknowledge(bridge_mqtt_t *m, int reason)
 {
     for (size_t i = 0; i < m->nacks; i++)
