@@ -12,6 +12,7 @@
 #include <sys/prctl.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "mapping.h"
 
@@ -34,6 +35,10 @@ struct bridge_mqtt {
      * loop would wait for them).
      */
     atomic_bool connected;
+    /* The kick (mqtt_kick): publishes handed over, and the one that may be due. */
+    unsigned long handed, kick_handed;
+    bool kick_wanted;
+    uint64_t kick_at_ms;
     atomic_uint max_packet;    /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
     bool one_at_a_time;        /* the next connections let one publish be in flight */
     /* To create the client again (client_replace): */
@@ -665,6 +670,8 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     }
     rc = MQTTAsync_sendMessage(m->client, msg->topic, &pm, &ro);
     MQTTProperties_free(&props);
+    if (rc == MQTTASYNC_SUCCESS)
+        m->handed++;
     if (rc != MQTTASYNC_SUCCESS) {
         free(ctx);
         gw_debug(MQTT, "publish not handed over (%s)", MQTTAsync_strerror(rc));
@@ -685,31 +692,54 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
  * it (eclipse-paho/paho.mqtt.c#1404). Live traffic brings new commands; a
  * backlog from the offline buffer does not, and would go at one window a
  * second (20 messages a second with Mosquitto's defaults). So while more
- * publishes wait than can be in flight, each completion adds a command that
+ * publishes wait than can be in flight, a completion not followed within
+ * KICK_MS by a publish (which wakes the thread as well) adds a command that
  * costs one small round trip: an UNSUBSCRIBE from a filter never subscribed.
+ * Under live load, the publishes do it: no round trip per completion.
  */
+#define KICK_MS 2
+
 void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
 {
-    MQTTAsync_token *tokens = NULL;
-    int n = 0;
-
     atomic_store(&m->delivered, false);
     /* Counting Paho's queue takes a walk through it: only when it may be long. */
     if (!atomic_load(&m->backlog) && waiting <= (size_t)atomic_load(&m->window))
         return;
+    if (!m->kick_wanted)
+        m->kick_at_ms = gw_now_ms() + KICK_MS;
+    m->kick_wanted = true;
+    m->kick_handed = m->handed;
+}
+
+int mqtt_kick_due(bridge_mqtt_t *m)
+{
+    MQTTAsync_token *tokens = NULL;
+    int n = 0;
+
+    if (!m->kick_wanted)
+        return -1;
+    if (m->handed != m->kick_handed) {
+        m->kick_wanted = false; /* a publish since has woken the thread */
+        return -1;
+    }
+    uint64_t now = gw_now_ms();
+    if (now < m->kick_at_ms)
+        return (int)(m->kick_at_ms - now);
+    m->kick_wanted = false;
     if (!MQTTAsync_isConnected(m->client))
-        return;
+        return -1;
     if (MQTTAsync_getPendingTokens(m->client, &tokens) != MQTTASYNC_SUCCESS)
-        return;
+        return -1;
     while (tokens && tokens[n] != -1)
         n++;
     MQTTAsync_free(tokens);
     if (n <= atomic_load(&m->window)) {
         atomic_store(&m->backlog, false); /* what a reconnection found has gone */
-        return;
+        return -1;
     }
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_unsubscribe(m->client, KICK_FILTER, &ro);
+    return -1;
 }
 
 int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n, uint64_t id)

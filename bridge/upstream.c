@@ -291,6 +291,7 @@ void bridge_commit(bridge_t *b)
 void bridge_tick(bridge_t *b)
 {
     down_check_ready(b->down);
+    mqtt_kick_due(b->mqtt);
     uint64_t now = gw_now_ms();
     if (now - b->link.last_tick_ms < TICK_MS)
         return;
@@ -332,6 +333,9 @@ void bridge_tick(bridge_t *b)
 
 int bridge_timeout_ms(const bridge_t *b)
 {
+    int kick = mqtt_kick_due(b->mqtt);
+    if (kick >= 0 && kick < TICK_MS)
+        return kick;
     if (pending_inflight(b->pend) || (!b->link.connected && !b->link.connecting))
         return TICK_MS;
     int t = down_timeout_ms(b->down);

@@ -490,6 +490,35 @@ static bool bound_to(int fd, const coap_address_t *addr)
     return false;
 }
 
+/*
+ * When every device reconnects at once (a gateway restart), their
+ * ClientHellos and then their handshakes arrive faster than handshakes are
+ * made: with the kernel's default buffer (about 200 datagrams) the rest are
+ * dropped, and each device waits for its DTLS retransmission (1 s, 2 s,
+ * 4 s...). A larger buffer holds them until the loop gets to them. Beyond
+ * net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE); otherwise
+ * the largest the kernel allows, and a line that says so.
+ */
+#define RECEIVE_BUFFER (8 * 1024 * 1024)
+
+static void grow_receive_buffer(int fd)
+{
+    int want = RECEIVE_BUFFER, got = 0;
+    socklen_t len = sizeof(got);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof(want)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof(want));
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &len) < 0)
+        return;
+    /* The kernel reports twice what it was asked for (socket(7)). */
+    if (got / 2 < want)
+        gw_info(DTLS,
+                "DTLS socket receive buffer: %d KiB (net.core.rmem_max; %d KiB would hold a "
+                "reconnection storm of thousands of devices)",
+                got / 2 / 1024, want / 1024);
+    else
+        gw_debug(DTLS, "DTLS socket receive buffer: %d KiB", got / 2 / 1024);
+}
+
 dtls_gate_t *dtls_gate_attach(coap_context_t *ctx, const coap_address_t *addr)
 {
     /*
@@ -551,6 +580,7 @@ dtls_gate_t *dtls_gate_attach(coap_context_t *ctx, const coap_address_t *addr)
     g->epfd = epfd;
     g->epevents = events;
     g->epdata = data;
+    grow_receive_buffer(fd);
     return g;
 }
 

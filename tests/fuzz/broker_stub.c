@@ -126,6 +126,12 @@ void mqtt_trace_settle(bridge_mqtt_t *m)
     (void)m;
 }
 
+int mqtt_kick_due(bridge_mqtt_t *m)
+{
+    (void)m;
+    return -1;
+}
+
 void stub_acknowledge(bridge_mqtt_t *m, int reason)
 {
     for (size_t i = 0; i < m->nacks; i++)
