@@ -39,8 +39,8 @@ struct bridge_mqtt {
     unsigned long handed, kick_handed;
     bool kick_wanted;
     uint64_t kick_at_ms;
-    atomic_uint max_packet;    /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
-    bool one_at_a_time;        /* the next connections let one publish be in flight */
+    atomic_uint max_packet; /* MQTT 5: the broker's Maximum Packet Size, 0 = none given */
+    bool one_at_a_time;     /* the next connections let one publish be in flight */
     /* To create the client again (client_replace): */
     char server[300];
     MQTTAsync_createOptions co;
