@@ -12,6 +12,7 @@ packages=(
   python3-paho-mqtt  # a real MQTT device with a session in tests/integration/test_listener.py
   systemd  # systemd-analyze checks the unit in deploy/
   prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
+  strace  # bench/scale.py counts the servers' system calls per request
   "$@"
 )
 
