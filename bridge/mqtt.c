@@ -596,7 +596,15 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
 {
     MQTTAsync_message pm = MQTTAsync_message_initializer;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    MQTTProperties props = MQTTProperties_initializer;
+    /*
+     * The properties in place (MQTTAsync_sendMessage() copies them):
+     * MQTTProperties_add() and _free() would allocate and free from Paho's
+     * heap, under its lock, at every publish. length counts what _add()
+     * does: the identifier's byte, then 2 + n for a string, 4 + both for a
+     * pair, 1 for a byte.
+     */
+    MQTTProperty prop[3];
+    MQTTProperties props = { .max_count = 3, .array = prop };
     struct pub_ctx *ctx = NULL;
     int rc;
 
@@ -629,34 +637,35 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
     pm.qos = msg->qos;
     pm.retained = msg->retain;
     if (m->v5) {
-        MQTTProperty p;
+        MQTTProperty *p;
         if (msg->content_type) {
-            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_CONTENT_TYPE };
-            p.value.data.data = (char *)msg->content_type;
-            p.value.data.len = (int)strlen(msg->content_type);
-            MQTTProperties_add(&props, &p);
+            p = &prop[props.count++];
+            *p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_CONTENT_TYPE };
+            p->value.data.data = (char *)msg->content_type;
+            p->value.data.len = (int)strlen(msg->content_type);
+            props.length += 1 + 2 + p->value.data.len;
         }
         if (msg->utf8) {
-            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR };
-            p.value.byte = 1;
-            MQTTProperties_add(&props, &p);
+            p = &prop[props.count++];
+            *p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_PAYLOAD_FORMAT_INDICATOR };
+            p->value.byte = 1;
+            props.length += 1 + 1;
         }
         if (msg->device) {
-            p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
-            p.value.data.data = "device";
-            p.value.data.len = 6;
-            p.value.value.data = (char *)msg->device;
-            p.value.value.len = (int)strlen(msg->device);
-            MQTTProperties_add(&props, &p);
+            p = &prop[props.count++];
+            *p = (MQTTProperty){ .identifier = MQTTPROPERTY_CODE_USER_PROPERTY };
+            p->value.data.data = "device";
+            p->value.data.len = 6;
+            p->value.value.data = (char *)msg->device;
+            p->value.value.len = (int)strlen(msg->device);
+            props.length += 1 + 2 + p->value.data.len + 2 + p->value.value.len;
         }
         pm.properties = props;
     }
     if (msg->qos > 0) {
         ctx = malloc(sizeof(*ctx));
-        if (!ctx) {
-            MQTTProperties_free(&props);
+        if (!ctx)
             return -ENOMEM;
-        }
         ctx->m = m;
         ctx->id = id;
         ro.context = ctx;
@@ -669,7 +678,6 @@ int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
         }
     }
     rc = MQTTAsync_sendMessage(m->client, msg->topic, &pm, &ro);
-    MQTTProperties_free(&props);
     if (rc == MQTTASYNC_SUCCESS)
         m->handed++;
     if (rc != MQTTASYNC_SUCCESS) {

@@ -197,6 +197,7 @@ struct proc {
     dtls_psk_store_t **pskp;
     int coap_fd, sfd;
     bool stopping, at_once; /* a graceful stop was asked; a second signal: stop at once */
+    bool coap_due;          /* libcoap's timers to update at the end of the turn (after_turn) */
     uint64_t stop_deadline, tick_timer;
     int status;
 };
@@ -229,10 +230,8 @@ static void on_dtls(ev_loop_t *loop, int fd, unsigned mask, void *data)
         handed++;
         bridge_after_io(p->b);
     }
-    if (handed) {
-        coap_io_process(p->ctx, COAP_IO_NO_WAIT);
-        bridge_after_io(p->b);
-    }
+    if (handed)
+        p->coap_due = true;
 }
 
 /* The MQTT client's news; then the answers that acknowledgements released go out. */
@@ -241,8 +240,7 @@ static void on_inbox(ev_loop_t *loop, int fd, unsigned mask, void *data)
     struct proc *p = data;
     (void)loop, (void)fd, (void)mask;
     bridge_process_inbox(p->b);
-    coap_io_process(p->ctx, COAP_IO_NO_WAIT);
-    bridge_after_io(p->b);
+    p->coap_due = true;
 }
 
 /* A graceful stop ends when no publish awaits the broker, or at STOP_WAIT_MS. */
@@ -299,6 +297,16 @@ static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
 static void after_turn(ev_loop_t *loop, void *data)
 {
     struct proc *p = data;
+    /*
+     * libcoap's own work (its timers: retransmissions, handshakes, idle
+     * sessions) once a turn, not once per entry: each pass walks every
+     * session. What libcoap sends in answer to a datagram it sends at once.
+     */
+    if (p->coap_due) {
+        p->coap_due = false;
+        coap_io_process(p->ctx, COAP_IO_NO_WAIT);
+        bridge_after_io(p->b);
+    }
     bridge_commit(p->b);
     bridge_tick(p->b);
     int ms = bridge_timeout_ms(p->b);
