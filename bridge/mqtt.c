@@ -719,35 +719,41 @@ void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
     m->kick_handed = m->handed;
 }
 
-int mqtt_kick_due(bridge_mqtt_t *m)
+int mqtt_kick_wait_ms(const bridge_mqtt_t *m)
+{
+    if (!m->kick_wanted || m->handed != m->kick_handed)
+        return -1;
+    uint64_t now = gw_now_ms();
+    return now < m->kick_at_ms ? (int)(m->kick_at_ms - now) : 0;
+}
+
+void mqtt_kick_due(bridge_mqtt_t *m)
 {
     MQTTAsync_token *tokens = NULL;
     int n = 0;
 
     if (!m->kick_wanted)
-        return -1;
+        return;
     if (m->handed != m->kick_handed) {
         m->kick_wanted = false; /* a publish since has woken the thread */
-        return -1;
+        return;
     }
-    uint64_t now = gw_now_ms();
-    if (now < m->kick_at_ms)
-        return (int)(m->kick_at_ms - now);
+    if (gw_now_ms() < m->kick_at_ms)
+        return;
     m->kick_wanted = false;
     if (!MQTTAsync_isConnected(m->client))
-        return -1;
+        return;
     if (MQTTAsync_getPendingTokens(m->client, &tokens) != MQTTASYNC_SUCCESS)
-        return -1;
+        return;
     while (tokens && tokens[n] != -1)
         n++;
     MQTTAsync_free(tokens);
     if (n <= atomic_load(&m->window)) {
         atomic_store(&m->backlog, false); /* what a reconnection found has gone */
-        return -1;
+        return;
     }
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_unsubscribe(m->client, KICK_FILTER, &ro);
-    return -1;
 }
 
 int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n, uint64_t id)

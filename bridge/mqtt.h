@@ -104,8 +104,11 @@ void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms);
  */
 void mqtt_kick(bridge_mqtt_t *m, size_t waiting);
 
-/* Sends the kick if it is due; ms until it is, or -1 when none waits (the loop, each turn). */
-int mqtt_kick_due(bridge_mqtt_t *m);
+/* Sends the kick if it is due (the loop, each turn). */
+void mqtt_kick_due(bridge_mqtt_t *m);
+
+/* Milliseconds until the kick is due, 0 if it is, -1 when none waits. */
+int mqtt_kick_wait_ms(const bridge_mqtt_t *m);
 
 /* Turns Paho's protocol trace off once the store is empty (the loop, after each batch). */
 void mqtt_trace_settle(bridge_mqtt_t *m);

@@ -333,7 +333,7 @@ void bridge_tick(bridge_t *b)
 
 int bridge_timeout_ms(const bridge_t *b)
 {
-    int kick = mqtt_kick_due(b->mqtt);
+    int kick = mqtt_kick_wait_ms(b->mqtt);
     if (kick >= 0 && kick < TICK_MS)
         return kick;
     if (pending_inflight(b->pend) || (!b->link.connected && !b->link.connecting))

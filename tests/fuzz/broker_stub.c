@@ -126,7 +126,12 @@ void mqtt_trace_settle(bridge_mqtt_t *m)
     (void)m;
 }
 
-int mqtt_kick_due(bridge_mqtt_t *m)
+void mqtt_kick_due(bridge_mqtt_t *m)
+{
+    (void)m;
+}
+
+int mqtt_kick_wait_ms(const bridge_mqtt_t *m)
 {
     (void)m;
     return -1;
