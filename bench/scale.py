@@ -17,6 +17,8 @@ behind it), on the same machine and the same load from coap_load:
    60 s; then as many arriving at SCALE_RATE a second (1000);
 6. a summary with the aims of issue 11.
 
+SCALE_PHASES (steady,memory,herd) runs some of them only.
+
 Fails only when something broke (an answer other than the expected code, a
 reading that did not reach the broker, a server that died), never for an aim
 not met."""
@@ -46,6 +48,7 @@ BURST = int(os.environ.get("SCALE_BURST", "1000"))
 FORKS = int(os.environ.get("SCALE_FORKS", "4"))
 RATE = float(os.environ.get("SCALE_RATE", "1000"))
 HERD_WAIT = float(os.environ.get("SCALE_HERD_WAIT", "60"))
+PHASES = set(os.environ.get("SCALE_PHASES", "steady,memory,herd").split(","))
 TICK = os.sysconf("SC_CLK_TCK")
 
 MAPPINGS = """
@@ -411,73 +414,84 @@ def main():
                             stdout=subprocess.PIPE, text=True).stdout, os.cpu_count()))
     servers = Servers(pki, broker, psk)
 
-    sv = servers.start()
-    others = {"mosquitto": broker.proc.pid}
-    runs = [steady(sv.libcoap, "coap-server", None, {}),
-            steady(sv.q1, "tandem QoS 1", broker, others),
-            steady(sv.q0, "tandem QoS 0", broker, others)]
-    servers.stop()
-
-    sv = servers.start()
-    mem = {"coap-server": memory(sv.libcoap)}
-    readings = Readings(broker)
-    mem["tandem"] = memory(sv.q1)
-    readings.check(int(mem["tandem"]["answered"]), "memory: readings at the broker")
-    servers.stop()
-
-    herds = {}
-    readings = Readings(broker)
-    tandem_ok = 0
-    for kind in ("burst", "rate"):
+    runs, mem, herds = None, None, None
+    if "steady" in PHASES:
         sv = servers.start()
-        for srv, name in ((sv.libcoap, "coap-server"), (sv.q1, "tandem QoS 1")):
-            if kind == "burst":
-                r = herd(srv, "whose handshakes start at once", ["-b", "-f", FORKS], "hb",
-                         "%s, the thundering herd" % name)
-            else:
-                r = herd(srv, "arriving at %.0f a second" % RATE, ["-r", RATE], "rt",
-                         "%s, arrivals at %.0f/s" % (name, RATE))
-            herds.setdefault(srv.name, []).append(r)
-            if srv.gateway:
-                tandem_ok += r["ok"]
+        others = {"mosquitto": broker.proc.pid}
+        runs = [steady(sv.libcoap, "coap-server", None, {}),
+                steady(sv.q1, "tandem QoS 1", broker, others),
+                steady(sv.q0, "tandem QoS 0", broker, others)]
         servers.stop()
-    readings.check(int(tandem_ok), "herd: readings at the broker")
 
-    base = runs[0]
+    if "memory" in PHASES:
+        sv = servers.start()
+        mem = {"coap-server": memory(sv.libcoap)}
+        readings = Readings(broker)
+        mem["tandem"] = memory(sv.q1)
+        readings.check(int(mem["tandem"]["answered"]), "memory: readings at the broker")
+        servers.stop()
+
+    if "herd" in PHASES:
+        herds = {}
+        readings = Readings(broker)
+        tandem_ok = 0
+        for kind in ("burst", "rate"):
+            sv = servers.start()
+            for srv, name in ((sv.libcoap, "coap-server"), (sv.q1, "tandem QoS 1")):
+                if kind == "burst":
+                    r = herd(srv, "whose handshakes start at once", ["-b", "-f", FORKS], "hb",
+                             "%s, the thundering herd" % name)
+                else:
+                    r = herd(srv, "arriving at %.0f a second" % RATE, ["-r", RATE], "rt",
+                             "%s, arrivals at %.0f/s" % (name, RATE))
+                herds.setdefault(srv.name, []).append(r)
+                if srv.gateway:
+                    tandem_ok += r["ok"]
+            servers.stop()
+        readings.check(int(tandem_ok), "herd: readings at the broker")
+    summary(runs, mem, herds)
+
+
+def summary(runs, mem, herds):
     print()
     print("== Summary (aims from issue 11)")
     row = "%-44s %14s %14s  %s"
     print(row % ("", "coap-server", "tandem", "aim"))
-    for r, aim in ((runs[1], 0.5), (runs[2], 0.7)):
-        ratio = r["rps"] / base["rps"] if base["rps"] else 0
-        print(row % ("requests/s, %s (p50/p99 ms %.1f/%.1f)" % (r["label"][7:], r["p50"], r["p99"]),
-                     "%.0f" % base["rps"], "%.0f" % r["rps"],
-                     "%.2fx of coap-server, aim >= %.1fx: %s"
-                     % (ratio, aim, "met" if ratio >= aim else "not met")))
-    for r in runs[1:]:
-        print(row % ("CPU µs per request, %s (server only)" % r["label"][7:],
-                     "%.1f" % base["server_us"], "%.1f" % r["server_us"], ""))
-    for r in runs[1:]:
-        print(row % ("system calls per request, %s" % r["label"][7:],
-                     "%.1f" % sum(base["syscalls"][1].values()),
-                     "%.1f" % sum(r["syscalls"][1].values()), ""))
-    per = mem["tandem"]["per"]
-    print(row % ("KiB per idle DTLS session (%d sessions)" % IDLE,
-                 "%.1f" % mem["coap-server"]["per"], "%.1f" % per,
-                 "aim <= 16: %s" % ("met" if per <= 16 else "not met")))
-    cb, cr = herds["coap-server"]
-    tb, tr = herds["tandem"]
-    print(row % ("herd of %d: answered within 5 s" % BURST, "%d" % cb["within_5s"],
-                 "%d" % tb["within_5s"],
-                 "all within 5 s: %s" % ("met" if tb["within_5s"] >= BURST else "not met")))
-    print(row % ("herd of %d: answered within 60 s" % BURST, "%d" % cb["within_60s"],
-                 "%d" % tb["within_60s"], ""))
-    print(row % ("herd of %d: the last answered after, s" % BURST, "%.2f" % cb["last_s"],
-                 "%.2f" % tb["last_s"], ""))
-    print(row % ("%d arriving at %.0f/s: answered (last after, s)" % (BURST, RATE),
-                 "%d (%.2f)" % (cr["answered"], cr["last_s"]),
-                 "%d (%.2f)" % (tr["answered"], tr["last_s"]),
-                 "all: %s" % ("met" if tr["answered"] >= BURST else "not met")))
+    if runs:
+        base = runs[0]
+        for r, aim in ((runs[1], 0.5), (runs[2], 0.7)):
+            ratio = r["rps"] / base["rps"] if base["rps"] else 0
+            print(row % ("requests/s, %s (p50/p99 ms %.1f/%.1f)"
+                         % (r["label"][7:], r["p50"], r["p99"]),
+                         "%.0f" % base["rps"], "%.0f" % r["rps"],
+                         "%.2fx of coap-server, aim >= %.1fx: %s"
+                         % (ratio, aim, "met" if ratio >= aim else "not met")))
+        for r in runs[1:]:
+            print(row % ("CPU µs per request, %s (server only)" % r["label"][7:],
+                         "%.1f" % base["server_us"], "%.1f" % r["server_us"], ""))
+        for r in runs[1:]:
+            print(row % ("system calls per request, %s" % r["label"][7:],
+                         "%.1f" % sum(base["syscalls"][1].values()),
+                         "%.1f" % sum(r["syscalls"][1].values()), ""))
+    if mem:
+        per = mem["tandem"]["per"]
+        print(row % ("KiB per idle DTLS session (%d sessions)" % IDLE,
+                     "%.1f" % mem["coap-server"]["per"], "%.1f" % per,
+                     "aim <= 16: %s" % ("met" if per <= 16 else "not met")))
+    if herds:
+        cb, cr = herds["coap-server"]
+        tb, tr = herds["tandem"]
+        print(row % ("herd of %d: answered within 5 s" % BURST, "%d" % cb["within_5s"],
+                     "%d" % tb["within_5s"],
+                     "all within 5 s: %s" % ("met" if tb["within_5s"] >= BURST else "not met")))
+        print(row % ("herd of %d: answered within 60 s" % BURST, "%d" % cb["within_60s"],
+                     "%d" % tb["within_60s"], ""))
+        print(row % ("herd of %d: the last answered after, s" % BURST, "%.2f" % cb["last_s"],
+                     "%.2f" % tb["last_s"], ""))
+        print(row % ("%d arriving at %.0f/s: answered (last after, s)" % (BURST, RATE),
+                     "%d (%.2f)" % (cr["answered"], cr["last_s"]),
+                     "%d (%.2f)" % (tr["answered"], tr["last_s"]),
+                     "all: %s" % ("met" if tr["answered"] >= BURST else "not met")))
 
 
 if __name__ == "__main__":

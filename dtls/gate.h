@@ -109,9 +109,20 @@ int dtls_gate_next(dtls_gate_t *gate, unsigned *budget);
 #define DTLS_GATE_BUDGET 1024
 
 /*
- * An attached gate's turn: hands libcoap (coap_io_do_epoll) the datagrams it
- * should read, at most max, and refuses at most DTLS_GATE_BUDGET others.
- * Returns how many libcoap read.
+ * After dtls_gate_next() returned 1 with a record of application data at the
+ * head: how many datagrams behind it, at most max, are records of application
+ * data too (which the gate lets through), without taking any.
+ */
+int dtls_gate_following(dtls_gate_t *gate, int max);
+
+/* Datagrams handed to libcoap in one call at most. */
+#define DTLS_GATE_BATCH 32
+
+/*
+ * An attached gate's turn: hands libcoap (coap_io_do_epoll) one batch of the
+ * datagrams it should read, at most max: the head, and the records of data
+ * that follow a record of data. Refuses at most DTLS_GATE_BUDGET others on
+ * the way. Returns how many libcoap read; 0 when there is nothing for it.
  */
 int dtls_gate_run(dtls_gate_t *gate, coap_context_t *ctx, int max);
 

@@ -218,16 +218,17 @@ static void on_coap(ev_loop_t *loop, int fd, unsigned mask, void *data)
 
 /*
  * The DTLS socket: ClientHellos without a valid cookie stop at the gate;
- * libcoap reads the rest, one datagram at a time so that a handshake that
- * just finished makes its resources before the next request.
+ * libcoap reads the rest, in batches that end at each handshake record, so
+ * that a handshake that just finished makes its resources before the next
+ * request.
  */
 static void on_dtls(ev_loop_t *loop, int fd, unsigned mask, void *data)
 {
     struct proc *p = data;
-    int handed = 0;
+    int handed = 0, n;
     (void)loop, (void)fd, (void)mask;
-    while (handed < COAP_BATCH && dtls_gate_run(p->gate, p->ctx, 1) > 0) {
-        handed++;
+    while (handed < COAP_BATCH && (n = dtls_gate_run(p->gate, p->ctx, COAP_BATCH - handed)) > 0) {
+        handed += n;
         bridge_after_io(p->b);
     }
     if (handed)

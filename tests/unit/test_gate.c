@@ -286,6 +286,60 @@ Test(gate, other_datagrams_stay_for_libcoap)
     stop(&b);
 }
 
+/* A DTLS 1.2 record of type type (application data 23, handshake 22), epoch 1, n bytes of body. */
+static size_t record(uint8_t type, uint8_t tag, size_t n, uint8_t *out)
+{
+    const uint8_t head[] = { type, 0xfe, 0xfd, 0x00, 0x01, 0, 0, 0, 0, 0, tag, 0, (uint8_t)n };
+    memcpy(out, head, sizeof(head));
+    memset(out + sizeof(head), tag, n);
+    return sizeof(head) + n;
+}
+
+/*
+ * The records of data behind a record of data are counted without taking any:
+ * up to a record of another kind or a hello, then the head is still the head.
+ */
+Test(gate, following_records_of_data_counted_not_taken)
+{
+    struct bench b = start();
+    int dev = udp(NULL);
+    uint8_t d[64], in[128];
+    size_t lens[6];
+    lens[0] = record(23, 1, 20, d), send_to(&b, dev, d, lens[0]);
+    lens[1] = record(23, 2, 33, d), send_to(&b, dev, d, lens[1]);
+    lens[2] = record(23, 3, 1, d), send_to(&b, dev, d, lens[2]);
+    lens[3] = record(22, 4, 40, d), send_to(&b, dev, d, lens[3]); /* a Finished */
+    lens[4] = record(23, 5, 20, d), send_to(&b, dev, d, lens[4]);
+
+    cr_assert_eq(next(&b), 1, "a record of data: for libcoap");
+    cr_assert_eq(dtls_gate_following(b.gate, 1), 1, "at most max");
+    cr_assert_eq(dtls_gate_following(b.gate, 32), 2, "up to the handshake record");
+    cr_assert_eq(dtls_gate_following(b.gate, 32), 2, "looking takes nothing");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(recv(b.server, in, sizeof(in), 0), (ssize_t)lens[i], "datagram %d in order",
+                     i);
+        cr_assert_eq(in[10], i + 1);
+    }
+    cr_assert_eq(next(&b), 1);
+    cr_assert_eq(dtls_gate_following(b.gate, 32), 0, "nothing batched behind a handshake record");
+    cr_assert_eq(recv(b.server, in, sizeof(in), 0), (ssize_t)lens[3]);
+    cr_assert_eq(next(&b), 1);
+    cr_assert_eq(dtls_gate_following(b.gate, 32), 0, "the last one");
+    cr_assert_eq(recv(b.server, in, sizeof(in), 0), (ssize_t)lens[4]);
+    cr_assert_eq(in[10], 5);
+
+    /* A hello behind data ends the batch: it goes to the gate at the head. */
+    lens[0] = record(23, 6, 20, d), send_to(&b, dev, d, lens[0]);
+    send_to(&b, dev, hello_gnutls, sizeof(hello_gnutls));
+    cr_assert_eq(next(&b), 1);
+    cr_assert_eq(dtls_gate_following(b.gate, 32), 0);
+    cr_assert_eq(recv(b.server, in, sizeof(in), 0), (ssize_t)lens[0]);
+    cr_assert_eq(next(&b), 0, "the hello: answered and taken");
+    cr_assert_eq(dtls_gate_stats(b.gate)->hellos_answered, 1);
+    close(dev);
+    stop(&b);
+}
+
 Test(gate, first_hello_answered_then_verified)
 {
     struct bench b = start();
