@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <coap3/coap.h>
 #include <errno.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -314,6 +315,26 @@ static void after_turn(ev_loop_t *loop, void *data)
     ev_set_timer(loop, p->tick_timer, ms < 0 ? 1000 : (uint64_t)ms);
 }
 
+/*
+ * glibc keeps what is freed for the allocations to come: after a storm of
+ * sessions has ended (each held about 13 KiB, and its handshake more), the
+ * megabytes stay with the process. Every TRIM_MS, when the heaps hold more
+ * than TRIM_FREE bytes unused, they go back to the system (malloc_trim()
+ * also releases the whole free pages inside a heap, not only its top).
+ */
+#define TRIM_MS 30000
+#define TRIM_FREE (1024 * 1024)
+
+static int64_t on_trim(ev_loop_t *loop, uint64_t id, void *data)
+{
+    (void)loop, (void)id, (void)data;
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks > TRIM_FREE && malloc_trim(0))
+        gw_debug(GATEWAY, "memory: %zu KiB unused in the heaps, their free pages given back",
+                 mi.fordblks / 1024);
+    return TRIM_MS;
+}
+
 /* The statistics on mqtt.stats_topic, every stats_interval seconds (which a reload may change). */
 static int64_t on_stats(ev_loop_t *loop, uint64_t id, void *data)
 {
@@ -388,7 +409,7 @@ static int register_entries(struct proc *p, const sigset_t *mask)
         return -1;
     p->tick_timer = ev_add_timer(p->loop, 0, on_tick, p);
     if (!p->tick_timer || ev_add_hook(p->loop, after_turn, p) < 0 ||
-        !ev_add_timer(p->loop, 1000, on_stats, p))
+        !ev_add_timer(p->loop, 1000, on_stats, p) || !ev_add_timer(p->loop, TRIM_MS, on_trim, p))
         return -1;
     uint64_t watchdog_ms = watchdog_interval_ms();
     if (watchdog_ms && !ev_add_timer(p->loop, 0, on_watchdog, (void *)(uintptr_t)watchdog_ms))

@@ -67,6 +67,7 @@ inspect() { # ARCH
   rm -rf "$root" && mkdir -p "$root" && dpkg-deb -x "$deb" "$root" && dpkg-deb -e "$deb" "$root/DEBIAN"
   local f
   for f in usr/bin/tandem lib/systemd/system/tandem.service usr/lib/sysusers.d/tandem.conf \
+           usr/lib/sysctl.d/60-tandem.conf \
            etc/tandem/tandem.conf usr/share/man/man8/tandem.8.gz \
            usr/share/tandem/certbot-deploy-hook usr/share/doc/tandem/copyright; do
     [ -f "$root/$f" ] || fail "$arch: /$f is missing"
@@ -76,6 +77,9 @@ inspect() { # ARCH
     fail "$arch: /etc/tandem/tandem.conf is not a conffile"
   grep -q 'systemd-sysusers.*tandem.conf' "$root/DEBIAN/postinst" ||
     fail "$arch: postinst does not create the tandem user"
+  grep -qx 'net.core.rmem_max = 8388608' "$root/usr/lib/sysctl.d/60-tandem.conf" &&
+    grep -q 'systemd-sysctl /usr/lib/sysctl.d/60-tandem.conf' "$root/DEBIAN/postinst" ||
+    fail "$arch: the DTLS receive buffer ceiling is not installed or not applied"
   # dh_installsystemd --no-enable --no-start: the unit is enabled again only
   # where it was enabled before (debian-installed), and never started.
   if ! grep -q "deb-systemd-helper debian-installed 'tandem.service'" "$root/DEBIAN/postinst" ||
