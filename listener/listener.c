@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "listener_int.h"
 #include "log.h"
+#include "packet.h"
 #include "tls.h"
 
 /* How long a closing connection may take to send what is queued, ms. */
@@ -701,7 +702,7 @@ static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
                 l->st.timeouts++;
                 gw_log_limited(GW_LOG_INFO, MQTT, "device %s: silent past its keep-alive; closed",
                                c->anonymous ? "(anonymous)" : c->identity);
-                lconn_close(c, false, false);
+                relay_disconnect(c, MQTT_RC_KEEPALIVE_TIMEOUT);
                 settle(c);
             }
             continue;
@@ -856,7 +857,7 @@ int listener_reload(listener_t *l, const gw_config_t *next)
         closed++;
         gw_info(MQTT, "device %s: its subscriptions or Will are no longer allowed; closed",
                 c->anonymous ? "(anonymous)" : c->identity);
-        lconn_close(c, false, false);
+        relay_disconnect(c, MQTT_RC_ADMIN_ACTION);
         settle(c);
     }
     if (closed)

@@ -95,6 +95,12 @@ int relay_upstream_input(lconn_t *c);
 void relay_upstream_failed(lconn_t *c);
 /* Whether c's subscriptions and Will are all allowed by t. */
 bool relay_allowed(const lconn_t *c, const map_table_t *t);
+
+/*
+ * Closes the device's connection, after a DISCONNECT with reason (an MQTT_RC_
+ * code) when it speaks MQTT 5 (3.1.1 has none): what is queued for it still goes.
+ */
+void relay_disconnect(lconn_t *c, uint8_t reason);
 void relay_free(relay_t *r);
 
 #endif

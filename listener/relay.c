@@ -107,7 +107,7 @@ static void send_connack(lconn_t *c, int version, uint8_t reason)
 }
 
 /* MQTT 5: a DISCONNECT with reason before the connection closes; 3.1.1 has none. */
-static void disconnect(lconn_t *c, uint8_t reason)
+void relay_disconnect(lconn_t *c, uint8_t reason)
 {
     if (c->r && c->r->version == MQTT_V5) {
         mqtt_packet_t p = { .type = MQTT_DISCONNECT };
@@ -127,10 +127,10 @@ static int device_broke(lconn_t *c, int err, const char *what)
                    : err == -EPROTO ? "protocol error"
                    : err == -E2BIG  ? "over a bound"
                                     : "malformed");
-    disconnect(c, err == -EMSGSIZE ? MQTT_RC_PACKET_TOO_LARGE
-                  : err == -EPROTO ? MQTT_RC_PROTOCOL_ERROR
-                  : err == -E2BIG  ? MQTT_RC_QUOTA_EXCEEDED
-                                   : MQTT_RC_MALFORMED);
+    relay_disconnect(c, err == -EMSGSIZE ? MQTT_RC_PACKET_TOO_LARGE
+                        : err == -EPROTO ? MQTT_RC_PROTOCOL_ERROR
+                        : err == -E2BIG  ? MQTT_RC_QUOTA_EXCEEDED
+                                         : MQTT_RC_MALFORMED);
     return -1;
 }
 
@@ -318,7 +318,7 @@ static int on_publish(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_t 
                 listener_stats_mut(c->l)->malformed++;
                 gw_log_limited(GW_LOG_INFO, MQTT, "device %s: Topic Alias %u out of range",
                                c->anonymous ? "(anonymous)" : c->identity, (unsigned)ta->value);
-                disconnect(c, MQTT_RC_TOPIC_ALIAS_INVALID);
+                relay_disconnect(c, MQTT_RC_TOPIC_ALIAS_INVALID);
                 return -1;
             }
             struct alias *a = &r->alias[ta->value];
@@ -341,7 +341,7 @@ static int on_publish(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_t 
                 listener_stats_mut(c->l)->malformed++;
                 gw_log_limited(GW_LOG_INFO, MQTT, "device %s: unknown Topic Alias %u",
                                c->anonymous ? "(anonymous)" : c->identity, (unsigned)ta->value);
-                disconnect(c, MQTT_RC_TOPIC_ALIAS_INVALID);
+                relay_disconnect(c, MQTT_RC_TOPIC_ALIAS_INVALID);
                 return -1;
             } else {
                 pb->topic = (mqtt_bytes_t){ (const uint8_t *)a->topic, a->len };
@@ -414,7 +414,7 @@ static int on_subscribe(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_
         listener_stats_mut(c->l)->denied_subscribe += sb->n;
         gw_log_limited(GW_LOG_INFO, MQTT, "device %s: more than %d SUBSCRIBEs unanswered",
                        c->anonymous ? "(anonymous)" : c->identity, LISTENER_SUBS_PENDING_MAX);
-        disconnect(c, MQTT_RC_QUOTA_EXCEEDED);
+        relay_disconnect(c, MQTT_RC_QUOTA_EXCEEDED);
         return -1;
     }
     memset(sp, 0, sizeof(*sp));

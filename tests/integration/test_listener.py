@@ -702,7 +702,10 @@ def reload_closes_disallowed_subscriptions():
     s.g.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: s.g.count("reloaded:") + s.g.count("reload refused") >= 1, "the reload")
     check(s.g.count("reloaded:") == 1, "reload refused:\n" + s.g.text()[-2000:])
-    sub1.closed()
+    seen = sub1.closed()
+    # MQTT 5 §3.14.2.1: the server says why it closes; 0x98 administrative action.
+    check([p.reason for p in seen if p.name == "DISCONNECT"] == [0x98],
+          "closed without DISCONNECT 0x98: %r" % seen)
     check(sub2.ping(), "a subscription still allowed was closed")
     acked(pub.publish(TEL % "bike-2", "after-reload", qos=1), 0, "publish after the reload")
     again = s.device("bike-1", 5)
