@@ -106,10 +106,13 @@ static void send_connack(lconn_t *c, int version, uint8_t reason)
     send_packet(c, true, &p, version);
 }
 
-/* MQTT 5: a DISCONNECT with reason before the connection closes; 3.1.1 has none. */
+/*
+ * MQTT 5: a DISCONNECT with reason before the connection closes; 3.1.1 has
+ * none, and before its CONNACK a device gets no other packet (MQTT-3.2.0-1).
+ */
 void relay_disconnect(lconn_t *c, uint8_t reason)
 {
-    if (c->r && c->r->version == MQTT_V5) {
+    if (c->r && c->r->version == MQTT_V5 && c->state == LC_RELAY) {
         mqtt_packet_t p = { .type = MQTT_DISCONNECT };
         p.u.reason.reason = reason;
         send_packet(c, true, &p, MQTT_V5);
