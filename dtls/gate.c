@@ -486,9 +486,13 @@ int dtls_gate_following(dtls_gate_t *g, int max)
     }
     off = -1;
     if (setsockopt(g->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) < 0) {
-        /* Left on, the next peek would not see the head: take none of them. */
+        /*
+         * Not seen: the kernel only stores the value, and took one a moment
+         * ago. Were it left on, the gate's next peeks would start past the
+         * head; no more batches, and said loudly.
+         */
         g->no_peek_off = true;
-        gw_warn(DTLS, "cannot turn SO_PEEK_OFF off (%s): one datagram per batch", strerror(errno));
+        gw_err(DTLS, "cannot turn SO_PEEK_OFF off (%s): one datagram per batch", strerror(errno));
         return 0;
     }
     return n;
