@@ -375,6 +375,7 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
     bool debug = gw_log_level() >= GW_LOG_DEBUG;
 
     g->head_verified = false;
+    g->head_len = g->head_whole = 0; /* nothing looked at yet */
     while (*budget > 0) {
         struct sockaddr_storage peer;
         struct iovec iov = { .iov_base = g->buf, .iov_len = sizeof(g->buf) };
@@ -510,7 +511,8 @@ int dtls_gate_run(dtls_gate_t *g, coap_context_t *ctx, int max)
      * An error the gate cannot read past goes to libcoap too: it reads the
      * socket and deals with the error as it did before the gate.
      */
-    if (dtls_gate_next(g, &budget) == 0)
+    int rc = dtls_gate_next(g, &budget);
+    if (rc == 0)
         return 0;
     /*
      * Behind a record of data, the records of data that follow go to libcoap
@@ -519,7 +521,7 @@ int dtls_gate_run(dtls_gate_t *g, coap_context_t *ctx, int max)
      * Anything else (a handshake, an alert) ends the batch, so that what a
      * finished handshake makes exists before the next datagram is read.
      */
-    int n = 1 + dtls_gate_following(g, max - 1);
+    int n = 1 + (rc > 0 ? dtls_gate_following(g, max - 1) : 0);
     for (int i = 0; i < n; i++)
         ev[i] = (struct epoll_event){ .events = EPOLLIN, .data.u64 = g->epdata };
     handing = g;
