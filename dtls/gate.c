@@ -119,7 +119,6 @@ struct dtls_gate {
     struct peer *peers; /* owned, DTLS_GATE_PEERS */
     dtls_gate_stats_t st;
     size_t head_len;    /* bytes of the head datagram in buf */
-    size_t head_whole;  /* its length on the wire (more than head_len only if cut) */
     bool no_peek_off;   /* the socket refused SO_PEEK_OFF: one datagram per batch */
     bool head_verified; /* it is a ClientHello with a valid cookie of ours */
     uint8_t buf[65536]; /* the head datagram (a UDP payload is at most 65,507 bytes) */
@@ -375,7 +374,7 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
     bool debug = gw_log_level() >= GW_LOG_DEBUG;
 
     g->head_verified = false;
-    g->head_len = g->head_whole = 0; /* nothing looked at yet */
+    g->head_len = 0; /* nothing looked at yet */
     while (*budget > 0) {
         struct sockaddr_storage peer;
         struct iovec iov = { .iov_base = g->buf, .iov_len = sizeof(g->buf) };
@@ -399,7 +398,6 @@ int dtls_gate_next(dtls_gate_t *g, unsigned *budget)
         /* With MSG_TRUNC, n is the datagram's whole length. */
         size_t len = (size_t)n < sizeof(g->buf) ? (size_t)n : sizeof(g->buf);
         g->head_len = len;
-        g->head_whole = (size_t)n;
         dtls_dgram_t dg;
         uint8_t key[PEER_KEY];
         if (dtls_dgram_classify(g->buf, len, &dg) == DTLS_DGRAM_OTHER || peer_key(&peer, key) < 0)
@@ -466,9 +464,8 @@ int dtls_gate_following(dtls_gate_t *g, int max)
      * on only here: the reads of libcoap and of the gate then take exactly
      * the datagrams the gate has looked at, from the head.
      */
-    int off = (int)g->head_whole, n = 0;
-    if (max <= 0 || g->no_peek_off || !application_data(g->buf, g->head_len) ||
-        g->head_whole > INT32_MAX)
+    int off = (int)g->head_len, n = 0; /* buf holds any UDP payload whole */
+    if (max <= 0 || g->no_peek_off || !application_data(g->buf, g->head_len))
         return 0;
     if (setsockopt(g->fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off)) < 0) {
         g->no_peek_off = true;

@@ -335,6 +335,10 @@ Test(gate, following_records_of_data_counted_not_taken)
     cr_assert_eq(dtls_gate_following(b.gate, 1), 1, "at most max");
     cr_assert_eq(dtls_gate_following(b.gate, 32), 2, "up to the handshake record");
     cr_assert_eq(dtls_gate_following(b.gate, 32), 2, "looking takes nothing");
+    int off = 0;
+    socklen_t ol = sizeof(off);
+    cr_assert_eq(getsockopt(b.server, SOL_SOCKET, SO_PEEK_OFF, &off, &ol), 0);
+    cr_assert_eq(off, -1, "SO_PEEK_OFF left on: the gate's next peek would miss the head");
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(recv(b.server, in, sizeof(in), 0), (ssize_t)lens[i], "datagram %d in order",
                      i);
