@@ -183,34 +183,55 @@ static size_t same_mapping(const gw_config_t *cur, size_t i, const gw_config_t *
     return SIZE_MAX;
 }
 
-void bridge_reload(bridge_t *b, const gw_config_t *next)
+/* What a reload needs, allocated ahead (bridge_reload_prepare). */
+struct bridge_next {
+    const gw_config_t *cfg;    /* borrowed */
+    struct up_map_stats *maps; /* the up path's counters, one per mapping of cfg (and one more) */
+    size_t *index;             /* of each running mapping in cfg, or SIZE_MAX */
+    down_next_t *down;
+};
+
+void bridge_next_free(bridge_next_t *n)
 {
-    size_t n = map_table_count(next->maps);
-    struct up_map_stats *maps = calloc(n + 1, sizeof(*maps));
-    if (!maps) {
-        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
+    if (!n)
         return;
-    }
-    size_t *index = calloc(map_table_count(b->cfg->maps) + 1, sizeof(*index));
-    if (!index) {
-        free(maps);
-        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
-        return;
+    down_next_free(n->down);
+    free(n->index);
+    free(n->maps);
+    free(n);
+}
+
+int bridge_reload_prepare(const bridge_t *b, const gw_config_t *next, bridge_next_t **out)
+{
+    bridge_next_t *n = calloc(1, sizeof(*n));
+    *out = NULL;
+    if (!n)
+        return -ENOMEM;
+    n->cfg = next;
+    n->maps = calloc(map_table_count(next->maps) + 1, sizeof(*n->maps));
+    n->index = calloc(map_table_count(b->cfg->maps) + 1, sizeof(*n->index));
+    if (!n->maps || !n->index || down_reload_prepare(b->down, next, &n->down) < 0) {
+        bridge_next_free(n);
+        return -ENOMEM;
     }
     for (size_t i = 0; i < map_table_count(b->cfg->maps); i++)
-        index[i] = same_mapping(b->cfg, i, next);
-    if (down_reload(b->down, next, index, upstream_connected(b)) < 0) {
-        free(index);
-        free(maps);
-        gw_err(GATEWAY, "reload: out of memory; the old mappings stay");
-        return;
-    }
-    up_remap(&b->up, maps, index, map_table_count(b->cfg->maps));
-    pending_remap(b->pend, index, map_table_count(b->cfg->maps));
-    free(index);
+        n->index[i] = same_mapping(b->cfg, i, next);
+    *out = n;
+    return 0;
+}
+
+void bridge_reload_commit(bridge_t *b, bridge_next_t *n)
+{
+    const gw_config_t *next = n->cfg;
+    down_reload(b->down, n->down, next, n->index, upstream_connected(b));
+    n->down = NULL;
+    up_remap(&b->up, n->maps, n->index, map_table_count(b->cfg->maps));
+    n->maps = NULL;
+    pending_remap(b->pend, n->index, map_table_count(b->cfg->maps));
     sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
     b->cfg = next;
     mqtt_set_config(b->mqtt, next);
+    bridge_next_free(n);
 }
 
 void bridge_count_mqtt(bridge_t *b, size_t map, enum bridge_mqtt_count what)

@@ -83,12 +83,24 @@ void bridge_count_mqtt(bridge_t *b, size_t map, enum bridge_mqtt_count what);
 /* Says "offline" on the status topic and disconnects. */
 void bridge_shutdown(bridge_t *b, int timeout_ms);
 
+/* What a reload needs, made ahead so that taking it cannot fail. */
+typedef struct bridge_next bridge_next_t;
+
 /*
- * Takes a reloaded configuration: mappings, counters, held values and
- * subscriptions follow it. next is borrowed from now on (and the old one no
- * longer used); it must have the running values of what takes a restart
- * (gw_config_keep_fixed).
+ * For a reload to next (borrowed until the commit or the free): 0 and *n,
+ * or -ENOMEM with nothing changed.
  */
-void bridge_reload(bridge_t *b, const gw_config_t *next);
+int bridge_reload_prepare(const bridge_t *b, const gw_config_t *next, bridge_next_t **n);
+
+/*
+ * Takes the reloaded configuration n was prepared for: mappings, counters,
+ * held values and subscriptions follow it. It is borrowed from now on (and
+ * the old one no longer used); it must have the running values of what takes
+ * a restart (gw_config_keep_fixed). Cannot fail; n is taken.
+ */
+void bridge_reload_commit(bridge_t *b, bridge_next_t *n);
+
+/* Frees n when the reload is not taken; NULL does nothing. */
+void bridge_next_free(bridge_next_t *n);
 
 #endif

@@ -189,7 +189,10 @@ void down_free(down_t *d)
     free(d);
 }
 
-/* The subscription filters of cfg's down mappings, strdup'ed; returns how many. */
+/*
+ * The subscription filters of cfg's down mappings, strdup'ed; returns how
+ * many, or -ENOMEM with none kept.
+ */
 static int filters_of(const gw_config_t *cfg, char **filters, int *qos, int max)
 {
     int k = 0;
@@ -199,8 +202,11 @@ static int filters_of(const gw_config_t *cfg, char **filters, int *qos, int max)
         if (!(map_entry_direction(m) & MAP_DOWN) || map_entry_filter(m, buf, sizeof(buf)) < 0)
             continue;
         filters[k] = strdup(buf);
-        if (!filters[k])
-            break;
+        if (!filters[k]) {
+            while (k > 0)
+                free(filters[--k]);
+            return -ENOMEM;
+        }
         if (qos)
             qos[k] = map_entry_qos(m);
         k++;
@@ -222,7 +228,7 @@ void down_on_connected(down_t *d)
     char *filters[n ? n : 1];
     int qos[n ? n : 1];
     int k = filters_of(d->cfg, filters, qos, (int)(n ? n : 1));
-    if (k) {
+    if (k > 0) {
         gw_info(MQTT, "subscribing to %d filter%s", k, k > 1 ? "s" : "");
         mqtt_subscribe(d->mqtt, filters, qos, k, ++d->sub_gen);
     }
@@ -230,11 +236,56 @@ void down_on_connected(down_t *d)
         free(filters[i]);
 }
 
-int down_reload(down_t *d, const gw_config_t *next, const size_t *index, bool connected)
+/* What a reload needs, allocated ahead (down_reload_prepare). */
+struct down_next {
+    struct down_map *maps; /* one per mapping of next (and one more) */
+    char **was, **now;     /* the subscription filters before and after, owned */
+    int *qos;              /* of now's */
+    int nw, nn;
+};
+
+void down_next_free(down_next_t *n)
 {
-    struct down_map *maps = calloc(map_table_count(next->maps) + 1, sizeof(*maps));
-    if (!maps)
+    if (!n)
+        return;
+    for (int i = 0; i < n->nw; i++)
+        free(n->was[i]);
+    for (int i = 0; i < n->nn; i++)
+        free(n->now[i]);
+    free(n->was);
+    free(n->now);
+    free(n->qos);
+    free(n->maps);
+    free(n);
+}
+
+int down_reload_prepare(const down_t *d, const gw_config_t *next, down_next_t **out)
+{
+    size_t max = map_table_count(d->cfg->maps) + map_table_count(next->maps) + 1;
+    down_next_t *n = calloc(1, sizeof(*n));
+    *out = NULL;
+    if (!n)
         return -ENOMEM;
+    n->maps = calloc(map_table_count(next->maps) + 1, sizeof(*n->maps));
+    n->was = calloc(max, sizeof(char *));
+    n->now = calloc(max, sizeof(char *));
+    n->qos = calloc(max, sizeof(int));
+    if (!n->maps || !n->was || !n->now || !n->qos ||
+        (n->nw = filters_of(d->cfg, n->was, NULL, (int)max)) < 0 ||
+        (n->nn = filters_of(next, n->now, n->qos, (int)max)) < 0) {
+        n->nw = n->nw < 0 ? 0 : n->nw;
+        n->nn = n->nn < 0 ? 0 : n->nn;
+        down_next_free(n);
+        return -ENOMEM;
+    }
+    *out = n;
+    return 0;
+}
+
+void down_reload(down_t *d, down_next_t *n, const gw_config_t *next, const size_t *index,
+                 bool connected)
+{
+    struct down_map *maps = n->maps;
     for (size_t i = 0; i < map_table_count(d->cfg->maps); i++)
         if (index[i] != SIZE_MAX)
             maps[index[i]] = d->maps[i];
@@ -258,36 +309,28 @@ int down_reload(down_t *d, const gw_config_t *next, const size_t *index, bool co
             drop_entry(d, e); /* observers are told 4.04 by libcoap */
         e = newer;
     }
-    /* Subscriptions: drop the filters that went, add the new ones. */
-    size_t n = map_table_count(d->cfg->maps) + map_table_count(next->maps) + 1;
-    char **was = calloc(n, sizeof(char *)), **now = calloc(n, sizeof(char *));
-    int *qos = calloc(n, sizeof(int));
-    if (was && now && qos) {
-        int nw = filters_of(d->cfg, was, NULL, (int)n), nn = filters_of(next, now, qos, (int)n);
-        char **gone = calloc(n, sizeof(char *));
-        int ng = 0;
-        for (int i = 0; gone && i < nw; i++)
-            if (!has_filter(now, nn, was[i]))
-                gone[ng++] = was[i];
-        if (connected) {
-            if (gone)
-                mqtt_unsubscribe(d->mqtt, gone, ng);
-            /* Subscribing again to a kept filter is harmless (retained values come again). */
-            mqtt_subscribe(d->mqtt, now, qos, nn, ++d->sub_gen);
+    /* Subscriptions: drop the filters that went (moved to the front of was), add the new. */
+    int ng = 0;
+    for (int i = 0; i < n->nw; i++) {
+        if (has_filter(n->now, n->nn, n->was[i])) {
+            free(n->was[i]);
+            n->was[i] = NULL;
+        } else {
+            n->was[ng++] = n->was[i];
         }
-        free(gone);
-        for (int i = 0; i < nw; i++)
-            free(was[i]);
-        for (int i = 0; i < nn; i++)
-            free(now[i]);
     }
-    free(was);
-    free(now);
-    free(qos);
+    n->nw = ng;
+    if (connected) {
+        if (ng)
+            mqtt_unsubscribe(d->mqtt, n->was, ng);
+        /* Subscribing again to a kept filter is harmless (retained values come again). */
+        mqtt_subscribe(d->mqtt, n->now, n->qos, n->nn, ++d->sub_gen);
+    }
     free(d->maps);
     d->maps = maps;
+    n->maps = NULL;
     d->cfg = next;
-    return 0;
+    down_next_free(n);
 }
 
 void down_message(down_t *d, inbox_msg_t *msg)

@@ -82,13 +82,23 @@ int down_timeout_ms(const down_t *d);
 /* Once a second: observers whose device went silent are confirmed (RFC 7641 §4.5). */
 void down_tick(down_t *d);
 
+/* What a reload needs, made ahead so that the reload itself cannot fail. */
+typedef struct down_next down_next_t;
+
+/* For a reload to next: 0 and *n, or -ENOMEM with nothing changed. */
+int down_reload_prepare(const down_t *d, const gw_config_t *next, down_next_t **n);
+/* Frees n when the reload is not taken; NULL does nothing. */
+void down_next_free(down_next_t *n);
+
 /*
  * A reload, before next replaces the configuration: held values follow the
  * new mappings, subscriptions too (when connected). index[i] is the index in
  * next of the mapping named as mapping i of the current one, or SIZE_MAX:
- * the per-mapping counters follow it. 0, or -ENOMEM with nothing changed.
+ * the per-mapping counters follow it. n (taken) is from down_reload_prepare
+ * for the same next. Cannot fail.
  */
-int down_reload(down_t *d, const gw_config_t *next, const size_t *index, bool connected);
+void down_reload(down_t *d, down_next_t *n, const gw_config_t *next, const size_t *index,
+                 bool connected);
 
 const down_stats_t *down_stats(const down_t *d);
 /* Mapping map's counters (map < the mappings' count). */

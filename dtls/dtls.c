@@ -171,12 +171,20 @@ static const coap_bin_const_t *psk_lookup(const dtls_psk_store_t *st, const uint
     return p ? &p->bin : NULL;
 }
 
+/*
+ * The PSK store new handshakes use: libcoap is given the callback once and
+ * no pointer to a store, so that replacing the store (a reload) leaves it
+ * nothing to hold on to. NULL knows no identity.
+ */
+static const dtls_psk_store_t *psk_running;
+
 /* libcoap asks for the key of an identity during the handshake. */
 static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_session_t *session,
                                                void *arg)
 {
-    const dtls_psk_store_t *st = arg;
+    const dtls_psk_store_t *st = psk_running;
     (void)session;
+    (void)arg;
     if (!identity || !map_identity_ok((const char *)identity->s, identity->length)) {
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (PSK identity not acceptable)");
         return NULL;
@@ -236,64 +244,114 @@ void dtls_release(void)
 {
     char *none[3] = { NULL, NULL, NULL };
     set_paths(none);
+    psk_running = NULL;
 }
 
-int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk)
+struct dtls_creds {
+    bool psk_on; /* PSK handshakes: psk (NULL knows no identity) */
+    const dtls_psk_store_t *psk;
+    bool pki_on; /* X.509 handshakes: p, with paths */
+    coap_dtls_pki_t p;
+    char *paths[3]; /* owned until given to libcoap */
+};
+
+void dtls_creds_free(dtls_creds_t *c)
 {
+    if (!c)
+        return;
+    for (int i = 0; i < 3; i++)
+        free(c->paths[i]);
+    free(c);
+}
+
+/* Whether PSK handshakes were ever set up: a reload without psk_file then knows no identity. */
+static bool psk_set;
+
+int dtls_prepare(const gw_config_t *cfg, const dtls_psk_store_t *psk, dtls_creds_t **out)
+{
+    *out = NULL;
     if (!coap_dtls_is_supported()) {
         gw_err(DTLS, "libcoap was built without DTLS");
         return -ENOTSUP;
     }
-    static bool psk_set;
-    if (psk || psk_set) {
-        /* After a reload without psk_file, a NULL store knows no identity. */
-        psk_set = true;
-        coap_dtls_spsk_t s;
-        memset(&s, 0, sizeof(s));
-        s.version = COAP_DTLS_SPSK_SETUP_VERSION;
-        s.validate_id_call_back = on_psk_identity;
-        s.id_call_back_arg = (void *)psk;
-        if (!coap_context_set_psk2(ctx, &s)) {
-            gw_err(DTLS, "cannot set up PSK credentials");
-            return -EINVAL;
-        }
-    }
+    dtls_creds_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->psk_on = psk || psk_set;
+    c->psk = psk;
     if (*cfg->coap.dtls.cert) {
-        coap_dtls_pki_t p;
-        memset(&p, 0, sizeof(p));
-        p.version = COAP_DTLS_PKI_SETUP_VERSION;
+        coap_dtls_pki_t *p = &c->p;
+        c->pki_on = true;
+        p->version = COAP_DTLS_PKI_SETUP_VERSION;
         /*
          * libcoap 4.3.1's GnuTLS server either requires a client certificate
          * (verify_peer_cert) or does not ask for one; there is no "request".
          * So a configured CA means certificate handshakes must present a
          * device certificate signed by it; PSK handshakes are not affected.
          */
-        p.verify_peer_cert = *cfg->coap.dtls.ca ? 1 : 0;
-        p.check_common_ca = *cfg->coap.dtls.ca ? 1 : 0;
-        p.allow_self_signed = 0;
-        p.allow_expired_certs = 0;
-        p.cert_chain_validation = 1;
-        p.cert_chain_verify_depth = 4;
-        p.validate_cn_call_back = on_cert;
-        char *paths[3] = { strdup(cfg->coap.dtls.cert), strdup(cfg->coap.dtls.key),
-                           *cfg->coap.dtls.ca ? strdup(cfg->coap.dtls.ca) : NULL };
-        if (!paths[0] || !paths[1] || (*cfg->coap.dtls.ca && !paths[2])) {
-            for (int i = 0; i < 3; i++)
-                free(paths[i]);
+        p->verify_peer_cert = *cfg->coap.dtls.ca ? 1 : 0;
+        p->check_common_ca = *cfg->coap.dtls.ca ? 1 : 0;
+        p->allow_self_signed = 0;
+        p->allow_expired_certs = 0;
+        p->cert_chain_validation = 1;
+        p->cert_chain_verify_depth = 4;
+        p->validate_cn_call_back = on_cert;
+        c->paths[0] = strdup(cfg->coap.dtls.cert);
+        c->paths[1] = strdup(cfg->coap.dtls.key);
+        c->paths[2] = *cfg->coap.dtls.ca ? strdup(cfg->coap.dtls.ca) : NULL;
+        if (!c->paths[0] || !c->paths[1] || (*cfg->coap.dtls.ca && !c->paths[2])) {
+            dtls_creds_free(c);
             return -ENOMEM;
         }
-        p.pki_key.key_type = COAP_PKI_KEY_PEM;
-        p.pki_key.key.pem.public_cert = paths[0];
-        p.pki_key.key.pem.private_key = paths[1];
-        p.pki_key.key.pem.ca_file = paths[2];
-        if (!coap_context_set_pki(ctx, &p)) {
-            gw_err(DTLS, "cannot set up X.509 credentials from %s", cfg->coap.dtls.cert);
-            for (int i = 0; i < 3; i++)
-                free(paths[i]);
-            return -EINVAL;
-        }
-        set_paths(paths);
+        p->pki_key.key_type = COAP_PKI_KEY_PEM;
+        p->pki_key.key.pem.public_cert = c->paths[0];
+        p->pki_key.key.pem.private_key = c->paths[1];
+        p->pki_key.key.pem.ca_file = c->paths[2];
     }
+    *out = c;
+    return 0;
+}
+
+/*
+ * libcoap 4.3.1 copies what it is given and refuses it only without DTLS
+ * support or for another version of the structure, both checked when the
+ * credentials were prepared; a refusal all the same keeps what it had (the
+ * copy comes after its checks) and is logged.
+ */
+void dtls_commit(coap_context_t *ctx, dtls_creds_t *c)
+{
+    if (c->pki_on) {
+        if (coap_context_set_pki(ctx, &c->p)) {
+            set_paths(c->paths); /* libcoap reads them at each handshake: kept until the next */
+            memset(c->paths, 0, sizeof(c->paths));
+        } else {
+            gw_err(DTLS, "libcoap refused the X.509 credentials from %s; the running ones stay",
+                   c->paths[0]);
+        }
+    }
+    if (c->psk_on) {
+        psk_running = c->psk;
+        if (!psk_set) {
+            coap_dtls_spsk_t s;
+            memset(&s, 0, sizeof(s));
+            s.version = COAP_DTLS_SPSK_SETUP_VERSION;
+            s.validate_id_call_back = on_psk_identity;
+            if (coap_context_set_psk2(ctx, &s))
+                psk_set = true;
+            else
+                gw_err(DTLS, "libcoap refused the PSK credentials");
+        }
+    }
+    dtls_creds_free(c);
+}
+
+int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk)
+{
+    dtls_creds_t *c;
+    int rc = dtls_prepare(cfg, psk, &c);
+    if (rc < 0)
+        return rc;
+    dtls_commit(ctx, c);
     return 0;
 }
 

@@ -27,12 +27,30 @@ size_t dtls_psk_count(const dtls_psk_store_t *store);
 const char *dtls_psk_identity(const dtls_psk_store_t *store, size_t i);
 
 /*
- * Sets up DTLS on ctx from cfg, at start and again at each reload: new
- * handshakes use the new set, established sessions go on. psk may be NULL;
- * it is borrowed and must live until the next dtls_setup() or the end of
- * ctx. Returns 0, or a negative errno code (logged).
+ * Sets up DTLS on ctx from cfg at start: dtls_prepare() then dtls_commit().
+ * psk may be NULL; it is borrowed and must live until the next commit or the
+ * end of ctx. Returns 0, or a negative errno code (logged).
  */
 int dtls_setup(coap_context_t *ctx, const gw_config_t *cfg, const dtls_psk_store_t *psk);
+
+/* DTLS credentials made on the side, not yet given to libcoap. */
+typedef struct dtls_creds dtls_creds_t;
+
+/*
+ * For a reload: the credentials of cfg and psk (borrowed, as for
+ * dtls_setup), made without changing what libcoap runs with. 0 and *creds,
+ * or a negative errno code (logged).
+ */
+int dtls_prepare(const gw_config_t *cfg, const dtls_psk_store_t *psk, dtls_creds_t **creds);
+
+/*
+ * New handshakes use creds (taken) from now on; established sessions go on.
+ * Does not fail: nothing the previous setup gave libcoap is used afterwards.
+ */
+void dtls_commit(coap_context_t *ctx, dtls_creds_t *creds);
+
+/* Frees credentials that are not committed; NULL does nothing. */
+void dtls_creds_free(dtls_creds_t *creds);
 
 /* Frees what dtls_setup() keeps, after coap_free_context(). */
 void dtls_release(void);

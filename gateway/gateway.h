@@ -12,10 +12,13 @@ enum { GW_EXIT_OK = 0, GW_EXIT_CONFIG = 1, GW_EXIT_USAGE = 2, GW_EXIT_RUNTIME = 
 
 /*
  * Loads path and checks the files it names (certificates, keys, PSK file).
- * NULL with errs filled when anything is wrong; *psk is NULL without a
- * psk_file.
+ * For a reload, running is the running configuration: the settings that take
+ * a restart keep its values (gw_config_keep_fixed) before the files are
+ * checked; NULL at the start. NULL with errs filled when anything is wrong;
+ * *psk is NULL without a psk_file.
  */
-gw_config_t *gw_load(const char *path, dtls_psk_store_t **psk, gw_errs_t *errs);
+gw_config_t *gw_load(const char *path, const gw_config_t *running, dtls_psk_store_t **psk,
+                     gw_errs_t *errs);
 
 /*
  * Runs the gateway until SIGTERM or SIGINT. *cfg and *psk (may be NULL) stay

@@ -52,13 +52,17 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     return psk;
 }
 
-gw_config_t *gw_load(const char *path, dtls_psk_store_t **psk, gw_errs_t *errs)
+gw_config_t *gw_load(const char *path, const gw_config_t *running, dtls_psk_store_t **psk,
+                     gw_errs_t *errs)
 {
     unsigned before = errs->count;
     gw_config_t *cfg = gw_config_load(path, errs);
     *psk = NULL;
     if (!cfg)
         return NULL;
+    /* At a reload, the files checked are those the process would use (fixed settings stay). */
+    if (running)
+        gw_config_keep_fixed(cfg, running);
     *psk = check_files(cfg, errs);
     if (errs->count != before) {
         dtls_psk_free(*psk);

@@ -129,49 +129,75 @@ static uint64_t watchdog_interval_ms(void)
     return 0;
 }
 
+/* Logs errs's lines ("FILE:LINE: setting: reason") one by one. */
+static void log_errs(const gw_errs_t *errs)
+{
+    for (char *line = errs->text; line && *line;) {
+        char *end = strchr(line, '\n');
+        gw_err(CONFIG, "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
+        line = end ? end + 1 : NULL;
+    }
+}
+
 /*
  * SIGHUP: the configuration, mappings, PSK file and certificates are read
- * again; the new set is used by new handshakes and requests. Anything
- * invalid keeps the running set.
+ * again; the new set is used by new handshakes and requests. A reload is
+ * taken whole or not at all: each module first makes its new state on the
+ * side (the listener's and the DTLS credentials, the bridge's tables), and
+ * only when every one of them could is it swapped in; otherwise all of it is
+ * freed and the running set stays, untouched.
  */
 static void reload(coap_context_t *ctx, bridge_t *b, listener_t *l, gw_report_t *report,
                    gw_config_t **cfg, dtls_psk_store_t **psk)
 {
     gw_errs_t errs = { 0 };
     dtls_psk_store_t *npsk = NULL;
+    dtls_creds_t *dcreds = NULL;
+    listener_cred_t *lcred = NULL;
+    bridge_next_t *bnext = NULL;
     const char *file = (*cfg)->file;
 
     gw_info(GATEWAY, "reloading %s", file);
     notify("RELOADING=1");
-    gw_config_t *next = gw_load(file, &npsk, &errs);
+    gw_config_t *next = gw_load(file, *cfg, &npsk, &errs);
     if (next) {
-        gw_config_keep_fixed(next, *cfg);
+        const char *dtls_setting = *next->coap.dtls.cert ? "coap.dtls.cert" : "coap.dtls.psk_file";
         if ((npsk || *next->coap.dtls.cert || *(*cfg)->coap.dtls.cert || *psk) &&
-            dtls_setup(ctx, next, npsk) < 0) {
-            gw_config_free(next);
-            dtls_psk_free(npsk);
-            next = NULL;
-        }
-    } else {
-        for (char *line = errs.text; line && *line;) {
-            char *end = strchr(line, '\n');
-            gw_err(CONFIG, "%.*s", (int)(end ? end - line : (long)strlen(line)), line);
-            line = end ? end + 1 : NULL;
-        }
+            dtls_prepare(next, npsk, &dcreds) < 0)
+            gw_errs_add(&errs, next->file, gw_config_line(next, dtls_setting), dtls_setting,
+                        "the DTLS credentials cannot be set up");
+        if (l && listener_reload_prepare(next, &lcred) < 0)
+            gw_errs_add(&errs, next->file, gw_config_line(next, "mqtt_listener.cert"),
+                        "mqtt_listener.cert",
+                        "the MQTT listener cannot load it, its key or mqtt_listener.ca");
+        if (bridge_reload_prepare(b, next, &bnext) < 0)
+            gw_errs_add(&errs, next->file, gw_config_line(next, "mappings"), "mappings",
+                        "out of memory");
     }
-    gw_errs_clear(&errs);
-    if (!next) {
+    log_errs(&errs);
+    if (!next || errs.count) {
+        if (!errs.count)
+            gw_err(CONFIG, "%s: cannot be loaded", file);
+        gw_errs_clear(&errs);
+        dtls_creds_free(dcreds);
+        listener_cred_free(lcred);
+        bridge_next_free(bnext);
+        gw_config_free(next);
+        dtls_psk_free(npsk);
         gw_err(GATEWAY, "reload refused: the running configuration stays");
         gw_report_reload(report, *cfg, false);
         notify("READY=1\nSTATUS=reload refused; running the previous configuration");
         return;
     }
+    gw_errs_clear(&errs);
+    /* Everything is in hand: from here on nothing fails. */
+    if (dcreds)
+        dtls_commit(ctx, dcreds);
     coap_limits(ctx, next);
     gw_log_set_level(next->gateway.log_level);
-    bridge_reload(b, next);
-    /* Its new credentials were checked with the configuration; a failure keeps the running ones. */
+    bridge_reload_commit(b, bnext);
     if (l)
-        listener_reload(l, next);
+        listener_reload_commit(l, next, lcred);
     gw_config_free(*cfg);
     dtls_psk_free(*psk);
     *cfg = next;

@@ -28,7 +28,7 @@ static void usage(FILE *out)
 static gw_config_t *load(const char *path, dtls_psk_store_t **psk)
 {
     gw_errs_t errs = { 0 };
-    gw_config_t *cfg = gw_load(path, psk, &errs);
+    gw_config_t *cfg = gw_load(path, NULL, psk, &errs);
     if (errs.count)
         fputs(errs.text ? errs.text : "tandem: configuration error\n", stderr);
     gw_errs_clear(&errs);

@@ -834,13 +834,19 @@ void listener_free(listener_t *l)
     free(l);
 }
 
-int listener_reload(listener_t *l, const gw_config_t *next)
+int listener_reload_prepare(const gw_config_t *next, listener_cred_t **cred)
 {
-    lcred_t *cred = cred_load(&next->mqtt_listener);
-    if (!cred) {
-        gw_err(MQTT, "reload: the MQTT listener keeps its running certificate, key and CA");
-        return -EINVAL;
-    }
+    *cred = cred_load(&next->mqtt_listener);
+    return *cred ? 0 : -EINVAL;
+}
+
+void listener_cred_free(listener_cred_t *cred)
+{
+    cred_unref(cred);
+}
+
+void listener_reload_commit(listener_t *l, const gw_config_t *next, listener_cred_t *cred)
+{
     cred_unref(l->cred);
     l->cred = cred;
     l->client_cert = client_cert_mode(&next->mqtt_listener);
@@ -862,5 +868,4 @@ int listener_reload(listener_t *l, const gw_config_t *next)
     }
     if (closed)
         gw_info(MQTT, "reload closed %zu MQTT device connection%s", closed, closed == 1 ? "" : "s");
-    return 0;
 }

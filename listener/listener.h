@@ -76,7 +76,7 @@ typedef struct listener listener_t;
 
 /*
  * Binds mqtt_listener.bind:port and registers with loop. cfg is borrowed until
- * the next listener_reload (or listener_free); count (may be NULL) and arg
+ * the next listener_reload_commit (or listener_free); count (may be NULL) and arg
  * are called for per-mapping counts. NULL on failure (logged).
  */
 listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count_fn *count,
@@ -92,14 +92,27 @@ void listener_free(listener_t *l);
  */
 void listener_shutdown(listener_t *l);
 
+/* The credentials a reload prepares (listener_reload_prepare). */
+typedef struct lcred listener_cred_t;
+
 /*
- * SIGHUP: the certificate, key and CA of next are used for new handshakes
- * (connections keep theirs); the mappings of next from now on, and every
- * connection whose subscriptions or Will they no longer allow is closed.
- * 0, or a negative errno code when the new credentials cannot be loaded (the
- * running ones stay; logged). next is borrowed from now on.
+ * SIGHUP, in two steps so that a reload is taken whole or not at all. First
+ * the certificate, key and CA of next are loaded, on the side: 0 and *cred,
+ * or a negative errno code when they cannot be loaded (logged); nothing of
+ * the running listener changes.
  */
-int listener_reload(listener_t *l, const gw_config_t *next);
+int listener_reload_prepare(const gw_config_t *next, listener_cred_t **cred);
+
+/*
+ * Then, once every module has prepared its part: cred (taken) is used for
+ * new handshakes (connections keep theirs), the mappings of next from now
+ * on, and every connection whose subscriptions or Will they no longer allow
+ * is closed. Cannot fail. next is borrowed from now on.
+ */
+void listener_reload_commit(listener_t *l, const gw_config_t *next, listener_cred_t *cred);
+
+/* Frees prepared credentials that are not committed; NULL does nothing. */
+void listener_cred_free(listener_cred_t *cred);
 
 const listener_stats_t *listener_stats(const listener_t *l);
 
