@@ -32,8 +32,18 @@ static const stats_field_t control_fields[] = {
           "Control socket clients dropped for not sending a request or not reading the answer "
           "in time",
           STATS_COUNTER, STATS_U64, dropped_stalled),
-    FIELD("refused_full", "Control socket connections refused because all slots were taken",
+    FIELD("refused_full",
+          "Control socket connections refused because all slots were taken by clients being "
+          "answered",
           STATS_COUNTER, STATS_U64, refused_full),
+    FIELD("dropped_for_new",
+          "Control socket clients dropped, the oldest without a request first, to make room for "
+          "a new one",
+          STATS_COUNTER, STATS_U64, dropped_for_new),
+    FIELD("accept_paused",
+          "Times the control socket stopped accepting for a moment: the process had no file "
+          "descriptor left",
+          STATS_COUNTER, STATS_U64, accept_paused),
 };
 #undef FIELD
 
@@ -60,7 +70,8 @@ struct gw_control {
     const stats_t *stats; /* borrowed */
     char *path;
     int fd;
-    dev_t dev; /* of the socket file we made, to remove only ours */
+    uint64_t resume_timer; /* accepting again after running out of descriptors; 0 when none */
+    dev_t dev;             /* of the socket file we made, to remove only ours */
     ino_t ino;
     struct client *clients;
     gw_control_stats_t st;
@@ -263,6 +274,56 @@ static int64_t on_deadline(ev_loop_t *loop, uint64_t id, void *data)
     return EV_NOMORE;
 }
 
+/*
+ * All slots are taken: the oldest client still without its request (the
+ * list is newest first) is dropped for the new one. Clients being answered
+ * are kept. Whether one went.
+ */
+static bool drop_oldest_idle(gw_control_t *ctl)
+{
+    struct client *oldest = NULL;
+    for (struct client *c = ctl->clients; c; c = c->next)
+        if (!c->out)
+            oldest = c;
+    if (!oldest)
+        return false;
+    tell(oldest->fd, "error dropped for a new client\n");
+    ctl->st.dropped_for_new++;
+    gw_log_limited(GW_LOG_INFO, CONTROL, "oldest idle client dropped (%d connections open)",
+                   GW_CONTROL_CLIENTS);
+    client_close(oldest);
+    return true;
+}
+
+static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data);
+
+static int64_t on_resume(ev_loop_t *loop, uint64_t id, void *data)
+{
+    gw_control_t *ctl = data;
+    (void)id;
+    ctl->resume_timer = 0; /* removed by returning EV_NOMORE */
+    if (ev_set_mask(loop, ctl->fd, EV_READABLE) < 0)
+        gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot accept clients again (out of memory)");
+    return EV_NOMORE;
+}
+
+/*
+ * accept() found no file descriptor left: the connection stays in the
+ * backlog and the socket readable, so it is no longer watched for
+ * GW_CONTROL_PAUSE_MS instead of being tried again at every turn.
+ */
+static void pause_accepting(gw_control_t *ctl, int err)
+{
+    ctl->st.accept_paused++;
+    gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot accept a client (%s); again in %d ms",
+                   strerror(err), GW_CONTROL_PAUSE_MS);
+    if (ctl->resume_timer)
+        return;
+    ctl->resume_timer = ev_add_timer(ctl->loop, GW_CONTROL_PAUSE_MS, on_resume, ctl);
+    if (ctl->resume_timer)
+        ev_set_mask(ctl->loop, ctl->fd, 0);
+}
+
 static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
 {
     gw_control_t *ctl = data;
@@ -271,12 +332,15 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
     for (int i = 0; i < GW_CONTROL_CLIENTS; i++) {
         int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+            int err = errno;
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+                pause_accepting(ctl, err);
+            else if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR && err != ECONNABORTED)
                 gw_log_limited(GW_LOG_WARNING, CONTROL, "cannot accept a client (%s)",
-                               strerror(errno));
+                               strerror(err));
             return;
         }
-        if (ctl->st.connected >= GW_CONTROL_CLIENTS) {
+        if (ctl->st.connected >= GW_CONTROL_CLIENTS && !drop_oldest_idle(ctl)) {
             tell(cfd, "error busy\n");
             close(cfd);
             ctl->st.refused_full++;
@@ -433,6 +497,8 @@ void gw_control_free(gw_control_t *ctl)
         return;
     while (ctl->clients)
         client_close(ctl->clients);
+    if (ctl->resume_timer)
+        ev_del_timer(ctl->loop, ctl->resume_timer);
     ev_del_file(ctl->loop, ctl->fd);
     close(ctl->fd);
     /* Only our own: a gateway started since with the same path keeps its socket. */

@@ -8,11 +8,14 @@
  *   "ping\n"              "pong\n"
  *   anything else         "error REASON\n"
  *
- * Bounds: GW_CONTROL_CLIENTS connections at once (more are told "error busy"
- * and closed), a request of at most GW_CONTROL_REQUEST_MAX bytes within
+ * Bounds: GW_CONTROL_CLIENTS connections at once (when all are taken, the
+ * oldest client that has not sent its request is told "error dropped for a
+ * new client" and closed; when every one is being answered, the new one is
+ * told "error busy"), a request of at most GW_CONTROL_REQUEST_MAX bytes within
  * GW_CONTROL_REQUEST_MS, an answer read by the client within
  * GW_CONTROL_ANSWER_MS. A client that breaks one of them is dropped and
- * counted (the stats section "control").
+ * counted (the stats section "control"). When accept() finds no file
+ * descriptor left, the socket is not watched for GW_CONTROL_PAUSE_MS.
  */
 #ifndef TANDEM_CONTROL_H
 #define TANDEM_CONTROL_H
@@ -28,6 +31,7 @@
 #define GW_CONTROL_REQUEST_MAX 256
 #define GW_CONTROL_REQUEST_MS 2000
 #define GW_CONTROL_ANSWER_MS 5000
+#define GW_CONTROL_PAUSE_MS 250
 
 typedef struct gw_control gw_control_t;
 
@@ -47,7 +51,9 @@ typedef struct gw_control_stats {
     uint64_t answered;        /* answers written whole */
     uint64_t dropped_garbage; /* no request line within the bound, or not a request */
     uint64_t dropped_stalled; /* no request within the time, or the answer not read */
-    uint64_t refused_full;    /* closed at once: GW_CONTROL_CLIENTS were open */
+    uint64_t refused_full;    /* closed at once: GW_CONTROL_CLIENTS were being answered */
+    uint64_t dropped_for_new; /* the oldest idle client, when all slots were taken */
+    uint64_t accept_paused;   /* accept() failed for want of file descriptors */
     unsigned connected;       /* open now */
 } gw_control_stats_t;
 

@@ -313,22 +313,24 @@ def hostile_clients():
     check(read_to_end(c) == b"pong\n", "ping")
     c.close()
 
-    # 16 clients at most: the 17th is told so and closed at once.
+    # 16 clients at most: when all are taken, the oldest idle one goes for the new one.
     idle = [connect(path) for _ in range(16)]
     extra = connect(path)
-    check(read_to_end(extra) == b"error busy\n", "the 17th client")
-    extra.close()
+    check(read_to_end(idle[0]) == b"error dropped for a new client\n", "the oldest idle client")
     r = g.stats("--json")
-    check(r.returncode == 3 and "busy" in r.stderr, "tandem stats while full: %r" % r.stderr)
-    for c in idle:
+    check(r.returncode == 0, "tandem stats while full: %r" % r.stderr)
+    check(read_to_end(idle[1]) == b"error dropped for a new client\n", "the next oldest")
+    for c in idle[2:] + [extra]:
         check(read_to_end(c) == b"error timeout\n", "an idle client")
+    for c in idle + [extra]:
         c.close()
     s = stats_json(g)
     ctl = s["control"]
-    check(ctl["dropped_garbage"] == 2 and ctl["dropped_stalled"] == 17 and
-          ctl["refused_full"] == 2 and ctl["connected"] == 1, "control counters: %r" % ctl)
+    check(ctl["dropped_garbage"] == 2 and ctl["dropped_stalled"] == 16 and
+          ctl["dropped_for_new"] == 2 and ctl["refused_full"] == 0 and ctl["connected"] == 1,
+          "control counters: %r" % ctl)
     r = g.stats("--prometheus")
-    check("tandem_control_dropped_stalled_total 17" in r.stdout.splitlines(),
+    check("tandem_control_dropped_stalled_total 16" in r.stdout.splitlines(),
           "prometheus: %s" % r.stdout)
     g.wait_log("control: client dropped (no request in 2000 ms)")
     check(g.stop() == 0, "gateway exit status")

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -216,21 +217,70 @@ Test(control, garbage_and_stalls_are_dropped, .init = setup, .fini = teardown)
     int idle[GW_CONTROL_CLIENTS];
     for (int i = 0; i < GW_CONTROL_CLIENTS; i++)
         idle[i] = client();
+    /* All slots taken: the oldest idle client goes for the new one, which is served. */
     fd = client();
-    a = answer_of(fd, 1000);
-    cr_assert_str_eq(a, "error busy\n");
+    a = answer_of(idle[0], 1000);
+    cr_assert_str_eq(a, "error dropped for a new client\n");
     free(a);
-    for (int i = 0; i < GW_CONTROL_CLIENTS; i++)
+    cr_assert_eq(send(fd, "ping\n", 5, 0), 5);
+    a = answer_of(fd, 1000);
+    cr_assert_str_eq(a, "pong\n");
+    free(a);
+    for (int i = 1; i < GW_CONTROL_CLIENTS; i++)
         close(idle[i]);
     ev_turn(loop, 50);
     ev_turn(loop, 50);
 
     a = ask("stats json\n");
-    cr_assert(strstr(a, "\"control\":{\"clients\":20,\"connected\":1,\"answered\":0,"
-                        "\"dropped_garbage\":1,\"dropped_stalled\":1,\"refused_full\":1}") != NULL,
+    cr_assert(strstr(a, "\"control\":{\"clients\":21,\"connected\":1,\"answered\":1,"
+                        "\"dropped_garbage\":1,\"dropped_stalled\":1,\"refused_full\":0,"
+                        "\"dropped_for_new\":1,\"accept_paused\":0}") != NULL,
               "%s", a);
     free(a);
     stats_remove(stats, &gw_control_section, gw_control_stats(ctl));
+    gw_control_free(ctl);
+}
+
+/* The lowest file descriptor number not in use. */
+static int lowest_free_fd(void)
+{
+    int fd = dup(0);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    return fd;
+}
+
+Test(control, out_of_descriptors_pauses, .init = setup, .fini = teardown)
+{
+    gw_control_t *ctl = gw_control_new(loop, path, stats);
+    cr_assert_not_null(ctl);
+    const gw_control_stats_t *st = gw_control_stats(ctl);
+    int fd = client(); /* waits in the backlog */
+    struct rlimit was, low;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &was), 0);
+    low = was;
+    low.rlim_cur = (rlim_t)lowest_free_fd();
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+
+    /* accept() fails with EMFILE and the socket stays readable: no turn after turn of it. */
+    int turns = 0;
+    uint64_t end = gw_now_ms() + 600;
+    while (gw_now_ms() < end) {
+        ev_turn(loop, 50);
+        turns++;
+    }
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &was), 0);
+    cr_assert_geq(st->accept_paused, 1);
+    cr_assert_leq(st->accept_paused, 600 / GW_CONTROL_PAUSE_MS + 1, "%llu pauses",
+                  (unsigned long long)st->accept_paused);
+    cr_assert_leq(turns, 40, "%d turns in 600 ms: the loop spins", turns);
+    cr_assert_eq(st->connected, 0);
+
+    /* Descriptors again: the client waiting in the backlog is served. */
+    cr_assert_eq(send(fd, "ping\n", 5, 0), 5);
+    char *a = answer_of(fd, GW_CONTROL_PAUSE_MS + 1000);
+    cr_assert_str_eq(a, "pong\n");
+    free(a);
     gw_control_free(ctl);
 }
 
