@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "error.h"
 #include "log.h"
@@ -36,6 +37,15 @@ static const stats_field_t metrics_fields[] = {
     FIELD("not_found", "Metrics endpoint requests for another path than /metrics (404)", not_found),
     FIELD("not_allowed", "Metrics endpoint requests with another method than GET (405)",
           not_allowed),
+    FIELD("refused_per_address",
+          "Metrics endpoint connections refused because their address had as many open as allowed",
+          refused_per_address),
+    FIELD("dropped_for_new",
+          "Metrics endpoint connections closed, the oldest first, to make room for a new one",
+          dropped_for_new),
+    FIELD("dropped_deadline",
+          "Metrics endpoint connections closed for a request not in and answered in time",
+          dropped_deadline),
 };
 #undef FIELD
 
@@ -46,12 +56,27 @@ const stats_section_t gw_metrics_section = {
     .nfields = sizeof(metrics_fields) / sizeof(metrics_fields[0]),
 };
 
+/*
+ * One client connection, from libmicrohttpd's notice that it started to the
+ * one that it closed (its socket context).
+ */
+struct mconn {
+    struct mconn *prev, *next; /* oldest first */
+    struct MHD_Connection *conn;
+    int fd;
+    struct sockaddr_storage addr;
+    uint64_t deadline_ms; /* for the request in progress and its answer */
+    bool ended;           /* shut down here; libmicrohttpd closes it at its next look */
+};
+
 struct gw_metrics {
     ev_loop_t *loop;      /* borrowed */
     const stats_t *stats; /* borrowed */
     struct MHD_Daemon *d;
     int epfd;       /* libmicrohttpd's, registered with the loop */
-    uint64_t timer; /* libmicrohttpd's next deadline */
+    uint64_t timer; /* the next deadline: libmicrohttpd's or a connection's */
+    struct mconn *head, *tail;
+    unsigned open; /* connections not ended */
     gw_metrics_stats_t st;
 };
 
@@ -121,6 +146,149 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return reply(conn, MHD_HTTP_OK, body, len, NULL);
 }
 
+/* ------------------------------------------------------------------ connections */
+
+static bool same_host(const struct sockaddr *a, const struct sockaddr_storage *b)
+{
+    if (a->sa_family != b->ss_family)
+        return false;
+    if (a->sa_family == AF_INET)
+        return !memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                       &((const struct sockaddr_in *)b)->sin_addr, sizeof(struct in_addr));
+    if (a->sa_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                       &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr));
+    return false;
+}
+
+/*
+ * Ends a connection from outside libmicrohttpd, which has no call for it:
+ * its socket is shut down, so that libmicrohttpd sees the end at its next
+ * look (the epoll descriptor wakes the loop) and closes it.
+ */
+static void end_conn(gw_metrics_t *m, struct mconn *c)
+{
+    if (c->ended)
+        return;
+    c->ended = true;
+    m->open--;
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+/*
+ * Before libmicrohttpd takes a connection: at most GW_METRICS_PER_ADDRESS
+ * from one address; when all GW_METRICS_CONNECTIONS are taken, the oldest
+ * one goes (a scrape is answered at once: what stays is what is slow).
+ */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    gw_metrics_t *m = cls;
+    unsigned same = 0;
+    (void)addrlen;
+    for (struct mconn *c = m->head; c; c = c->next)
+        if (!c->ended && same_host(addr, &c->addr))
+            same++;
+    if (same >= GW_METRICS_PER_ADDRESS) {
+        m->st.refused_per_address++;
+        gw_log_limited(GW_LOG_INFO, METRICS, "connection refused (%d open from its address)",
+                       GW_METRICS_PER_ADDRESS);
+        return MHD_NO;
+    }
+    if (m->open >= GW_METRICS_CONNECTIONS) {
+        for (struct mconn *c = m->head; c; c = c->next) {
+            if (!c->ended) {
+                m->st.dropped_for_new++;
+                gw_log_limited(GW_LOG_INFO, METRICS, "oldest connection closed for a new one");
+                end_conn(m, c);
+                break;
+            }
+        }
+    }
+    return MHD_YES;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    gw_metrics_t *m = cls;
+    struct mconn *c = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        if (!c)
+            return;
+        if (!c->ended)
+            m->open--;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            m->head = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        else
+            m->tail = c->prev;
+        free(c);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fd =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *addr =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    c = calloc(1, sizeof(*c));
+    if (!c || !fd || !addr || !addr->client_addr) {
+        /* Without a record it could not be held to its deadline: not served. */
+        free(c);
+        gw_log_limited(GW_LOG_WARNING, METRICS, "cannot take a connection (out of memory)");
+        if (fd)
+            shutdown(fd->connect_fd, SHUT_RDWR);
+        return;
+    }
+    c->conn = conn;
+    c->fd = fd->connect_fd;
+    memcpy(&c->addr, addr->client_addr,
+           addr->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                    : sizeof(struct sockaddr_in));
+    c->deadline_ms = gw_now_ms() + GW_METRICS_REQUEST_MS;
+    c->prev = m->tail;
+    if (m->tail)
+        m->tail->next = c;
+    else
+        m->head = c;
+    m->tail = c;
+    m->open++;
+    *socket_context = c;
+}
+
+/* A request and its answer are done: the next one on the connection has its own time. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls, (void)con_cls, (void)toe;
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct mconn *c = info ? info->socket_context : NULL;
+    if (c)
+        c->deadline_ms = gw_now_ms() + GW_METRICS_REQUEST_MS;
+}
+
+/* Ends the connections past their deadline; the time until the next one, ms. */
+static uint64_t enforce_deadlines(gw_metrics_t *m)
+{
+    uint64_t now = gw_now_ms(), next = IDLE_MS;
+    for (struct mconn *c = m->head; c; c = c->next) {
+        if (c->ended)
+            continue;
+        if (c->deadline_ms <= now) {
+            m->st.dropped_deadline++;
+            gw_log_limited(GW_LOG_INFO, METRICS, "connection closed (no request answered in %d ms)",
+                           GW_METRICS_REQUEST_MS);
+            end_conn(m, c);
+        } else if (c->deadline_ms - now < next) {
+            next = c->deadline_ms - now;
+        }
+    }
+    return next;
+}
+
 /* libmicrohttpd's messages are about what clients do: limited, below Tandem's own. */
 static void on_log(void *cls, const char *fmt, va_list ap)
 {
@@ -131,13 +299,19 @@ static void on_log(void *cls, const char *fmt, va_list ap)
     gw_log_limited(GW_LOG_DEBUG, METRICS, "%s", line);
 }
 
-/* Milliseconds until libmicrohttpd wants to run again. */
-static uint64_t next_ms(gw_metrics_t *m)
+/*
+ * Runs libmicrohttpd, ends the connections past their deadline (their end is
+ * seen by libmicrohttpd at once, through its epoll descriptor), and returns
+ * the milliseconds until either wants to run again.
+ */
+static uint64_t run(gw_metrics_t *m)
 {
+    MHD_run(m->d);
+    uint64_t next = enforce_deadlines(m);
     MHD_UNSIGNED_LONG_LONG t;
-    if (MHD_get_timeout(m->d, &t) != MHD_YES)
-        return IDLE_MS;
-    return t < IDLE_MS ? (uint64_t)t : IDLE_MS;
+    if (MHD_get_timeout(m->d, &t) == MHD_YES && t < next)
+        next = (uint64_t)t;
+    return next;
 }
 
 static void on_ready(ev_loop_t *loop, int fd, unsigned mask, void *data)
@@ -145,8 +319,7 @@ static void on_ready(ev_loop_t *loop, int fd, unsigned mask, void *data)
     gw_metrics_t *m = data;
     (void)fd;
     (void)mask;
-    MHD_run(m->d);
-    ev_set_timer(loop, m->timer, next_ms(m));
+    ev_set_timer(loop, m->timer, run(m));
 }
 
 static int64_t on_timer(ev_loop_t *loop, uint64_t id, void *data)
@@ -154,8 +327,7 @@ static int64_t on_timer(ev_loop_t *loop, uint64_t id, void *data)
     gw_metrics_t *m = data;
     (void)loop;
     (void)id;
-    MHD_run(m->d);
-    return (int64_t)next_ms(m);
+    return (int64_t)run(m);
 }
 
 /* A listening socket at l; the fd, or -1 with the reason logged. */
@@ -210,10 +382,12 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t 
         return NULL;
     }
     m->d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (l.family == AF_INET6 ? MHD_USE_IPv6 : 0), 0, NULL,
-        NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_METRICS_CONNECTIONS,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_END);
+        MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (l.family == AF_INET6 ? MHD_USE_IPv6 : 0), 0, on_accept,
+        m, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+        /* Room for the connections ended here that libmicrohttpd has not closed yet. */
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * GW_METRICS_CONNECTIONS),
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GW_METRICS_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, m, MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
     if (!m->d) {
         gw_err(METRICS, "cannot start the HTTP server on %s", listen);
         close(fd);
@@ -223,7 +397,7 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t 
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(m->d, MHD_DAEMON_INFO_EPOLL_FD);
     m->epfd = info ? info->epoll_fd : -1;
     int rc = m->epfd >= 0 ? ev_add_file(loop, m->epfd, EV_READABLE, on_ready, m) : -EINVAL;
-    if (rc == 0 && !(m->timer = ev_add_timer(loop, next_ms(m), on_timer, m)))
+    if (rc == 0 && !(m->timer = ev_add_timer(loop, IDLE_MS, on_timer, m)))
         rc = -ENOMEM;
     if (rc < 0) {
         gw_err(METRICS, "cannot serve %s (%s)", listen, gw_strerror(rc));
@@ -249,5 +423,10 @@ void gw_metrics_free(gw_metrics_t *m)
         ev_del_file(m->loop, m->epfd);
     /* Closes the connections, its epoll descriptor and the listening socket. */
     MHD_stop_daemon(m->d);
+    while (m->head) { /* none left when libmicrohttpd told of every close */
+        struct mconn *c = m->head;
+        m->head = c->next;
+        free(c);
+    }
     free(m);
 }

@@ -5,9 +5,13 @@
  * descriptor is registered with the loop, and a timer follows the deadline it
  * asks for.
  *
- * Bounds: GW_METRICS_CONNECTIONS connections at once (more are closed at
- * once), each closed after GW_METRICS_TIMEOUT_S seconds without traffic;
- * requests are answered in the loop's thread, one at a time.
+ * Bounds: GW_METRICS_CONNECTIONS connections at once, at most
+ * GW_METRICS_PER_ADDRESS of them from one address (more are closed at once);
+ * when all are taken, the oldest one goes for the new one. A request must be
+ * in and its answer out within GW_METRICS_REQUEST_MS of the connection (or of
+ * the previous answer on the same connection), whatever the client trickles
+ * meanwhile; a connection past that is closed. Requests are answered in the
+ * loop's thread, one at a time.
  */
 #ifndef TANDEM_METRICS_H
 #define TANDEM_METRICS_H
@@ -18,7 +22,10 @@
 #include "stats.h"
 
 #define GW_METRICS_CONNECTIONS 16
-#define GW_METRICS_TIMEOUT_S 10
+#define GW_METRICS_PER_ADDRESS 4
+#define GW_METRICS_REQUEST_MS 5000
+/* Without traffic, libmicrohttpd closes a connection after this, s. */
+#define GW_METRICS_TIMEOUT_S 5
 
 typedef struct gw_metrics gw_metrics_t;
 
@@ -33,9 +40,12 @@ gw_metrics_t *gw_metrics_new(ev_loop_t *loop, const char *listen, const stats_t 
 void gw_metrics_free(gw_metrics_t *m);
 
 typedef struct gw_metrics_stats {
-    uint64_t requests;    /* HTTP requests, whatever they asked */
-    uint64_t not_found;   /* answered 404 */
-    uint64_t not_allowed; /* answered 405 */
+    uint64_t requests;            /* HTTP requests, whatever they asked */
+    uint64_t not_found;           /* answered 404 */
+    uint64_t not_allowed;         /* answered 405 */
+    uint64_t refused_per_address; /* closed at once: GW_METRICS_PER_ADDRESS from its address */
+    uint64_t dropped_for_new;     /* the oldest connection, when all were taken */
+    uint64_t dropped_deadline;    /* no request and answer within GW_METRICS_REQUEST_MS */
 } gw_metrics_stats_t;
 
 /* The counters, for the caller to add to the registry with gw_metrics_section. */
