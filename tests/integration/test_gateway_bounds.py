@@ -6,6 +6,7 @@ the loop spin."""
 
 import http.client
 import json
+import resource
 import os
 import re
 import secrets
@@ -316,6 +317,55 @@ def control_idle_clients():
         crowd.stop()
 
 
+# --- out of file descriptors
+
+
+def cpu_seconds(pid):
+    """User and system time of the process, all its threads, s."""
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_out_of_descriptors():
+    """With no file descriptor left, accept() fails on the control socket and
+    the client stays in the backlog: the socket stays readable, and today's
+    loop tries again at once, turn after turn, at full CPU. It must pause,
+    count it, and serve the client once descriptors are back."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = Gateway(d, broker, pki).start()
+    pid = g.proc.pid
+    used = {int(n) for n in os.listdir("/proc/%d/fd" % pid)}
+    lowest_free = min(set(range(len(used) + 1)) - used)
+    was = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, was[1]))
+    try:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(WAIT)
+        c.connect(g.control_socket)  # into the backlog
+        c.sendall(b"ping\n")
+        g.wait_log("cannot accept a client (Too many open files)")
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(2.0)  # a measurement over a fixed time, not a wait for an event
+        busy = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        check(busy < 0.25, "the gateway used %.0f%% of a CPU without descriptors" % (busy * 100))
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, was)
+    got = b""
+    while True:
+        b = c.recv(100)
+        if not b:
+            break
+        got += b
+    check(got == b"pong\n", "the client waiting in the backlog: %r" % got)
+    c.close()
+    ctl = g.stats_json()["control"]
+    check(ctl["accept_paused"] >= 1 and ctl["accept_paused"] <= 20,
+          "accept_paused %r over about 2 s" % ctl["accept_paused"])
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [reload_the_listener_cannot_take, metrics_slow_headers,
-                                 metrics_abandoned_requests, control_idle_clients]})
+                                 metrics_abandoned_requests, control_idle_clients,
+                                 control_out_of_descriptors]})
