@@ -6,9 +6,8 @@ the loop spin."""
 
 import http.client
 import json
-import resource
 import os
-import re
+import resource
 import secrets
 import select
 import signal
@@ -20,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (WAIT, Broker, Gateway, MqttDevice, Pki, Subscriber, check,  # noqa: E402
-                     run, wait_until, workdir)
+                     coap, run, wait_until, workdir)
 
 MAPPINGS = """
   { name = "telemetry"; resource = "bikes/{identity}/telemetry";
@@ -50,9 +49,9 @@ def published(sub, payload):
 def reload_the_listener_cannot_take():
     """The listener's credentials fail to load in the new file (its `enabled`
     takes a restart, so the running listener stays): the whole reload is
-    refused, the running configuration stays (a mapping changed in the same
-    file is not applied), a connected device goes on, and the error names the
-    file and line."""
+    refused, the running configuration stays (a mapping changed and a PSK
+    identity added in the same reload are not taken), a connected device goes
+    on, and the error names the file and line."""
     d = workdir()
     pki = Pki(d)
     broker = Broker(d, pki).start()
@@ -74,6 +73,9 @@ def reload_the_listener_cannot_take():
                                       "redback/p2/bikes/{identity}/telemetry") + "\n"
     check("redback/p2" in broken, "the mapping changed")
     open(g.conf, "w").write(broken)
+    # A new PSK identity in the same reload: the DTLS credentials are not taken either.
+    with open(os.path.join(d, "psk.txt"), "a") as f:
+        f.write("bike-3:%s\n" % b"secret-bike-3".hex())
     hup(g, 1)
     check(g.proc.poll() is None, "the gateway died at the reload:\n" + g.text()[-3000:])
     # The device connected before goes on, under the running mappings.
@@ -94,6 +96,16 @@ def reload_the_listener_cannot_take():
     ack = dev2.publish(TEL % "bike-2", "new", qos=1)
     check(ack is not None and ack.reason == 0, "the new device's publish: %r" % ack)
     wait_until(lambda: published(sub, b"new"), "the new device's message at the broker")
+
+    # CoAP devices: the running PSK store, not the refused one.
+    coaps = "coaps://127.0.0.1:%d/bikes/%%s/telemetry" % g.dtls_port
+    r = coap(coaps % "bike-1", payload="psk-after", psk=("bike-1", "secret-bike-1"))
+    check(r and r.code == "2.04", "bike-1 over DTLS after the refused reload: %r" % r)
+    wait_until(lambda: published(sub, b"psk-after"), "bike-1's CoAP message at the broker")
+    r = coap(coaps % "bike-3", payload="refused", psk=("bike-3", "secret-bike-3"), timeout=3)
+    check(r is None, "bike-3, from the refused reload's PSK file, was let in: %r" % r)
+    check(g.count('unknown PSK identity "bike-3"') >= 1, "bike-3 not refused as unknown:\n" +
+          g.text()[-2000:])
 
     cfg = g.stats_json()["config"]
     check(cfg["reload_failures"] == 1 and cfg["reloads"] == 0, "config counters: %r" % cfg)
@@ -272,7 +284,8 @@ def metrics_abandoned_requests():
     goes through at once."""
     g = metrics_gateway()
     port = g.metrics_port
-    crowd = Crowd(CROWD, lambda i: tcp_from(ATTACKER, port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"))
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+    crowd = Crowd(CROWD, lambda i: tcp_from(ATTACKER, port, request))
     t0 = time.monotonic()
     try:
         scrapes_succeed(g, crowd, "the abandoned requests")
@@ -307,7 +320,7 @@ def control_idle_clients():
             try:
                 r = g.stats("--json", timeout=ATTEMPT)
             except subprocess.TimeoutExpired:
-                raise AssertionError("tandem stats %d hung while the idle clients held on" % (i + 1))
+                raise AssertionError("tandem stats %d hung while idle clients held on" % (i + 1))
             check(r.returncode == 0, "tandem stats %d while idle clients held on: exit %d: %s"
                   % (i + 1, r.returncode, r.stderr))
             ctl = json.loads(r.stdout)["control"]
