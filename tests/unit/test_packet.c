@@ -793,7 +793,7 @@ Test(packet, prop_helpers)
     cr_assert_eq(props.n, 1);
     cr_assert_eq(props.p[0].id, MQTT_PROP_RESPONSE_TOPIC);
     cr_assert_eq(mqtt_prop_remove(&props, MQTT_PROP_TOPIC_ALIAS), 0);
-    while (props.n < MQTT_PROPS_MAX)
+    while (props.n < MQTT_PROPS_CAP)
         props.p[props.n++] = (mqtt_prop_t){ .id = MQTT_PROP_USER };
     cr_assert_eq(mqtt_prop_set_value(&props, MQTT_PROP_TOPIC_ALIAS, 1), -E2BIG);
     cr_assert_eq(mqtt_prop_set_data(&props, MQTT_PROP_REASON_STRING, "x", 1), -E2BIG);
