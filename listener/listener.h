@@ -39,7 +39,7 @@
 #define LISTENER_SUBS_PENDING_MAX 16
 /* Subscriptions held per connection (checked again at a reload). */
 #define LISTENER_FILTERS_MAX 64
-/* Refused QoS 2 publishes whose PUBREL is awaited, per connection. */
+/* Refused QoS 2 publishes whose PUBREL is awaited, per connection and direction. */
 #define LISTENER_DENIED_QOS2_MAX 32
 /* Output queued to one side past which the other side is no longer read, bytes. */
 #define LISTENER_HIGH_WATER 65536
