@@ -99,6 +99,17 @@ static const stats_field_t listener_fields[] = {
           "Upstream broker connections of MQTT devices that failed or broke", NULL),
     FIELD(closed_at_reload, COUNTER,
           "MQTT device connections closed because a reload's mappings no longer allow them", NULL),
+    FIELD(denied_deliver, COUNTER,
+          "Messages from the broker to MQTT devices refused by the identity policy (acknowledged "
+          "upstream, not relayed)",
+          NULL),
+    FIELD(retain_cleared, COUNTER,
+          "Retain flags of MQTT devices' publishes and Wills cleared by a mapping with retain off",
+          NULL),
+    FIELD(broker_dropped, COUNTER,
+          "Packets from the broker to MQTT devices not relayed: over the packet size bound or "
+          "with more properties than the gateway holds",
+          NULL),
 };
 const stats_section_t listener_section = { .json = "mqtt_listener",
                                            .prom = "mqtt_listener",

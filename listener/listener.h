@@ -39,7 +39,7 @@
 #define LISTENER_SUBS_PENDING_MAX 16
 /* Subscriptions held per connection (checked again at a reload). */
 #define LISTENER_FILTERS_MAX 64
-/* Refused QoS 2 publishes whose PUBREL is awaited, per connection. */
+/* Refused QoS 2 publishes whose PUBREL is awaited, per connection and direction. */
 #define LISTENER_DENIED_QOS2_MAX 32
 /* Output queued to one side past which the other side is no longer read, bytes. */
 #define LISTENER_HIGH_WATER 65536
@@ -59,6 +59,10 @@ typedef struct listener_stats {
     uint64_t malformed;         /* connections closed for a malformed or too large packet */
     uint64_t upstream_failures; /* upstream connections that failed or were refused */
     uint64_t closed_at_reload;  /* connections a reload's mappings no longer allowed */
+    uint64_t denied_deliver;    /* broker PUBLISHes the mappings do not allow the device */
+    uint64_t retain_cleared;    /* device PUBLISH and Will retain flags a mapping cleared */
+    uint64_t
+        broker_dropped; /* broker packets not relayed: over the size bound, too many properties */
 } listener_stats_t;
 
 extern const stats_section_t listener_section;

@@ -15,6 +15,9 @@
  *             topic name that is empty or holds a wildcard.
  *   -E2BIG    more than MQTT_PROPS_MAX properties or MQTT_FILTERS_MAX filters
  *             (or SUBACK/UNSUBACK codes): valid MQTT that Tandem does not hold.
+ *             (A property list holds up to MQTT_PROPS_CAP, so that properties
+ *             can be added to a decoded packet; such a packet is still
+ *             written.)
  *
  * Topic filters are only checked as UTF-8 strings here: a filter that breaks
  * the wildcard rules is answered per filter (SUBACK 0x8F, 3.1.1: 0x80), which
@@ -386,6 +389,74 @@ int mqtt_frame(const uint8_t *buf, size_t len, size_t max_len, size_t *packet_le
     return 1;
 }
 
+/* ---- the head of a packet ---------------------------------------------------- */
+
+int mqtt_head(const uint8_t *buf, size_t len, int version, mqtt_head_t *h)
+{
+    uint32_t rl;
+    size_t n;
+
+    if (len < 1)
+        return 0;
+    memset(h, 0, sizeof(*h));
+    h->type = (enum mqtt_type)(buf[0] >> 4);
+    h->flags = buf[0] & 0x0F;
+    if (h->type == 0)
+        return -EBADMSG;
+    int rc = vbi_parse(buf + 1, len - 1, &rl, &n);
+    if (rc == -EAGAIN)
+        return 0;
+    if (rc < 0)
+        return rc;
+    h->header_len = 1 + n;
+    h->total = 1 + n + (size_t)rl;
+    const uint8_t *b = buf + h->header_len;
+    size_t have = len - h->header_len; /* of the body, maybe not all */
+    size_t idpos;
+    switch (h->type) {
+    case MQTT_PUBLISH:
+        h->qos = (h->flags >> 1) & 3;
+        if (h->qos == 3 || rl < 2)
+            return -EBADMSG;
+        if (have < 2)
+            return 0;
+        idpos = 2 + (size_t)(b[0] << 8 | b[1]);
+        if (idpos > rl)
+            return -EBADMSG;
+        if (h->qos == 0)
+            return 1;
+        break;
+    case MQTT_PUBACK:
+    case MQTT_PUBREC:
+    case MQTT_PUBREL:
+    case MQTT_PUBCOMP:
+    case MQTT_SUBSCRIBE:
+    case MQTT_SUBACK:
+    case MQTT_UNSUBSCRIBE:
+    case MQTT_UNSUBACK:
+        idpos = 0;
+        break;
+    default:
+        return 1;
+    }
+    if (h->type != MQTT_PUBLISH) {
+        bool two =
+            h->type == MQTT_PUBREL || h->type == MQTT_SUBSCRIBE || h->type == MQTT_UNSUBSCRIBE;
+        if (h->flags != (two ? 2 : 0))
+            return -EBADMSG;
+    }
+    if (idpos + 2 > rl)
+        return -EBADMSG;
+    bool ack = h->type >= MQTT_PUBACK && h->type <= MQTT_PUBCOMP;
+    size_t need = idpos + 2 + (ack && version == MQTT_V5 && rl > 2 ? 1 : 0);
+    if (have < need)
+        return 0;
+    h->id = (uint16_t)(b[idpos] << 8 | b[idpos + 1]);
+    if (need > idpos + 2)
+        h->reason = b[idpos + 2];
+    return h->id == 0 ? -EPROTO : 1;
+}
+
 /* ---- decoding -------------------------------------------------------------- */
 
 static int dec_connect(rd_t *r, bool minimal, mqtt_connect_t *c)
@@ -752,7 +823,7 @@ static int wr_props(wr_t *w, const mqtt_props_t *props, int where)
 {
     wr_t count = { NULL, 0, 0 };
 
-    if (props->n > MQTT_PROPS_MAX || props_multiplicity(props, where) < 0)
+    if (props->n > MQTT_PROPS_CAP || props_multiplicity(props, where) < 0)
         return -EINVAL;
     for (size_t i = 0; i < props->n; i++)
         if (wr_prop(&count, &props->p[i], where) < 0)
@@ -992,7 +1063,7 @@ static mqtt_prop_t *prop_slot(mqtt_props_t *props, uint8_t id)
     mqtt_prop_t *pr = (mqtt_prop_t *)mqtt_prop_find(props, id);
     if (pr)
         return pr;
-    if (props->n >= MQTT_PROPS_MAX)
+    if (props->n >= MQTT_PROPS_CAP)
         return NULL;
     pr = &props->p[props->n++];
     memset(pr, 0, sizeof(*pr));
@@ -1016,6 +1087,30 @@ int mqtt_prop_set_data(mqtt_props_t *props, uint8_t id, const void *data, size_t
         return -E2BIG;
     pr->data.p = data;
     pr->data.len = len;
+    return 0;
+}
+
+size_t mqtt_prop_remove_user(mqtt_props_t *props, const void *name, size_t len)
+{
+    size_t k = 0, n = props->n;
+    for (size_t i = 0; i < n; i++) {
+        const mqtt_prop_t *pr = &props->p[i];
+        if (pr->id == MQTT_PROP_USER && pr->data.len == len &&
+            (len == 0 || memcmp(pr->data.p, name, len) == 0))
+            continue;
+        props->p[k++] = *pr;
+    }
+    props->n = k;
+    return n - k;
+}
+
+int mqtt_prop_add_user(mqtt_props_t *props, const void *name, size_t nlen, const void *value,
+                       size_t vlen)
+{
+    if (props->n >= MQTT_PROPS_CAP)
+        return -E2BIG;
+    props->p[props->n++] =
+        (mqtt_prop_t){ .id = MQTT_PROP_USER, .data = { name, nlen }, .data2 = { value, vlen } };
     return 0;
 }
 

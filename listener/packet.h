@@ -26,8 +26,15 @@ enum { MQTT_V311 = 4, MQTT_V5 = 5 };
 
 /* The largest Remaining Length MQTT can express (four length bytes). */
 #define MQTT_REMAINING_MAX 268435455u
-/* The most properties one property list may hold (User Properties included). */
+/* The most properties one decoded property list may hold (User Properties included). */
 #define MQTT_PROPS_MAX 32
+/*
+ * What a property list can hold: MQTT_PROPS_MAX as decoded, and room for the
+ * properties the gateway adds to a packet it relays (the `device` User
+ * Property, a CONNACK's limits). mqtt_prop_set_* and mqtt_prop_add_pair fill
+ * up to this; mqtt_decode refuses more than MQTT_PROPS_MAX.
+ */
+#define MQTT_PROPS_CAP (MQTT_PROPS_MAX + 8)
 /* The most topic filters one SUBSCRIBE or UNSUBSCRIBE may hold. */
 #define MQTT_FILTERS_MAX 32
 
@@ -95,6 +102,7 @@ enum {
     MQTT_RC_PACKET_TOO_LARGE = 0x95,
     MQTT_RC_QUOTA_EXCEEDED = 0x97,
     MQTT_RC_ADMIN_ACTION = 0x98,
+    MQTT_RC_SHARED_NOT_SUPPORTED = 0x9E,
     /* MQTT 3.1.1 CONNACK return codes */
     MQTT_RC311_SERVER_UNAVAILABLE = 0x03,
     MQTT_RC311_NOT_AUTHORIZED = 0x05,
@@ -121,7 +129,7 @@ typedef struct mqtt_prop {
 
 typedef struct mqtt_props {
     size_t n;
-    mqtt_prop_t p[MQTT_PROPS_MAX];
+    mqtt_prop_t p[MQTT_PROPS_CAP];
 } mqtt_props_t;
 
 typedef struct mqtt_connect {
@@ -207,6 +215,33 @@ typedef struct mqtt_packet {
 int mqtt_frame(const uint8_t *buf, size_t len, size_t max_len, size_t *packet_len);
 
 /*
+ * What the first bytes of a packet tell: its fixed header and, for the types
+ * that have one, its packet identifier (PUBLISH: after its topic, when its QoS
+ * is 1 or 2), and an acknowledgement's reason (MQTT 5 PUBACK, PUBREC, PUBREL,
+ * PUBCOMP; 0 when absent). Enough to answer or skip a packet that is not read
+ * whole (over a size bound, or more than the codec holds).
+ */
+typedef struct mqtt_head {
+    enum mqtt_type type;
+    uint8_t flags;
+    size_t header_len; /* the fixed header's bytes */
+    size_t total;      /* the whole packet's bytes */
+    uint8_t qos;       /* PUBLISH */
+    uint16_t id;       /* 0 when the packet has none */
+    uint8_t reason;
+} mqtt_head_t;
+
+/*
+ * Reads h from the first len bytes of a packet (the packet may be longer).
+ * Returns 1 when h is complete; 0 when more bytes are needed (a PUBLISH needs
+ * its topic and packet identifier, at most 65,544 bytes); -EBADMSG when those
+ * bytes cannot start a packet (a type of 0, a fifth length byte, a QoS of 3,
+ * a topic or identifier past the Remaining Length, flags that are wrong for
+ * the type); -EPROTO for a packet identifier of 0.
+ */
+int mqtt_head(const uint8_t *buf, size_t len, int version, mqtt_head_t *h);
+
+/*
  * Decodes one whole packet (as mqtt_frame delimited it). version is the
  * connection's protocol level (MQTT_V311 or MQTT_V5); a CONNECT carries its
  * own and is decoded whatever version says. Returns 0; -EBADMSG for a
@@ -235,6 +270,11 @@ size_t mqtt_prop_remove(mqtt_props_t *props, uint8_t id);
 int mqtt_prop_set_value(mqtt_props_t *props, uint8_t id, uint32_t value);
 /* Adds a string or binary property (or replaces the first of that id). 0, or -E2BIG. */
 int mqtt_prop_set_data(mqtt_props_t *props, uint8_t id, const void *data, size_t len);
+/* Removes every User Property called name (len bytes). The number removed. */
+size_t mqtt_prop_remove_user(mqtt_props_t *props, const void *name, size_t len);
+/* Adds a User Property name=value at the end. 0, or -E2BIG when full. */
+int mqtt_prop_add_user(mqtt_props_t *props, const void *name, size_t nlen, const void *value,
+                       size_t vlen);
 
 /* A name for a packet type ("CONNECT"...), for logs; "?" for others. */
 const char *mqtt_type_name(int type);

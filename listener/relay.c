@@ -36,6 +36,12 @@ struct subpend {
     size_t nfwd;
 };
 
+/* Packet identifiers of refused QoS 2 publishes whose PUBREL is awaited; the oldest goes when full. */
+struct idset {
+    uint16_t id[LISTENER_DENIED_QOS2_MAX];
+    size_t n, next;
+};
+
 struct relay {
     int version;
     char assigned[24]; /* the random client identifier given to the device; "" when none */
@@ -44,8 +50,9 @@ struct relay {
     struct subpend pend[LISTENER_SUBS_PENDING_MAX];
     char *filter[LISTENER_FILTERS_MAX]; /* granted subscriptions, owned */
     size_t nfilters;
-    uint16_t denied_qos2[LISTENER_DENIED_QOS2_MAX]; /* 3.1.1: refused QoS 2 ids, PUBREL awaited */
-    size_t ndenied, denied_next;
+    struct idset denied_qos2; /* 3.1.1: the device's refused QoS 2 publishes */
+    struct idset denied_down; /* the broker's QoS 2 publishes not relayed (acknowledged here) */
+    size_t up_skip;           /* bytes of a broker packet not relayed still to be discarded */
 };
 
 static const char *identity_of(const lconn_t *c)
@@ -157,6 +164,37 @@ static bool topic_allowed(const lconn_t *c, const uint8_t *topic, size_t len, co
     return map_policy_topic(t, (const char *)topic, len, MAP_UP, identity_of(c), e) == MAP_OK;
 }
 
+/*
+ * The `device` User Property of a device's PUBLISH or Will is its
+ * authenticated identity: every one it sent goes, and the identity is added
+ * (an anonymous device's carry none). Whether props changed; -E2BIG when the
+ * identity does not fit (not reached: a decoded list leaves room for it).
+ */
+static int set_device_property(const lconn_t *c, mqtt_props_t *props)
+{
+    size_t removed = mqtt_prop_remove_user(props, "device", 6);
+    if (c->anonymous)
+        return removed > 0;
+    if (mqtt_prop_add_user(props, "device", 6, c->identity, strlen(c->identity)) < 0)
+        return -E2BIG;
+    return 1;
+}
+
+/*
+ * A device's PUBLISH or Will is retained as its mapping e says, as a CoAP
+ * device's would be; a retain flag cleared is counted. Whether *retain changed.
+ */
+static bool apply_retain(lconn_t *c, const map_entry_t *e, bool *retain)
+{
+    bool want = e && map_entry_retain(e);
+    if (*retain == want)
+        return false;
+    if (*retain)
+        listener_stats_mut(c->l)->retain_cleared++;
+    *retain = want;
+    return true;
+}
+
 /* ------------------------------------------------------------------ CONNECT */
 
 /* A random client identifier for a device that sent an empty one. */
@@ -190,9 +228,11 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
     r->version = v;
     c->r = r;
 
+    const map_entry_t *will_e = NULL;
     if (cn->will) {
         const mqtt_prop_t *rt = mqtt_prop_find(&cn->will_props, MQTT_PROP_RESPONSE_TOPIC);
         bool ok = topic_allowed(c, cn->will_topic.p, cn->will_topic.len, &e);
+        will_e = e;
         if (ok && rt)
             ok = topic_allowed(c, rt->data.p, rt->data.len, &e);
         if (!ok) {
@@ -246,11 +286,16 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
     u->has_password = false;
     u->password = (mqtt_bytes_t){ NULL, 0 };
     int rc = 0;
+    if (u->will) {
+        apply_retain(c, will_e, &u->will_retain);
+        if (v == MQTT_V5 && set_device_property(c, &u->will_props) < 0)
+            rc = -E2BIG;
+    }
     if (v == MQTT_V5) {
         mqtt_prop_remove(&u->props, MQTT_PROP_TOPIC_ALIAS_MAXIMUM);
         const mqtt_prop_t *mps = mqtt_prop_find(&u->props, MQTT_PROP_MAXIMUM_PACKET_SIZE);
         uint32_t max = (uint32_t)listener_max_packet(c->l);
-        if (!mps || mps->value > max)
+        if (rc == 0 && (!mps || mps->value > max))
             rc = mqtt_prop_set_value(&u->props, MQTT_PROP_MAXIMUM_PACKET_SIZE, max);
     }
     c->keepalive_ms = (uint64_t)cn->keepalive * 1500;
@@ -274,26 +319,29 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
 
 /* ------------------------------------------------------------------ device packets */
 
-static void remember_denied_qos2(relay_t *r, uint16_t id)
+static void idset_add(struct idset *s, uint16_t id)
 {
-    for (size_t i = 0; i < r->ndenied; i++)
-        if (r->denied_qos2[i] == id)
+    for (size_t i = 0; i < s->n; i++)
+        if (s->id[i] == id)
             return;
-    if (r->ndenied < LISTENER_DENIED_QOS2_MAX) {
-        r->denied_qos2[r->ndenied++] = id;
+    if (s->n < LISTENER_DENIED_QOS2_MAX) {
+        s->id[s->n++] = id;
         return;
     }
-    /* Full: the oldest goes (its PUBREL, if it ever comes, reaches the broker, which answers). */
-    r->denied_qos2[r->denied_next] = id;
-    r->denied_next = (r->denied_next + 1) % LISTENER_DENIED_QOS2_MAX;
+    /*
+     * Full: the oldest goes (its PUBREL, if it ever comes, is relayed: the
+     * other side answers it, as a PUBREL for an identifier it does not know).
+     */
+    s->id[s->next] = id;
+    s->next = (s->next + 1) % LISTENER_DENIED_QOS2_MAX;
 }
 
-static bool forget_denied_qos2(relay_t *r, uint16_t id)
+static bool idset_take(struct idset *s, uint16_t id)
 {
-    for (size_t i = 0; i < r->ndenied; i++)
-        if (r->denied_qos2[i] == id) {
-            r->denied_qos2[i] = r->denied_qos2[--r->ndenied];
-            r->denied_next = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->id[i] == id) {
+            s->id[i] = s->id[--s->n];
+            s->next = 0;
             return true;
         }
     return false;
@@ -378,14 +426,27 @@ static int on_publish(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_t 
         } else if (pb->qos == 2) {
             send_ack(c, MQTT_PUBREC, pb->id, reason);
             if (r->version == MQTT_V311)
-                remember_denied_qos2(r, pb->id);
+                idset_add(&r->denied_qos2, pb->id);
         }
         return 0;
+    }
+    if (apply_retain(c, e, &pb->retain))
+        rewrite = true;
+    if (r->version == MQTT_V5) {
+        int changed = set_device_property(c, &pb->props);
+        if (changed < 0)
+            return device_broke(c, -E2BIG, "PUBLISH with too many properties");
+        rewrite = rewrite || changed;
     }
     listener_count(c->l, e, LISTENER_UP);
     if (!rewrite)
         return lconn_send_up(c, raw, rawlen) < 0 ? -1 : 0;
     return send_packet(c, false, pk, r->version) < 0 ? -1 : 0;
+}
+
+static bool is_shared(const uint8_t *f, size_t len)
+{
+    return len >= 7 && memcmp(f, "$share/", 7) == 0;
 }
 
 static bool granted(const relay_t *r, const uint8_t *f, size_t len)
@@ -410,6 +471,10 @@ static int on_subscribe(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_
     relay_t *r = c->r;
     mqtt_subscribe_t *sb = &pk->u.subscribe;
     struct subpend *sp = NULL;
+    for (size_t i = 0; i < LISTENER_SUBS_PENDING_MAX; i++)
+        if (r->pend[i].used && r->pend[i].id == sb->id)
+            return device_broke(c, -EPROTO,
+                                "SUBSCRIBE with the packet identifier of one unanswered");
     for (size_t i = 0; i < LISTENER_SUBS_PENDING_MAX && !sp; i++)
         if (!r->pend[i].used)
             sp = &r->pend[i];
@@ -428,16 +493,20 @@ static int on_subscribe(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_
     mqtt_subscribe_t *fs = &fwd.u.subscribe;
     for (size_t i = 0; i < sb->n; i++) {
         const map_entry_t *e = NULL;
+        /* Devices have no use for shared subscriptions (the CONNACK says they are not available). */
+        bool shared = is_shared(sb->filter[i].p, sb->filter[i].len);
         enum map_status st =
-            map_policy_filter(listener_cfg(c->l)->maps, (const char *)sb->filter[i].p,
-                              sb->filter[i].len, identity_of(c), &e);
+            shared ? MAP_FORBIDDEN
+                   : map_policy_filter(listener_cfg(c->l)->maps, (const char *)sb->filter[i].p,
+                                       sb->filter[i].len, identity_of(c), &e);
         bool quota = st == MAP_OK && held >= LISTENER_FILTERS_MAX &&
                      !granted(r, sb->filter[i].p, sb->filter[i].len);
         if (st != MAP_OK || quota) {
             sp->refused[i] = true;
-            sp->code[i] = r->version == MQTT_V5
-                              ? (quota ? MQTT_RC_QUOTA_EXCEEDED : MQTT_RC_NOT_AUTHORIZED)
-                              : MQTT_RC311_SUB_FAILURE;
+            sp->code[i] = r->version != MQTT_V5 ? MQTT_RC311_SUB_FAILURE
+                          : shared              ? MQTT_RC_SHARED_NOT_SUPPORTED
+                          : quota               ? MQTT_RC_QUOTA_EXCEEDED
+                                                : MQTT_RC_NOT_AUTHORIZED;
             listener_stats_mut(c->l)->denied_subscribe++;
             if (!quota)
                 listener_count(c->l, e, LISTENER_REFUSED);
@@ -445,7 +514,9 @@ static int on_subscribe(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_
                            c->anonymous ? "(anonymous)" : c->identity,
                            (int)(sb->filter[i].len > 200 ? 200 : sb->filter[i].len),
                            (const char *)sb->filter[i].p,
-                           quota ? "too many subscriptions" : "not authorized");
+                           shared  ? "shared subscriptions are not supported"
+                           : quota ? "too many subscriptions"
+                                   : "not authorized");
             continue;
         }
         sp->filter[nfwd] = copy_bytes(sb->filter[i].p, sb->filter[i].len);
@@ -517,7 +588,7 @@ static int device_packet(lconn_t *c, const uint8_t *raw, size_t len)
         on_unsubscribe(c->r, &pk.u.subscribe);
         return lconn_send_up(c, raw, len) < 0 ? -1 : 0;
     case MQTT_PUBREL:
-        if (forget_denied_qos2(c->r, pk.u.ack.id)) {
+        if (idset_take(&c->r->denied_qos2, pk.u.ack.id)) {
             send_ack(c, MQTT_PUBCOMP, pk.u.ack.id, 0);
             return 0;
         }
@@ -594,6 +665,8 @@ static int on_connack(lconn_t *c, mqtt_packet_t *pk)
                 rc = mqtt_prop_set_value(pp, MQTT_PROP_MAXIMUM_PACKET_SIZE, max);
             if (rc == 0)
                 rc = mqtt_prop_set_value(pp, MQTT_PROP_TOPIC_ALIAS_MAXIMUM, LISTENER_ALIAS_MAX);
+            if (rc == 0)
+                rc = mqtt_prop_set_value(pp, MQTT_PROP_SHARED_SUB_AVAILABLE, 0);
             if (rc == 0 && *r->assigned)
                 rc = mqtt_prop_set_data(pp, MQTT_PROP_ASSIGNED_CLIENT_ID, r->assigned,
                                         strlen(r->assigned));
@@ -661,10 +734,92 @@ static int on_suback(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_t l
     return send_packet(c, true, &out, r->version) < 0 ? -1 : 0;
 }
 
+/* An acknowledgement to the broker (to_dev false) or to the device. <0 when c was closed. */
+static int send_ack_to(lconn_t *c, bool to_dev, enum mqtt_type type, uint16_t id, uint8_t reason)
+{
+    mqtt_packet_t p = { .type = type, .flags = type == MQTT_PUBREL ? 2 : 0 };
+    p.u.ack.id = id;
+    p.u.ack.reason = reason;
+    send_packet(c, to_dev, &p, c->r->version);
+    return c->state == LC_CLOSING ? -1 : 0;
+}
+
+/*
+ * A PUBLISH from the broker that the device does not get is acknowledged here,
+ * so that the broker does not send it again: QoS 1 PUBACK; QoS 2 PUBREC, and
+ * the broker's PUBREL for it is answered with PUBCOMP (not relayed).
+ */
+static int ack_upstream(lconn_t *c, uint8_t qos, uint16_t id)
+{
+    if (qos == 1)
+        return send_ack_to(c, false, MQTT_PUBACK, id, 0);
+    if (qos == 2) {
+        idset_add(&c->r->denied_down, id);
+        return send_ack_to(c, false, MQTT_PUBREC, id, 0);
+    }
+    return 0;
+}
+
+/*
+ * A packet from the broker the gateway does not relay as it is: over the size
+ * bound, or more than the codec holds (h from its first bytes). Counted; a
+ * PUBLISH is acknowledged upstream and dropped; a PUBACK, PUBREC, PUBREL or
+ * PUBCOMP goes on without its properties; anything else is dropped. Never a
+ * reason to close, but before the CONNACK, which the device needs whole.
+ */
+static int broker_not_relayed(lconn_t *c, const mqtt_head_t *h, const char *why)
+{
+    if (c->state == LC_UPSTREAM)
+        return upstream_broke(c, why);
+    listener_stats_mut(c->l)->broker_dropped++;
+    gw_log_limited(GW_LOG_INFO, MQTT, "device %s: %s from the broker not relayed (%s)",
+                   c->anonymous ? "(anonymous)" : c->identity, mqtt_type_name(h->type), why);
+    switch (h->type) {
+    case MQTT_PUBLISH:
+        return ack_upstream(c, h->qos, h->id);
+    case MQTT_PUBREL:
+        if (idset_take(&c->r->denied_down, h->id))
+            return send_ack_to(c, false, MQTT_PUBCOMP, h->id, 0);
+        /* fall through */
+    case MQTT_PUBACK:
+    case MQTT_PUBREC:
+    case MQTT_PUBCOMP:
+        return send_ack_to(c, true, h->type, h->id, h->reason);
+    default:
+        return 0;
+    }
+}
+
+/* A PUBLISH from the broker: relayed only when the current mappings allow it to the device. */
+static int on_delivery(lconn_t *c, mqtt_publish_t *pb, const uint8_t *raw, size_t len)
+{
+    const map_entry_t *e = NULL;
+    if (c->r->version == MQTT_V5 && mqtt_prop_find(&pb->props, MQTT_PROP_TOPIC_ALIAS))
+        return upstream_broke(c, "a Topic Alias the gateway did not allow");
+    if (map_policy_topic(listener_cfg(c->l)->maps, (const char *)pb->topic.p, pb->topic.len,
+                         MAP_DOWN, identity_of(c), &e) != MAP_OK) {
+        listener_stats_mut(c->l)->denied_deliver++;
+        listener_count(c->l, e, LISTENER_REFUSED);
+        gw_log_limited(GW_LOG_INFO, MQTT,
+                       "device %s: delivery on %.*s refused (the mappings do not allow it)",
+                       c->anonymous ? "(anonymous)" : c->identity,
+                       (int)(pb->topic.len > 200 ? 200 : pb->topic.len), (const char *)pb->topic.p);
+        return ack_upstream(c, pb->qos, pb->id);
+    }
+    listener_count(c->l, e, LISTENER_DOWN);
+    return lconn_send_dev(c, raw, len) < 0 ? -1 : 0;
+}
+
 static int upstream_packet(lconn_t *c, const uint8_t *raw, size_t len)
 {
     mqtt_packet_t pk;
-    if (mqtt_decode(raw, len, c->r->version, &pk) < 0) {
+    int rc = mqtt_decode(raw, len, c->r->version, &pk);
+    if (rc == -E2BIG) {
+        mqtt_head_t h;
+        if (mqtt_head(raw, len, c->r->version, &h) == 1)
+            return broker_not_relayed(c, &h, "more properties than the gateway holds");
+    }
+    if (rc < 0) {
         listener_stats_mut(c->l)->malformed++;
         return upstream_broke(c, "malformed packet from the broker");
     }
@@ -675,23 +830,18 @@ static int upstream_packet(lconn_t *c, const uint8_t *raw, size_t len)
         return on_connack(c, &pk);
     case MQTT_SUBACK:
         return on_suback(c, &pk, raw, len);
-    case MQTT_PUBLISH: {
-        mqtt_publish_t *pb = &pk.u.publish;
-        const map_entry_t *e = NULL;
-        if (c->r->version == MQTT_V5 && mqtt_prop_find(&pb->props, MQTT_PROP_TOPIC_ALIAS))
-            return upstream_broke(c, "a Topic Alias the gateway did not allow");
-        if (map_policy_topic(listener_cfg(c->l)->maps, (const char *)pb->topic.p, pb->topic.len,
-                             MAP_DOWN, identity_of(c), &e) == MAP_OK)
-            listener_count(c->l, e, LISTENER_DOWN);
+    case MQTT_PUBLISH:
+        return on_delivery(c, &pk.u.publish, raw, len);
+    case MQTT_PUBREL:
+        if (idset_take(&c->r->denied_down, pk.u.ack.id))
+            return send_ack_to(c, false, MQTT_PUBCOMP, pk.u.ack.id, 0);
         return lconn_send_dev(c, raw, len) < 0 ? -1 : 0;
-    }
     case MQTT_DISCONNECT:
         lconn_send_dev(c, raw, len);
         lconn_close(c, true, false);
         return -1;
     case MQTT_PUBACK:
     case MQTT_PUBREC:
-    case MQTT_PUBREL:
     case MQTT_PUBCOMP:
     case MQTT_UNSUBACK:
     case MQTT_PINGRESP:
@@ -701,15 +851,50 @@ static int upstream_packet(lconn_t *c, const uint8_t *raw, size_t len)
     }
 }
 
+/*
+ * A packet from the broker over listener_max_packet(): answered from its first
+ * bytes (mqtt_head), and the rest discarded as it arrives, never held whole.
+ * 0 when done or more bytes are needed, <0 when c was closed.
+ */
+static int skip_oversize(lconn_t *c)
+{
+    mqtt_head_t h;
+    int rc = mqtt_head(c->uin.p, c->uin.len, c->r->version, &h);
+    if (rc < 0)
+        return upstream_broke(c, "malformed packet");
+    if (rc == 0)
+        return 0; /* its topic and identifier are not all in: at most 65,544 bytes */
+    if (broker_not_relayed(c, &h, "over the size bound") < 0)
+        return -1;
+    size_t n = h.total < c->uin.len ? h.total : c->uin.len;
+    consume(&c->uin, n);
+    c->r->up_skip = h.total - n;
+    return 0;
+}
+
 int relay_upstream_input(lconn_t *c)
 {
     while (c->uin.len) {
+        if (c->r->up_skip) {
+            size_t n = c->r->up_skip < c->uin.len ? c->r->up_skip : c->uin.len;
+            consume(&c->uin, n);
+            c->r->up_skip -= n;
+            continue;
+        }
         if (tls_stream_buffered(c->dev) > LISTENER_HIGH_WATER)
             return 0;
         size_t plen;
         int rc = mqtt_frame(c->uin.p, c->uin.len, listener_max_packet(c->l), &plen);
+        if (rc == -EMSGSIZE) {
+            size_t before = c->uin.len;
+            if (skip_oversize(c) < 0)
+                return -1;
+            if (c->uin.len == before)
+                return 0; /* more bytes needed */
+            continue;
+        }
         if (rc < 0)
-            return upstream_broke(c, rc == -EMSGSIZE ? "packet too large" : "malformed packet");
+            return upstream_broke(c, "malformed packet");
         if (rc == 0)
             return 0;
         if (upstream_packet(c, c->uin.p, plen) < 0)

@@ -793,7 +793,7 @@ Test(packet, prop_helpers)
     cr_assert_eq(props.n, 1);
     cr_assert_eq(props.p[0].id, MQTT_PROP_RESPONSE_TOPIC);
     cr_assert_eq(mqtt_prop_remove(&props, MQTT_PROP_TOPIC_ALIAS), 0);
-    while (props.n < MQTT_PROPS_MAX)
+    while (props.n < MQTT_PROPS_CAP)
         props.p[props.n++] = (mqtt_prop_t){ .id = MQTT_PROP_USER };
     cr_assert_eq(mqtt_prop_set_value(&props, MQTT_PROP_TOPIC_ALIAS, 1), -E2BIG);
     cr_assert_eq(mqtt_prop_set_data(&props, MQTT_PROP_REASON_STRING, "x", 1), -E2BIG);
@@ -822,4 +822,73 @@ Test(packet, roundtrip_changed_packet)
     size_t wlen = hex("30 08 0003 'a/b' 00 'hi'", want, sizeof(want));
     cr_assert_eq(n, (ssize_t)wlen);
     cr_assert_arr_eq(out, want, wlen);
+}
+
+/* The head of a packet, from its first bytes: what answers one that is not read whole. */
+Test(packet, head)
+{
+    uint8_t buf[64];
+    mqtt_head_t h;
+    /* PUBLISH QoS 1, Remaining Length 200 (two bytes), topic "a/b", id 0x1234: the rest not here. */
+    size_t n = hex("32 c8 01 0003 'a/b' 1234 'pay'", buf, sizeof(buf));
+    for (size_t k = 0; k < 10; k++)
+        cr_assert_eq(mqtt_head(buf, k, MQTT_V5, &h), 0, "prefix %zu", k);
+    cr_assert_eq(mqtt_head(buf, 10, MQTT_V5, &h), 1);
+    cr_assert_eq(mqtt_head(buf, n, MQTT_V311, &h), 1);
+    cr_assert_eq(h.type, MQTT_PUBLISH);
+    cr_assert_eq(h.qos, 1);
+    cr_assert_eq(h.id, 0x1234);
+    cr_assert_eq(h.header_len, 3);
+    cr_assert_eq(h.total, 203);
+    /* QoS 0: no identifier; the topic's length is enough. */
+    n = hex("30 c8 01 0003", buf, sizeof(buf));
+    cr_assert_eq(mqtt_head(buf, n, MQTT_V5, &h), 1);
+    cr_assert_eq(h.id, 0);
+    /* MQTT 5 PUBREC with a reason; 3.1.1 reads no reason. */
+    n = hex("50 03 0007 10", buf, sizeof(buf));
+    cr_assert_eq(mqtt_head(buf, n - 1, MQTT_V5, &h), 0);
+    cr_assert_eq(mqtt_head(buf, n, MQTT_V5, &h), 1);
+    cr_assert(h.id == 7 && h.reason == 0x10);
+    n = hex("62 02 0009", buf, sizeof(buf));
+    cr_assert_eq(mqtt_head(buf, n, MQTT_V311, &h), 1);
+    cr_assert(h.type == MQTT_PUBREL && h.id == 9 && h.reason == 0);
+    /* No identifier to read: the fixed header is all. */
+    cr_assert_eq(mqtt_head(buf, hex("20 ff 7f", buf, sizeof(buf)), MQTT_V5, &h), 1);
+    cr_assert_eq(h.total, 3 + 16383);
+    /* Refusals. */
+    cr_assert_eq(mqtt_head(buf, hex("36 10 0001 'a' 0001", buf, sizeof(buf)), MQTT_V5, &h),
+                 -EBADMSG); /* QoS 3 */
+    cr_assert_eq(mqtt_head(buf, hex("32 04 0005 'a'", buf, sizeof(buf)), MQTT_V5, &h),
+                 -EBADMSG); /* the topic past the Remaining Length */
+    cr_assert_eq(mqtt_head(buf, hex("32 04 0001 'a' 00", buf, sizeof(buf)), MQTT_V5, &h),
+                 -EBADMSG); /* the identifier past it */
+    cr_assert_eq(mqtt_head(buf, hex("32 10 0001 'a' 0000", buf, sizeof(buf)), MQTT_V5, &h),
+                 -EPROTO);
+    cr_assert_eq(mqtt_head(buf, hex("60 02 0001", buf, sizeof(buf)), MQTT_V5, &h), -EBADMSG);
+    cr_assert_eq(mqtt_head(buf, hex("00 00", buf, sizeof(buf)), MQTT_V5, &h), -EBADMSG);
+    cr_assert_eq(mqtt_head(buf, hex("30 ff ff ff ff 01", buf, sizeof(buf)), MQTT_V5, &h), -EBADMSG);
+}
+
+Test(packet, user_property_helpers)
+{
+    mqtt_props_t props = { 0 };
+    cr_assert_eq(mqtt_prop_add_user(&props, "device", 6, "bike-9", 6), 0);
+    cr_assert_eq(mqtt_prop_add_user(&props, "devices", 7, "x", 1), 0);
+    cr_assert_eq(mqtt_prop_set_value(&props, MQTT_PROP_TOPIC_ALIAS, 2), 0);
+    cr_assert_eq(mqtt_prop_add_user(&props, "device", 6, "bike-1", 6), 0);
+    cr_assert_eq(mqtt_prop_remove_user(&props, "device", 6), 2);
+    cr_assert_eq(props.n, 2);
+    cr_assert(bytes_is(&props.p[0].data, "devices"));
+    cr_assert_eq(props.p[1].id, MQTT_PROP_TOPIC_ALIAS);
+    /* A decoded list holds MQTT_PROPS_MAX; the gateway may add up to MQTT_PROPS_CAP. */
+    while (props.n < MQTT_PROPS_CAP)
+        cr_assert_eq(mqtt_prop_add_user(&props, "k", 1, "v", 1), 0);
+    cr_assert_eq(mqtt_prop_add_user(&props, "k", 1, "v", 1), -E2BIG);
+    mqtt_packet_t p = { .type = MQTT_PUBLISH };
+    p.u.publish.topic = (mqtt_bytes_t){ (const uint8_t *)"t", 1 };
+    p.u.publish.props = props;
+    uint8_t buf[1024];
+    ssize_t n = mqtt_encode(&p, MQTT_V5, buf, sizeof(buf));
+    cr_assert(n > 0 && (size_t)n <= sizeof(buf), "a full list is still written");
+    cr_assert_eq(mqtt_decode(buf, (size_t)n, MQTT_V5, &p), -E2BIG);
 }
