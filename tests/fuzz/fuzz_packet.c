@@ -1,5 +1,5 @@
 /*
- * Fuzz target: the MQTT packet codec (listener/packet.c), which reads every
+ * Fuzz target: the MQTT packet codec (mqtt/packet.c), which reads every
  * byte a device or the broker sends to the MQTT listener.
  *
  * Input: a byte stream, framed with mqtt_frame() packet after packet. Each

@@ -1,5 +1,5 @@
 /*
- * Equality of two decoded MQTT packets (listener/packet.h) by content: the
+ * Equality of two decoded MQTT packets (mqtt/packet.h) by content: the
  * bytes their strings, binaries and payloads point to, not the pointers.
  * Shared by tests/unit/test_packet.c and tests/fuzz/fuzz_packet.c.
  */

@@ -1,5 +1,5 @@
 /*
- * The MQTT packet codec (listener/packet.c): packets worked byte by byte from
+ * The MQTT packet codec (mqtt/packet.c): packets worked byte by byte from
  * the MQTT 3.1.1 and MQTT 5 specifications, framing across split buffers,
  * every refusal with its error code, the bounds, and round trips.
  *
