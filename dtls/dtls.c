@@ -190,7 +190,12 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_
     return key;
 }
 
-/* libcoap hands over the device certificate once it has been verified. */
+/*
+ * libcoap hands over the device certificate once it has been verified: it
+ * must be meant for a TLS client (no extended key usage, or one with
+ * clientAuth), and its subject CN must be an identity. Returning 0 fails the
+ * handshake (counted as a failed DTLS handshake).
+ */
 static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_t *session,
                    unsigned depth, int validated, void *arg)
 {
@@ -201,6 +206,12 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         return 1;
     if (!validated) {
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
+        return 0;
+    }
+    if (tls_der_client_purpose(der, len) < 0) {
+        gw_log_limited(GW_LOG_INFO, DTLS,
+                       "handshake refused (device certificate's extended key usage has no "
+                       "clientAuth)");
         return 0;
     }
     if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
