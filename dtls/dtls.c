@@ -4,6 +4,7 @@
 #include "dtls.h"
 
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,13 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
         return 0;
     }
+    gnutls_session_t tls = coap_session_get_tls(session, NULL);
+    gnutls_kx_algorithm_t kx = tls ? gnutls_kx_get(tls) : GNUTLS_KX_UNKNOWN;
+    if (kx != GNUTLS_KX_ECDHE_ECDSA && kx != GNUTLS_KX_ECDHE_RSA) {
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (key exchange %s is not ECDHE)",
+                       gnutls_kx_get_name(kx) ? gnutls_kx_get_name(kx) : "unknown");
+        return 0;
+    }
     if (tls_der_client_purpose(der, len) < 0) {
         gw_log_limited(GW_LOG_INFO, DTLS,
                        "handshake refused (device certificate's extended key usage has no "
@@ -374,6 +382,32 @@ void dtls_peers_free(void (*free_app)(void *app))
 {
     while (peers)
         peer_free(peers, free_app);
+}
+
+bool dtls_suite_ok(coap_session_t *session, const char **why)
+{
+    if (coap_session_get_proto(session) != COAP_PROTO_DTLS)
+        return true;
+    gnutls_session_t tls = coap_session_get_tls(session, NULL);
+    if (!tls) {
+        *why = "no DTLS state";
+        return false;
+    }
+    switch (gnutls_kx_get(tls)) {
+    case GNUTLS_KX_ECDHE_ECDSA:
+    case GNUTLS_KX_ECDHE_RSA:
+    case GNUTLS_KX_PSK:
+    case GNUTLS_KX_ECDHE_PSK:
+        break;
+    default:
+        *why = "key exchange without ECDHE";
+        return false;
+    }
+    if (gnutls_mac_get(tls) != GNUTLS_MAC_AEAD) {
+        *why = "cipher is not AEAD";
+        return false;
+    }
+    return true;
 }
 
 const char *dtls_identity(coap_session_t *session)

@@ -11,7 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (TANDEM, WAIT, Broker, Gateway, MqttDevice, Pki, Subscriber,  # noqa: E402
-                     _ProcTransport, check, coap, openssl, run, spawn, wait_until, workdir)
+                     _ProcTransport, check, coap, coap_decode, coap_raw, openssl, run, spawn,
+                     wait_until, workdir)
 
 MAPPINGS = """
   { name = "telemetry"; resource = "bikes/{identity}/telemetry";
@@ -205,6 +206,86 @@ def server_certificate_is_no_device():
     check(got == want, "at the broker: %r, expected %r" % (got, want))
 
 
+def dtls_s_client(g, who, suite, payload):
+    """openssl s_client over DTLS 1.2 with one suite, as who (a (certificate,
+    key) of bike-7, or a PSK identity of the gateway); once the handshake is
+    done, POSTs payload to the identity's telemetry. The CoAP answer's (type,
+    code, mid, token), or None when none came (the handshake failed, or the
+    session was dropped)."""
+    if isinstance(who, str):
+        args = ["-psk_identity", who, "-psk", g.psk[who].encode().hex()]
+        identity = who
+    else:
+        args = ["-cert", who[0], "-key", who[1], "-CAfile", g.pki.ca]
+        identity = "bike-7"
+    proc = spawn(["openssl", "s_client", "-dtls1_2", "-connect", "127.0.0.1:%d" % g.dtls_port,
+                  "-cipher", suite, "-quiet", *args], stdin=subprocess.PIPE,
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    t = _ProcTransport(proc)
+    mid = secrets.randbelow(65536)
+    t.send(coap_raw("bikes/%s/telemetry" % identity, payload.encode(), mid=mid, token=b"\x5a"))
+    try:
+        data = t.recv(5)
+        return coap_decode(data) if data else None
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+
+
+def dtls_suites():
+    """DTLS handshakes: static RSA key exchange refused during the handshake,
+    a CBC suite's session dropped as soon as its handshake is done (nothing it
+    sends is published), ECDHE with an AEAD cipher served; with an RSA and
+    with an ECDSA gateway certificate; PSK with an AEAD cipher (RFC 7925's
+    CCM-8 among them) served, with CBC dropped; refusals counted."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    sub = Subscriber(broker, "redback/#")
+    dev = leaf(pki, "bike7", "bike-7")
+    rsa = leaf(pki, "gw-dtls-rsa", "localhost", key="rsa", eku="serverAuth")
+    cases = [(rsa, [(dev, "AES128-SHA", False), (dev, "AES128-GCM-SHA256", False),
+                    (dev, "ECDHE-RSA-AES128-SHA", False), (dev, "ECDHE-RSA-AES256-SHA", False),
+                    (dev, "ECDHE-RSA-AES128-GCM-SHA256", True)]),
+             (pki.server, [(dev, "ECDHE-ECDSA-AES128-SHA", False),
+                           (dev, "ECDHE-ECDSA-AES128-SHA256", False),
+                           (dev, "ECDHE-ECDSA-AES128-GCM-SHA256", True),
+                           (dev, "ECDHE-ECDSA-AES128-CCM8", True),
+                           ("bike-1", "PSK-AES128-CBC-SHA256", False),
+                           ("bike-1", "ECDHE-PSK-AES128-CBC-SHA256", False),
+                           ("bike-1", "PSK-AES128-CCM8", True),
+                           ("bike-1", "PSK-AES128-GCM-SHA256", True)])]
+    sent = []
+    for (cert, key), tries in cases:
+        g = Gateway(d, broker, pki, mappings=MAPPINGS,
+                    dtls='cert = "%s"; key = "%s"; ca = "%s"; psk_file = "psk.txt";'
+                    % (cert, key, pki.ca)).start()
+        before = g.stats_json()["coap"]
+        for who, suite, ok in tries:
+            payload = "%s-%s" % (os.path.basename(cert), suite)
+            got = dtls_s_client(g, who, suite, payload)
+            if ok:
+                check(got is not None and got[1] == "2.04",
+                      "%s: %s was not served: %r\n%s" % (cert, suite, got, g.text()[-2000:]))
+                sent.append(payload.encode())
+                wait_until(lambda: any(m["payload"] == payload.encode() for m in sub.messages),
+                           "the message sent with %s at the broker" % suite)
+            else:
+                check(got is None, "%s: %s was served: %r" % (cert, suite, got))
+        refused = sum(not ok for _, _, ok in tries)
+        wait_until(lambda: g.stats_json()["coap"]["dtls_handshakes_failed"] -
+                   before["dtls_handshakes_failed"] >= refused, "%d refusals counted" % refused)
+        after = g.stats_json()["coap"]
+        check(after["dtls_handshakes_failed"] - before["dtls_handshakes_failed"] == refused and
+              after["dtls_handshakes_ok"] - before["dtls_handshakes_ok"] == len(tries) - refused,
+              "handshakes counted: %r then %r" % (before, after))
+        check(g.count("handshake refused (cipher is not AEAD)") >= 1, "no log of the CBC refusal")
+        g.stop()
+    sub.sync()
+    got = [m["payload"] for m in sub.messages]
+    check(got == sent, "published: %r, expected %r" % (got, sent))
+
+
 def tandem(*args):
     return subprocess.run([TANDEM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=30)
@@ -262,6 +343,6 @@ def bidi_controls_escaped_in_log():
 
 if __name__ == "__main__":
     run({f.__name__: f for f in [tls12_suites_rsa_certificate, tls12_suites_ecdsa_certificate,
-                                  server_certificate_is_no_device,
+                                  server_certificate_is_no_device, dtls_suites,
                                   gateway_client_id_a_device_could_take,
                                   bidi_controls_escaped_in_log]})
