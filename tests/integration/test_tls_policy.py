@@ -6,6 +6,7 @@ mqtt.client_id a device could take over, bidirectional controls in log lines."""
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 
@@ -303,7 +304,8 @@ def gateway_client_id_a_device_could_take():
                              ("{gateway}/bridge", "edge-01/bridge"),
                              ("/anonymous", "/anonymous")):
         with open(conf, "w") as f:
-            f.write('gateway = { id = "edge-01"; };\ncoap = { dtls = { psk_file = "psk.txt"; }; };\n'
+            f.write('gateway = { id = "edge-01"; };\n'
+                    'coap = { dtls = { psk_file = "psk.txt"; }; };\n'
                     'mqtt = {\n  uri = "mqtt://127.0.0.1:1";\n  client_id = "%s";\n};\n'
                     % client_id)
         for cmd in ("check", "run"):
@@ -317,6 +319,25 @@ def gateway_client_id_a_device_could_take():
                 'mqtt = {\n  uri = "mqtt://127.0.0.1:1";\n  client_id = "tandem-{gateway}";\n};\n')
     r = tandem("check", "-c", conf)
     check(r.returncode == 0, "the default form refused: %s" % r.stderr)
+
+    # At a reload: refused whole, logged with the line and counted; the
+    # gateway's session goes on under its own identifier.
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = Gateway(d, broker, pki, mqtt='client_id = "gw-it";').start()
+    text = open(g.conf).read()
+    check('client_id = "gw-it";' in text, "the configuration: " + text)
+    with open(g.conf, "w") as f:
+        f.write(text.replace('client_id = "gw-it";', 'client_id = "bike-1/x";'))
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.count("reload refused"), "the reload refused")
+    line = 1 + [n for n, l in enumerate(text.splitlines()) if "client_id" in l][0]
+    check(g.count('%s:%d: mqtt.client_id: "bike-1/x" has the form IDENTITY/ID'
+                  % (g.conf, line)) == 1,
+          "no FILE:LINE of mqtt.client_id in the log:\n" + g.text()[-2000:])
+    wait_until(lambda: g.stats_json()["config"]["reload_failures"] == 1,
+               "config.reload_failures = 1")
+    check(g.proc.poll() is None, "the gateway stopped")
 
 
 def bidi_controls_escaped_in_log():
