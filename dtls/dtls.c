@@ -191,10 +191,19 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_
     return key;
 }
 
+/* The session's GnuTLS session (libcoap-3-gnutls), or NULL. */
+static gnutls_session_t gnutls_of(coap_session_t *session)
+{
+    coap_tls_library_t lib = COAP_TLS_LIBRARY_NOTLS;
+    void *tls = coap_session_get_tls(session, &lib);
+    return lib == COAP_TLS_LIBRARY_GNUTLS ? tls : NULL;
+}
+
 /*
- * libcoap hands over the device certificate once it has been verified: it
- * must be meant for a TLS client (no extended key usage, or one with
- * clientAuth), and its subject CN must be an identity. Returning 0 fails the
+ * libcoap hands over the device certificate once it has been verified. The
+ * key exchange (already chosen; the cipher is not known yet) must be ECDHE,
+ * the certificate meant for a TLS client (no extended key usage, or one with
+ * clientAuth), and its subject CN an identity. Returning 0 fails the
  * handshake (counted as a failed DTLS handshake).
  */
 static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_t *session,
@@ -209,7 +218,7 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
         return 0;
     }
-    gnutls_session_t tls = coap_session_get_tls(session, NULL);
+    gnutls_session_t tls = gnutls_of(session);
     gnutls_kx_algorithm_t kx = tls ? gnutls_kx_get(tls) : GNUTLS_KX_UNKNOWN;
     if (kx != GNUTLS_KX_ECDHE_ECDSA && kx != GNUTLS_KX_ECDHE_RSA) {
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (key exchange %s is not ECDHE)",
@@ -388,7 +397,7 @@ bool dtls_suite_ok(coap_session_t *session, const char **why)
 {
     if (coap_session_get_proto(session) != COAP_PROTO_DTLS)
         return true;
-    gnutls_session_t tls = coap_session_get_tls(session, NULL);
+    gnutls_session_t tls = gnutls_of(session);
     if (!tls) {
         *why = "no DTLS state";
         return false;
