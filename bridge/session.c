@@ -11,6 +11,7 @@
 
 #include "clock.h"
 #include "dtls.h"
+#include "log.h"
 
 /*
  * A handshake younger than this is left to finish: evicting it would let a
@@ -349,6 +350,13 @@ void sessions_after_io(sessions_t *ss)
         }
         if (coap_session_get_state(s->session) != COAP_SESSION_STATE_ESTABLISHED)
             continue;
+        const char *why = NULL;
+        if (!dtls_suite_ok(s->session, &why)) {
+            gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (%s)", why);
+            ss->st.handshakes_failed++;
+            evict(s);
+            continue;
+        }
         ss->st.handshakes_ok++;
         class_unlink(ss, s);
         s->cls = SESS_DTLS;

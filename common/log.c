@@ -33,8 +33,8 @@ int gw_log_level(void)
     return atomic_load(&current);
 }
 
-/* Length of the well-formed UTF-8 sequence at p (2 to 4 bytes), or 0. */
-static size_t utf8_seq(const unsigned char *p)
+/* Length of the well-formed UTF-8 sequence at p (2 to 4 bytes) with its code point, or 0. */
+static size_t utf8_seq(const unsigned char *p, uint32_t *out)
 {
     size_t need = (p[0] & 0xe0) == 0xc0   ? 1
                   : (p[0] & 0xf0) == 0xe0 ? 2
@@ -52,32 +52,66 @@ static size_t utf8_seq(const unsigned char *p)
     if (cp < min[need] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
         (cp >= 0x80 && cp <= 0x9f))
         return 0;
+    *out = cp;
     return need + 1;
 }
 
 /*
+ * Characters that are not seen but change how the text around them is shown:
+ * Unicode's format characters (category Cf), among them the bidirectional
+ * controls (U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069) that
+ * can make a line read in another order than it was written, and the line and
+ * paragraph separators.
+ */
+static bool invisible(uint32_t cp)
+{
+    static const uint32_t ranges[][2] = {
+        { 0x00ad, 0x00ad },   { 0x0600, 0x0605 },   { 0x061c, 0x061c },   { 0x06dd, 0x06dd },
+        { 0x070f, 0x070f },   { 0x0890, 0x0891 },   { 0x08e2, 0x08e2 },   { 0x180e, 0x180e },
+        { 0x200b, 0x200f },   { 0x2028, 0x202e },   { 0x2060, 0x2064 },   { 0x2066, 0x206f },
+        { 0xfeff, 0xfeff },   { 0xfff9, 0xfffb },   { 0x110bd, 0x110bd }, { 0x110cd, 0x110cd },
+        { 0x13430, 0x1343f }, { 0x1bca0, 0x1bca3 }, { 0x1d173, 0x1d17a }, { 0xe0001, 0xe0001 },
+        { 0xe0020, 0xe007f },
+    };
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if (cp >= ranges[i][0] && cp <= ranges[i][1])
+            return true;
+    return false;
+}
+
+/*
  * One line per event, and nothing a device or a broker sent may drive a
- * terminal or break a log reader: control characters become '?' (line
- * breaks and tabs a space), and so does every byte that is not part of
- * well-formed UTF-8.
+ * terminal, break a log reader or disguise a line: control characters become
+ * '?' (line breaks and tabs a space), and so do every byte that is not part
+ * of well-formed UTF-8 and every invisible format character (one '?' each).
  */
 static void sanitize(char *s)
 {
-    unsigned char *p = (unsigned char *)s;
+    unsigned char *p = (unsigned char *)s, *w = p;
     while (*p) {
         if (*p < 0x80) {
             if (*p < 0x20 || *p == 0x7f)
-                *p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
+                *w++ = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
+            else
+                *w++ = *p;
             p++;
             continue;
         }
-        size_t n = utf8_seq(p);
-        if (n) {
+        uint32_t cp = 0;
+        size_t n = utf8_seq(p, &cp);
+        if (!n) {
+            *w++ = '?';
+            p++;
+        } else if (invisible(cp)) {
+            *w++ = '?';
             p += n;
         } else {
-            *p++ = '?';
+            memmove(w, p, n);
+            w += n;
+            p += n;
         }
     }
+    *w = '\0';
 }
 
 /* Formats and writes one line; suffix (may be NULL) is appended. */

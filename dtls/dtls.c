@@ -4,6 +4,7 @@
 #include "dtls.h"
 
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,7 +199,21 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_
     return key;
 }
 
-/* libcoap hands over the device certificate once it has been verified. */
+/* The session's GnuTLS session (libcoap-3-gnutls), or NULL. */
+static gnutls_session_t gnutls_of(coap_session_t *session)
+{
+    coap_tls_library_t lib = COAP_TLS_LIBRARY_NOTLS;
+    void *tls = coap_session_get_tls(session, &lib);
+    return lib == COAP_TLS_LIBRARY_GNUTLS ? tls : NULL;
+}
+
+/*
+ * libcoap hands over the device certificate once it has been verified. The
+ * key exchange (already chosen; the cipher is not known yet) must be ECDHE,
+ * the certificate meant for a TLS client (no extended key usage, or one with
+ * clientAuth), and its subject CN an identity. Returning 0 fails the
+ * handshake (counted as a failed DTLS handshake).
+ */
 static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_t *session,
                    unsigned depth, int validated, void *arg)
 {
@@ -209,6 +224,19 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         return 1;
     if (!validated) {
         gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
+        return 0;
+    }
+    gnutls_session_t tls = gnutls_of(session);
+    gnutls_kx_algorithm_t kx = tls ? gnutls_kx_get(tls) : GNUTLS_KX_UNKNOWN;
+    if (kx != GNUTLS_KX_ECDHE_ECDSA && kx != GNUTLS_KX_ECDHE_RSA) {
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (key exchange %s is not ECDHE)",
+                       gnutls_kx_get_name(kx) ? gnutls_kx_get_name(kx) : "unknown");
+        return 0;
+    }
+    if (tls_der_client_purpose(der, len) < 0) {
+        gw_log_limited(GW_LOG_INFO, DTLS,
+                       "handshake refused (device certificate's extended key usage has no "
+                       "clientAuth)");
         return 0;
     }
     if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
@@ -421,6 +449,32 @@ void dtls_peers_free(void (*free_app)(void *app))
 {
     while (peers)
         peer_free(peers, free_app);
+}
+
+bool dtls_suite_ok(coap_session_t *session, const char **why)
+{
+    if (coap_session_get_proto(session) != COAP_PROTO_DTLS)
+        return true;
+    gnutls_session_t tls = gnutls_of(session);
+    if (!tls) {
+        *why = "no DTLS state";
+        return false;
+    }
+    switch (gnutls_kx_get(tls)) {
+    case GNUTLS_KX_ECDHE_ECDSA:
+    case GNUTLS_KX_ECDHE_RSA:
+    case GNUTLS_KX_PSK:
+    case GNUTLS_KX_ECDHE_PSK:
+        break;
+    default:
+        *why = "key exchange without ECDHE";
+        return false;
+    }
+    if (gnutls_mac_get(tls) != GNUTLS_MAC_AEAD) {
+        *why = "cipher is not AEAD";
+        return false;
+    }
+    return true;
 }
 
 const char *dtls_identity(coap_session_t *session)

@@ -86,6 +86,29 @@ void dtls_peer_forget(void *app, void (*free_app)(void *app));
  */
 void dtls_peers_free(void (*free_app)(void *app));
 
+/*
+ * What libcoap 4.3.1's GnuTLS backend negotiates, and what Tandem adds.
+ * libcoap sets its own priority string on every DTLS session ("NORMAL:+ECDHE-
+ * PSK:+PSK:+ECDHE-ECDSA:+AES-128-CCM-8:..." in src/coap_gnutls.c) and has no
+ * setting to change it: DTLS 1.0 and 1.2, static RSA and DHE key exchange
+ * with an RSA certificate, CBC ciphers with any certificate or key, plain PSK.
+ * libcoap fixes none of these (it only adds the CCM-8 suites of RFC 7925), nor
+ * does it check a device certificate's key purpose. Tandem holds the session
+ * to its own rules at the first points libcoap gives it: a device
+ * certificate's handshake is refused unless the key exchange is ECDHE and the
+ * certificate is meant for a TLS client (the CN callback, where the key
+ * exchange is known and the cipher not yet); and once a handshake is done,
+ * dtls_suite_ok() says whether its suite is one a session may keep.
+ */
+
+/*
+ * Whether the established DTLS session's suite is allowed: an AEAD cipher
+ * (GCM, CCM, CCM-8, ChaCha20-Poly1305), with ECDHE key exchange for
+ * certificates and PSK or ECDHE-PSK for pre-shared keys (RFC 7925's
+ * TLS_PSK_WITH_AES_128_CCM_8 stays). why gets a reason for logs when not.
+ */
+bool dtls_suite_ok(coap_session_t *session, const char **why);
+
 /* The device identity of the session, or NULL when anonymous. */
 const char *dtls_identity(coap_session_t *session);
 

@@ -433,6 +433,22 @@ static char *read_first_line(const char *path)
     return line;
 }
 
+/*
+ * Whether an MQTT device could be given this upstream client identifier: the
+ * listener makes them IDENTITY "/" DEVICE-ID, or "/" DEVICE-ID for an
+ * anonymous device (listener/listener.h), and an identity has no '/'. The
+ * gateway's own session must never be one of them, whatever identities and
+ * listener settings a later reload brings.
+ */
+static bool device_client_id(const char *id)
+{
+    const char *slash = strchr(id, '/');
+    if (!slash || !slash[1])
+        return false; /* a device that sends no identifier gets one, never empty */
+    size_t len = (size_t)(slash - id);
+    return len == 0 || map_identity_ok(id, len);
+}
+
 /* Second pass: the rules between settings. */
 static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
 {
@@ -489,6 +505,11 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
         gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id",
                     "must be 1..256 bytes of UTF-8 without control characters or Unicode "
                     "noncharacters");
+    else if (device_client_id(cfg->mqtt.client_id))
+        gw_errs_add(errs, f, LINE("mqtt.client_id"), "mqtt.client_id",
+                    "\"%s\" has the form IDENTITY/ID of MQTT devices' upstream sessions, so a "
+                    "device could take over the gateway's session",
+                    cfg->mqtt.client_id);
     if (!map_mqtt_string_ok(cfg->mqtt.username, strlen(cfg->mqtt.username)))
         gw_errs_add(errs, f, LINE("mqtt.username"), "mqtt.username",
                     "must be UTF-8 without control characters or Unicode noncharacters");

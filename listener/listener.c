@@ -160,8 +160,10 @@ static void cred_unref(lcred_t *c)
 
 /*
  * During the handshake, once the device's certificate is in: it must verify
- * against mqtt_listener.ca, and its subject CN must be an identity (SPEC §2).
- * Otherwise the handshake fails with an alert.
+ * against mqtt_listener.ca, be meant for a TLS client (no extended key usage,
+ * or one with clientAuth: a server's certificate from the same CA is no
+ * device), and its subject CN must be an identity (SPEC §2). Otherwise the
+ * handshake fails with an alert (counted in handshake_failures).
  */
 static int verify_device(gnutls_session_t session)
 {
@@ -174,6 +176,12 @@ static int verify_device(gnutls_session_t session)
     if (rc < 0 || status) {
         gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s)",
                        rc < 0 ? gnutls_strerror(rc) : "does not verify against mqtt_listener.ca");
+        return -1;
+    }
+    if (tls_der_client_purpose(certs[0].data, certs[0].size) < 0) {
+        gw_log_limited(
+            GW_LOG_INFO, TLS,
+            "MQTT device certificate refused (its extended key usage has no clientAuth)");
         return -1;
     }
     char cn[MAP_IDENTITY_MAX * 2];

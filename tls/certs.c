@@ -172,3 +172,38 @@ int tls_der_cn(const uint8_t *der, size_t len, char *cn, size_t cnlen)
     gnutls_x509_crt_deinit(crt);
     return rc;
 }
+
+int tls_der_client_purpose(const uint8_t *der, size_t len)
+{
+    gnutls_x509_crt_t crt;
+    gnutls_datum_t d = { (unsigned char *)der, (unsigned)len };
+    int rc = -EINVAL;
+
+    if (gnutls_x509_crt_init(&crt) < 0)
+        return -ENOMEM;
+    if (gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_DER) < 0)
+        goto out;
+    for (unsigned i = 0;; i++) {
+        char oid[128];
+        size_t size = sizeof(oid);
+        int r = gnutls_x509_crt_get_key_purpose_oid(crt, i, oid, &size, NULL);
+        if (r == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) {
+            /* No extended key usage at all (i == 0): any purpose. */
+            rc = i == 0 ? 0 : -EPERM;
+            break;
+        }
+        if (r < 0) {
+            /* An OID too long for any purpose known here, or a damaged extension. */
+            if (r == GNUTLS_E_SHORT_MEMORY_BUFFER)
+                continue;
+            break;
+        }
+        if (!strcmp(oid, GNUTLS_KP_TLS_WWW_CLIENT) || !strcmp(oid, GNUTLS_KP_ANY)) {
+            rc = 0;
+            break;
+        }
+    }
+out:
+    gnutls_x509_crt_deinit(crt);
+    return rc;
+}

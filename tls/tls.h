@@ -38,4 +38,13 @@ int tls_ca_check(const char *ca_path, char *err, size_t errlen);
 /* Subject CN of a DER certificate into cn. Returns 0, or a negative errno code. */
 int tls_der_cn(const uint8_t *der, size_t len, char *cn, size_t cnlen);
 
+/*
+ * Whether a DER certificate may authenticate a TLS client: it carries no
+ * extended key usage, or one that lists clientAuth (or anyExtendedKeyUsage,
+ * as GnuTLS's own purpose check takes it). 0 when it may; -EPERM when its
+ * extended key usage leaves clientAuth out (a server's certificate, say);
+ * -EINVAL when it does not parse.
+ */
+int tls_der_client_purpose(const uint8_t *der, size_t len);
+
 #endif

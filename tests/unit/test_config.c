@@ -384,3 +384,34 @@ Test(config, broker_uris)
     cr_assert_lt(gw_uri_parse("tcp://h:1883", &u), 0);
     cr_assert_lt(gw_uri_parse("mqtt://h:1883/x", &u), 0);
 }
+
+/* The gateway's own client identifier can be no MQTT device's upstream one (IDENTITY/ID). */
+Test(config, client_id_a_device_could_have)
+{
+    expect_error(BASE "mqtt = {\n  client_id = \"edge-01/bridge\";\n};\n", 3, "mqtt.client_id",
+                 "\"edge-01/bridge\" has the form IDENTITY/ID");
+    gw_errs_clear(&errs);
+    /* After {gateway} is rendered. */
+    expect_error(BASE "gateway = { id = \"edge-01\"; };\nmqtt = {\n  client_id = "
+                      "\"{gateway}/bridge\";\n};\n",
+                 4, "mqtt.client_id", "\"edge-01/bridge\" has the form IDENTITY/ID");
+    gw_errs_clear(&errs);
+    /* An anonymous device's: "/" and its own identifier (which may hold more '/'). */
+    expect_error(BASE "mqtt = {\n  client_id = \"/bridge/x\";\n};\n", 3, "mqtt.client_id",
+                 "IDENTITY/ID");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt = { client_id = \"bike-1/a/b\"; };\n", 2, "mqtt.client_id",
+                 "IDENTITY/ID");
+    gw_errs_clear(&errs);
+
+    /* No identity can come before the first '/' here, or nothing can follow it. */
+    const char *fine[] = { "tandem-edge-01", "$gw/bridge", "a+b/bridge", "edge-01/", "edge" };
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), BASE "mqtt = { client_id = \"%s\"; };\n", fine[i]);
+        gw_config_t *cfg = load_text(text);
+        cr_assert_not_null(cfg, "%s refused: %s", fine[i], errs.text ? errs.text : "");
+        cr_assert_str_eq(cfg->mqtt.client_id, fine[i]);
+        gw_config_free(cfg);
+    }
+}
