@@ -475,10 +475,12 @@ void lconn_relayed(lconn_t *c)
 
 int lconn_send_dev(lconn_t *c, const void *buf, size_t len)
 {
+    if (c->dev_gone)
+        return -EPIPE;
     c->l->st.bytes_out += len;
     int rc = tls_stream_write(c->dev, buf, len);
     if (rc < 0)
-        lconn_close(c, false, false);
+        lconn_close(c, false, true); /* the device is gone; what it sent still goes up */
     return rc;
 }
 
