@@ -18,7 +18,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +27,7 @@
 #include "clock.h"
 #include "listener_int.h"
 #include "log.h"
+#include "lookup.h"
 #include "packet.h"
 #include "slots.h"
 #include "tls.h"
@@ -45,20 +45,6 @@
 /* A failed name lookup of the broker is tried again after this, ms. */
 #define RESOLVE_RETRY_MS 5000
 
-/*
- * A lookup of the broker's name under way (getaddrinfo_a, polled by the
- * timer): glibc's helper thread writes only into it, never into the
- * listener's state. Owned by the listener, or, once it could not be
- * cancelled, by the list of abandoned ones until it is done.
- */
-struct lookup {
-    struct gaicb cb;
-    struct addrinfo hints;
-    char host[256], port[16];
-    struct lookup *next;
-};
-static struct lookup *abandoned;
-
 struct listener {
     ev_loop_t *loop;
     const gw_config_t *cfg; /* borrowed; a reload replaces it */
@@ -73,8 +59,8 @@ struct listener {
     struct sockaddr_storage up_addr;
     socklen_t up_addrlen; /* 0: not resolved */
     uint64_t resolve_after_ms;
-    struct lookup *lookup; /* under way, NULL when none */
-    bool accept_paused;    /* out of file descriptors: the listening socket rests until the tick */
+    lookup_t *lookup;   /* of the broker's name, under way; NULL when none */
+    bool accept_paused; /* out of file descriptors: the listening socket rests until the tick */
     slots_t *slots;
     lconn_t *conns;
     size_t relayed, handshaking;
@@ -269,111 +255,51 @@ static int upstream_cred(listener_t *l, const gw_mqtt_config_t *m)
 
 /* ------------------------------------------------------------------ the broker's address */
 
-static void lookup_free(struct lookup *q)
-{
-    if (q->cb.ar_result)
-        freeaddrinfo(q->cb.ar_result);
-    free(q);
-}
-
-/* Frees the abandoned lookups that are done. */
-static void lookups_reap(void)
-{
-    for (struct lookup **pp = &abandoned; *pp;) {
-        struct lookup *q = *pp;
-        if (gai_error(&q->cb) == EAI_INPROGRESS) {
-            pp = &q->next;
-            continue;
-        }
-        *pp = q->next;
-        lookup_free(q);
-    }
-}
-
-/* The listener no longer wants q: cancelled, or left to finish on the abandoned list. */
-static void lookup_abandon(struct lookup *q)
-{
-    if (!q)
-        return;
-    if (gai_cancel(&q->cb) == EAI_NOTCANCELED) {
-        q->next = abandoned;
-        abandoned = q;
-        return;
-    }
-    lookup_free(q);
-}
-
-static void take_address(listener_t *l, const struct addrinfo *res)
-{
-    if (res->ai_addrlen > sizeof(l->up_addr))
-        return;
-    memcpy(&l->up_addr, res->ai_addr, res->ai_addrlen);
-    l->up_addrlen = res->ai_addrlen;
-}
+static bool resolve_poll_address(listener_t *l);
 
 /*
  * Looks the broker's name up (at start, at a reload, after a failure): a
- * literal address at once, a name without blocking the loop (getaddrinfo_a;
+ * literal address at once, a name without blocking the loop (lookup.h;
  * resolve_poll takes the answer). Devices that need the address meanwhile
  * wait for it (c->wait_addr).
  */
 static void resolve(listener_t *l)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_ADDRCONFIG | AI_NUMERICHOST },
-                    *res;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", l->uri.port);
     l->resolve_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
-    if (getaddrinfo(l->uri.host, port, &hints, &res) == 0) {
-        take_address(l, res);
-        freeaddrinfo(res);
-        return;
-    }
     if (l->lookup)
         return; /* one is under way */
-    struct lookup *q = calloc(1, sizeof(*q));
-    if (!q)
-        return;
-    snprintf(q->host, sizeof(q->host), "%s", l->uri.host);
-    memcpy(q->port, port, sizeof(port));
-    q->hints.ai_socktype = SOCK_STREAM;
-    q->hints.ai_flags = AI_ADDRCONFIG;
-    q->cb.ar_name = q->host;
-    q->cb.ar_service = q->port;
-    q->cb.ar_request = &q->hints;
-    struct gaicb *list[1] = { &q->cb };
-    struct sigevent none = { .sigev_notify = SIGEV_NONE };
-    int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, &none);
-    if (rc != 0) {
+    const char *err = NULL;
+    l->lookup = lookup_start(l->uri.host, l->uri.port, &err);
+    if (!l->lookup)
         gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
-                       gai_strerror(rc));
-        free(q);
-        return;
-    }
-    l->lookup = q;
+                       err);
+    else
+        resolve_poll_address(l);
 }
 
 static int upstream_connect(lconn_t *c);
 static void settle(lconn_t *c);
 
+/* Takes the lookup's answer when it is done. false while it is under way. */
+static bool resolve_poll_address(listener_t *l)
+{
+    const char *err = NULL;
+    int rc = lookup_poll(l->lookup, &l->up_addr, &l->up_addrlen, &err);
+    if (rc == -EINPROGRESS)
+        return false;
+    if (rc < 0)
+        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
+                       err);
+    lookup_free(l->lookup);
+    l->lookup = NULL;
+    return true;
+}
+
 /* From the timer: a lookup that is done gives the address to the devices waiting for it. */
 static void resolve_poll(listener_t *l)
 {
-    lookups_reap();
-    struct lookup *q = l->lookup;
-    if (!q)
+    if (!l->lookup || !resolve_poll_address(l))
         return;
-    int rc = gai_error(&q->cb);
-    if (rc == EAI_INPROGRESS)
-        return;
-    l->lookup = NULL;
-    if (rc == 0 && q->cb.ar_result)
-        take_address(l, q->cb.ar_result);
-    else
-        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
-                       gai_strerror(rc));
-    lookup_free(q);
     for (lconn_t *c = l->conns, *next; c; c = next) {
         next = c->next;
         if (!c->wait_addr)
@@ -1162,8 +1088,7 @@ void listener_free(listener_t *l)
     }
     if (l->timer)
         ev_del_timer(l->loop, l->timer);
-    lookup_abandon(l->lookup);
-    lookups_reap();
+    lookup_free(l->lookup);
     slots_free(l->slots);
     cred_unref(l->cred);
     if (l->up_cred)
