@@ -64,6 +64,7 @@ typedef struct gw_listener_config {
     char *cert, *key, *ca;
     bool require_client_cert;
     int max_connections;
+    int max_connections_per_identity;
 } gw_listener_config_t;
 
 typedef struct gw_metrics_config {

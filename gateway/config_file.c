@@ -92,6 +92,8 @@ static const struct setting schema[] = {
       "true", NULL, true },
     { "mqtt_listener.max_connections", S_INT, OFF(mqtt_listener.max_connections), 1, 100000, "1000",
       NULL, true },
+    { "mqtt_listener.max_connections_per_identity", S_INT,
+      OFF(mqtt_listener.max_connections_per_identity), 1, 100000, "4", NULL, true },
 
     { "metrics", S_GROUP, 0, 0, 0, NULL, NULL, false },
     { "metrics.listen", S_STR, OFF(metrics.listen), 0, 0, "", NULL, false },

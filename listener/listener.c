@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/crypto.h>
 #include <gnutls/x509.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -26,7 +27,9 @@
 #include "clock.h"
 #include "listener_int.h"
 #include "log.h"
+#include "lookup.h"
 #include "packet.h"
+#include "slots.h"
 #include "tls.h"
 
 /* How long a closing connection may take to send what is queued, ms. */
@@ -56,6 +59,9 @@ struct listener {
     struct sockaddr_storage up_addr;
     socklen_t up_addrlen; /* 0: not resolved */
     uint64_t resolve_after_ms;
+    lookup_t *lookup;   /* of the broker's name, under way; NULL when none */
+    bool accept_paused; /* out of file descriptors: the listening socket rests until the tick */
+    slots_t *slots;
     lconn_t *conns;
     size_t relayed, handshaking;
     uint64_t timer;
@@ -88,8 +94,8 @@ static const stats_field_t listener_fields[] = {
     FIELD(handshake_failures, COUNTER,
           "TLS handshakes of MQTT devices that failed (certificate, identity, protocol)", NULL),
     FIELD(timeouts, COUNTER,
-          "MQTT device connections dropped for a handshake, CONNECT or "
-          "keep-alive that ran out",
+          "MQTT device connections dropped for a handshake, CONNECT, "
+          "keep-alive or packet that ran out",
           NULL),
     FIELD(malformed, COUNTER,
           "MQTT device connections closed for a malformed, too large or "
@@ -110,6 +116,16 @@ static const stats_field_t listener_fields[] = {
           "Packets from the broker to MQTT devices not relayed: over the packet size bound or "
           "with more properties than the gateway holds",
           NULL),
+    FIELD(evicted, COUNTER,
+          "MQTT device connections in their handshake dropped to make room for a newer one", NULL),
+    FIELD(over_identity_limit, COUNTER,
+          "MQTT device CONNECTs refused by mqtt_listener.max_connections_per_identity", NULL),
+    FIELD(
+        sessions_refused, COUNTER,
+        "MQTT device CONNECTs refused because their identity holds all the broker sessions it may",
+        NULL),
+    FIELD(accept_paused, COUNTER,
+          "Times the MQTT listener stopped accepting for a while (out of file descriptors)", NULL),
 };
 const stats_section_t listener_section = { .json = "mqtt_listener",
                                            .prom = "mqtt_listener",
@@ -256,23 +272,62 @@ static int upstream_cred(listener_t *l, const gw_mqtt_config_t *m)
     return 0;
 }
 
-/* The broker's address (blocks for the lookup: at start, at a reload, after a failure). */
-static int resolve(listener_t *l)
+/* ------------------------------------------------------------------ the broker's address */
+
+static bool resolve_poll_address(listener_t *l);
+
+/*
+ * Looks the broker's name up (at start, at a reload, after a failure): a
+ * literal address at once, a name without blocking the loop (lookup.h;
+ * resolve_poll takes the answer). Devices that need the address meanwhile
+ * wait for it (c->wait_addr).
+ */
+static void resolve(listener_t *l)
 {
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG }, *res;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", l->uri.port);
-    int rc = getaddrinfo(l->uri.host, port, &hints, &res);
     l->resolve_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
-    if (rc != 0) {
+    if (l->lookup)
+        return; /* one is under way */
+    const char *err = NULL;
+    l->lookup = lookup_start(l->uri.host, l->uri.port, &err);
+    if (!l->lookup)
         gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
-                       gai_strerror(rc));
-        return -EHOSTUNREACH;
+                       err);
+    else
+        resolve_poll_address(l);
+}
+
+static int upstream_connect(lconn_t *c);
+static void settle(lconn_t *c);
+
+/* Takes the lookup's answer when it is done. false while it is under way. */
+static bool resolve_poll_address(listener_t *l)
+{
+    const char *err = NULL;
+    int rc = lookup_poll(l->lookup, &l->up_addr, &l->up_addrlen, &err);
+    if (rc == -EINPROGRESS)
+        return false;
+    if (rc < 0)
+        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
+                       err);
+    lookup_free(l->lookup);
+    l->lookup = NULL;
+    return true;
+}
+
+/* From the timer: a lookup that is done gives the address to the devices waiting for it. */
+static void resolve_poll(listener_t *l)
+{
+    if (!l->lookup || !resolve_poll_address(l))
+        return;
+    for (lconn_t *c = l->conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->wait_addr)
+            continue;
+        c->wait_addr = false;
+        if (!l->up_addrlen || upstream_connect(c) < 0)
+            relay_upstream_failed(c);
+        settle(c);
     }
-    memcpy(&l->up_addr, res->ai_addr, res->ai_addrlen);
-    l->up_addrlen = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
 }
 
 /* ------------------------------------------------------------------ connections */
@@ -292,9 +347,25 @@ static void close_upstream(lconn_t *c)
     c->up_state = UP_CLOSED;
 }
 
+/* c no longer counts against its identity's relayed connections (it is closing). */
+static void unclaim(lconn_t *c)
+{
+    if (c->id_counted && c->id->relayed)
+        c->id->relayed--;
+    c->id_counted = false;
+}
+
 static void destroy(lconn_t *c)
 {
     listener_t *l = c->l;
+    unclaim(c);
+    slots_halfopen_del(l->slots, c);
+    if (c->sess)
+        slots_session_release(l->slots, c->sess, c->sess_key, c->sess_expiry, c->established,
+                              gw_now_ms());
+    slots_put(l->slots, c->sess);
+    slots_put(l->slots, c->id);
+    slots_put(l->slots, c->addr);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -316,28 +387,29 @@ static void destroy(lconn_t *c)
     cred_unref(c->cred);
     free(c->din.p);
     free(c->uin.p);
+    free(c->upq.p);
     free(c);
 }
 
 void lconn_close(lconn_t *c, bool flush, bool up_flush)
 {
-    if (c->state == LC_CLOSING) {
-        if (!flush)
-            c->dead = true;
-        return;
-    }
-    c->state = LC_CLOSING;
-    c->deadline_ms = gw_now_ms() + CLOSE_FLUSH_MS;
+    unclaim(c);
+    c->wait_addr = false;
+    if (!flush)
+        c->dev_gone = true;
     if (!up_flush || c->up_state != UP_OPEN)
         close_upstream(c);
+    if (c->state == LC_CLOSING)
+        return;
+    c->state = LC_CLOSING;
+    c->deadline_ms = gw_now_ms() + (c->up ? LISTENER_CLOSE_DRAIN_MS : CLOSE_FLUSH_MS);
     c->up_closing = true;
-    if (!flush)
-        c->dead = true;
 }
 
 void lconn_relayed(lconn_t *c)
 {
     listener_t *l = c->l;
+    slots_halfopen_del(l->slots, c);
     c->relayed = true;
     l->handshaking--;
     l->relayed++;
@@ -348,15 +420,28 @@ void lconn_relayed(lconn_t *c)
 
 int lconn_send_dev(lconn_t *c, const void *buf, size_t len)
 {
+    if (c->dev_gone)
+        return -EPIPE;
     c->l->st.bytes_out += len;
     int rc = tls_stream_write(c->dev, buf, len);
     if (rc < 0)
-        lconn_close(c, false, false);
+        lconn_close(c, false, true); /* the device is gone; what it sent still goes up */
     return rc;
 }
 
 int lconn_send_up(lconn_t *c, const void *buf, size_t len)
 {
+    if (!c->up && c->wait_addr) {
+        /* Kept until the address is known (the CONNECT): bounded by the packet size. */
+        uint8_t *p = realloc(c->upq.p, c->upq.len + len);
+        if (!p)
+            return -ENOMEM;
+        memcpy(p + c->upq.len, buf, len);
+        c->upq.p = p;
+        c->upq.len += len;
+        c->upq.cap = c->upq.len;
+        return 0;
+    }
     if (!c->up)
         return -EPIPE;
     int rc = tls_stream_write(c->up, buf, len);
@@ -370,13 +455,94 @@ int lconn_send_up(lconn_t *c, const void *buf, size_t len)
     return rc;
 }
 
+int lconn_admit(lconn_t *c, const void *cid, size_t cidlen, bool persistent, uint32_t expiry_s)
+{
+    listener_t *l = c->l;
+    const char *who = c->anonymous ? "(anonymous)" : c->identity;
+    slot_t *id = c->anonymous
+                     ? slots_get(l->slots, SLOT_ANON, c->addr->key + 1, c->addr->keylen - 1)
+                     : slots_get(l->slots, SLOT_IDENTITY, c->identity, strlen(c->identity));
+    if (!id)
+        return -ENOMEM;
+    if (id->relayed >= (unsigned)l->cfg->mqtt_listener.max_connections_per_identity) {
+        slots_put(l->slots, id);
+        l->st.over_identity_limit++;
+        gw_log_limited(GW_LOG_INFO, MQTT,
+                       "device %s: CONNECT refused (mqtt_listener.max_connections_per_identity "
+                       "reached)",
+                       who);
+        return -EUSERS;
+    }
+    /* Anonymous devices share one identity for sessions: their client ids are theirs alone. */
+    slot_t *sess = c->anonymous ? slots_get(l->slots, SLOT_IDENTITY, "", 0) : id;
+    if (!sess) {
+        slots_put(l->slots, id);
+        return -ENOMEM;
+    }
+    if (!c->anonymous)
+        sess->refs++;
+    uint8_t digest[32];
+    bool used = false;
+    int rc = gnutls_hash_fast(GNUTLS_DIG_SHA256, cid, cidlen, digest) < 0 ? -ENOMEM : 0;
+    if (rc == 0)
+        rc = slots_session_take(l->slots, sess, digest, persistent, LISTENER_SESSIONS_PER_IDENTITY,
+                                gw_now_ms(), &used);
+    if (rc < 0) {
+        slots_put(l->slots, sess);
+        slots_put(l->slots, id);
+        if (rc == -EDQUOT) {
+            l->st.sessions_refused++;
+            gw_log_limited(GW_LOG_INFO, MQTT,
+                           "device %s: CONNECT refused (its identity holds %d broker sessions "
+                           "already)",
+                           who, LISTENER_SESSIONS_PER_IDENTITY);
+        }
+        return rc;
+    }
+    if (used) {
+        c->sess = sess;
+        memcpy(c->sess_key, digest, sizeof(c->sess_key));
+        c->sess_expiry = expiry_s;
+    } else {
+        slots_put(l->slots, sess);
+    }
+    c->id = id;
+    c->id_counted = true;
+    id->relayed++;
+    return 0;
+}
+
+void lconn_session_expiry(lconn_t *c, uint32_t expiry_s)
+{
+    c->sess_expiry = expiry_s;
+}
+
+uint16_t lconn_keepalive(lconn_t *c, uint16_t asked)
+{
+    uint16_t k = asked == 0 || asked > LISTENER_KEEPALIVE_MAX ? LISTENER_KEEPALIVE_MAX : asked;
+    c->keepalive_ms = (uint64_t)k * 1500;
+    return k;
+}
+
 int lconn_open_upstream(lconn_t *c)
 {
     listener_t *l = c->l;
     c->state = LC_UPSTREAM;
     c->deadline_ms = gw_now_ms() + LISTENER_UPSTREAM_TIMEOUT_MS;
-    if (!l->up_addrlen && (gw_now_ms() < l->resolve_after_ms || resolve(l) < 0))
+    if (!l->up_addrlen && !l->lookup && gw_now_ms() >= l->resolve_after_ms)
+        resolve(l);
+    if (l->up_addrlen)
+        return upstream_connect(c);
+    if (!l->lookup)
         return -EHOSTUNREACH;
+    c->wait_addr = true; /* resolve_poll goes on, within the upstream deadline */
+    return 0;
+}
+
+/* Connects c's upstream socket to the broker's address. 0, or a negative errno code. */
+static int upstream_connect(lconn_t *c)
+{
+    listener_t *l = c->l;
     int fd = socket(l->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -398,6 +564,15 @@ int lconn_open_upstream(lconn_t *c)
     c->up_fd = fd;
     c->up_state = UP_CONNECTING;
     c->up_mask = EV_WRITABLE;
+    if (c->upq.len) {
+        int rc = tls_stream_write(c->up, c->upq.p, c->upq.len); /* goes after the handshake */
+        free(c->upq.p);
+        c->upq = (lbuf_t){ 0 };
+        if (rc < 0) {
+            close_upstream(c);
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -444,13 +619,18 @@ static int read_dev(lconn_t *c)
         if (n == -EAGAIN)
             break;
         if (n <= 0) {
-            /* Gone without DISCONNECT: the upstream goes at once, so the broker sends the Will. */
+            /*
+             * Gone without DISCONNECT: what it sent before still goes up, then
+             * the upstream closes without DISCONNECT, so the broker sends the Will.
+             */
             gw_log_limited(GW_LOG_DEBUG, MQTT, "device %s: connection closed (%s)",
                            c->anonymous ? "(anonymous)" : c->identity,
                            n == 0 ? "by the device" : tls_stream_error(c->dev));
-            lconn_close(c, false, false);
+            lconn_close(c, false, true);
             return -1;
         }
+        if (c->din.len == 0)
+            c->pkt_since_ms = gw_now_ms();
         c->din.len += (size_t)n;
         if (relay_device_input(c) < 0)
             return -1;
@@ -495,11 +675,9 @@ static int read_up(lconn_t *c)
 /* Sends what is queued both ways; a broken side closes the connection. */
 static void flush_both(lconn_t *c)
 {
-    int rc = tls_stream_flush(c->dev);
-    if (rc < 0 && rc != -EAGAIN) {
-        lconn_close(c, false, false);
-        return;
-    }
+    int rc = c->dev_gone ? 0 : tls_stream_flush(c->dev);
+    if (rc < 0 && rc != -EAGAIN)
+        lconn_close(c, false, true); /* what is queued upstream still goes */
     if (c->up && c->up_state == UP_OPEN) {
         rc = tls_stream_flush(c->up);
         if (rc < 0 && rc != -EAGAIN) {
@@ -538,8 +716,9 @@ static void settle(lconn_t *c)
             tls_stream_bye(c->up);
             close_upstream(c);
         }
-        if (tls_stream_buffered(c->dev) == 0 && !c->up) {
-            tls_stream_bye(c->dev);
+        if (!c->up && (c->dev_gone || tls_stream_buffered(c->dev) == 0)) {
+            if (!c->dev_gone)
+                tls_stream_bye(c->dev);
             c->dead = true;
         }
     }
@@ -548,7 +727,9 @@ static void settle(lconn_t *c)
         return;
     }
     unsigned dm = tls_stream_want(c->dev);
-    if (c->state != LC_HANDSHAKE) {
+    if (c->dev_gone) {
+        dm = 0; /* waits only for what goes upstream */
+    } else if (c->state != LC_HANDSHAKE) {
         dm = dm & EV_WRITABLE;
         if (tls_stream_buffered(c->dev))
             dm |= EV_WRITABLE;
@@ -662,21 +843,80 @@ static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data)
     settle(c);
 }
 
+/*
+ * The key of a source address for the per-address bound: an IPv4 address
+ * (IPv4-mapped ones included) whole, an IPv6 address by its /64, as one host
+ * usually holds a whole /64. Its length.
+ */
+static size_t addr_key(const struct sockaddr_storage *ss, uint8_t key[16])
+{
+    if (ss->ss_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        return 4;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            memcpy(key, a->s6_addr + 12, 4);
+            return 4;
+        }
+        memcpy(key, a->s6_addr, 8);
+        return 8;
+    }
+    return 0;
+}
+
+/* Drops a connection still in its handshake to make room for a newer one. */
+static void evict(listener_t *l, lconn_t *c, const char *why)
+{
+    l->st.evicted++;
+    gw_log_limited(GW_LOG_INFO, MQTT,
+                   "mqtt_listener: a connection in its handshake dropped for a newer one (%s)",
+                   why);
+    destroy(c);
+}
+
+/*
+ * Out of file descriptors (or memory): the listening socket, level-triggered,
+ * would wake the loop at once again, so it rests until the next tick.
+ */
+static void pause_accepting(listener_t *l, int err)
+{
+    l->st.accept_paused++;
+    gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot accept (%s); paused for %d ms",
+                   strerror(err), TICK_MS);
+    if (ev_set_mask(l->loop, l->lfd, 0) == 0)
+        l->accept_paused = true;
+}
+
 static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
 {
     listener_t *l = data;
     (void)mask;
     for (int k = 0; k < ACCEPT_BATCH; k++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0)
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                pause_accepting(l, errno);
             return;
-        if (!l->accepting || l->handshaking >= (size_t)l->cfg->mqtt_listener.max_connections +
-                                                   LISTENER_HANDSHAKE_EXTRA) {
-            l->st.rejected++;
-            gw_log_limited(GW_LOG_WARNING, MQTT,
-                           "mqtt_listener: too many connections in their handshake; one closed");
+        }
+        uint8_t key[16];
+        slot_t *a = l->accepting ? slots_get(l->slots, SLOT_ADDR, key, addr_key(&ss, key)) : NULL;
+        if (!a) {
             close(cfd);
             continue;
+        }
+        if (a->halfopen >= LISTENER_HANDSHAKE_PER_ADDR) {
+            evict(l, a->oldest, "too many from one address");
+        } else if (l->handshaking >=
+                   (size_t)l->cfg->mqtt_listener.max_connections + LISTENER_HANDSHAKE_EXTRA) {
+            lconn_t *victim = slots_halfopen_victim(l->slots);
+            if (victim)
+                evict(l, victim, "too many in their handshake");
         }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -688,6 +928,7 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
                 tls_stream_free(c->dev);
             free(c);
             close(cfd);
+            slots_put(l->slots, a);
             continue;
         }
         gnutls_session_set_ptr(tls_stream_session(c->dev), c);
@@ -699,6 +940,8 @@ static void on_accept(ev_loop_t *loop, int fd, unsigned mask, void *data)
         l->cred->refs++;
         c->state = LC_HANDSHAKE;
         c->deadline_ms = gw_now_ms() + LISTENER_CONNECT_TIMEOUT_MS;
+        c->addr = a;
+        slots_halfopen_add(l->slots, a, c);
         c->next = l->conns;
         if (l->conns)
             l->conns->prev = c;
@@ -714,13 +957,26 @@ static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
     listener_t *l = data;
     uint64_t now = gw_now_ms();
     (void)loop, (void)id;
+    if (l->accept_paused && l->lfd >= 0 && l->accepting &&
+        ev_set_mask(l->loop, l->lfd, EV_READABLE) == 0)
+        l->accept_paused = false;
+    resolve_poll(l);
     for (lconn_t *c = l->conns, *next; c; c = next) {
         next = c->next;
         if (c->state == LC_RELAY) {
-            if (c->keepalive_ms && now - c->last_rx_ms > c->keepalive_ms) {
+            /* A packet waiting for room upstream is not the device's delay. */
+            if (c->din.len && !dev_may_read(c))
+                c->pkt_since_ms = now;
+            bool silent = c->keepalive_ms && now - c->last_rx_ms > c->keepalive_ms;
+            /* The packet in din began with the read that found din empty, or with the last one done. */
+            uint64_t began = c->pkt_since_ms > c->last_rx_ms ? c->pkt_since_ms : c->last_rx_ms;
+            bool stalled = c->din.len && now - began > LISTENER_PACKET_TIMEOUT_MS;
+            if (silent || stalled) {
                 l->st.timeouts++;
-                gw_log_limited(GW_LOG_INFO, MQTT, "device %s: silent past its keep-alive; closed",
-                               c->anonymous ? "(anonymous)" : c->identity);
+                gw_log_limited(GW_LOG_INFO, MQTT, "device %s: %s; closed",
+                               c->anonymous ? "(anonymous)" : c->identity,
+                               silent ? "silent past its keep-alive"
+                                      : "a packet unfinished past its deadline");
                 relay_disconnect(c, MQTT_RC_KEEPALIVE_TIMEOUT);
                 settle(c);
             }
@@ -801,6 +1057,10 @@ listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count
         return NULL;
     }
     l->client_cert = client_cert_mode(lc);
+    if (!(l->slots = slots_new())) {
+        listener_free(l);
+        return NULL;
+    }
     resolve(l); /* a failure is tried again at the first device */
     l->lfd = bind_socket(lc);
     if (l->lfd < 0) {
@@ -847,6 +1107,8 @@ void listener_free(listener_t *l)
     }
     if (l->timer)
         ev_del_timer(l->loop, l->timer);
+    lookup_free(l->lookup);
+    slots_free(l->slots);
     cred_unref(l->cred);
     if (l->up_cred)
         gnutls_certificate_free_credentials(l->up_cred);
@@ -870,9 +1132,7 @@ void listener_reload_commit(listener_t *l, const gw_config_t *next, listener_cre
     l->cred = cred;
     l->client_cert = client_cert_mode(&next->mqtt_listener);
     l->cfg = next;
-    l->up_addrlen = 0;
-    l->resolve_after_ms = 0;
-    resolve(l);
+    resolve(l); /* the address known so far serves until the lookup is done */
     size_t closed = 0;
     for (lconn_t *c = l->conns, *nx; c; c = nx) {
         nx = c->next;

@@ -3,9 +3,9 @@
  * identified by their certificate's subject CN, and each accepted device
  * connection is relayed over its own upstream connection to mqtt.uri, under
  * the mappings' policy (mapping/policy.h). A module of the loop (common/ev.h):
- * its listening sockets, connections and one timer are entries there; no
- * thread, nothing blocks but the name lookup of the broker (at start, at a
- * reload, and again after an upstream connection failed).
+ * its listening sockets, connections and one timer are entries there, and
+ * nothing blocks: the broker's name is looked up with getaddrinfo_a (glibc's
+ * helper thread touches only the lookup) and polled by the timer.
  *
  * The upstream client identifier is the device's identity, '/', and the
  * device's own client identifier ("bike-1/abc"); an anonymous device's is
@@ -14,6 +14,16 @@
  * random one (MQTT 5: returned as the Assigned Client Identifier, without the
  * identity). The upstream CONNECT's username is the identity (none for an
  * anonymous device); the device's password is never forwarded.
+ *
+ * What one identity may leave at the broker is bounded: an MQTT 5 Session
+ * Expiry Interval over LISTENER_SESSION_EXPIRY_MAX goes upstream as that
+ * (and the CONNACK says so), and a CONNECT asking for a session (MQTT 5:
+ * Session Expiry > 0; 3.1.1: clean session off) under a client id beyond the
+ * LISTENER_SESSIONS_PER_IDENTITY the identity holds is refused with 0x97
+ * (3.1.1: 0x03). A client id leaves the count when its session ends at the
+ * broker (a connection with it asking for none, or its expiry after the last
+ * one; 3.1.1 sessions never expire). Anonymous devices count as one identity.
+ * The count lives in memory.
  */
 #ifndef TANDEM_LISTENER_H
 #define TANDEM_LISTENER_H
@@ -29,8 +39,33 @@
 #define LISTENER_CONNECT_TIMEOUT_MS 10000
 /* The upstream connection (TCP, TLS, CONNECT, CONNACK) must be up within this, ms. */
 #define LISTENER_UPSTREAM_TIMEOUT_MS 10000
-/* Connections still in their handshake beyond max_connections before new ones are closed. */
+/*
+ * Connections still in their handshake (TLS, or waiting for CONNECT) beyond
+ * max_connections; when that many are, a new one makes the oldest of the
+ * source address holding the most go.
+ */
 #define LISTENER_HANDSHAKE_EXTRA 64
+/*
+ * Connections in their handshake from one source address (an IPv4 address,
+ * an IPv6 /64); a new one makes that address's oldest go.
+ */
+#define LISTENER_HANDSHAKE_PER_ADDR 16
+/*
+ * The longest keep-alive, s: a device asking for none (0) or more is held to
+ * this (MQTT 5: told as the Server Keep Alive; 3.1.1: closed when silent for
+ * 1.5 times this).
+ */
+#define LISTENER_KEEPALIVE_MAX 1200
+/* A packet a device has started must have arrived whole within this, ms. */
+#define LISTENER_PACKET_TIMEOUT_MS 30000
+/* What a closing connection still owes the broker may take this long to go, ms. */
+#define LISTENER_CLOSE_DRAIN_MS 10000
+/* The longest MQTT 5 Session Expiry Interval passed to the broker, s (7 days). */
+#define LISTENER_SESSION_EXPIRY_MAX 604800
+/* Client ids under which one identity may leave sessions at the broker. */
+#define LISTENER_SESSIONS_PER_IDENTITY 16
+/* Identities whose sessions the listener follows at once. */
+#define LISTENER_SESSION_IDENTITIES_MAX 100000
 /* The largest packet accepted from either side: coap.max_payload plus this. */
 #define LISTENER_PACKET_EXTRA 65536
 /* Topic Aliases a device may use (MQTT 5's Topic Alias Maximum in the CONNACK). */
@@ -63,6 +98,10 @@ typedef struct listener_stats {
     uint64_t retain_cleared;    /* device PUBLISH and Will retain flags a mapping cleared */
     uint64_t
         broker_dropped; /* broker packets not relayed: over the size bound, too many properties */
+    uint64_t evicted;   /* connections in their handshake dropped for a newer one */
+    uint64_t over_identity_limit; /* CONNECTs over max_connections_per_identity */
+    uint64_t sessions_refused;    /* CONNECTs whose identity holds every broker session it may */
+    uint64_t accept_paused;       /* times accepting stopped for a while (no file descriptors) */
 } listener_stats_t;
 
 extern const stats_section_t listener_section;

@@ -11,6 +11,7 @@
 
 #include "listener.h"
 #include "mapping.h"
+#include "slots.h"
 #include "stream.h"
 
 /* Credentials shared by the connections handshaken with them; freed with the last. */
@@ -41,9 +42,12 @@ typedef struct lconn {
     struct lconn *prev, *next;
     listener_t *l;
     enum lconn_state state;
-    bool relayed;    /* counted as a relayed device (after its CONNECT) */
-    bool dead;       /* to be freed once the callback is done */
-    bool up_closing; /* the upstream side goes once what is queued to it has */
+    bool relayed;     /* counted as a relayed device (after its CONNECT) */
+    bool dead;        /* to be freed once the callback is done */
+    bool up_closing;  /* the upstream side goes once what is queued to it has */
+    bool dev_gone;    /* the device side is broken or done: nothing more goes to it */
+    bool established; /* the broker accepted the CONNECT */
+    bool wait_addr;   /* LC_UPSTREAM: waits for the broker's address (a lookup under way) */
     int fd;
     tls_stream_t *dev;
     lcred_t *cred; /* a reference; NULL once released */
@@ -54,12 +58,24 @@ typedef struct lconn {
     uint64_t deadline_ms;  /* of the current state; 0 for none */
     uint64_t last_rx_ms;   /* last packet from the device */
     uint64_t keepalive_ms; /* 1.5 x the keep-alive; 0 for none */
+    uint64_t pkt_since_ms; /* when the first byte of the packet in din came */
+
+    /* Slots (slots.h): references to the table's entries, NULL when none. */
+    slot_t *addr;  /* its source address */
+    bool halfopen; /* in addr's list of connections in their handshake */
+    struct lconn *h_prev, *h_next;
+    slot_t *id;      /* its identity (anonymous: SLOT_ANON of its address) */
+    bool id_counted; /* counted in id->relayed */
+    slot_t *sess;    /* the identity whose session it uses, when it uses one */
+    uint8_t sess_key[16];
+    uint32_t sess_expiry; /* seconds the broker keeps the session after it; UINT32_MAX: ever */
 
     int up_fd;
     enum up_state up_state;
     tls_stream_t *up;
     unsigned up_mask;
     lbuf_t uin;
+    lbuf_t upq; /* what goes upstream once the broker's address is known (wait_addr) */
 
     relay_t *r; /* the MQTT state, from the CONNECT on */
 } lconn_t;
@@ -79,10 +95,26 @@ int lconn_open_upstream(lconn_t *c);
 /* The device's CONNECT was accepted: from now on it counts as a relayed connection. */
 void lconn_relayed(lconn_t *c);
 /*
+ * Before lconn_relayed: whether c's identity may have one more relayed
+ * connection (mqtt_listener.max_connections_per_identity) and, when
+ * persistent, one more broker session under client id cid (upstream's).
+ * 0 (c then counts against both); -EUSERS over the connections, -EDQUOT over
+ * the sessions (counted and logged here).
+ */
+int lconn_admit(lconn_t *c, const void *cid, size_t cidlen, bool persistent, uint32_t expiry_s);
+/* The Session Expiry the broker will keep once c ends (a DISCONNECT may change it). */
+void lconn_session_expiry(lconn_t *c, uint32_t expiry_s);
+/*
+ * The keep-alive c is held to, from the one the device asked for: never none
+ * and at most LISTENER_KEEPALIVE_MAX. Returns what it is.
+ */
+uint16_t lconn_keepalive(lconn_t *c, uint16_t asked);
+/*
  * Ends the connection: flush (what is queued to the device goes first, with a
- * bound in time), or at once. The upstream side is closed at once either way
- * (the broker then publishes the device's Will) unless up_flush, when what is
- * queued to it goes first (a DISCONNECT).
+ * bound in time), or not (the device side is gone). The upstream side is
+ * closed at once (the broker then publishes the device's Will) unless
+ * up_flush, when what is queued to it goes first (within
+ * LISTENER_CLOSE_DRAIN_MS), then the connection closes.
  */
 void lconn_close(lconn_t *c, bool flush, bool up_flush);
 

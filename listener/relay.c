@@ -44,6 +44,9 @@ struct idset {
 
 struct relay {
     int version;
+    uint16_t keepalive_asked, keepalive; /* the device's, and the one it is held to */
+    bool expiry_capped;                  /* MQTT 5: its Session Expiry was over the bound */
+    uint32_t expiry;                     /* MQTT 5: the Session Expiry passed upstream */
     char assigned[24]; /* the random client identifier given to the device; "" when none */
     char *will_topic, *will_response; /* owned copies, NULL when none */
     struct alias alias[LISTENER_ALIAS_MAX + 1];
@@ -114,17 +117,52 @@ static void send_connack(lconn_t *c, int version, uint8_t reason)
 }
 
 /*
+ * Whether the broker still publishes the device's Will when the gateway
+ * closes the device with reason. MQTT 5 and 3.1.1 (section 3.1.2.5 of both)
+ * publish the Will when the server closes the connection without a
+ * DISCONNECT 0x00 from the client, and name a protocol error as such a case:
+ * so a malformed packet, a protocol error, or a keep-alive (or packet) that
+ * ran out are the device's failures, and its Will goes out. When the gateway
+ * itself ends the connection (a reload, the policy, one of its limits) the
+ * device broke no rule of the protocol: the broker gets a DISCONNECT 0x00 and
+ * discards the Will, so a Will the policy no longer allows is never
+ * published.
+ */
+static bool will_stays(uint8_t reason)
+{
+    switch (reason) {
+    case MQTT_RC_MALFORMED:
+    case MQTT_RC_PROTOCOL_ERROR:
+    case MQTT_RC_KEEPALIVE_TIMEOUT:
+    case 0x93: /* Receive Maximum exceeded */
+    case MQTT_RC_TOPIC_ALIAS_INVALID:
+    case MQTT_RC_PACKET_TOO_LARGE:
+    case 0x99: /* Payload format invalid */
+        return true;
+    default:
+        return false;
+    }
+}
+
+/*
  * MQTT 5: a DISCONNECT with reason before the connection closes; 3.1.1 has
  * none, and before its CONNACK a device gets no other packet (MQTT-3.2.0-1).
+ * What the device sent before still goes upstream; then, unless will_stays,
+ * a DISCONNECT 0x00 (the same two bytes in 3.1.1 and 5).
  */
 void relay_disconnect(lconn_t *c, uint8_t reason)
 {
+    static const uint8_t normal[] = { 0xE0, 0x00 };
     if (c->r && c->r->version == MQTT_V5 && c->state == LC_RELAY) {
         mqtt_packet_t p = { .type = MQTT_DISCONNECT };
         p.u.reason.reason = reason;
         send_packet(c, true, &p, MQTT_V5);
     }
-    lconn_close(c, true, false);
+    if (c->state == LC_CLOSING)
+        return;
+    if (!will_stays(reason) && c->r && c->up && lconn_send_up(c, normal, sizeof(normal)) < 0)
+        return; /* closed */
+    lconn_close(c, true, true);
 }
 
 /* A malformed packet, one over the size, a protocol error: that connection only goes. */
@@ -258,6 +296,12 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
     if (!listener_room(c->l))
         return refuse_connect(c, v, MQTT_RC_SERVER_BUSY, MQTT_RC311_SERVER_UNAVAILABLE,
                               "mqtt_listener.max_connections reached");
+    const mqtt_prop_t *sei =
+        v == MQTT_V5 ? mqtt_prop_find(&cn->props, MQTT_PROP_SESSION_EXPIRY) : NULL;
+    r->expiry = sei ? sei->value : 0;
+    r->expiry_capped = r->expiry > LISTENER_SESSION_EXPIRY_MAX;
+    if (r->expiry_capped)
+        r->expiry = LISTENER_SESSION_EXPIRY_MAX;
 
     /* The upstream CONNECT: the identity's, with the device's own settings. */
     size_t idlen = c->anonymous ? 0 : strlen(c->identity);
@@ -276,6 +320,22 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
         random_id(r->assigned, sizeof(r->assigned));
         memcpy(cid + cidlen, r->assigned, strlen(r->assigned));
         cidlen += strlen(r->assigned);
+    }
+    /* Bounds per identity: its connections, and the sessions it leaves at the broker. */
+    bool persistent = v == MQTT_V5 ? r->expiry > 0 : !cn->clean_start;
+    int adm = lconn_admit(c, cid, cidlen, persistent,
+                          v == MQTT_V5 ? r->expiry
+                          : persistent ? UINT32_MAX
+                                       : 0);
+    if (adm < 0) {
+        free(cid);
+        if (adm == -ENOMEM) {
+            lconn_close(c, false, false);
+            return -1;
+        }
+        return refuse_connect(c, v, MQTT_RC_QUOTA_EXCEEDED, MQTT_RC311_SERVER_UNAVAILABLE,
+                              adm == -EUSERS ? "too many connections of its identity"
+                                             : "too many broker sessions of its identity");
     }
     mqtt_packet_t up = { .type = MQTT_CONNECT };
     up.u.connect = *cn;
@@ -297,8 +357,11 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
         uint32_t max = (uint32_t)listener_max_packet(c->l);
         if (rc == 0 && (!mps || mps->value > max))
             rc = mqtt_prop_set_value(&u->props, MQTT_PROP_MAXIMUM_PACKET_SIZE, max);
+        if (rc == 0 && r->expiry_capped)
+            rc = mqtt_prop_set_value(&u->props, MQTT_PROP_SESSION_EXPIRY, r->expiry);
     }
-    c->keepalive_ms = (uint64_t)cn->keepalive * 1500;
+    r->keepalive_asked = cn->keepalive;
+    r->keepalive = lconn_keepalive(c, cn->keepalive);
     lconn_relayed(c);
     if (rc == 0 && lconn_open_upstream(c) < 0) {
         free(cid);
@@ -567,6 +630,33 @@ static bool room(const lconn_t *c)
            tls_stream_buffered(c->dev) <= LISTENER_HIGH_WATER;
 }
 
+/*
+ * The device's DISCONNECT goes upstream after everything it sent before, and
+ * the connection ends once all of it has gone (within LISTENER_CLOSE_DRAIN_MS).
+ * A new MQTT 5 Session Expiry in it is held to the same bound as the CONNECT's.
+ */
+static int on_disconnect(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size_t len)
+{
+    relay_t *r = c->r;
+    const mqtt_prop_t *sei = r->version == MQTT_V5
+                                 ? mqtt_prop_find(&pk->u.reason.props, MQTT_PROP_SESSION_EXPIRY)
+                                 : NULL;
+    uint32_t v = sei && sei->value > LISTENER_SESSION_EXPIRY_MAX ? LISTENER_SESSION_EXPIRY_MAX
+                 : sei                                           ? sei->value
+                                                                 : 0;
+    if (sei && r->expiry > 0)
+        lconn_session_expiry(c, v);
+    if (sei && v != sei->value) {
+        mqtt_prop_set_value(&pk->u.reason.props, MQTT_PROP_SESSION_EXPIRY, v);
+        send_packet(c, false, pk, MQTT_V5);
+    } else {
+        lconn_send_up(c, raw, len);
+    }
+    if (c->state != LC_CLOSING) /* else a failed send closed it */
+        lconn_close(c, true, true);
+    return -1;
+}
+
 static int device_packet(lconn_t *c, const uint8_t *raw, size_t len)
 {
     mqtt_packet_t pk;
@@ -599,9 +689,7 @@ static int device_packet(lconn_t *c, const uint8_t *raw, size_t len)
     case MQTT_PINGREQ:
         return lconn_send_up(c, raw, len) < 0 ? -1 : 0;
     case MQTT_DISCONNECT:
-        lconn_send_up(c, raw, len);
-        lconn_close(c, false, true);
-        return -1;
+        return on_disconnect(c, &pk, raw, len);
     case MQTT_AUTH:
         return device_broke(c, -EPROTO, "AUTH (enhanced authentication is not supported)");
     default:
@@ -655,8 +743,14 @@ static int on_connack(lconn_t *c, mqtt_packet_t *pk)
         const mqtt_prop_t *mps = mqtt_prop_find(pp, MQTT_PROP_MAXIMUM_PACKET_SIZE);
         const mqtt_prop_t *ska = mqtt_prop_find(pp, MQTT_PROP_SERVER_KEEPALIVE);
         bool lower = !mps || mps->value > max; /* the broker's bound, when lower, stays */
-        if (ska)
-            c->keepalive_ms = (uint64_t)ska->value * 1500;
+        /* The keep-alive: the gateway's bound, or the broker's when lower (0 is none: ours). */
+        uint16_t k = r->keepalive;
+        if (ska && ska->value && ska->value < k)
+            k = (uint16_t)ska->value;
+        c->keepalive_ms = (uint64_t)k * 1500;
+        const mqtt_prop_t *se = mqtt_prop_find(pp, MQTT_PROP_SESSION_EXPIRY);
+        if (se && se->value < r->expiry)
+            lconn_session_expiry(c, se->value);
         mqtt_prop_remove(pp, MQTT_PROP_ASSIGNED_CLIENT_ID);
         mqtt_prop_remove(pp, MQTT_PROP_TOPIC_ALIAS_MAXIMUM);
         int rc = 0;
@@ -670,6 +764,10 @@ static int on_connack(lconn_t *c, mqtt_packet_t *pk)
             if (rc == 0 && *r->assigned)
                 rc = mqtt_prop_set_data(pp, MQTT_PROP_ASSIGNED_CLIENT_ID, r->assigned,
                                         strlen(r->assigned));
+            if (rc == 0 && (k != r->keepalive_asked || ska))
+                rc = mqtt_prop_set_value(pp, MQTT_PROP_SERVER_KEEPALIVE, k);
+            if (rc == 0 && r->expiry_capped && !se)
+                rc = mqtt_prop_set_value(pp, MQTT_PROP_SESSION_EXPIRY, r->expiry);
         }
         if (rc < 0)
             return upstream_broke(c, "CONNACK with too many properties");
@@ -684,6 +782,7 @@ static int on_connack(lconn_t *c, mqtt_packet_t *pk)
         return -1;
     }
     c->state = LC_RELAY;
+    c->established = true;
     c->deadline_ms = 0;
     return 0;
 }
