@@ -126,9 +126,10 @@ uint64_t mqtt_store_next(const mqtt_store_t *s, uint64_t seq);
 
 /*
  * The record seq in *rec. Its bytes (topic, payload, properties) live until
- * the next mqtt_store_get or mqtt_store_mark_sent, or the record's removal. 0; -ENOENT when there is
- * no such record; -EBADMSG when it was damaged on disk (then it is set aside,
- * logged and counted, and no longer held); -errno when it cannot be read.
+ * the next mqtt_store_get or mqtt_store_mark_sent, or the record's removal.
+ * 0; -ENOENT when there is no such record; -EBADMSG when it was damaged on
+ * disk (then it is set aside, logged and counted, and no longer held);
+ * -errno when it cannot be read.
  */
 int mqtt_store_get(mqtt_store_t *s, uint64_t seq, mqtt_store_rec_t *rec);
 
