@@ -383,7 +383,8 @@ static int load(mqtt_store_t *s)
         }
     }
     closedir(d);
-    qsort(s->v, s->n, sizeof(*s->v), cmp_ent);
+    if (s->n)
+        qsort(s->v, s->n, sizeof(*s->v), cmp_ent);
     s->st.damaged += damaged;
     if (damaged)
         gw_err(STORE,

@@ -376,7 +376,8 @@ static int list_paho(const char *paho, struct item **items, size_t *nitems)
     }
     closedir(d);
     *nitems = n;
-    qsort(*items, n, sizeof(**items), cmp_item);
+    if (n)
+        qsort(*items, n, sizeof(**items), cmp_item);
     return 0;
 }
 

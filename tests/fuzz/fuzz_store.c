@@ -2,8 +2,10 @@
  * Fuzz target: the records of the offline store (mqtt/store.c), and the
  * records of Paho's store that the first open after an upgrade imports
  * (mqtt/store_paho.c). The first input byte chooses: even, the rest is a
- * record of the offline store; odd, the rest is a record of Paho's store
- * under the name keys[byte / 2 % 12].
+ * record of the offline store (when bit 1 is set too, with its checksum
+ * made right first, so that what lies behind the checksum is explored);
+ * odd, the rest is a record of Paho's store under the name
+ * keys[byte / 2 % 12].
  *
  * Checks: reading is the same twice (no state); a record read points only
  * into the input (or the import's own buffer), has a topic a broker accepts
@@ -54,6 +56,31 @@ static void check_written_again(const mqtt_publish_t *pub, uint64_t seq, bool se
     free(buf);
 }
 
+/* CRC-32C, as the store computes it (store.c). */
+static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t len)
+{
+    crc = ~crc;
+    while (len--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; k++)
+            crc = crc & 1 ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;
+    }
+    return ~crc;
+}
+
+/* A copy of the record with the right checksum in its header (bytes 24..27). */
+static uint8_t *fix_checksum(const uint8_t *rec, size_t len)
+{
+    static const uint8_t zero[4];
+    uint8_t *copy = malloc(len);
+    FUZZ_CHECK(copy);
+    memcpy(copy, rec, len);
+    uint32_t crc = crc32c(crc32c(crc32c(0, copy, 24), zero, 4), copy + 28, len - 28);
+    for (int i = 0; i < 4; i++)
+        copy[24 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    return copy;
+}
+
 static void store_record(const uint8_t *rec, size_t len)
 {
     mqtt_store_rec_t *r = malloc(sizeof(*r));
@@ -101,9 +128,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    if (data[0] & 1)
+    if (data[0] & 1) {
         paho_record(keys[data[0] / 2 % (sizeof(keys) / sizeof(keys[0]))], data + 1, size - 1);
-    else
+    } else if ((data[0] & 2) && size - 1 >= 28) {
+        uint8_t *copy = fix_checksum(data + 1, size - 1);
+        store_record(copy, size - 1);
+        free(copy);
+    } else {
         store_record(data + 1, size - 1);
+    }
     return 0;
 }
