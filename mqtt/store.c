@@ -206,7 +206,6 @@ static void path_of(const mqtt_store_t *s, uint64_t seq, char *buf, size_t len)
 void store_set_aside_file(mqtt_store_t *s, const char *path, const char *name)
 {
     char to[4096];
-    unsigned n = 0;
     if (mkdir(s->refused, 0700) < 0 && errno != EEXIST) {
         gw_log_limited(GW_LOG_WARNING, STORE, "%s removed (%s cannot be made: %s)", path,
                        s->refused, strerror(errno));
@@ -214,18 +213,23 @@ void store_set_aside_file(mqtt_store_t *s, const char *path, const char *name)
         return;
     }
     /* At most MQTT_STORE_SET_ASIDE_MAX are kept: the operator's to look at, not to fill the disk. */
-    DIR *d = opendir(s->refused);
-    struct dirent *de;
-    while (d && (de = readdir(d)))
-        n += de->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    snprintf(to, sizeof(to), "%s/%s-%lld", s->refused, name, (long long)time(NULL));
-    if (n >= MQTT_STORE_SET_ASIDE_MAX || rename(path, to) < 0) {
-        gw_log_limited(GW_LOG_WARNING, STORE, "%s removed (%s holds %u records already)", path,
-                       s->refused, n);
-        unlink(path);
+    if (s->refused_n < 0) {
+        DIR *d = opendir(s->refused);
+        struct dirent *de;
+        s->refused_n = 0;
+        while (d && (de = readdir(d)))
+            s->refused_n += de->d_name[0] != '.';
+        if (d)
+            closedir(d);
     }
+    snprintf(to, sizeof(to), "%s/%s-%lld", s->refused, name, (long long)time(NULL));
+    if (s->refused_n >= MQTT_STORE_SET_ASIDE_MAX || rename(path, to) < 0) {
+        gw_log_limited(GW_LOG_WARNING, STORE, "%s removed (%s holds %ld records already)", path,
+                       s->refused, s->refused_n);
+        unlink(path);
+        return;
+    }
+    s->refused_n++;
 }
 
 /* ---- the entries ---------------------------------------------------------- */
@@ -417,6 +421,7 @@ mqtt_store_t *mqtt_store_open(const char *state_dir, size_t max_records, uint64_
     s->max_records = max_records;
     s->max_bytes = max_bytes;
     s->next_seq = 1;
+    s->refused_n = -1;
     s->durable = true;
     int rc = 0;
     if ((mkdir(state_dir, 0700) < 0 && errno != EEXIST) ||

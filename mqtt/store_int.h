@@ -17,9 +17,10 @@ struct store_ent {
 };
 
 struct mqtt_store {
-    char *root;    /* owned: state_dir */
-    char *dir;     /* owned: state_dir/offline */
-    char *refused; /* owned: state_dir/mqtt-refused */
+    char *root;     /* owned: state_dir */
+    char *dir;      /* owned: state_dir/offline */
+    char *refused;  /* owned: state_dir/mqtt-refused */
+    long refused_n; /* files in it, counted once when first needed; -1 before */
     size_t max_records;
     uint64_t max_bytes;
     bool durable, deferring;
