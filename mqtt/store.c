@@ -427,11 +427,23 @@ mqtt_store_t *mqtt_store_open(const char *state_dir, size_t max_records, uint64_
     if ((mkdir(state_dir, 0700) < 0 && errno != EEXIST) ||
         (mkdir(s->dir, 0700) < 0 && errno != EEXIST))
         rc = -errno;
-    if (rc == 0)
-        rc = store_paho_recover(s);
+    /*
+     * An import a crash interrupted that cannot be finished now waits for the
+     * next start (its marker stays), and no new import may begin meanwhile:
+     * it would hold the same messages twice.
+     */
+    bool recovered = true;
+    if (rc == 0 && (rc = store_paho_recover(s)) < 0) {
+        gw_err(STORE,
+               "the import of the store in %s/mqtt not finished (%s); tried again at the "
+               "next start",
+               state_dir, strerror(-rc));
+        recovered = false;
+        rc = 0;
+    }
     if (rc == 0)
         rc = load(s);
-    if (rc == 0)
+    if (rc == 0 && recovered)
         rc = store_paho_import(s);
     if (rc < 0) {
         mqtt_store_close(s);
