@@ -674,6 +674,7 @@ static int process(mqtt_client_t *c)
         if (rc == 0)
             break;
         const char *why = "malformed";
+        int type = c->in[off] >> 4;
         if (rc == 1) {
             rc = mqtt_decode(c->in + off, plen, c->version, c->pkt);
             if (rc == 0)
@@ -690,7 +691,7 @@ static int process(mqtt_client_t *c)
         if (rc < 0) {
             c->st.malformed++;
             client_lose(c, rc, "%s packet from the broker: %s",
-                        rc == -EMSGSIZE || off == 0 ? "a" : mqtt_type_name(c->pkt->type), why);
+                        type && rc != -EMSGSIZE ? mqtt_type_name(type) : "a", why);
             return rc;
         }
     }
