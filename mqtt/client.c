@@ -695,8 +695,10 @@ static int process(mqtt_client_t *c)
             return rc;
         }
     }
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
+    if (off) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= off;
+    }
     return 0;
 }
 
@@ -756,7 +758,8 @@ int mqtt_client_feed(mqtt_client_t *c, const uint8_t *buf, size_t len)
         c->in = p;
         c->in_cap = c->in_len + len;
     }
-    memcpy(c->in + c->in_len, buf, len);
+    if (len)
+        memcpy(c->in + c->in_len, buf, len);
     c->in_len += len;
     unsigned gen = c->generation;
     int rc = process(c);
