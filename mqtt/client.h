@@ -88,7 +88,7 @@ typedef struct mqtt_client_options {
     bool verify_hostname;
     int keepalive_s; /* 0: none */
     bool clean_start;
-    uint32_t session_expiry_s; /* MQTT 5 with clean_start false; 0: until the client says */
+    uint32_t session_expiry_s; /* MQTT 5 with clean_start false; 0: the session never expires */
     int max_inflight; /* QoS 1/2 publishes unacknowledged at a time (and the broker's limit) */
     const char *status_topic; /* Will "offline" (retained, QoS 1) here; NULL or "": none */
     size_t max_packet;        /* the largest packet taken from the broker; 0: 1 MiB */
@@ -123,12 +123,29 @@ uint64_t mqtt_client_retry_in_ms(const mqtt_client_t *c);
  * Publishes msg. QoS 1/2: acked(id) follows. Returns 0; -ENOTCONN when not
  * connected; -EMSGSIZE when the packet is larger than the broker's Maximum
  * Packet Size (nothing sent); -EINVAL for a topic, QoS or property that
- * cannot be sent; -EAGAIN when max_queued publishes wait already; -ENOMEM.
+ * cannot be sent; -EAGAIN when max_queued publishes wait already (or, for
+ * QoS 0, when the connection has not taken what was written); -ENOMEM.
  */
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id);
 
 /* The largest payload msg can carry under the broker's Maximum Packet Size; SIZE_MAX without one. */
 size_t mqtt_client_payload_room(const mqtt_client_t *c, const mqtt_message_t *msg);
+
+/* What the client counted since it was made. */
+typedef struct mqtt_client_stats {
+    uint64_t attempts;         /* connection attempts */
+    uint64_t connects;         /* CONNACKs accepted */
+    uint64_t losses;           /* connections lost after the CONNACK */
+    uint64_t failed_attempts;  /* attempts that never got a CONNACK */
+    uint64_t refused_connects; /* CONNACKs with a refusal */
+    uint64_t published;        /* publishes taken */
+    uint64_t acked, refused;   /* QoS 1/2 publishes acknowledged, refused by the broker */
+    uint64_t messages;         /* messages from the broker delivered */
+    uint64_t malformed;        /* connections closed for what the broker sent */
+    uint64_t writes;           /* writes to the connection (each turn's packets in one) */
+} mqtt_client_stats_t;
+
+const mqtt_client_stats_t *mqtt_client_stats(const mqtt_client_t *c);
 
 /* Publishes waiting for an acknowledgement or for their turn. */
 size_t mqtt_client_unacked(const mqtt_client_t *c);

@@ -19,6 +19,9 @@ enum client_state {
     C_UP,
 };
 
+/* Bytes written and not yet taken by the connection past which QoS 0 publishes are refused. */
+#define OUT_BACKLOG_MAX (4u << 20)
+
 /* Where a QoS 1/2 publish is. */
 enum pub_state {
     P_WAITING,  /* in the queue, not sent on this connection */
@@ -51,11 +54,6 @@ typedef struct out_sub {
     uint16_t pid;
     bool unsubscribe;
 } out_sub_t;
-
-typedef struct client_stats {
-    uint64_t attempts, connects, losses, failed_attempts, refused_connects;
-    uint64_t published, acked, refused, messages, malformed, writes;
-} client_stats_t;
 
 struct mqtt_client {
     ev_loop_t *loop; /* borrowed */
@@ -102,7 +100,7 @@ struct mqtt_client {
     uint8_t qos2_in[8192];  /* the broker's QoS 2 identifiers awaiting PUBREL */
     uint16_t next_pid;
 
-    client_stats_t st;
+    mqtt_client_stats_t st;
 };
 
 static inline bool bit_test(const uint8_t *b, uint16_t i)

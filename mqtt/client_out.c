@@ -240,6 +240,9 @@ int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool i
     if ((size_t)len > c->broker_max_packet)
         return -EMSGSIZE;
     if (qos == 0) {
+        tls_stream_t *s = mqtt_link_stream(c->link);
+        if (c->out_len + (s ? tls_stream_buffered(s) : 0) > OUT_BACKLOG_MAX)
+            return -EAGAIN;
         int rc = client_emit(c, &pkt);
         if (rc == 0)
             c->st.published++;
@@ -292,6 +295,11 @@ size_t mqtt_client_payload_room(const mqtt_client_t *c, const mqtt_message_t *ms
     while (rem > base && 1 + vbi_size(rem) + rem > max)
         rem--;
     return rem > base ? rem - base : 0;
+}
+
+const mqtt_client_stats_t *mqtt_client_stats(const mqtt_client_t *c)
+{
+    return &c->st;
 }
 
 size_t mqtt_client_unacked(const mqtt_client_t *c)

@@ -462,8 +462,11 @@ Test(client, one_turn_of_publishes_goes_in_one_write)
         cr_assert_eq(publish("t/batch", "0123456789", i % 3, (uint64_t)i), 0);
         total += 2 + 2 + 7 + (i % 3 ? 2 : 0) + 1 + 10; /* header, topic, id, properties, payload */
     }
-    cr_assert_eq(rlen, 0);
+    uint64_t writes = mqtt_client_stats(cl)->writes;
+    bk_pull();
+    cr_assert_eq(rlen, 0, "nothing is written before the end of the turn");
     ev_turn(loop, 0); /* the flush is due at once */
+    cr_assert_eq(mqtt_client_stats(cl)->writes, writes + 1, "one write for the turn");
     uint64_t until = gw_now_ms() + WAIT_MS;
     while (rlen == 0 && gw_now_ms() < until)
         bk_pull();
