@@ -773,3 +773,67 @@ Test(client, bad_uri_is_refused_at_once)
     cr_assert_null(cl);
     cr_assert(strstr(err, "not an MQTT URI"), "%s", err);
 }
+
+Test(client, tls_handshake_that_never_comes_times_out)
+{
+    mqtt_client_options_t o = options();
+    static char uri[64];
+    snprintf(uri, sizeof(uri), "mqtts://127.0.0.1:%d", port);
+    o.uri = uri;
+    o.ca = ""; /* the system trust store */
+    o.connect_timeout_ms = 300;
+    char err[256];
+    cl = mqtt_client_new(loop, &o, &handlers, NULL, err, sizeof(err));
+    cr_assert(cl, "%s", err);
+    cr_assert_eq(mqtt_client_start(cl), 0);
+    bk_accept(); /* and says nothing */
+    TURN_UNTIL(seen.lost == 1);
+    cr_assert_eq(seen.lost_err, -ETIMEDOUT);
+    cr_assert(strstr(seen.why, "timed out in the TLS handshake"), "%s", seen.why);
+}
+
+Test(client, incoming_qos2_awaiting_pubrel_survives_a_resumed_session)
+{
+    mqtt_client_options_t o = options();
+    o.clean_start = false;
+    start(&o);
+    connack_with(false, 0, 0);
+    broker_publish("down/a", "once", 2, 9, false);
+    bk_expect(MQTT_PUBREC);
+    close(bfd);
+    bfd = -1;
+    TURN_UNTIL(seen.lost == 1);
+    bk_accept();
+    bk_expect(MQTT_CONNECT);
+    connack_with(true, 0, 0);
+    broker_publish("down/a", "once", 2, 9, true);
+    bk_expect(MQTT_PUBREC);
+    cr_assert_eq(seen.messages, 1, "delivered once across the reconnection");
+    bk_ack(MQTT_PUBREL, 9, 0);
+    bk_expect(MQTT_PUBCOMP);
+}
+
+Test(client, options_from_the_configuration)
+{
+    gw_config_t cfg = { 0 };
+    cfg.mqtt = (gw_mqtt_config_t){ .uri = "mqtts://broker:8883",
+                                   .client_id = "gw",
+                                   .version = 3,
+                                   .username = "",
+                                   .password = "pw",
+                                   .ca = "",
+                                   .cert = "",
+                                   .key = "",
+                                   .verify_hostname = true,
+                                   .keepalive = 30,
+                                   .max_inflight = 7,
+                                   .status_topic = "s" };
+    mqtt_client_options_t o;
+    mqtt_client_options_from_config(&o, &cfg);
+    cr_assert_eq(o.version, MQTT_V311, "mqtt.version = 3 is MQTT 3.1.1");
+    cr_assert_null(o.username, "an empty user name is none");
+    cr_assert_str_eq(o.password, "pw");
+    cr_assert_eq(o.max_inflight, 7);
+    cr_assert_eq(o.keepalive_s, 30);
+    cr_assert(o.verify_hostname);
+}
