@@ -53,6 +53,24 @@ def mqtt311_plain_qos2():
     check(len(sub.messages) == 3, "each exactly once: %r" % sub.messages)
 
 
+def receive_maximum_2_never_overrun():
+    """Mosquitto gives max_inflight_messages as its Receive Maximum and drops a
+    client that sends more (0x93): 40 messages at max_inflight 10 all arrive on
+    one connection."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, extra="max_inflight_messages 2\n").start()
+    sub = Subscriber(broker, "up/#")
+    for qos in ("1", "2"):
+        rc, out, log = mqtt_pub("-c", pki.ca, "-q", qos, "-n", "20",
+                                "mqtts://localhost:%d" % broker.port, "up/rm", "q" + qos)
+        check(rc == 0 and "acked 20" in out, "mqtt_pub: %s %s" % (out, log))
+        check("lost" not in out, out)
+    msgs = sub.wait_for(40)
+    check([m["payload"] for m in msgs].count(b"q1") == 20, "QoS 1 arrived %r" % msgs)
+    check([m["payload"] for m in msgs].count(b"q2") == 20, "QoS 2 arrived %r" % msgs)
+
+
 def hostname_verified():
     d = workdir()
     pki = Pki(d)
@@ -96,5 +114,6 @@ def name_not_resolved_in_words():
 if __name__ == "__main__":
     from harness import run
     run({f.__name__: f for f in [tls_publish_arrives, mqtt311_plain_qos2, hostname_verified,
+                                  receive_maximum_2_never_overrun,
                                   wrong_ca_in_words, broker_down_in_words,
                                   name_not_resolved_in_words]})
