@@ -59,7 +59,10 @@ typedef struct mqtt_incoming {
     uint32_t expiry; /* Message Expiry Interval, s */
 } mqtt_incoming_t;
 
-/* What the owner hears; any may be NULL. data is the owner's. */
+/*
+ * What the owner hears; any may be NULL. data is the owner's. A callback may
+ * publish, subscribe or unsubscribe, but not free the client nor shut it down.
+ */
 typedef struct mqtt_client_handlers {
     /* CONNACK accepted; session_present: the broker kept our session. */
     void (*connected)(void *data, bool session_present);
@@ -127,6 +130,13 @@ uint64_t mqtt_client_retry_in_ms(const mqtt_client_t *c);
  * QoS 0, when the connection has not taken what was written); -ENOMEM.
  */
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id);
+
+/*
+ * From now on at most n QoS 1/2 publishes unacknowledged at a time (still
+ * within the broker's Receive Maximum): 1 to find which publish a broker
+ * drops the connection for, max_inflight again after.
+ */
+void mqtt_client_set_max_inflight(mqtt_client_t *c, int n);
 
 /* The largest payload msg can carry under the broker's Maximum Packet Size; SIZE_MAX without one. */
 size_t mqtt_client_payload_room(const mqtt_client_t *c, const mqtt_message_t *msg);

@@ -266,6 +266,12 @@ int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool i
     return 0;
 }
 
+void mqtt_client_set_max_inflight(mqtt_client_t *c, int n)
+{
+    c->max_inflight = n < 1 ? 1 : n > 65535 ? 65535 : n;
+    pump(c);
+}
+
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id)
 {
     return out_publish(c, msg, id, false);

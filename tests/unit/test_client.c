@@ -450,6 +450,15 @@ Test(client, max_inflight_bounds_a_generous_broker)
     bk_ack(MQTT_PUBACK, pkt.u.publish.id, 0);
     bk_expect(MQTT_PUBLISH);
     cr_assert_eq(pkt.u.publish.payload.p[0], 'b');
+    /* A wider window lets what waits go at once. */
+    cr_assert_eq(publish("t", "c", 1, 3), 0);
+    cr_assert_eq(publish("t", "d", 1, 4), 0);
+    bk_quiet(50);
+    mqtt_client_set_max_inflight(cl, 3);
+    bk_expect(MQTT_PUBLISH);
+    cr_assert_eq(pkt.u.publish.payload.p[0], 'c');
+    bk_expect(MQTT_PUBLISH);
+    cr_assert_eq(pkt.u.publish.payload.p[0], 'd');
 }
 
 Test(client, one_turn_of_publishes_goes_in_one_write)
