@@ -1,11 +1,14 @@
 /*
  * The broker link (see link.h).
  *
- * One timer per attempt polls the lookup (getaddrinfo_a runs it on a thread
- * of glibc's own that never touches Tandem's state; the loop only asks
- * gai_error whether it is done) and bounds the attempt. A lookup that is
- * still running when an attempt is abandoned is kept: the next attempt waits
- * for it rather than starting another.
+ * The lookup is the shared part's (mqtt_link_shared_t): getaddrinfo_a runs
+ * it on a thread of glibc's own that never touches Tandem's state, and one
+ * timer of the shared part asks gai_error whether it is done, then wakes the
+ * links waiting for it. Each link has one timer for its attempt, which
+ * bounds it. A lookup that is still running when an attempt is abandoned is
+ * kept: the next attempt waits for it rather than starting another. The
+ * addresses are counted references, so that a new answer does not pull them
+ * from under a link still trying them.
  */
 #include "link.h"
 
@@ -28,29 +31,56 @@
 #define DEFAULT_TIMEOUT_MS 10000
 /* How often a running lookup is asked whether it is done, ms. */
 #define RESOLVE_POLL_MS 5
+/* A failed lookup of shared links is not started again before this, ms. */
+#define RESOLVE_RETRY_MS 5000
 
 enum link_state { L_IDLE, L_RESOLVING, L_CONNECTING, L_HANDSHAKE, L_UP };
 
-struct mqtt_link {
-    ev_loop_t *loop; /* borrowed */
-    mqtt_link_fn *fn;
-    void *data;
+/* The addresses of one lookup (or of an IP literal), counted. */
+typedef struct addrs {
+    unsigned refs;
+    struct addrinfo *ai; /* glibc's, or &lit */
+    bool literal;
+    struct sockaddr_storage ss;
+    struct addrinfo lit;
+} addrs_t;
+
+struct mqtt_link_shared {
+    unsigned refs; /* the owner's and one per link */
+    ev_loop_t *loop;
     gw_uri_t uri;
     char peer[300];
-    char *ca; /* owned copies, for messages */
+    char *ca; /* for messages */
     bool verify_hostname;
+    bool keep; /* an answer serves later attempts (shared links) */
     int timeout_ms;
-    gnutls_certificate_credentials_t cred; /* owned; NULL for mqtt:// */
+    gnutls_certificate_credentials_t cred; /* NULL for mqtt:// */
 
-    enum link_state state;
-    uint64_t timer, deadline_ms;
-    bool lookup_running; /* req below is glibc's until it is done */
+    addrs_t *addrs;      /* the known addresses (a reference); NULL when none */
+    bool lookup_running; /* req is glibc's until it is done */
     struct gaicb req;
     struct addrinfo hints;
     char port[8];
-    struct addrinfo *addrs, *next_addr; /* owned (from the lookup or made for a literal) */
-    struct sockaddr_storage literal;
-    struct addrinfo literal_ai;
+    uint64_t poll_timer;
+    unsigned started, done;  /* lookups started, and finished */
+    uint64_t retry_after_ms; /* keep: after a failed lookup */
+    char why[512];           /* why the last lookup failed */
+    mqtt_link_t *waiting;    /* links whose attempt waits for the lookup */
+};
+
+struct mqtt_link {
+    ev_loop_t *loop; /* borrowed */
+    mqtt_link_shared_t *s;
+    mqtt_link_fn *fn;
+    void *data;
+
+    enum link_state state;
+    uint64_t timer, deadline_ms;
+    unsigned wait_for;            /* L_RESOLVING without set: the lookup it waits for */
+    mqtt_link_t *w_prev, *w_next; /* in s->waiting */
+    bool in_waiting;
+    addrs_t *set; /* a reference while the attempt uses it */
+    struct addrinfo *next_addr;
     int fd;
     tls_stream_t *stream; /* owned */
     int last_err;
@@ -66,22 +96,22 @@ static void set_why(mqtt_link_t *l, const char *fmt, ...)
     va_end(ap);
 }
 
-static int load_cred(mqtt_link_t *l, const mqtt_link_config_t *cfg, char *err, size_t errlen)
+static int load_cred(mqtt_link_shared_t *s, const mqtt_link_config_t *cfg, char *err, size_t errlen)
 {
-    if (gnutls_certificate_allocate_credentials(&l->cred) < 0) {
+    if (gnutls_certificate_allocate_credentials(&s->cred) < 0) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     int rc = cfg->ca && *cfg->ca
-                 ? gnutls_certificate_set_x509_trust_file(l->cred, cfg->ca, GNUTLS_X509_FMT_PEM)
-                 : gnutls_certificate_set_x509_system_trust(l->cred);
+                 ? gnutls_certificate_set_x509_trust_file(s->cred, cfg->ca, GNUTLS_X509_FMT_PEM)
+                 : gnutls_certificate_set_x509_system_trust(s->cred);
     if (rc < 0) {
         snprintf(err, errlen, "cannot load the broker's CA %s (%s)",
                  cfg->ca && *cfg->ca ? cfg->ca : "(system store)", gnutls_strerror(rc));
         return -EINVAL;
     }
     if (cfg->cert && *cfg->cert) {
-        rc = gnutls_certificate_set_x509_key_file2(l->cred, cfg->cert, cfg->key ? cfg->key : "",
+        rc = gnutls_certificate_set_x509_key_file2(s->cred, cfg->cert, cfg->key ? cfg->key : "",
                                                    GNUTLS_X509_FMT_PEM, NULL, 0);
         if (rc < 0) {
             snprintf(err, errlen, "cannot load %s and %s (%s)", cfg->cert, cfg->key,
@@ -92,42 +122,236 @@ static int load_cred(mqtt_link_t *l, const mqtt_link_config_t *cfg, char *err, s
     return 0;
 }
 
-mqtt_link_t *mqtt_link_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, mqtt_link_fn *fn,
-                           void *data, char *err, size_t errlen)
+/* ------------------------------------------------------------------ addresses */
+
+static void addrs_unref(addrs_t *a)
 {
-    mqtt_link_t *l = calloc(1, sizeof(*l));
-    if (!l) {
+    if (!a || --a->refs)
+        return;
+    if (!a->literal && a->ai)
+        freeaddrinfo(a->ai);
+    free(a);
+}
+
+/* The address of an IP literal, without a lookup; NULL when host is a name (or out of memory). */
+static addrs_t *literal(const gw_uri_t *uri)
+{
+    struct sockaddr_storage ss = { 0 };
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    socklen_t len;
+    if (inet_pton(AF_INET, uri->host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)uri->port);
+        len = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, uri->host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)uri->port);
+        len = sizeof(*v6);
+    } else {
+        return NULL;
+    }
+    addrs_t *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    a->refs = 1;
+    a->literal = true;
+    a->ss = ss;
+    a->lit.ai_family = ss.ss_family;
+    a->lit.ai_socktype = SOCK_STREAM;
+    a->lit.ai_addrlen = len;
+    a->lit.ai_addr = (struct sockaddr *)&a->ss;
+    a->ai = &a->lit;
+    return a;
+}
+
+static bool is_literal(const gw_uri_t *uri)
+{
+    uint8_t buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, uri->host, buf) == 1 || inet_pton(AF_INET6, uri->host, buf) == 1;
+}
+
+static void waiting_del(mqtt_link_t *l)
+{
+    if (!l->in_waiting)
+        return;
+    if (l->w_prev)
+        l->w_prev->w_next = l->w_next;
+    else
+        l->s->waiting = l->w_next;
+    if (l->w_next)
+        l->w_next->w_prev = l->w_prev;
+    l->w_prev = l->w_next = NULL;
+    l->in_waiting = false;
+}
+
+/* The lookup is done: its answer becomes the known addresses, and the links waiting for it wake. */
+static int64_t on_lookup_poll(ev_loop_t *loop, uint64_t id, void *data)
+{
+    (void)loop;
+    (void)id;
+    mqtt_link_shared_t *s = data;
+    int rc = gai_error(&s->req);
+    if (rc == EAI_INPROGRESS)
+        return RESOLVE_POLL_MS;
+    s->poll_timer = 0;
+    s->lookup_running = false;
+    s->done = s->started;
+    addrs_t *a = rc == 0 ? calloc(1, sizeof(*a)) : NULL;
+    if (a) {
+        a->refs = 1;
+        a->ai = s->req.ar_result;
+        addrs_unref(s->addrs);
+        s->addrs = a;
+    } else {
+        if (s->req.ar_result)
+            freeaddrinfo(s->req.ar_result);
+        snprintf(s->why, sizeof(s->why), "the broker's host name %s was not resolved (%s)",
+                 s->uri.host, rc == 0 ? "out of memory" : gai_strerror(rc));
+        if (s->keep)
+            s->retry_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
+    }
+    s->req.ar_result = NULL;
+    while (s->waiting) {
+        mqtt_link_t *l = s->waiting;
+        waiting_del(l);
+        if (l->timer)
+            ev_set_timer(s->loop, l->timer, 0);
+    }
+    return EV_NOMORE;
+}
+
+/* Starts a lookup of the broker's name. 0, or a negative errno code. */
+static int start_lookup(mqtt_link_shared_t *s)
+{
+    if (s->lookup_running)
+        return 0;
+    memset(&s->req, 0, sizeof(s->req));
+    s->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
+    snprintf(s->port, sizeof(s->port), "%d", s->uri.port);
+    s->req.ar_name = s->uri.host;
+    s->req.ar_service = s->port;
+    s->req.ar_request = &s->hints;
+    s->poll_timer = ev_add_timer(s->loop, RESOLVE_POLL_MS, on_lookup_poll, s);
+    if (!s->poll_timer)
+        return -ENOMEM;
+    struct gaicb *list[1] = { &s->req };
+    int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+    if (rc != 0) {
+        ev_del_timer(s->loop, s->poll_timer);
+        s->poll_timer = 0;
+        return rc == EAI_MEMORY ? -ENOMEM : -EAGAIN;
+    }
+    s->lookup_running = true;
+    s->started++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the shared part */
+
+static mqtt_link_shared_t *shared_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, bool keep,
+                                      char *err, size_t errlen)
+{
+    mqtt_link_shared_t *s = calloc(1, sizeof(*s));
+    if (!s) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    l->loop = loop;
+    s->refs = 1;
+    s->loop = loop;
+    s->keep = keep;
+    s->verify_hostname = cfg->verify_hostname;
+    s->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
+    if (!cfg->uri || gw_uri_parse(cfg->uri, &s->uri) < 0) {
+        snprintf(err, errlen, "not an MQTT URI: %s", cfg->uri ? cfg->uri : "(none)");
+        free(s);
+        return NULL;
+    }
+    snprintf(s->peer, sizeof(s->peer), strchr(s->uri.host, ':') ? "[%s]:%d" : "%s:%d", s->uri.host,
+             s->uri.port);
+    s->ca = strdup(cfg->ca && *cfg->ca ? cfg->ca : "the system trust store");
+    if (!s->ca || (is_literal(&s->uri) && !(s->addrs = literal(&s->uri)))) {
+        snprintf(err, errlen, "out of memory");
+        mqtt_link_shared_free(s);
+        return NULL;
+    }
+    if (s->uri.tls && load_cred(s, cfg, err, errlen) < 0) {
+        mqtt_link_shared_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+mqtt_link_shared_t *mqtt_link_shared_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, char *err,
+                                         size_t errlen)
+{
+    mqtt_link_shared_t *s = shared_new(loop, cfg, true, err, errlen);
+    if (s && !s->addrs)
+        start_lookup(s); /* a failure to start is tried again at the first attempt */
+    return s;
+}
+
+void mqtt_link_shared_refresh(mqtt_link_shared_t *s)
+{
+    if (s && !is_literal(&s->uri))
+        start_lookup(s);
+}
+
+const char *mqtt_link_shared_peer(const mqtt_link_shared_t *s)
+{
+    return s->peer;
+}
+
+void mqtt_link_shared_free(mqtt_link_shared_t *s)
+{
+    if (!s || --s->refs)
+        return;
+    if (s->poll_timer)
+        ev_del_timer(s->loop, s->poll_timer);
+    if (s->lookup_running) {
+        /* glibc's thread holds req: wait for it (only when the link goes, never on the loop's way). */
+        if (gai_cancel(&s->req) != EAI_CANCELED) {
+            const struct gaicb *list[1] = { &s->req };
+            while (gai_error(&s->req) == EAI_INPROGRESS)
+                gai_suspend(list, 1, NULL);
+        }
+        if (s->req.ar_result)
+            freeaddrinfo(s->req.ar_result);
+    }
+    addrs_unref(s->addrs);
+    if (s->cred)
+        gnutls_certificate_free_credentials(s->cred);
+    free(s->ca);
+    free(s);
+}
+
+/* ------------------------------------------------------------------ links */
+
+mqtt_link_t *mqtt_link_new_shared(mqtt_link_shared_t *s, mqtt_link_fn *fn, void *data)
+{
+    mqtt_link_t *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->loop = s->loop;
+    l->s = s;
+    s->refs++;
     l->fn = fn;
     l->data = data;
     l->fd = -1;
-    l->verify_hostname = cfg->verify_hostname;
-    l->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
-    if (!cfg->uri || gw_uri_parse(cfg->uri, &l->uri) < 0) {
-        snprintf(err, errlen, "not an MQTT URI: %s", cfg->uri ? cfg->uri : "(none)");
-        free(l);
-        return NULL;
-    }
-    snprintf(l->peer, sizeof(l->peer), strchr(l->uri.host, ':') ? "[%s]:%d" : "%s:%d", l->uri.host,
-             l->uri.port);
-    l->ca = strdup(cfg->ca && *cfg->ca ? cfg->ca : "the system trust store");
-    if (!l->ca || (l->uri.tls && load_cred(l, cfg, err, errlen) < 0)) {
-        if (!l->ca)
-            snprintf(err, errlen, "out of memory");
-        mqtt_link_free(l);
-        return NULL;
-    }
     return l;
 }
 
-static void free_addrs(mqtt_link_t *l)
+mqtt_link_t *mqtt_link_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, mqtt_link_fn *fn,
+                           void *data, char *err, size_t errlen)
 {
-    if (l->addrs && l->addrs != &l->literal_ai)
-        freeaddrinfo(l->addrs);
-    l->addrs = l->next_addr = NULL;
+    mqtt_link_shared_t *s = shared_new(loop, cfg, false, err, errlen);
+    if (!s)
+        return NULL;
+    mqtt_link_t *l = mqtt_link_new_shared(s, fn, data);
+    mqtt_link_shared_free(s); /* the link's reference stays */
+    if (!l)
+        snprintf(err, errlen, "out of memory");
+    return l;
 }
 
 static void close_socket(mqtt_link_t *l)
@@ -148,7 +372,10 @@ void mqtt_link_close(mqtt_link_t *l)
     if (l->state == L_UP && l->stream)
         tls_stream_bye(l->stream);
     close_socket(l);
-    free_addrs(l);
+    waiting_del(l);
+    addrs_unref(l->set);
+    l->set = NULL;
+    l->next_addr = NULL;
     if (l->timer)
         ev_del_timer(l->loop, l->timer);
     l->timer = 0;
@@ -160,19 +387,7 @@ void mqtt_link_free(mqtt_link_t *l)
     if (!l)
         return;
     mqtt_link_close(l);
-    if (l->lookup_running) {
-        /* glibc's thread holds req: wait for it (only when the link goes, never on the loop's way). */
-        if (gai_cancel(&l->req) != EAI_CANCELED) {
-            const struct gaicb *list[1] = { &l->req };
-            while (gai_error(&l->req) == EAI_INPROGRESS)
-                gai_suspend(list, 1, NULL);
-        }
-        if (l->req.ar_result)
-            freeaddrinfo(l->req.ar_result);
-    }
-    if (l->cred)
-        gnutls_certificate_free_credentials(l->cred);
-    free(l->ca);
+    mqtt_link_shared_free(l->s);
     free(l);
 }
 
@@ -193,14 +408,14 @@ static void certificate_refused(mqtt_link_t *l)
     gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &text, 0);
     const char *detail = text.data ? (const char *)text.data : "refused";
     if (status & (GNUTLS_CERT_SIGNER_NOT_FOUND | GNUTLS_CERT_SIGNER_NOT_CA))
-        set_why(l, "the broker's certificate is not trusted by mqtt.ca %s (%s)", l->ca, detail);
+        set_why(l, "the broker's certificate is not trusted by mqtt.ca %s (%s)", l->s->ca, detail);
     else if (status & GNUTLS_CERT_EXPIRED)
         set_why(l, "the broker's certificate has expired (%s)", detail);
     else if (status & GNUTLS_CERT_NOT_ACTIVATED)
         set_why(l, "the broker's certificate is not valid yet (%s)", detail);
     else if (status & GNUTLS_CERT_UNEXPECTED_OWNER)
-        set_why(l, "the broker's certificate is not valid for the host name %s (%s)", l->uri.host,
-                detail);
+        set_why(l, "the broker's certificate is not valid for the host name %s (%s)",
+                l->s->uri.host, detail);
     else
         set_why(l, "the broker's certificate was refused (%s)", detail);
     gnutls_free(text.data);
@@ -221,14 +436,16 @@ static void handshake(mqtt_link_t *l)
         return;
     }
     if (rc < 0) {
-        set_why(l, "TLS handshake with %s failed (%s)", l->peer, tls_stream_error(l->stream));
+        set_why(l, "TLS handshake with %s failed (%s)", l->s->peer, tls_stream_error(l->stream));
         fail(l, -EPROTO);
         return;
     }
     l->state = L_UP;
     ev_del_timer(l->loop, l->timer);
     l->timer = 0;
-    free_addrs(l);
+    addrs_unref(l->set);
+    l->set = NULL;
+    l->next_addr = NULL;
     ev_set_mask(l->loop, l->fd, EV_READABLE);
     l->why[0] = '\0';
     l->fn(l->data, 0, l->why);
@@ -262,6 +479,7 @@ static void on_io(ev_loop_t *loop, int fd, unsigned mask, void *data)
 /* Connects to the next address of the lookup; reports the failure when none is left. */
 static void try_next_address(mqtt_link_t *l)
 {
+    mqtt_link_shared_t *s = l->s;
     while (l->next_addr) {
         struct addrinfo *ai = l->next_addr;
         l->next_addr = ai->ai_next;
@@ -278,7 +496,7 @@ static void try_next_address(mqtt_link_t *l)
             continue;
         }
         l->fd = fd;
-        l->stream = tls_stream_client(fd, l->cred, l->uri.host, l->verify_hostname);
+        l->stream = tls_stream_client(fd, s->cred, s->uri.host, s->verify_hostname);
         if (!l->stream || ev_add_file(l->loop, fd, EV_WRITABLE, on_io, l) < 0) {
             set_why(l, "out of memory");
             fail(l, -ENOMEM);
@@ -287,12 +505,17 @@ static void try_next_address(mqtt_link_t *l)
         l->state = L_CONNECTING;
         return;
     }
+    /* None of them took the connection: the next attempt asks for the addresses again. */
+    if (s->keep && s->addrs == l->set && !l->set->literal) {
+        addrs_unref(s->addrs);
+        s->addrs = NULL;
+    }
     int err = l->last_err ? l->last_err : EHOSTUNREACH;
     if (err == ECONNREFUSED)
         set_why(l, "connection refused by %s (is the broker running and listening there?)",
-                l->peer);
+                s->peer);
     else
-        set_why(l, "cannot connect to %s (%s)", l->peer, strerror(err));
+        set_why(l, "cannot connect to %s (%s)", s->peer, strerror(err));
     fail(l, -err);
 }
 
@@ -301,93 +524,81 @@ static int64_t on_timer(ev_loop_t *loop, uint64_t id, void *data)
     (void)loop;
     (void)id;
     mqtt_link_t *l = data;
+    mqtt_link_shared_t *s = l->s;
     uint64_t now = gw_now_ms();
+    int64_t left = l->deadline_ms > now ? (int64_t)(l->deadline_ms - now) : 0;
     if (l->state == L_RESOLVING) {
-        int64_t left = l->deadline_ms > now ? (int64_t)(l->deadline_ms - now) : 0;
-        if (l->addrs) {          /* an IP literal */
-            try_next_address(l); /* may end in fn, which may free the link */
-            return left;
+        if (!l->set) {
+            if (s->done < l->wait_for) { /* the lookup wakes it when done */
+                if (left > 0)
+                    return left;
+                l->timer = 0;
+                set_why(l, "timed out resolving the broker's host name %s", s->uri.host);
+                fail(l, -ETIMEDOUT);
+                return EV_NOMORE;
+            }
+            if (!s->addrs) {
+                l->timer = 0;
+                set_why(l, "%s", s->why);
+                fail(l, -EHOSTUNREACH);
+                return EV_NOMORE;
+            }
+            l->set = s->addrs;
+            l->set->refs++;
+            l->next_addr = l->set->ai;
         }
-        int rc = gai_error(&l->req);
-        if (rc == EAI_INPROGRESS) {
-            if (now < l->deadline_ms)
-                return RESOLVE_POLL_MS;
-            l->timer = 0;
-            set_why(l, "timed out resolving the broker's host name %s", l->uri.host);
-            fail(l, -ETIMEDOUT);
-            return EV_NOMORE;
-        }
-        l->lookup_running = false;
-        if (rc != 0) {
-            l->timer = 0;
-            set_why(l, "the broker's host name %s was not resolved (%s)", l->uri.host,
-                    gai_strerror(rc));
-            fail(l, -EHOSTUNREACH);
-            return EV_NOMORE;
-        }
-        l->addrs = l->next_addr = l->req.ar_result;
-        l->req.ar_result = NULL;
-        try_next_address(l);
+        try_next_address(l); /* may end in fn, which may free the link */
         return left;
     }
-    if (now < l->deadline_ms)
-        return (int64_t)(l->deadline_ms - now);
+    if (left > 0)
+        return left;
     l->timer = 0;
     if (l->state == L_CONNECTING)
-        set_why(l, "timed out connecting to %s", l->peer);
+        set_why(l, "timed out connecting to %s", s->peer);
     else
-        set_why(l, "timed out in the TLS handshake with %s", l->peer);
+        set_why(l, "timed out in the TLS handshake with %s", s->peer);
     fail(l, -ETIMEDOUT);
     return EV_NOMORE;
 }
 
-/* The address of an IP literal, without a lookup. */
-static bool literal(mqtt_link_t *l)
-{
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&l->literal;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&l->literal;
-    memset(&l->literal, 0, sizeof(l->literal));
-    memset(&l->literal_ai, 0, sizeof(l->literal_ai));
-    if (inet_pton(AF_INET, l->uri.host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)l->uri.port);
-        l->literal_ai.ai_addrlen = sizeof(*v4);
-    } else if (inet_pton(AF_INET6, l->uri.host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)l->uri.port);
-        l->literal_ai.ai_addrlen = sizeof(*v6);
-    } else {
-        return false;
-    }
-    l->literal_ai.ai_family = l->literal.ss_family;
-    l->literal_ai.ai_socktype = SOCK_STREAM;
-    l->literal_ai.ai_addr = (struct sockaddr *)&l->literal;
-    l->addrs = l->next_addr = &l->literal_ai;
-    return true;
-}
-
 int mqtt_link_open(mqtt_link_t *l)
 {
+    mqtt_link_shared_t *s = l->s;
     mqtt_link_close(l);
     l->last_err = 0;
-    l->deadline_ms = gw_now_ms() + (uint64_t)l->timeout_ms;
-    /* An IP literal is connected to from the timer too, so that fn never runs from here. */
-    if (!literal(l) && !l->lookup_running) {
-        memset(&l->req, 0, sizeof(l->req));
-        l->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
-        snprintf(l->port, sizeof(l->port), "%d", l->uri.port);
-        l->req.ar_name = l->uri.host;
-        l->req.ar_service = l->port;
-        l->req.ar_request = &l->hints;
-        struct gaicb *list[1] = { &l->req };
-        int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
-        if (rc != 0)
-            return rc == EAI_MEMORY ? -ENOMEM : -EAGAIN;
-        l->lookup_running = true;
+    uint64_t now = gw_now_ms();
+    l->deadline_ms = now + (uint64_t)s->timeout_ms;
+    /* The addresses are tried from the timer, so that fn never runs from here. */
+    uint64_t first = 0;
+    if (s->addrs && (s->keep || s->addrs->literal)) {
+        l->set = s->addrs;
+        l->set->refs++;
+        l->next_addr = l->set->ai;
+    } else if (s->keep && !s->lookup_running && now < s->retry_after_ms) {
+        l->wait_for = s->done; /* fails at once with the last lookup's words */
+    } else {
+        if (!s->keep && !s->lookup_running) {
+            addrs_unref(s->addrs); /* this attempt's lookup answers it */
+            s->addrs = NULL;
+        }
+        int rc = start_lookup(s);
+        if (rc < 0)
+            return rc;
+        l->wait_for = s->started;
+        l->w_next = s->waiting;
+        if (s->waiting)
+            s->waiting->w_prev = l;
+        s->waiting = l;
+        l->in_waiting = true;
+        first = (uint64_t)s->timeout_ms;
     }
     l->state = L_RESOLVING;
-    l->timer = ev_add_timer(l->loop, l->addrs ? 0 : RESOLVE_POLL_MS, on_timer, l);
-    return l->timer ? 0 : -ENOMEM;
+    l->timer = ev_add_timer(l->loop, first, on_timer, l);
+    if (!l->timer) {
+        mqtt_link_close(l);
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 tls_stream_t *mqtt_link_stream(mqtt_link_t *l)
@@ -402,5 +613,5 @@ int mqtt_link_fd(const mqtt_link_t *l)
 
 const char *mqtt_link_peer(const mqtt_link_t *l)
 {
-    return l->peer;
+    return l->s->peer;
 }

@@ -10,6 +10,10 @@
  * When an attempt fails, the reason is said in words an operator can act
  * on: the name not resolved, the connection refused, timed out, the broker's
  * certificate not trusted by mqtt.ca, or not valid for the host name.
+ *
+ * Many links to one broker (the listener's, one per relayed device) share
+ * what does not belong to one connection (mqtt_link_shared_t): the
+ * credentials, loaded once, and the broker's addresses, looked up once.
  */
 #ifndef TANDEM_MQTT_LINK_H
 #define TANDEM_MQTT_LINK_H
@@ -44,11 +48,34 @@ typedef void mqtt_link_fn(void *data, int err, const char *why);
 /*
  * A link for cfg on loop (borrowed, must outlive it). The credentials are
  * loaded here: NULL with the reason in err when they cannot be (or the URI
- * is not one).
+ * is not one). Each attempt looks the name up again.
  */
 mqtt_link_t *mqtt_link_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, mqtt_link_fn *fn,
                            void *data, char *err, size_t errlen);
 void mqtt_link_free(mqtt_link_t *l);
+
+typedef struct mqtt_link_shared mqtt_link_shared_t;
+
+/*
+ * What the links made with mqtt_link_new_shared share: cfg's URI and
+ * credentials (loaded here: NULL with the reason in err when they cannot
+ * be), and the broker's addresses. The name is looked up at once, one
+ * lookup at a time, and its answer serves every attempt until one finds that
+ * none of the addresses takes a connection (the next attempt then looks it
+ * up again). After a failed lookup, attempts within 5 s fail at once with its
+ * words rather than asking again.
+ */
+mqtt_link_shared_t *mqtt_link_shared_new(ev_loop_t *loop, const mqtt_link_config_t *cfg, char *err,
+                                         size_t errlen);
+/* Looks the name up again; the addresses known so far serve until it is done. */
+void mqtt_link_shared_refresh(mqtt_link_shared_t *s);
+/* The owner's reference goes; what the links still use goes with the last of them. */
+void mqtt_link_shared_free(mqtt_link_shared_t *s);
+/* "host:port", for logs. */
+const char *mqtt_link_shared_peer(const mqtt_link_shared_t *s);
+
+/* A link over s (which it references). NULL when out of memory. */
+mqtt_link_t *mqtt_link_new_shared(mqtt_link_shared_t *s, mqtt_link_fn *fn, void *data);
 
 /* Starts an attempt (closing what was open); the outcome comes to fn. 0, or -ENOMEM. */
 int mqtt_link_open(mqtt_link_t *l);
