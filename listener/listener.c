@@ -15,7 +15,6 @@
 #include <fcntl.h>
 #include <gnutls/crypto.h>
 #include <gnutls/x509.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -27,7 +26,6 @@
 #include "clock.h"
 #include "listener_int.h"
 #include "log.h"
-#include "lookup.h"
 #include "packet.h"
 #include "slots.h"
 #include "tls.h"
@@ -42,8 +40,6 @@
 #define READ_BATCH 16
 /* Bytes read at a time into an input buffer. */
 #define READ_CHUNK 4096
-/* A failed name lookup of the broker is tried again after this, ms. */
-#define RESOLVE_RETRY_MS 5000
 
 struct listener {
     ev_loop_t *loop;
@@ -52,15 +48,10 @@ struct listener {
     void *count_arg;
     int lfd;
     bool accepting;
-    lcred_t *cred;                            /* for new handshakes; a reference */
-    int client_cert;                          /* 0 none asked, 1 asked, 2 required */
-    gnutls_certificate_credentials_t up_cred; /* NULL for mqtt:// */
-    gw_uri_t uri;
-    struct sockaddr_storage up_addr;
-    socklen_t up_addrlen; /* 0: not resolved */
-    uint64_t resolve_after_ms;
-    lookup_t *lookup;   /* of the broker's name, under way; NULL when none */
-    bool accept_paused; /* out of file descriptors: the listening socket rests until the tick */
+    lcred_t *cred;          /* for new handshakes; a reference */
+    int client_cert;        /* 0 none asked, 1 asked, 2 required */
+    mqtt_link_shared_t *up; /* what the devices' upstream links share (mqtt.*) */
+    bool accept_paused;     /* out of file descriptors: the listening socket rests until the tick */
     slots_t *slots;
     lconn_t *conns;
     size_t relayed, handshaking;
@@ -245,105 +236,20 @@ static int client_cert_mode(const gw_listener_config_t *lc)
     return lc->require_client_cert ? 2 : *lc->ca ? 1 : 0;
 }
 
-/* The upstream side's credentials, as bridge/mqtt.c gives them to Paho. */
-static int upstream_cred(listener_t *l, const gw_mqtt_config_t *m)
-{
-    if (!l->uri.tls)
-        return 0;
-    int rc = gnutls_certificate_allocate_credentials(&l->up_cred);
-    if (rc < 0)
-        return -ENOMEM;
-    rc = *m->ca ? gnutls_certificate_set_x509_trust_file(l->up_cred, m->ca, GNUTLS_X509_FMT_PEM)
-                : gnutls_certificate_set_x509_system_trust(l->up_cred);
-    if (rc < 0) {
-        gw_err(TLS, "mqtt_listener: cannot load the broker's CA %s (%s)",
-               *m->ca ? m->ca : "(system store)", gnutls_strerror(rc));
-        return -EINVAL;
-    }
-    if (*m->cert) {
-        rc = gnutls_certificate_set_x509_key_file2(l->up_cred, m->cert, m->key, GNUTLS_X509_FMT_PEM,
-                                                   NULL, 0);
-        if (rc < 0) {
-            gw_err(TLS, "mqtt_listener: cannot load %s and %s (%s)", m->cert, m->key,
-                   gnutls_strerror(rc));
-            return -EINVAL;
-        }
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------ the broker's address */
-
-static bool resolve_poll_address(listener_t *l);
-
-/*
- * Looks the broker's name up (at start, at a reload, after a failure): a
- * literal address at once, a name without blocking the loop (lookup.h;
- * resolve_poll takes the answer). Devices that need the address meanwhile
- * wait for it (c->wait_addr).
- */
-static void resolve(listener_t *l)
-{
-    l->resolve_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
-    if (l->lookup)
-        return; /* one is under way */
-    const char *err = NULL;
-    l->lookup = lookup_start(l->uri.host, l->uri.port, &err);
-    if (!l->lookup)
-        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
-                       err);
-    else
-        resolve_poll_address(l);
-}
-
-static int upstream_connect(lconn_t *c);
 static void settle(lconn_t *c);
-
-/* Takes the lookup's answer when it is done. false while it is under way. */
-static bool resolve_poll_address(listener_t *l)
-{
-    const char *err = NULL;
-    int rc = lookup_poll(l->lookup, &l->up_addr, &l->up_addrlen, &err);
-    if (rc == -EINPROGRESS)
-        return false;
-    if (rc < 0)
-        gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot resolve %s (%s)", l->uri.host,
-                       err);
-    lookup_free(l->lookup);
-    l->lookup = NULL;
-    return true;
-}
-
-/* From the timer: a lookup that is done gives the address to the devices waiting for it. */
-static void resolve_poll(listener_t *l)
-{
-    if (!l->lookup || !resolve_poll_address(l))
-        return;
-    for (lconn_t *c = l->conns, *next; c; c = next) {
-        next = c->next;
-        if (!c->wait_addr)
-            continue;
-        c->wait_addr = false;
-        if (!l->up_addrlen || upstream_connect(c) < 0)
-            relay_upstream_failed(c);
-        settle(c);
-    }
-}
 
 /* ------------------------------------------------------------------ connections */
 
 static void on_dev(ev_loop_t *loop, int fd, unsigned mask, void *data);
 static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data);
 
+/* The upstream connection goes (its link closes the socket; a close_notify when it was open). */
 static void close_upstream(lconn_t *c)
 {
-    if (c->up_fd >= 0) {
-        ev_del_file(c->l->loop, c->up_fd);
-        close(c->up_fd);
-        c->up_fd = -1;
-    }
-    tls_stream_free(c->up);
+    mqtt_link_free(c->link);
+    c->link = NULL;
     c->up = NULL;
+    c->up_fd = -1;
     c->up_state = UP_CLOSED;
 }
 
@@ -394,7 +300,6 @@ static void destroy(lconn_t *c)
 void lconn_close(lconn_t *c, bool flush, bool up_flush)
 {
     unclaim(c);
-    c->wait_addr = false;
     if (!flush)
         c->dev_gone = true;
     if (!up_flush || c->up_state != UP_OPEN)
@@ -431,8 +336,8 @@ int lconn_send_dev(lconn_t *c, const void *buf, size_t len)
 
 int lconn_send_up(lconn_t *c, const void *buf, size_t len)
 {
-    if (!c->up && c->wait_addr) {
-        /* Kept until the address is known (the CONNECT): bounded by the packet size. */
+    if (c->up_state == UP_CONNECTING) {
+        /* Kept until the link is open (the CONNECT): bounded by the packet size. */
         uint8_t *p = realloc(c->upq.p, c->upq.len + len);
         if (!p)
             return -ENOMEM;
@@ -446,8 +351,11 @@ int lconn_send_up(lconn_t *c, const void *buf, size_t len)
         return -EPIPE;
     int rc = tls_stream_write(c->up, buf, len);
     if (rc < 0 && c->state == LC_UPSTREAM) {
+        char why[300];
+        snprintf(why, sizeof(why), "cannot send to %s (%s)", mqtt_link_peer(c->link),
+                 tls_stream_error(c->up));
         close_upstream(c);
-        relay_upstream_failed(c);
+        relay_upstream_failed(c, why);
     } else if (rc < 0) {
         c->l->st.upstream_failures++;
         lconn_close(c, true, false);
@@ -524,55 +432,51 @@ uint16_t lconn_keepalive(lconn_t *c, uint16_t asked)
     return k;
 }
 
+static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data);
+
+/* The link's outcome: the device's CONNECT goes to the broker, or the device hears why not. */
+static void on_link(void *data, int err, const char *why)
+{
+    lconn_t *c = data;
+    char words[512];
+    if (err < 0) {
+        snprintf(words, sizeof(words), "%s", why); /* why goes with the link */
+        close_upstream(c);
+        relay_upstream_failed(c, words);
+        settle(c);
+        return;
+    }
+    c->up = mqtt_link_stream(c->link);
+    c->up_fd = mqtt_link_fd(c->link);
+    c->up_state = UP_OPEN;
+    c->up_mask = EV_READABLE | EV_WRITABLE;
+    int rc = ev_add_file(c->l->loop, c->up_fd, c->up_mask, on_up, c);
+    if (rc == 0 && c->upq.len)
+        rc = tls_stream_write(c->up, c->upq.p, c->upq.len);
+    free(c->upq.p);
+    c->upq = (lbuf_t){ 0 };
+    if (rc < 0) {
+        snprintf(words, sizeof(words), "cannot send the CONNECT to %s (%s)",
+                 mqtt_link_peer(c->link),
+                 rc == -ENOMEM ? "out of memory" : tls_stream_error(c->up));
+        close_upstream(c);
+        relay_upstream_failed(c, words);
+    }
+    settle(c);
+}
+
 int lconn_open_upstream(lconn_t *c)
 {
     listener_t *l = c->l;
     c->state = LC_UPSTREAM;
     c->deadline_ms = gw_now_ms() + LISTENER_UPSTREAM_TIMEOUT_MS;
-    if (!l->up_addrlen && !l->lookup && gw_now_ms() >= l->resolve_after_ms)
-        resolve(l);
-    if (l->up_addrlen)
-        return upstream_connect(c);
-    if (!l->lookup)
-        return -EHOSTUNREACH;
-    c->wait_addr = true; /* resolve_poll goes on, within the upstream deadline */
-    return 0;
-}
-
-/* Connects c's upstream socket to the broker's address. 0, or a negative errno code. */
-static int upstream_connect(lconn_t *c)
-{
-    listener_t *l = c->l;
-    int fd = socket(l->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (struct sockaddr *)&l->up_addr, l->up_addrlen) < 0 && errno != EINPROGRESS) {
-        int err = errno;
-        close(fd);
-        l->up_addrlen = 0; /* looked up again next time */
-        return -err;
+    c->link = mqtt_link_new_shared(l->up, on_link, c);
+    int rc = c->link ? mqtt_link_open(c->link) : -ENOMEM;
+    if (rc < 0) {
+        close_upstream(c);
+        return rc;
     }
-    c->up = tls_stream_client(fd, l->up_cred, l->uri.host, l->cfg->mqtt.verify_hostname);
-    if (!c->up || ev_add_file(l->loop, fd, EV_WRITABLE, on_up, c) < 0) {
-        tls_stream_free(c->up);
-        c->up = NULL;
-        close(fd);
-        return -ENOMEM;
-    }
-    c->up_fd = fd;
-    c->up_state = UP_CONNECTING;
-    c->up_mask = EV_WRITABLE;
-    if (c->upq.len) {
-        int rc = tls_stream_write(c->up, c->upq.p, c->upq.len); /* goes after the handshake */
-        free(c->upq.p);
-        c->upq = (lbuf_t){ 0 };
-        if (rc < 0) {
-            close_upstream(c);
-            return rc;
-        }
-    }
+    c->up_state = UP_CONNECTING; /* the link's outcome comes to on_link, never from here */
     return 0;
 }
 
@@ -712,10 +616,8 @@ static void settle(lconn_t *c)
     }
     if (c->state == LC_CLOSING && !c->dead) {
         flush_both(c);
-        if (c->up && (c->up_state != UP_OPEN || tls_stream_buffered(c->up) == 0)) {
-            tls_stream_bye(c->up);
-            close_upstream(c);
-        }
+        if (c->link && (c->up_state != UP_OPEN || tls_stream_buffered(c->up) == 0))
+            close_upstream(c); /* with a close_notify when it was open */
         if (!c->up && (c->dev_gone || tls_stream_buffered(c->dev) == 0)) {
             if (!c->dev_gone)
                 tls_stream_bye(c->dev);
@@ -739,14 +641,11 @@ static void settle(lconn_t *c)
     if (dm != c->dev_mask && ev_set_mask(l->loop, c->fd, dm) == 0)
         c->dev_mask = dm;
     if (c->up) {
-        unsigned um = c->up_state == UP_CONNECTING ? EV_WRITABLE : tls_stream_want(c->up);
-        if (c->up_state == UP_OPEN) {
-            um &= EV_WRITABLE;
-            if (tls_stream_buffered(c->up))
-                um |= EV_WRITABLE;
-            if (up_may_read(c))
-                um |= EV_READABLE;
-        }
+        unsigned um = tls_stream_want(c->up) & EV_WRITABLE;
+        if (tls_stream_buffered(c->up))
+            um |= EV_WRITABLE;
+        if (up_may_read(c))
+            um |= EV_READABLE;
         if (um != c->up_mask && ev_set_mask(l->loop, c->up_fd, um) == 0)
             c->up_mask = um;
     }
@@ -802,40 +701,7 @@ static void on_dev(ev_loop_t *loop, int fd, unsigned mask, void *data)
 static void on_up(ev_loop_t *loop, int fd, unsigned mask, void *data)
 {
     lconn_t *c = data;
-    (void)loop;
-    if (c->up_state == UP_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err) {
-            gw_log_limited(GW_LOG_WARNING, MQTT, "mqtt_listener: cannot connect to %s:%d (%s)",
-                           c->l->uri.host, c->l->uri.port, strerror(err));
-            c->l->up_addrlen = 0;
-            close_upstream(c);
-            relay_upstream_failed(c);
-            settle(c);
-            return;
-        }
-        c->up_state = UP_HANDSHAKE;
-    }
-    if (c->up_state == UP_HANDSHAKE) {
-        int rc = tls_stream_handshake(c->up);
-        if (rc == -EAGAIN) {
-            settle(c);
-            return;
-        }
-        if (rc < 0) {
-            gw_log_limited(GW_LOG_WARNING, TLS, "mqtt_listener: TLS to the broker failed (%s)",
-                           tls_stream_error(c->up));
-            close_upstream(c);
-            relay_upstream_failed(c);
-            settle(c);
-            return;
-        }
-        c->up_state = UP_OPEN;
-        mask |= EV_WRITABLE | EV_READABLE;
-    }
+    (void)loop, (void)fd;
     if (mask & EV_WRITABLE)
         flush_both(c);
     if (!c->dead && c->up && (mask & EV_READABLE))
@@ -960,7 +826,6 @@ static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
     if (l->accept_paused && l->lfd >= 0 && l->accepting &&
         ev_set_mask(l->loop, l->lfd, EV_READABLE) == 0)
         l->accept_paused = false;
-    resolve_poll(l);
     for (lconn_t *c = l->conns, *next; c; c = next) {
         next = c->next;
         if (c->state == LC_RELAY) {
@@ -986,8 +851,12 @@ static int64_t on_tick(ev_loop_t *loop, uint64_t id, void *data)
             continue;
         if (c->state == LC_UPSTREAM) {
             /* The device gets its CONNACK (0x88, 3.1.1: 0x03) while the connection closes. */
+            char why[400];
+            snprintf(why, sizeof(why), "%s %s within %d s",
+                     c->up ? "no CONNACK from" : "timed out connecting to",
+                     mqtt_link_shared_peer(l->up), LISTENER_UPSTREAM_TIMEOUT_MS / 1000);
             close_upstream(c);
-            relay_upstream_failed(c);
+            relay_upstream_failed(c, why);
         } else {
             if (c->state != LC_CLOSING) {
                 l->st.timeouts++;
@@ -1051,8 +920,17 @@ listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count
     l->count = count;
     l->count_arg = arg;
     l->lfd = -1;
-    if (gw_uri_parse(cfg->mqtt.uri, &l->uri) < 0 || upstream_cred(l, &cfg->mqtt) < 0 ||
-        !(l->cred = cred_load(lc))) {
+    mqtt_link_config_t up = { .uri = cfg->mqtt.uri,
+                              .ca = cfg->mqtt.ca,
+                              .cert = cfg->mqtt.cert,
+                              .key = cfg->mqtt.key,
+                              .verify_hostname = cfg->mqtt.verify_hostname,
+                              .timeout_ms = LISTENER_UPSTREAM_TIMEOUT_MS };
+    char err[600];
+    l->up = mqtt_link_shared_new(loop, &up, err, sizeof(err)); /* the lookup starts here */
+    if (!l->up)
+        gw_err(TLS, "mqtt_listener: %s", err);
+    if (!l->up || !(l->cred = cred_load(lc))) {
         listener_free(l);
         return NULL;
     }
@@ -1061,7 +939,6 @@ listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count
         listener_free(l);
         return NULL;
     }
-    resolve(l); /* a failure is tried again at the first device */
     l->lfd = bind_socket(lc);
     if (l->lfd < 0) {
         gw_err(MQTT, "cannot bind the MQTT listener to [%s]:%d (%s)", lc->bind, lc->port,
@@ -1107,11 +984,9 @@ void listener_free(listener_t *l)
     }
     if (l->timer)
         ev_del_timer(l->loop, l->timer);
-    lookup_free(l->lookup);
     slots_free(l->slots);
     cred_unref(l->cred);
-    if (l->up_cred)
-        gnutls_certificate_free_credentials(l->up_cred);
+    mqtt_link_shared_free(l->up);
     free(l);
 }
 
@@ -1132,7 +1007,8 @@ void listener_reload_commit(listener_t *l, const gw_config_t *next, listener_cre
     l->cred = cred;
     l->client_cert = client_cert_mode(&next->mqtt_listener);
     l->cfg = next;
-    resolve(l); /* the address known so far serves until the lookup is done */
+    /* mqtt.* take a restart; the name is looked up again, the addresses known serving meanwhile. */
+    mqtt_link_shared_refresh(l->up);
     size_t closed = 0;
     for (lconn_t *c = l->conns, *nx; c; c = nx) {
         nx = c->next;

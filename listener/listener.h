@@ -4,8 +4,9 @@
  * connection is relayed over its own upstream connection to mqtt.uri, under
  * the mappings' policy (mapping/policy.h). A module of the loop (common/ev.h):
  * its listening sockets, connections and one timer are entries there, and
- * nothing blocks: the broker's name is looked up with getaddrinfo_a (glibc's
- * helper thread touches only the lookup) and polled by the timer.
+ * nothing blocks. The upstream connections are broker links (mqtt/link.h),
+ * one per relayed device, sharing the credentials of mqtt.ca/cert/key and the
+ * broker's addresses.
  *
  * The upstream client identifier is the device's identity, '/', and the
  * device's own client identifier ("bike-1/abc"); an anonymous device's is

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "link.h"
 #include "listener.h"
 #include "mapping.h"
 #include "slots.h"
@@ -34,7 +35,8 @@ enum lconn_state {
     LC_CLOSING,   /* what is queued to the device goes, then the connection closes */
 };
 
-enum up_state { UP_NONE, UP_CONNECTING, UP_HANDSHAKE, UP_OPEN, UP_CLOSED };
+/* The upstream side: its link (mqtt/link.h) is making the connection, then it is open. */
+enum up_state { UP_NONE, UP_CONNECTING, UP_OPEN, UP_CLOSED };
 
 typedef struct relay relay_t;
 
@@ -47,7 +49,6 @@ typedef struct lconn {
     bool up_closing;  /* the upstream side goes once what is queued to it has */
     bool dev_gone;    /* the device side is broken or done: nothing more goes to it */
     bool established; /* the broker accepted the CONNECT */
-    bool wait_addr;   /* LC_UPSTREAM: waits for the broker's address (a lookup under way) */
     int fd;
     tls_stream_t *dev;
     lcred_t *cred; /* a reference; NULL once released */
@@ -70,12 +71,13 @@ typedef struct lconn {
     uint8_t sess_key[16];
     uint32_t sess_expiry; /* seconds the broker keeps the session after it; UINT32_MAX: ever */
 
-    int up_fd;
+    mqtt_link_t *link; /* the upstream connection, from LC_UPSTREAM on; NULL once closed */
     enum up_state up_state;
-    tls_stream_t *up;
+    tls_stream_t *up; /* the link's stream once open; NULL before */
+    int up_fd;        /* its socket, -1 before */
     unsigned up_mask;
     lbuf_t uin;
-    lbuf_t upq; /* what goes upstream once the broker's address is known (wait_addr) */
+    lbuf_t upq; /* what goes upstream once the link is open (UP_CONNECTING) */
 
     relay_t *r; /* the MQTT state, from the CONNECT on */
 } lconn_t;
@@ -123,8 +125,11 @@ void lconn_close(lconn_t *c, bool flush, bool up_flush);
 int relay_device_input(lconn_t *c);
 /* The broker's packets in c->uin. <0 when c was closed. */
 int relay_upstream_input(lconn_t *c);
-/* The upstream connection failed or timed out before its CONNACK: answer the device. */
-void relay_upstream_failed(lconn_t *c);
+/*
+ * The upstream connection failed or timed out before its CONNACK: answer the
+ * device, and log why (the link's words: mqtt/link.h).
+ */
+void relay_upstream_failed(lconn_t *c, const char *why);
 /* Whether c's subscriptions and Will are all allowed by t. */
 bool relay_allowed(const lconn_t *c, const map_table_t *t);
 

@@ -363,9 +363,11 @@ static int on_connect(lconn_t *c, mqtt_connect_t *cn)
     r->keepalive_asked = cn->keepalive;
     r->keepalive = lconn_keepalive(c, cn->keepalive);
     lconn_relayed(c);
-    if (rc == 0 && lconn_open_upstream(c) < 0) {
+    if (rc == 0 && (rc = lconn_open_upstream(c)) < 0) {
+        char why[96];
+        snprintf(why, sizeof(why), "cannot start a connection (%s)", strerror(-rc));
         free(cid);
-        relay_upstream_failed(c);
+        relay_upstream_failed(c, why);
         return -1;
     }
     /* Queued until the upstream handshake is done. */
@@ -1003,13 +1005,13 @@ int relay_upstream_input(lconn_t *c)
     return 0;
 }
 
-void relay_upstream_failed(lconn_t *c)
+void relay_upstream_failed(lconn_t *c, const char *why)
 {
     if (c->state == LC_CLOSING)
         return;
     listener_stats_mut(c->l)->upstream_failures++;
-    gw_log_limited(GW_LOG_WARNING, MQTT, "device %s: the broker cannot be reached",
-                   c->anonymous ? "(anonymous)" : c->identity);
+    gw_log_limited(GW_LOG_WARNING, MQTT, "device %s: the broker cannot be reached (%s)",
+                   c->anonymous ? "(anonymous)" : c->identity, why);
     send_connack(c, c->r->version,
                  c->r->version == MQTT_V5 ? MQTT_RC_SERVER_UNAVAILABLE
                                           : MQTT_RC311_SERVER_UNAVAILABLE);
