@@ -6,9 +6,12 @@
  * timer of the shared part asks gai_error whether it is done, then wakes the
  * links waiting for it. Each link has one timer for its attempt, which
  * bounds it. A lookup that is still running when an attempt is abandoned is
- * kept: the next attempt waits for it rather than starting another. The
- * addresses are counted references, so that a new answer does not pull them
- * from under a link still trying them.
+ * kept: the next attempt waits for it rather than starting another. One
+ * that glibc cannot cancel when the shared part goes waits on the list of
+ * abandoned lookups (reachable, so no leak is reported at exit) until it is
+ * done: freeing never waits for a name server. The addresses are counted
+ * references, so that a new answer does not pull them from under a link
+ * still trying them.
  */
 #include "link.h"
 
@@ -45,6 +48,16 @@ typedef struct addrs {
     struct addrinfo lit;
 } addrs_t;
 
+/* One lookup, owned by the shared part, or by the abandoned list once that has gone. */
+typedef struct lookup {
+    struct gaicb req; /* glibc's until it is done */
+    struct addrinfo hints;
+    char host[256], port[8];
+    struct lookup *next; /* in the abandoned list */
+} lookup_t;
+
+static lookup_t *abandoned;
+
 struct mqtt_link_shared {
     unsigned refs; /* the owner's and one per link */
     ev_loop_t *loop;
@@ -56,11 +69,8 @@ struct mqtt_link_shared {
     int timeout_ms;
     gnutls_certificate_credentials_t cred; /* NULL for mqtt:// */
 
-    addrs_t *addrs;      /* the known addresses (a reference); NULL when none */
-    bool lookup_running; /* req is glibc's until it is done */
-    struct gaicb req;
-    struct addrinfo hints;
-    char port[8];
+    addrs_t *addrs;   /* the known addresses (a reference); NULL when none */
+    lookup_t *lookup; /* under way; NULL when none */
     uint64_t poll_timer;
     unsigned started, done;  /* lookups started, and finished */
     uint64_t retry_after_ms; /* keep: after a failed lookup */
@@ -185,33 +195,54 @@ static void waiting_del(mqtt_link_t *l)
     l->in_waiting = false;
 }
 
+static void lookup_destroy(lookup_t *q)
+{
+    if (q->req.ar_result)
+        freeaddrinfo(q->req.ar_result);
+    free(q);
+}
+
+/* Frees the abandoned lookups that are done. */
+static void reap(void)
+{
+    for (lookup_t **pp = &abandoned; *pp;) {
+        lookup_t *q = *pp;
+        if (gai_error(&q->req) == EAI_INPROGRESS) {
+            pp = &q->next;
+            continue;
+        }
+        *pp = q->next;
+        lookup_destroy(q);
+    }
+}
+
 /* The lookup is done: its answer becomes the known addresses, and the links waiting for it wake. */
 static int64_t on_lookup_poll(ev_loop_t *loop, uint64_t id, void *data)
 {
     (void)loop;
     (void)id;
     mqtt_link_shared_t *s = data;
-    int rc = gai_error(&s->req);
+    lookup_t *q = s->lookup;
+    int rc = gai_error(&q->req);
     if (rc == EAI_INPROGRESS)
         return RESOLVE_POLL_MS;
     s->poll_timer = 0;
-    s->lookup_running = false;
+    s->lookup = NULL;
     s->done = s->started;
     addrs_t *a = rc == 0 ? calloc(1, sizeof(*a)) : NULL;
     if (a) {
         a->refs = 1;
-        a->ai = s->req.ar_result;
+        a->ai = q->req.ar_result;
+        q->req.ar_result = NULL;
         addrs_unref(s->addrs);
         s->addrs = a;
     } else {
-        if (s->req.ar_result)
-            freeaddrinfo(s->req.ar_result);
         snprintf(s->why, sizeof(s->why), "the broker's host name %s was not resolved (%s)",
                  s->uri.host, rc == 0 ? "out of memory" : gai_strerror(rc));
         if (s->keep)
             s->retry_after_ms = gw_now_ms() + RESOLVE_RETRY_MS;
     }
-    s->req.ar_result = NULL;
+    lookup_destroy(q);
     while (s->waiting) {
         mqtt_link_t *l = s->waiting;
         waiting_del(l);
@@ -224,25 +255,32 @@ static int64_t on_lookup_poll(ev_loop_t *loop, uint64_t id, void *data)
 /* Starts a lookup of the broker's name. 0, or a negative errno code. */
 static int start_lookup(mqtt_link_shared_t *s)
 {
-    if (s->lookup_running)
+    reap();
+    if (s->lookup)
         return 0;
-    memset(&s->req, 0, sizeof(s->req));
-    s->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
-    snprintf(s->port, sizeof(s->port), "%d", s->uri.port);
-    s->req.ar_name = s->uri.host;
-    s->req.ar_service = s->port;
-    s->req.ar_request = &s->hints;
-    s->poll_timer = ev_add_timer(s->loop, RESOLVE_POLL_MS, on_lookup_poll, s);
-    if (!s->poll_timer)
+    lookup_t *q = calloc(1, sizeof(*q));
+    if (!q)
         return -ENOMEM;
-    struct gaicb *list[1] = { &s->req };
+    q->hints = (struct addrinfo){ .ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG };
+    snprintf(q->host, sizeof(q->host), "%s", s->uri.host);
+    snprintf(q->port, sizeof(q->port), "%d", s->uri.port);
+    q->req.ar_name = q->host;
+    q->req.ar_service = q->port;
+    q->req.ar_request = &q->hints;
+    s->poll_timer = ev_add_timer(s->loop, RESOLVE_POLL_MS, on_lookup_poll, s);
+    if (!s->poll_timer) {
+        free(q);
+        return -ENOMEM;
+    }
+    struct gaicb *list[1] = { &q->req };
     int rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
     if (rc != 0) {
         ev_del_timer(s->loop, s->poll_timer);
         s->poll_timer = 0;
+        free(q);
         return rc == EAI_MEMORY ? -ENOMEM : -EAGAIN;
     }
-    s->lookup_running = true;
+    s->lookup = q;
     s->started++;
     return 0;
 }
@@ -308,16 +346,16 @@ void mqtt_link_shared_free(mqtt_link_shared_t *s)
         return;
     if (s->poll_timer)
         ev_del_timer(s->loop, s->poll_timer);
-    if (s->lookup_running) {
-        /* glibc's thread holds req: wait for it (only when the link goes, never on the loop's way). */
-        if (gai_cancel(&s->req) != EAI_CANCELED) {
-            const struct gaicb *list[1] = { &s->req };
-            while (gai_error(&s->req) == EAI_INPROGRESS)
-                gai_suspend(list, 1, NULL);
+    if (s->lookup) {
+        /* glibc's thread holds req: one it cannot cancel is freed once done, by a later reap. */
+        if (gai_cancel(&s->lookup->req) == EAI_NOTCANCELED) {
+            s->lookup->next = abandoned;
+            abandoned = s->lookup;
+        } else {
+            lookup_destroy(s->lookup);
         }
-        if (s->req.ar_result)
-            freeaddrinfo(s->req.ar_result);
     }
+    reap();
     addrs_unref(s->addrs);
     if (s->cred)
         gnutls_certificate_free_credentials(s->cred);
@@ -574,10 +612,10 @@ int mqtt_link_open(mqtt_link_t *l)
         l->set = s->addrs;
         l->set->refs++;
         l->next_addr = l->set->ai;
-    } else if (s->keep && !s->lookup_running && now < s->retry_after_ms) {
+    } else if (s->keep && !s->lookup && now < s->retry_after_ms) {
         l->wait_for = s->done; /* fails at once with the last lookup's words */
     } else {
-        if (!s->keep && !s->lookup_running) {
+        if (!s->keep && !s->lookup) {
             addrs_unref(s->addrs); /* this attempt's lookup answers it */
             s->addrs = NULL;
         }

@@ -162,3 +162,22 @@ Test(link, credentials_that_cannot_load_refuse_the_shared_part)
     cr_assert_null(shared);
     cr_assert(strstr(err, "cannot load the broker's CA /nonexistent/ca.pem"), "%s", err);
 }
+
+Test(link, freed_while_looking_up_without_waiting)
+{
+    make("mqtt://no-such-host.invalid:1883");
+    cr_assert_eq(mqtt_link_open(links[0]), 0);
+    uint64_t t0 = gw_now_ms();
+    for (int i = 0; i < LINKS; i++) {
+        mqtt_link_free(links[i]);
+        links[i] = NULL;
+    }
+    mqtt_link_shared_free(shared); /* the lookup glibc still runs is left to it */
+    shared = NULL;
+    cr_assert_lt(gw_now_ms() - t0, 1000);
+    /* The next shared part looks up afresh, and the one left is freed once done. */
+    make("mqtt://no-such-host.invalid:1883");
+    cr_assert_eq(mqtt_link_open(links[0]), 0);
+    TURN_UNTIL(seen[0].calls == 1);
+    cr_assert_eq(seen[0].err, -EHOSTUNREACH, "%s", seen[0].why);
+}
