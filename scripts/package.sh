@@ -69,10 +69,18 @@ inspect() { # ARCH
   for f in usr/bin/tandem lib/systemd/system/tandem.service usr/lib/sysusers.d/tandem.conf \
            usr/lib/sysctl.d/60-tandem.conf \
            etc/tandem/tandem.conf usr/share/man/man8/tandem.8.gz \
-           usr/share/tandem/certbot-deploy-hook usr/share/doc/tandem/copyright; do
+           usr/share/tandem/certbot-deploy-hook usr/share/doc/tandem/copyright \
+           usr/share/tandem/prometheus/tandem-rules.yml usr/share/tandem/grafana/tandem.json; do
     [ -f "$root/$f" ] || fail "$arch: /$f is missing"
   done
   [ -x "$root/usr/share/tandem/certbot-deploy-hook" ] || fail "$arch: the certbot hook is not executable"
+  # The packaged alerting rules load in Prometheus; the dashboard is JSON.
+  if command -v promtool >/dev/null; then
+    promtool check rules "$root/usr/share/tandem/prometheus/tandem-rules.yml" >/dev/null ||
+      fail "$arch: promtool refuses the packaged alerting rules"
+  fi
+  python3 -c 'import json, sys; json.load(open(sys.argv[1]))' \
+    "$root/usr/share/tandem/grafana/tandem.json" || fail "$arch: the packaged dashboard is not JSON"
   grep -qx /etc/tandem/tandem.conf "$root/DEBIAN/conffiles" 2>/dev/null ||
     fail "$arch: /etc/tandem/tandem.conf is not a conffile"
   grep -q 'systemd-sysusers.*tandem.conf' "$root/DEBIAN/postinst" ||
