@@ -22,6 +22,8 @@ MAPPINGS = """mappings = (
 
 def tandem(*args, env=None, **kw):
     e = dict(os.environ)
+    e.setdefault("LSAN_OPTIONS", "suppressions=%s:print_suppressions=0" % os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "lsan.supp"))
     e.update(env or {})
     return subprocess.run([TANDEM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=30, env=e, **kw)
