@@ -8,6 +8,7 @@
 #include "mapping.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <libconfig.h>
 #include <limits.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -238,6 +240,61 @@ static void setting_path(config_setting_t *s, char *buf, size_t len)
     }
 }
 
+/* Edit distance (optimal string alignment: a swap of neighbours counts one), capped at 9. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    int d[32][32];
+    if (la > 30 || lb > 30)
+        return 9;
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb] > 9 ? 9 : d[la][lb];
+}
+
+/* Whether a name at distance d from one of len bytes is close enough to suggest. */
+static bool close_enough(int d, size_t len)
+{
+    return d <= 2 && (size_t)d * 3 <= len + 1;
+}
+
+/*
+ * The known setting closest to path (an unknown one) in the same group, or
+ * NULL when none is close enough to be what was meant.
+ */
+static const char *closest_setting(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    size_t plen = dot ? (size_t)(dot - path) + 1 : 0; /* the group's prefix, with its dot */
+    const char *leaf = path + plen, *best = NULL;
+    int best_d = 10;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *n = schema[i].name;
+        if (strncmp(n, path, plen) || strchr(n + plen, '.'))
+            continue;
+        int d = edit_distance(leaf, n + plen);
+        if (d < best_d) {
+            best_d = d;
+            best = n;
+        }
+    }
+    return best && close_enough(best_d, strlen(leaf)) ? best : NULL;
+}
+
 /* First pass, part one: every setting in the file must be in the schema. */
 static void check_unknown(const gw_config_t *cfg, config_setting_t *group, gw_errs_t *errs)
 {
@@ -250,7 +307,13 @@ static void check_unknown(const gw_config_t *cfg, config_setting_t *group, gw_er
             continue;
         const struct setting *d = find_setting(path);
         if (!d) {
-            gw_errs_add(errs, cfg->file, config_setting_source_line(s), path, "unknown setting");
+            const char *near = closest_setting(path);
+            if (near)
+                gw_errs_add(errs, cfg->file, config_setting_source_line(s), path,
+                            "unknown setting; did you mean %s?", near);
+            else
+                gw_errs_add(errs, cfg->file, config_setting_source_line(s), path,
+                            "unknown setting");
             continue;
         }
         if (d->type == S_GROUP && config_setting_is_group(s))
@@ -306,7 +369,19 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
             for (size_t j = 0; j < sizeof(mapping_keys) / sizeof(mapping_keys[0]); j++)
                 known |= !strcmp(key, mapping_keys[j]);
             if (!known) {
-                gw_errs_add(errs, file, sl, full, "unknown setting");
+                const char *near = NULL;
+                int best_d = 10;
+                for (size_t j = 0; j < sizeof(mapping_keys) / sizeof(mapping_keys[0]); j++) {
+                    int d = edit_distance(key, mapping_keys[j]);
+                    if (d < best_d) {
+                        best_d = d;
+                        near = mapping_keys[j];
+                    }
+                }
+                if (near && close_enough(best_d, strlen(key)))
+                    gw_errs_add(errs, file, sl, full, "unknown setting; did you mean %s?", near);
+                else
+                    gw_errs_add(errs, file, sl, full, "unknown setting");
                 bad++;
                 continue;
             }
@@ -416,6 +491,67 @@ static bool is_ip(const char *s)
 {
     unsigned char buf[16];
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* Whether host (from mqtt.uri) names this machine by loopback: localhost, 127.0.0.0/8, ::1. */
+static bool host_is_loopback(const char *host)
+{
+    unsigned char a[16];
+    static const unsigned char v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (!strcasecmp(host, "localhost") || !strcasecmp(host, "localhost."))
+        return true;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) == 1)
+        return IN6_IS_ADDR_LOOPBACK((struct in6_addr *)a) ||
+               (!memcmp(a, v4mapped, 12) && a[12] == 127);
+    return false;
+}
+
+/* Whether host is the unspecified address, which a connection takes for this machine. */
+static bool is_any(const char *host)
+{
+    unsigned char a[16];
+    if (inet_pton(AF_INET, host, a) == 1)
+        return !memcmp(a, "\0\0\0\0", 4);
+    return inet_pton(AF_INET6, host, a) == 1 && IN6_IS_ADDR_UNSPECIFIED((struct in6_addr *)a);
+}
+
+/* Whether two literal addresses are the same (an IPv4 one and its ::ffff: form too). */
+static bool same_address(const char *x, const char *y)
+{
+    unsigned char a[16], b[16];
+    static const unsigned char v4mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    int fa = 0, fb = 0;
+    if (inet_pton(AF_INET6, x, a) == 1)
+        fa = 6;
+    else if (inet_pton(AF_INET, x, a + 12) == 1) {
+        memcpy(a, v4mapped, 12);
+        fa = 4;
+    }
+    if (inet_pton(AF_INET6, y, b) == 1)
+        fb = 6;
+    else if (inet_pton(AF_INET, y, b + 12) == 1) {
+        memcpy(b, v4mapped, 12);
+        fb = 4;
+    }
+    return fa && fb && !memcmp(a, b, 16);
+}
+
+/*
+ * Whether the broker at uri is the MQTT listener itself, as far as can be
+ * told without a name server: the same port, and a host that is a loopback
+ * name or address while the listener binds every address or a loopback one,
+ * or the very address the listener binds.
+ */
+static bool broker_is_listener(const gw_uri_t *uri, const gw_listener_config_t *ml)
+{
+    if (uri->port != ml->port)
+        return false;
+    if (same_address(uri->host, ml->bind))
+        return true;
+    bool local = host_is_loopback(uri->host) || is_any(uri->host);
+    return local && (is_any(ml->bind) || host_is_loopback(ml->bind));
 }
 
 static char *read_first_line(const char *path)
@@ -544,6 +680,16 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
                             : on,
                         "mqtt_listener.require_client_cert",
                         "needs mqtt_listener.ca to verify devices (the default is true)");
+        if (gw_uri_parse(cfg->mqtt.uri, &uri) == 0 && broker_is_listener(&uri, ml))
+            gw_errs_add(errs, f,
+                        LINE("mqtt_listener.port")   ? LINE("mqtt_listener.port")
+                        : LINE("mqtt_listener.bind") ? LINE("mqtt_listener.bind")
+                                                     : on,
+                        "mqtt_listener.port",
+                        "the listener on [%s]:%d is the broker's address in mqtt.uri (%s): it "
+                        "would relay devices to itself; give the listener another port or "
+                        "mqtt.uri the broker's address",
+                        ml->bind, ml->port, cfg->mqtt.uri);
     }
     gw_listen_t listen;
     const char *why;
@@ -567,6 +713,69 @@ static char *dirname_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+/*
+ * The line where a string opens that its line does not close, in the file at
+ * path, up to line last (libconfig's strings may run over lines, so that a
+ * missing quote is noticed only at the next one); 0 when there is none.
+ * Comments (#, //, C-style) and escapes are skipped.
+ */
+static int unterminated_string_line(const char *path, int last)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int line = 1, found = 0, c;
+    bool in_string = false, in_block = false, in_line_comment = false;
+    while (!found && line <= last && (c = getc(f)) != EOF) {
+        if (c == '\n') {
+            if (in_string)
+                found = line;
+            in_line_comment = false;
+            line++;
+            continue;
+        }
+        if (in_line_comment)
+            continue;
+        if (in_block) {
+            if (c == '*') {
+                int n = getc(f);
+                if (n == '/')
+                    in_block = false;
+                else if (n != EOF)
+                    ungetc(n, f);
+            }
+            continue;
+        }
+        if (in_string) {
+            if (c == '\\') {
+                int n = getc(f);
+                if (n == '\n')
+                    found = line; /* a backslash does not carry a string over a line */
+            } else if (c == '"') {
+                in_string = false;
+            }
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+        } else if (c == '#') {
+            in_line_comment = true;
+        } else if (c == '/') {
+            int n = getc(f);
+            if (n == '/')
+                in_line_comment = true;
+            else if (n == '*')
+                in_block = true;
+            else if (n != EOF)
+                ungetc(n, f);
+        }
+    }
+    if (!found && in_string && line <= last)
+        found = line; /* opened on the last line, closed nowhere */
+    fclose(f);
+    return found;
+}
+
 /* Reads path into lc; false with the reason (FILE:LINE for a syntax error) added to errs. */
 static bool read_file(config_t *lc, const char *path, gw_errs_t *errs)
 {
@@ -574,9 +783,15 @@ static bool read_file(config_t *lc, const char *path, gw_errs_t *errs)
         return true;
     if (config_error_type(lc) == CONFIG_ERR_FILE_IO)
         gw_errs_add(errs, path, 0, "config", "cannot read the file (%s)", strerror(errno));
-    else
-        gw_errs_add(errs, config_error_file(lc) ? config_error_file(lc) : path,
-                    config_error_line(lc), "syntax", "%s", config_error_text(lc));
+    else {
+        const char *file = config_error_file(lc) ? config_error_file(lc) : path;
+        int line = config_error_line(lc);
+        int open = unterminated_string_line(file, line > 0 ? line : INT_MAX);
+        if (open)
+            gw_errs_add(errs, file, open, "syntax", "unterminated string");
+        else
+            gw_errs_add(errs, file, line, "syntax", "%s", config_error_text(lc));
+    }
     return false;
 }
 
@@ -712,6 +927,22 @@ void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur)
         free(next->mqtt.password);
     }
     next->mqtt.password = cur->mqtt.password ? strdup(cur->mqtt.password) : NULL;
+}
+
+void gw_config_each_path(const gw_config_t *cfg,
+                         void (*fn)(const char *setting, const char *path, int line, void *arg),
+                         void *arg)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const struct setting *d = &schema[i];
+        if (d->type != S_PATH)
+            continue;
+        if (!cfg->mqtt_listener.enabled && !strncmp(d->name, "mqtt_listener.", 14))
+            continue;
+        const char *v = *(char *const *)((const char *)cfg + d->off);
+        if (*v)
+            fn(d->name, v, cfg->lines[i], arg);
+    }
 }
 
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out)

@@ -36,6 +36,14 @@ void gw_config_keep_fixed(gw_config_t *next, const gw_config_t *cur);
  */
 char *gw_config_control_socket(const char *path, gw_errs_t *errs);
 
+/*
+ * Calls fn for each setting that names a file or a folder and is set (those
+ * of a listener turned off left out), with the resolved path and its line.
+ */
+void gw_config_each_path(const gw_config_t *cfg,
+                         void (*fn)(const char *setting, const char *path, int line, void *arg),
+                         void *arg);
+
 /* Prints the mapping table, with shadowing warnings, for `tandem check`. */
 void gw_config_print_mappings(const gw_config_t *cfg, FILE *out);
 

@@ -17,18 +17,30 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: tandem [run] -c FILE       run the gateway in the foreground\n"
-            "       tandem check -c FILE       validate the configuration, print the mappings\n"
+            "Usage: tandem [run] [-c FILE]     run the gateway in the foreground\n"
+            "       tandem check [-c FILE]     validate the configuration, print the mappings\n"
             "       tandem stats [-c FILE] [--json|--prometheus] [--watch SECONDS]\n"
             "       tandem pki init|device|psk ...  certificates and keys (tandem pki --help)\n"
-            "       tandem --version | --help | COMMAND --help\n");
+            "       tandem --version | --help | COMMAND --help\n"
+            "FILE is %s unless -c says otherwise.\n",
+            GW_DEFAULT_CONFIG);
 }
 
-/* Loads and checks everything; prints errors. NULL when anything is wrong. */
-static gw_config_t *load(const char *path, dtls_psk_store_t **psk)
+/*
+ * Loads and checks everything (for check, also as the service user; for run,
+ * the folders it writes in); prints errors. NULL when anything is wrong.
+ */
+static gw_config_t *load(const char *path, bool check, dtls_psk_store_t **psk)
 {
     gw_errs_t errs = { 0 };
     gw_config_t *cfg = gw_load(path, NULL, psk, &errs);
+    if (cfg && (check ? (gw_check_service_access(cfg, &errs), errs.count != 0)
+                      : gw_check_folders(cfg, &errs) < 0)) {
+        dtls_psk_free(*psk);
+        *psk = NULL;
+        gw_config_free(cfg);
+        cfg = NULL;
+    }
     if (errs.count)
         fputs(errs.text ? errs.text : "tandem: configuration error\n", stderr);
     gw_errs_clear(&errs);
@@ -89,21 +101,21 @@ int main(int argc, char **argv)
         usage(stderr);
         return GW_EXIT_USAGE;
     }
-    if (!path) {
-        fprintf(stderr, "tandem: %s needs -c FILE\n", cmd);
-        usage(stderr);
-        return GW_EXIT_USAGE;
-    }
+    if (!path)
+        path = GW_DEFAULT_CONFIG;
 
     dtls_psk_store_t *psk = NULL;
-    gw_config_t *cfg = load(path, &psk);
+    bool check = !strcmp(cmd, "check");
+    gw_config_t *cfg = load(path, check, &psk);
     if (!cfg)
         return GW_EXIT_CONFIG;
     int status = GW_EXIT_OK;
-    if (!strcmp(cmd, "check")) {
+    if (check) {
         gw_config_print_mappings(cfg, stdout);
-        if (*cfg->coap.dtls.psk_file)
-            printf("psk_file: %zu identities\n", dtls_psk_count(psk));
+        if (*cfg->coap.dtls.psk_file) {
+            size_t n = dtls_psk_count(psk);
+            printf("psk_file: %zu identit%s\n", n, n == 1 ? "y" : "ies");
+        }
         printf("%s: configuration OK\n", path);
     } else {
         gw_log_set_level(cfg->gateway.log_level);

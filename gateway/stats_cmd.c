@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +77,29 @@ static int ask(const char *path, const char *request, char **out)
         close(fd);
         if (err == EINTR && interrupted)
             return -EINTR;
+        if (err == EACCES || err == EPERM) {
+            /*
+             * The socket (mode 0660) and its folder are the service group's:
+             * say which group lets one in; the folder's, when it hides the socket.
+             */
+            struct stat st;
+            char dir[sizeof(sa.sun_path)];
+            snprintf(dir, sizeof(dir), "%s", path);
+            char *slash = strrchr(dir, '/');
+            if (slash && slash != dir)
+                *slash = '\0';
+            const struct group *gr =
+                stat(path, &st) == 0 || (slash && stat(dir, &st) == 0) ? getgrgid(st.st_gid) : NULL;
+            if (gr && st.st_gid != 0)
+                fprintf(stderr,
+                        "tandem stats: cannot connect to %s (%s): join the group %s (usermod -aG "
+                        "%s $USER, then log in again) or run it as root\n",
+                        path, strerror(err), gr->gr_name, gr->gr_name);
+            else
+                fprintf(stderr, "tandem stats: cannot connect to %s (%s): run it as root\n", path,
+                        strerror(err));
+            return -1;
+        }
         fprintf(stderr, "tandem stats: no gateway answers on %s (%s)\n", path, strerror(err));
         return -1;
     }

@@ -188,10 +188,98 @@ Test(config, mqtt_listener_rules)
                  4, "mqtt_listener.bind", "not an IP address");
     gw_errs_clear(&errs);
     gw_config_t *cfg = load_text(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n"
-                                      "  key = \"k.pem\";\n  require_client_cert = false;\n};\n");
+                                      "  key = \"k.pem\";\n  require_client_cert = false;\n"
+                                      "  port = 8884;\n};\n");
     cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
     cr_assert(cfg->mqtt_listener.enabled);
     gw_config_free(cfg);
+}
+
+/* The listener's address is the broker's: it would relay devices to itself. */
+#define LISTENER(more)                                                                             \
+    BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n  key = \"k.pem\";\n"         \
+         "  require_client_cert = false;\n" more "};\n"
+
+Test(config, listener_is_not_the_broker)
+{
+    /* The defaults: port 8883 on every address, and mqtts://localhost:8883. */
+    expect_error(LISTENER(""), 3, "mqtt_listener.port", "relay devices to itself");
+    gw_errs_clear(&errs);
+    expect_error(LISTENER("  port = 9000;\n") "mqtt = { uri = \"mqtt://127.0.0.1:9000\"; };\n", 7,
+                 "mqtt_listener.port", "mqtt://127.0.0.1:9000");
+    gw_errs_clear(&errs);
+    expect_error(LISTENER("  bind = \"127.0.0.1\";\n  port = 1883;\n") "mqtt = { uri = "
+                                                                       "\"mqtt://localhost\"; };\n",
+                 8, "mqtt_listener.port", "relay devices to itself");
+    gw_errs_clear(&errs);
+    expect_error(LISTENER("  bind = \"192.0.2.7\";\n") "mqtt = { uri = \"mqtts://192.0.2.7\"; };\n",
+                 7, "mqtt_listener.port", "relay devices to itself");
+    gw_errs_clear(&errs);
+    expect_error(LISTENER("") "mqtt = { uri = \"mqtts://[::1]:8883\"; };\n", 3,
+                 "mqtt_listener.port", "relay devices to itself");
+    gw_errs_clear(&errs);
+
+    /* Another port, another literal address, or a name only a name server knows: accepted. */
+    const char *fine[] = {
+        LISTENER("  port = 8884;\n"),
+        LISTENER("") "mqtt = { uri = \"mqtts://broker.example.org:8883\"; };\n",
+        LISTENER("  bind = \"192.0.2.7\";\n") "mqtt = { uri = \"mqtts://localhost:8883\"; };\n",
+        LISTENER("  bind = \"192.0.2.7\";\n") "mqtt = { uri = \"mqtts://192.0.2.8:8883\"; };\n",
+        /* Turned off, the listener relays nothing. */
+        BASE "mqtt_listener = { enabled = false; port = 8883; };\n",
+    };
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        gw_config_t *cfg = load_text(fine[i]);
+        cr_assert_not_null(cfg, "refused %s: %s", fine[i], errs.text ? errs.text : "");
+        gw_config_free(cfg);
+    }
+}
+
+Test(config, unterminated_string_at_its_line)
+{
+    /* libconfig notices only at the next quote, lines later. */
+    expect_error(BASE "# a comment's \"quote\n// another \" one\n/* and \"\n one */\n"
+                      "gateway = {\n  id = \"edge;\n  log_level = \"info\";\n};\n"
+                      "mqtt = {\n  uri = \"mqtt://a:1\";\n};\n",
+                 7, "syntax", "unterminated string");
+    gw_errs_clear(&errs);
+    /* An escaped quote does not close it. */
+    expect_error(BASE "gateway = {\n  id = \"a\\\"b;\n  log_level = \"info\";\n};\n", 3, "syntax",
+                 "unterminated string");
+    gw_errs_clear(&errs);
+    /* Opened on the last line. */
+    expect_error(BASE "gateway = { id = \"x; };\n", 2, "syntax", "unterminated string");
+    gw_errs_clear(&errs);
+    /* Strings closed on their line, with escapes and comments: libconfig's own message. */
+    expect_error(BASE "gateway = {\n  id = \"a\\\"b\"; # \"\n  log_level = ;\n};\n", 4, "syntax",
+                 "syntax error");
+    cr_assert_null(strstr(errs.text, "unterminated"), "%s", errs.text);
+}
+
+Test(config, unknown_settings_suggest_the_closest)
+{
+    expect_error(BASE "mqtt = {\n  keepalvie = 30;\n};\n", 3, "mqtt.keepalvie",
+                 "unknown setting; did you mean mqtt.keepalive?");
+    gw_errs_clear(&errs);
+    expect_error("coap = {\n  dtls = {\n    psk_flie = \"p\";\n  };\n};\n", 3, "coap.dtls.psk_flie",
+                 "unknown setting; did you mean coap.dtls.psk_file?");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt_listner = { enabled = false; };\n", 2, "mqtt_listner",
+                 "unknown setting; did you mean mqtt_listener?");
+    gw_errs_clear(&errs);
+    /* Only within its group: coap.port is not a guess for mqtt.prot's neighbour. */
+    expect_error(BASE "mqtt = {\n  prot = 1;\n};\n", 3, "mqtt.prot", "unknown setting");
+    cr_assert_null(strstr(errs.text, "did you mean"), "%s", errs.text);
+    gw_errs_clear(&errs);
+    /* Nothing close: no guess. */
+    expect_error(BASE "gateway = {\n  colour = \"blue\";\n};\n", 3, "gateway.colour",
+                 "unknown setting");
+    cr_assert_null(strstr(errs.text, "did you mean"), "%s", errs.text);
+    gw_errs_clear(&errs);
+    /* A mapping's settings too. */
+    expect_error(BASE "mappings = ({ name = \"t\"; resource = \"a\"; topc = \"a\";\n"
+                      "  direction = \"up\"; });\n",
+                 2, "mappings[0].topc", "unknown setting; did you mean topic?");
 }
 
 Test(config, metrics_listen)
