@@ -1,5 +1,5 @@
 /*
- * The bridge's statistics (SPEC §9) as tables for the registry (common/stats.h).
+ * The bridge's statistics (doc/operating.md, Metrics) as tables for the registry (common/stats.h).
  * Its figures live in several parts (up, upstream, down, sessions, Block1,
  * the MQTT client and its store), and some are sums over them (requests and
  * answers of both directions), so each section's prepare() gathers them into

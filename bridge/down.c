@@ -1,5 +1,5 @@
 /*
- * MQTT -> CoAP (SPEC §4): subscriptions, current values, GET, Observe,
+ * MQTT -> CoAP (doc/devices.md): subscriptions, current values, GET, Observe,
  * Block2 and discovery.
  *
  * libcoap 4.3 cannot observe its unknown-resource handler, so every concrete

@@ -1,5 +1,5 @@
 /*
- * MQTT -> CoAP (SPEC §4): subscriptions, current values, GET, Observe,
+ * MQTT -> CoAP (doc/devices.md): subscriptions, current values, GET, Observe,
  * Block2 and discovery. The down direction owns its values (the store),
  * the concrete resources it makes, the state of its subscriptions and its
  * counters; the bridge calls it at the broker connection's events and

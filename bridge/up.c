@@ -1,6 +1,6 @@
 /*
- * CoAP -> MQTT (SPEC §3 and the up rows of §6): the handler of POST, PUT and
- * DELETE, from the request to the publish.
+ * CoAP -> MQTT (doc/devices.md, CoAP to MQTT and what a device gets back): the
+ * handler of POST, PUT and DELETE, from the request to the publish.
  *
  * A request for a QoS 1/2 mapping waits for the broker's acknowledgement.
  * The handler leaves libcoap nothing to send (an empty NON response, which

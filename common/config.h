@@ -1,5 +1,5 @@
 /*
- * The configuration's types (SPEC §2): one struct per section, so that each
+ * The configuration's types (tandem.conf(5)): one struct per section, so that each
  * module takes only the section it uses. Loading and validation are in
  * gateway/config_file.c; here are the types, the error list every loader
  * fills, and the broker URI parser.

@@ -2,7 +2,7 @@
  * The statistics registry. Each module owns a plain struct of its counters
  * and gauges and registers a table that describes them (name, help, kind,
  * unit, where the value is); the renderers walk the registry: one writes the
- * JSON object of SPEC §9, one the Prometheus text format (version 0.0.4). The
+ * JSON object (doc/operating.md, Metrics), one the Prometheus text format (version 0.0.4). The
  * stats topic, `tandem stats` and /metrics all come from these two, so they
  * carry the same numbers by construction.
  *

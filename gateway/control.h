@@ -3,7 +3,7 @@
  * where `tandem stats` asks for the statistics. One request line, one answer,
  * then the gateway closes the connection:
  *
- *   "stats json\n"        the JSON object of SPEC §9, one line
+ *   "stats json\n"        the JSON object of doc/operating.md, Metrics, one line
  *   "stats prometheus\n"  the Prometheus text format
  *   "ping\n"              "pong\n"
  *   anything else         "error REASON\n"

@@ -7,7 +7,7 @@
 #include "config_file.h"
 #include "dtls.h"
 
-/* Exit statuses (SPEC §1). */
+/* Exit statuses (tandem(8)). */
 enum { GW_EXIT_OK = 0, GW_EXIT_CONFIG = 1, GW_EXIT_USAGE = 2, GW_EXIT_RUNTIME = 3 };
 
 /*

@@ -36,7 +36,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-/* How long a graceful stop waits for broker acknowledgements, ms (SPEC §7). */
+/* How long a graceful stop waits for broker acknowledgements, ms (tandem(8), SIGNALS). */
 #define STOP_WAIT_MS 5000
 
 /* Datagrams libcoap may take in one turn of the loop. */

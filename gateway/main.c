@@ -1,5 +1,5 @@
 /*
- * tandem: the command line (SPEC §1).
+ * tandem: the command line (tandem(8)).
  */
 #include <getopt.h>
 #include <stdio.h>

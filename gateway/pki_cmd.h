@@ -1,5 +1,5 @@
 /*
- * `tandem pki init|device|psk` (SPEC §8): credentials in one command.
+ * `tandem pki init|device|psk` (tandem(8), pki): credentials in one command.
  */
 #ifndef TANDEM_PKI_CMD_H
 #define TANDEM_PKI_CMD_H

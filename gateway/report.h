@@ -1,5 +1,5 @@
 /*
- * The process's own statistics (SPEC §9): the gateway's name, version and
+ * The process's own statistics (doc/operating.md, Metrics): the gateway's name, version and
  * uptime, reloads, suppressed log lines, and the certificates it presents,
  * whose expiry is read at start and at each reload (never per render).
  */
@@ -18,7 +18,7 @@ gw_report_t *gw_report_new(stats_t *stats, const gw_config_t *cfg);
 void gw_report_free(gw_report_t *r);
 
 /*
- * Sections added after the bridge's, to keep SPEC §9's order: config, log,
+ * Sections added after the bridge's, to keep the order of doc/operating.md's metrics: config, log,
  * the MQTT listener's (listener_sec over listener_obj, borrowed until the
  * report is freed) and certificates.
  */

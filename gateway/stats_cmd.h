@@ -8,7 +8,7 @@
 /* Where `tandem stats` looks without -c. */
 #define GW_DEFAULT_CONFIG "/etc/tandem/tandem.conf"
 
-/* argv[0] is "stats". Returns an exit status (SPEC §1). */
+/* argv[0] is "stats". Returns an exit status (tandem(8)). */
 int gw_stats_cmd(int argc, char **argv);
 
 #endif

@@ -169,7 +169,7 @@ static void cred_unref(lcred_t *c)
  * During the handshake, once the device's certificate is in: it must verify
  * against mqtt_listener.ca, be meant for a TLS client (no extended key usage,
  * or one with clientAuth: a server's certificate from the same CA is no
- * device), and its subject CN must be an identity (SPEC §2). Otherwise the
+ * device), and its subject CN must be an identity (tandem.conf(5), Identities). Otherwise the
  * handshake fails with an alert (counted in handshake_failures).
  */
 static int verify_device(gnutls_session_t session)

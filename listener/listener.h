@@ -1,5 +1,5 @@
 /*
- * The MQTT device listener (SPEC §5): devices connect over TLS, are
+ * The MQTT device listener (doc/devices.md, MQTT devices): devices connect over TLS, are
  * identified by their certificate's subject CN, and each accepted device
  * connection is relayed over its own upstream connection to mqtt.uri, under
  * the mappings' policy (mapping/policy.h). A module of the loop (common/ev.h):
@@ -80,7 +80,7 @@
 /* Output queued to one side past which the other side is no longer read, bytes. */
 #define LISTENER_HIGH_WATER 65536
 
-/* The section "mqtt_listener" (SPEC §9). */
+/* The section "mqtt_listener" (doc/operating.md, Metrics). */
 typedef struct listener_stats {
     uint64_t connections;      /* gauge: devices relayed now */
     uint64_t handshaking;      /* gauge: connections before their CONNECT was accepted */

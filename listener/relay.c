@@ -1,5 +1,5 @@
 /*
- * The MQTT side of one device connection (SPEC §5): the device's CONNECT
+ * The MQTT side of one device connection (doc/devices.md, MQTT devices): the device's CONNECT
  * becomes the upstream CONNECT, and then every packet either way is framed,
  * decoded (mqtt_decode checks it), held to the policy where it names a topic
  * or a filter, and relayed: as it came when nothing in it changes, encoded

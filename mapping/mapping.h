@@ -15,7 +15,7 @@
 /* Directions a mapping allows; MAP_BOTH is MAP_UP | MAP_DOWN. */
 enum map_dir { MAP_UP = 1, MAP_DOWN = 2, MAP_BOTH = 3 };
 
-/* Longest identity accepted (SPEC §2), bytes. */
+/* Longest identity accepted (tandem.conf(5), Identities), bytes. */
 #define MAP_IDENTITY_MAX 128
 /* Longest template, rendered topic or resource path, bytes. */
 #define MAP_PATH_MAX 1024
@@ -129,10 +129,10 @@ bool map_mqtt_string_ok(const char *s, size_t len);
 /* True when len bytes at s are a topic a broker accepts in a PUBLISH. */
 bool map_topic_ok(const char *s, size_t len);
 
-/* True when len bytes at s are a value a variable may take (SPEC §6). */
+/* True when len bytes at s are a value a variable may take (tandem.conf(5), Identities). */
 bool map_value_ok(const char *s, size_t len);
 
-/* True when len bytes at s are an identity a device may have (SPEC §2). */
+/* True when len bytes at s are an identity a device may have (tandem.conf(5), Identities). */
 bool map_identity_ok(const char *s, size_t len);
 
 /* True when len bytes at s are well-formed UTF-8 with no NUL (control characters allowed). */

@@ -1,5 +1,5 @@
 /*
- * What an MQTT device may publish and subscribe to (SPEC §5). See policy.h.
+ * What an MQTT device may publish and subscribe to (doc/devices.md, MQTT devices). See policy.h.
  *
  * A topic or a filter is compared, level by level, with the topic template of
  * each mapping of the direction, in file order. A mapping either allows it,
@@ -25,7 +25,7 @@ enum fit {
 struct who {
     const char *s;
     size_t len;
-    bool ok; /* an identity a device may have (SPEC §2); else no level equals it */
+    bool ok; /* an identity a device may have (tandem.conf(5)); else no level equals it */
 };
 
 static struct who who_of(const char *identity)

@@ -1,5 +1,5 @@
 /*
- * What an MQTT device may publish and subscribe to (SPEC §5), decided from the
+ * What an MQTT device may publish and subscribe to (doc/devices.md, MQTT devices), decided from the
  * same mappings as CoAP requests. Pure code: no I/O, no globals; the table is
  * only read.
  *
@@ -19,7 +19,7 @@
  * a PUBLISH, a Will topic or a Response Topic: the topic must be one that an
  * up or both mapping's topic template renders with the device's identity in
  * {identity}, {gateway} as the gateway id, and every other variable a value
- * that SPEC §6 allows ({x*}: one or more such segments). MAP_DOWN asks the
+ * that tandem.conf(5) allows ({x*}: one or more such segments). MAP_DOWN asks the
  * same of down and both mappings (to attribute a message the broker delivers
  * to a device's subscription to its mapping).
  *

@@ -1,5 +1,5 @@
 /*
- * Certificate and key checks (SPEC §8).
+ * Certificate and key checks (tandem(8), pki).
  */
 #include "tls.h"
 

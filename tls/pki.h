@@ -1,5 +1,5 @@
 /*
- * Certificates and keys for `tandem pki` (SPEC §8), made with GnuTLS's X.509
+ * Certificates and keys for `tandem pki` (tandem(8), pki), made with GnuTLS's X.509
  * API: an ECDSA P-256 CA, a gateway certificate for the names it is reached
  * by, and device certificates whose subject CN is the device identity.
  * (`tandem pki psk` is in gateway/pki_cmd.c: it reads PSK files as the DTLS

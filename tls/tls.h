@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Days within which an expiry is warned about (SPEC §8). */
+/* Days within which an expiry is warned about (tandem(8), pki). */
 #define TLS_EXPIRY_WARN_DAYS 21
 
 /*

@@ -50,7 +50,7 @@ static bool reads_devices(const uint8_t *data, size_t size)
 }
 
 /*
- * A topic from the configuration (SPEC §2): no wildcard, never '$' first,
+ * A topic from the configuration (tandem.conf(5)): no wildcard, never '$' first,
  * UTF-8, {gateway} rendered (braces left can only be the id's own).
  */
 static void check_topic(const char *t, const char *id)

@@ -6,7 +6,7 @@
  * 0xFF bytes (0xFF never occurs in UTF-8, so no interesting value is lost).
  *
  *   even first byte: PATH 0xFF IDENTITY 0xFF TOPIC, run against a fixed table:
- *     the SPEC's example mappings and a few more ({x*}, {gateway}, {identity}
+ *     the reference configuration's mappings and a few more ({x*}, {gateway}, {identity}
  *     in the topic only), built once.
  *   odd first byte, then three bytes K, DIRS, QOS: a table built from the
  *     input, GATEWAY 0xFF (RESOURCE 0xFF TOPIC) * (K % 4 + 1) 0xFF PATH 0xFF
@@ -15,7 +15,7 @@
  *
  * Each PATH is routed for both directions, anonymously, as IDENTITY (when it
  * is one a device may have) and as "bike-7"; each TOPIC is routed back. What
- * comes out is checked against mapping.h and SPEC §2 and §6 (see check_*()):
+ * comes out is checked against mapping.h and tandem.conf(5) and doc/devices.md (see check_*()):
  * a violation aborts.
  */
 #include "fuzz.h"
@@ -41,7 +41,7 @@ typedef struct ctx {
 } ctx_t;
 
 /*
- * The SPEC's rule on characters (§2): an identity, and so every variable
+ * The rule on characters (tandem.conf(5), Identities): an identity, and so every variable
  * value, has no control character (U+0001..U+001F, U+007F..U+009F) and no
  * Unicode noncharacter (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF). Which of these
  * classes map_value_ok() refuses is probed once (rule_probe()); each class it
@@ -137,14 +137,14 @@ static bool ref_chars(const char *s, size_t len)
     return true;
 }
 
-/* SPEC §6: what a variable's value may be. */
+/* What a variable's value may be (tandem.conf(5), Identities). */
 static bool ref_value(const char *s, size_t len)
 {
     return len > 0 && len <= MAP_PATH_MAX && s[0] != '$' && !memchr(s, '+', len) &&
            !memchr(s, '#', len) && !memchr(s, '/', len) && ref_utf8(s, len) && ref_chars(s, len);
 }
 
-/* The three predicates agree with the SPEC's wording of them, on any bytes. */
+/* The three predicates agree with the manual's wording of them, on any bytes. */
 static void check_predicates(const char *s, size_t len)
 {
     FUZZ_CHECK(map_utf8_ok(s, len) == ref_utf8(s, len));
@@ -216,7 +216,7 @@ static void check_rendered(const ctx_t *c, const char *tmpl, const char *s, size
 }
 
 /*
- * A topic Tandem publishes (SPEC §2): UTF-8 without NUL, no wildcard, never
+ * A topic Tandem publishes (tandem.conf(5), Identities): UTF-8 without NUL, no wildcard, never
  * '$' first, within MAP_PATH_MAX, no empty level.
  */
 static void check_topic(const char *topic, size_t len)
@@ -259,7 +259,7 @@ static void check_route(const ctx_t *c, const char *path, size_t len, int dir, c
     if (rc < 0)
         return;
     enum map_status st = map_route(c->t, &segs, dir, identity, &e, topic, sizeof(topic));
-    /* SPEC §6's answers. */
+    /* The answers of doc/devices.md. */
     static const int codes[] = {
         [MAP_OK] = 0,          [MAP_NOT_FOUND] = 404, [MAP_BAD_METHOD] = 405,
         [MAP_BAD_VALUE] = 400, [MAP_FORBIDDEN] = 403, [MAP_UNAUTHORIZED] = 401
@@ -346,7 +346,7 @@ static void check_reverse(const ctx_t *c, const char *topic, size_t len, const c
 }
 
 /*
- * A subscription filter (SPEC §4): UTF-8, never '$' first, '+' and '#' only
+ * A subscription filter (doc/devices.md): UTF-8, never '$' first, '+' and '#' only
  * as whole levels, '#' only last.
  */
 static void check_filter(const map_entry_t *e)
@@ -460,7 +460,7 @@ static void exercise(const ctx_t *c, field_t path, field_t identity, field_t top
     }
 }
 
-/* The SPEC's example mappings, and {x*}, {gateway} and {identity} in the topic only. */
+/* The reference configuration's mappings, and {x*}, {gateway} and {identity} in the topic only. */
 static const map_spec_t fixed_specs[] = {
     { "telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP, 1,
       false },

@@ -7,7 +7,7 @@
  * 0xFF bytes (0xFF never occurs in UTF-8).
  *
  *   even first byte: IDENTITY 0xFF TOPIC 0xFF FILTER 0xFF VALUES, against a
- *     fixed table: the SPEC's mappings and a few more, built once.
+ *     fixed table: the reference mappings (etc/tandem.conf) and a few more, built once.
  *   odd first byte, then two bytes K, DIRS: a table built from the input,
  *     GATEWAY 0xFF (RESOURCE 0xFF TOPIC) * (K % 4 + 1) 0xFF IDENTITY 0xFF
  *     TOPIC 0xFF FILTER 0xFF VALUES; mapping i has direction (DIRS >> 2i) & 3.
@@ -131,7 +131,7 @@ static bool identity_ok(const char *id)
 
 /*
  * A topic allowed by e as identity: the template's literals, the gateway id,
- * the device's identity where {identity} is, a value SPEC §6 allows for each
+ * the device's identity where {identity} is, a value a variable may take for each
  * variable ({x*}: one or more).
  */
 static void check_in_template(const ctx_t *c, const map_entry_t *e, const char *topic, size_t len,
@@ -481,7 +481,7 @@ static void exercise(ctx_t *c, field_t identity, field_t topic, field_t filter, 
     free(raw);
 }
 
-/* The SPEC's mappings, one of each kind of template, and two that overlap. */
+/* The reference mappings (etc/tandem.conf), one of each kind of template, and two that overlap. */
 static const map_spec_t fixed_specs[] = {
     { "telemetry", "bikes/{identity}/telemetry", "redback/p1/bikes/{identity}/telemetry", MAP_UP, 1,
       false },

@@ -1,4 +1,4 @@
-"""MQTT devices over TLS through the gateway's MQTT listener (SPEC §5): each
+"""MQTT devices over TLS through the gateway's MQTT listener (doc/devices.md, MQTT devices): each
 device relayed on its own upstream connection to a real Mosquitto, held to the
 same mappings as CoAP devices. Devices are mosquitto_pub/mosquitto_sub (MQTT 5
 and 3.1.1), Paho (python3-paho-mqtt), openssl s_client, and raw packets over
@@ -119,7 +119,7 @@ def refused_connection(s, cert=None, ctx=None, version=5):
 
 def refusals(listener_stats):
     """Connections refused or dropped before relaying, in whichever of the
-    listener's counters they are kept (rejected is SPEC §9's; handshake
+    listener's counters they are kept (rejected is in the statistics object; handshake
     failures and timeouts may have their own)."""
     return sum(listener_stats.get(k, 0) for k in ("rejected", "handshake_failures", "timeouts"))
 

@@ -1,9 +1,9 @@
-"""The MQTT listener's policy both ways (SPEC §5): what the broker delivers to a
-device is held to the current mappings (a subscription a reload revoked, a session
-the broker kept), the `device` user property is the authenticated identity, the
-mapping's retain applies, no legal message from the broker closes a device's
-connection, and shared subscriptions are refused. Devices are raw MQTT packets over
-Python's ssl (MqttDevice), the broker a real Mosquitto."""
+"""The MQTT listener's policy both ways (doc/devices.md, MQTT devices): what the broker
+delivers to a device is held to the current mappings (a subscription a reload
+revoked, a session the broker kept), the `device` user property is the authenticated
+identity, the mapping's retain applies, no legal message from the broker closes a
+device's connection, and shared subscriptions are refused. Devices are raw MQTT
+packets over Python's ssl (MqttDevice), the broker a real Mosquitto."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""The statistics object on mqtt.stats_topic (SPEC §9)."""
+"""The statistics object on mqtt.stats_topic (doc/operating.md, Metrics)."""
 
 import calendar
 import json

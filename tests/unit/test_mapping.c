@@ -1,5 +1,5 @@
 /*
- * Mapping engine: the SPEC's examples as test vectors, and every refusal.
+ * Mapping engine: the reference mappings as test vectors, and every refusal.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -350,7 +350,7 @@ Test(mapping, down_identity_in_topic_only_is_refused)
     cr_assert(strstr(err, "needs it in the resource"), "%s", err);
     spec.direction = MAP_BOTH;
     cr_assert_lt(map_table_add(table, &spec, err, sizeof(err)), 0);
-    spec.direction = MAP_UP; /* up: the identity fills the topic, as the SPEC says */
+    spec.direction = MAP_UP; /* up: the identity fills the topic, as tandem.conf(5) says */
     cr_assert_eq(map_table_add(table, &spec, err, sizeof(err)), 0, "%s", err);
 }
 

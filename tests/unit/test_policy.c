@@ -1,5 +1,5 @@
 /*
- * What an MQTT device may publish and subscribe to (SPEC §5): every rule of
+ * What an MQTT device may publish and subscribe to (doc/devices.md, MQTT devices): every rule of
  * mapping/policy.h, and the ways around them that other gateways left open.
  */
 #include <criterion/criterion.h>
@@ -17,7 +17,7 @@ static void add(const char *name, const char *res, const char *topic, int dir)
     cr_assert_eq(map_table_add(table, &s, err, sizeof(err)), 0, "%s: %s", name, err);
 }
 
-/* The SPEC's mappings and one of each kind of template. */
+/* The reference mappings (etc/tandem.conf) and one of each kind of template. */
 static void setup(void)
 {
     table = map_table_new("edge-01");
@@ -157,7 +157,7 @@ Test(policy, publish_gateway_and_variables)
     expect_topic("redback/edge-01/zones/perth/b-1/alerts", MAP_UP, "bike-7", MAP_OK, "alerts");
     expect_topic("redback/edge-02/zones/perth/b-1/alerts", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/EDGE-01/zones/perth/b-1/alerts", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
-    /* Values SPEC §6 refuses: empty, a leading '$'. */
+    /* Values an identity may not take: empty, a leading '$'. */
     expect_topic("redback/edge-01/zones//b-1/alerts", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/edge-01/zones/$SYS/b-1/alerts", MAP_UP, "bike-7", MAP_NOT_FOUND, NULL);
     expect_topic("redback/edge-01/zones/a$/b-1/alerts", MAP_UP, "bike-7", MAP_OK, "alerts");
@@ -337,7 +337,7 @@ Test(policy, subscribe_variables_and_gateway)
     expect_filter("redback/edge-01/+/+/+/alerts", "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("redback/edge-01/zones/+/+/+", "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("+/edge-01/zones/+/+/alerts", "bike-7", MAP_NOT_FOUND, NULL);
-    /* Literal levels in variable positions are values SPEC §6 allows. */
+    /* Literal levels in variable positions are values a variable may take. */
     expect_filter("redback/edge-01/zones/$x/+/alerts", "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("redback/edge-01/zones//+/alerts", "bike-7", MAP_NOT_FOUND, NULL);
     expect_filter("redback/edge-01/zones/a$/+/alerts", "bike-7", MAP_OK, "alerts");
