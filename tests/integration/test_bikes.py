@@ -177,7 +177,7 @@ def mqtt_session_resumed_across_gateway_restart():
     subscriber with a persistent session, and a command published while the
     gateway was down arrives once it is back."""
     s = Setup(session="backend-" + os.urandom(3).hex())
-    bike = s.mqtt_bike("bike-1", "-n", "0", "-I", "100", "-c", "-v", "--retry-max", "1")
+    bike = s.mqtt_bike("bike-1", "-n", "0", "-I", "20", "-c", "-v", "--retry-max", "1")
     bike.wait_log("subscribed to " + CMD % "bike-1")
     check_readings(s, "bike-1", 5)
     rc = s.g.stop()
