@@ -237,6 +237,31 @@ def coap_certificate_readings_and_commands():
     readings_and_commands(s, bike, "bike-2")
 
 
+def coap_retries_after_503():
+    """With the broker away and the gateway's offline buffer full, a reading
+    gets 5.03 with Max-Age; bike-coap posts it again after that, and once the
+    broker is back every reading arrives, each acknowledged 2.04."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki, persistent="at_exit").start()
+    sub = Subscriber(broker, TEL % "bike-1", session="backend-" + os.urandom(3).hex())
+    g = Gateway(d, broker, pki, mappings=MAPPINGS, mqtt="offline_buffer = 3;").start()
+    broker.stop()
+    g.wait_log("mqtt: connection to")
+    bike = Bike([BIKE_COAP, "-p", str(g.dtls_port), "-i", "bike-1", "--psk-key",
+                 g.psk["bike-1"], "-n", "6", "-I", "20", "--no-observe", "-v"], d)
+    bike.wait_log(": 5.03, again in ")
+    first = [line for line in bike.err if ": 5.03, again in " in line][0]
+    check("reading 4: 5.03" in first, "the first 5.03 was not the 4th reading's: %r" % first)
+    broker.start()
+    rc = bike.wait()
+    check(rc == 0, "bike-coap exited %r:\n%s" % (rc, bike.log()))
+    check(bike.count("bike-1: 6 readings acknowledged") == 1, "bike-coap:\n" + bike.log())
+    sub = sub.reconnected()
+    wait_until(lambda: {json.loads(m["payload"])["seq"] for m in list(sub.messages)} >=
+               set(range(1, 7)), "readings 1..6 at the broker")
+
+
 def exit_status_tells_what_failed():
     """A refused bike says so in its exit status."""
     s = Setup(subscriber=False)
@@ -264,7 +289,8 @@ def exit_status_tells_what_failed():
 
 CASES = [mqtt_readings_and_commands, mqtt_session_resumed_across_gateway_restart,
          same_readings_both_protocols, coap_psk_readings_and_commands,
-         coap_certificate_readings_and_commands, exit_status_tells_what_failed]
+         coap_certificate_readings_and_commands, coap_retries_after_503,
+         exit_status_tells_what_failed]
 
 if __name__ == "__main__":
     run({f.__name__: f for f in CASES})
