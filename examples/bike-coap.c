@@ -70,9 +70,11 @@ struct bike {
     struct token observe;
     bool observing;
     bool observe_refused;
-    long long observe_again_at; /* after a 5.03: ask again then (0: no) */
-    bool session_up;
-    bool session_failed;
+    long long observe_again_at; /* register (again) then (0: no) */
+    bool ever_up;               /* a DTLS session was established */
+    bool up;                    /* and is now */
+    bool handshake_failed;      /* the last handshake failed */
+    bool closing;               /* the bike is done: a closed session is expected */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -221,11 +223,19 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
         b->observe_again_at = bike_now_ms() + 1000LL * age;
         return;
     }
+    if (COAP_RESPONSE_CLASS(code) != 2 && b->observing) {
+        /* An observation ends with an error notification, e.g. 4.04 when the
+         * gateway stops: register again (at once if a new session comes). */
+        note(b, "observation of %s ended by the gateway: %u.%02u", b->commands,
+             COAP_RESPONSE_CLASS(code), code & 0x1f);
+        b->observing = false;
+        b->observe_again_at = bike_now_ms() + 5000;
+        return;
+    }
     if (COAP_RESPONSE_CLASS(code) != 2) {
         note(b, "observation of %s refused: %u.%02u", b->commands, COAP_RESPONSE_CLASS(code),
              code & 0x1f);
         b->observe_refused = true;
-        b->observing = false;
         return;
     }
     coap_opt_iterator_t it;
@@ -248,6 +258,20 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
         note(b, "command (%zu bytes)", len);
 }
 
+/* A DTLS session is up: libcoap 4.3 tells a client of it by the first answer
+ * (it has no event for that), of its end by COAP_EVENT_DTLS_CLOSED. */
+static void session_up(struct bike *b)
+{
+    if (!b->up && b->ever_up) {
+        note(b, "DTLS session up again");
+        /* A new session has no observation: register again. */
+        if (b->opt->observe && !b->observing && !b->observe_refused)
+            b->observe_again_at = bike_now_ms();
+    }
+    b->ever_up = b->up = true;
+    b->handshake_failed = false;
+}
+
 static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *sent,
                                    const coap_pdu_t *got, const coap_mid_t mid)
 {
@@ -256,6 +280,7 @@ static coap_response_t on_response(coap_session_t *session, const coap_pdu_t *se
     (void)sent;
     (void)mid;
     coap_bin_const_t token = coap_pdu_get_token(got);
+    session_up(b);
     if (b->pending && same_token(&b->post, token)) {
         reading_answered(b, got);
         return COAP_RESPONSE_OK;
@@ -274,7 +299,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     (void)session;
     (void)mid;
     if (why == COAP_NACK_TLS_FAILED) {
-        b->session_failed = true;
+        b->handshake_failed = true;
         note(b, "DTLS handshake failed");
     }
     if (!sent)
@@ -282,17 +307,32 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     coap_bin_const_t token = coap_pdu_get_token(sent);
     if (b->pending && same_token(&b->post, token)) {
         b->pending = false;
-        note(b, "reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
-        if (b->tries >= TRIES) {
+        if (why == COAP_NACK_RST) {
+            note(b, "reading %lu refused (RST)", b->seq);
+            b->failed = true;
+            b->seq++;
+            b->tries = 0;
+        } else if (why != COAP_NACK_TOO_MANY_RETRIES) {
+            /* No session (the gateway is away): the reading waits for one. */
+            b->tries = 0;
+            b->retry_at = bike_now_ms() + b->opt->interval_ms;
+        } else if (b->tries >= TRIES) {
+            note(b, "reading %lu: no answer, given up after %d tries", b->seq, b->tries);
             b->failed = true;
             b->seq++;
             b->tries = 0;
         } else {
+            note(b, "reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
             b->retry_at = bike_now_ms() + b->opt->interval_ms;
         }
     } else if (same_token(&b->observe, token)) {
-        note(b, "the observation request got no answer");
-        b->observe_refused = true;
+        if (why == COAP_NACK_RST) {
+            note(b, "the observation request was refused (RST)");
+            b->observe_refused = true;
+        } else {
+            /* Asked again when a session is up. */
+            b->observe_again_at = bike_now_ms() + 5000;
+        }
     }
 }
 
@@ -301,15 +341,25 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     struct bike *b = the_bike;
     (void)session;
     if (event == COAP_EVENT_DTLS_CONNECTED) {
-        b->session_up = true;
-        if (b->opt->verbose)
-            note(b, "DTLS session up");
+        session_up(b);
     } else if (event == COAP_EVENT_DTLS_ERROR) {
-        b->session_failed = true;
+        b->handshake_failed = true;
     } else if (event == COAP_EVENT_DTLS_CLOSED) {
-        note(b, "DTLS session closed");
+        b->observing = false;
+        if (b->up && !b->closing)
+            note(b, "DTLS session closed");
+        b->up = false;
     }
     return 0;
+}
+
+/* libcoap's messages go to stderr with the bike's (stdout has the commands only). */
+static void on_log(coap_log_t level, const char *message)
+{
+    (void)level;
+    fprintf(stderr, "bike-coap %s: libcoap: %s", the_bike->opt->identity, message);
+    if (!*message || message[strlen(message) - 1] != '\n')
+        fputc('\n', stderr);
 }
 
 static void usage(FILE *out)
@@ -556,6 +606,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     coap_startup();
+    coap_set_log_handler(on_log);
     coap_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
     coap_dtls_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
     coap_context_t *ctx = coap_new_context(NULL);
@@ -584,7 +635,7 @@ int main(int argc, char **argv)
 
     long long start = bike_now_ms();
     while (!stop_requested) {
-        if (b.session_failed && !b.session_up) {
+        if (b.handshake_failed && !b.ever_up) {
             note(&b, "no DTLS session with %s:%s", opt.host, opt.port);
             status = EXIT_SESSION;
             break;
@@ -619,6 +670,7 @@ int main(int argc, char **argv)
         status = status ? status : EXIT_UNDELIVERED;
     note(&b, "%lu readings acknowledged", b.acked);
 out:
+    b.closing = true;
     if (b.session)
         coap_session_release(b.session);
     coap_free_context(ctx);

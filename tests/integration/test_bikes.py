@@ -208,6 +208,33 @@ def mqtt_session_resumed_across_gateway_restart():
     check(bike.out.count("%s\twhile-down" % (CMD % "bike-1")) == 1, "commands %r" % bike.out)
 
 
+def coap_bike_across_gateway_restart():
+    """bike-coap goes on through a gateway restart: the readings it takes while
+    the gateway is away wait for a new DTLS session (none lost), and it
+    observes its commands again on that session."""
+    s = Setup()
+    bike = s.coap_bike("bike-1", "-n", "0", "-I", "50", "-c")
+    bike.wait_log("observing bikes/bike-1/commands")
+    check_readings(s, "bike-1", 3)
+    check(s.g.stop() == 0, "tandem stop")
+    bike.wait_log("DTLS session closed")
+    s.g.restart()
+    bike.wait_log("DTLS session up again")
+    bike.wait_log("observing bikes/bike-1/commands", 2)
+    s.broker.publish(CMD % "bike-1", "after-restart", "-q", "1")
+    bike.wait_command("bikes/bike-1/commands\tafter-restart")
+    rc = bike.stop()
+    check(rc == 0, "bike-coap exited %r:\n%s" % (rc, bike.log()))
+    acked = [line for line in bike.err if " readings acknowledged" in line]
+    check(len(acked) == 1, "bike-coap's count:\n" + bike.log())
+    n = int(acked[0].split(": ")[1].split()[0])
+    s.sub.sync()
+    missing = set(range(1, n + 1)) - s.seqs("bike-1")
+    check(n > 3 and not missing, "readings lost across the restart: %r of %d\n%s" %
+          (sorted(missing), n, bike.log()))
+    check(not bike.out[:-1], "stdout has more than the command: %r" % bike.out)
+
+
 def same_readings_both_protocols():
     """bike-mqtt and bike-coap send the same documents to the same topic."""
     s = Setup()
@@ -289,7 +316,8 @@ def exit_status_tells_what_failed():
 
 CASES = [mqtt_readings_and_commands, mqtt_session_resumed_across_gateway_restart,
          same_readings_both_protocols, coap_psk_readings_and_commands,
-         coap_certificate_readings_and_commands, coap_retries_after_503,
+         coap_certificate_readings_and_commands, coap_bike_across_gateway_restart,
+         coap_retries_after_503,
          exit_status_tells_what_failed]
 
 if __name__ == "__main__":
