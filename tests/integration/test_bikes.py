@@ -172,10 +172,12 @@ def mqtt_readings_and_commands():
 
 def mqtt_session_resumed_across_gateway_restart():
     """The gateway stops (SIGTERM) and starts again on the same ports while the
-    bike goes on taking readings and reconnecting: its session is resumed at
-    the broker (session present), every QoS 1 reading arrives at a backend
-    subscriber with a persistent session, and a command published while the
-    gateway was down arrives once it is back."""
+    bike goes on taking readings and reconnecting (Paho's automatic reconnect):
+    its session is resumed at the broker, so a command published while the
+    gateway was down arrives once it is back (with a new session it would be
+    lost: the test fails with --session-expiry 0), and every QoS 1 reading,
+    those taken while the gateway was down included, arrives at a backend
+    subscriber with a persistent session."""
     s = Setup(session="backend-" + os.urandom(3).hex())
     bike = s.mqtt_bike("bike-1", "-n", "0", "-I", "20", "-c", "-v", "--retry-max", "1")
     bike.wait_log("subscribed to " + CMD % "bike-1")
