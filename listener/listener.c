@@ -180,6 +180,9 @@ static int verify_device(gnutls_session_t session)
     if (!certs || n == 0)
         return 0; /* none: refused by GnuTLS when one is required, else anonymous */
     int rc = gnutls_certificate_verify_peers2(session, &status);
+    /* GnuTLS goes on with a CRL past its next update: refused here, as over DTLS. */
+    if (rc >= 0 && c->cred && c->cred->crl_next_update && time(NULL) >= c->cred->crl_next_update)
+        status |= GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED;
     if (rc >= 0 && (status & (GNUTLS_CERT_REVOKED | GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED))) {
         /* mqtt_listener.crl lists it, or has passed its next update. */
         char cn[MAP_IDENTITY_MAX * 2] = "?", peer[INET6_ADDRSTRLEN + 8] = "?";
@@ -252,6 +255,8 @@ static lcred_t *cred_load(const gw_listener_config_t *lc)
             cred_unref(c);
             return NULL;
         }
+        if (tls_crl_next_update(lc->crl, &c->crl_next_update) < 0)
+            c->crl_next_update = 0;
     }
     gnutls_certificate_set_verify_function(c->cred, verify_device);
     return c;

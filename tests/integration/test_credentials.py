@@ -384,6 +384,30 @@ def crl_checked():
           "pki revoke adds to a CRL that is not its CA's")
 
 
+def crl_past_next_update():
+    """A CRL that passes its next update in a running gateway refuses every
+    device certificate on both listeners (as Mosquitto's crlfile), saying why,
+    until it is signed anew and reloaded."""
+    d = workdir()
+    out, g = pki_gateway_setup(d, crl=True)
+    crl = os.path.join(out, "crl.pem")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sign_crl(out, crl, now - datetime.timedelta(seconds=10), now + datetime.timedelta(seconds=3))
+    g.start()
+    check(dtls_ok(g, out, "bike-1") and mqtt_ok(g, out, "bike-1"), "bike-1 before")
+    wait_until(lambda: not mqtt_ok(g, out, "bike-1"), "TLS refusal once the next update passed")
+    check(not dtls_ok(g, out, "bike-1"), "DTLS device served with a CRL past its next update")
+    for what in ("coap.dtls.crl is past its next update", "mqtt_listener.crl is past its next "
+                 "update"):
+        check(any(what in l and "bike-1" in l for l in g.lines), "no log line %r" % what)
+    # Re-signed and reloaded: served again.
+    check(tandem("pki", "crl", "--dir", out).returncode == 0, "pki crl")
+    reload(g, 1)
+    check(dtls_ok(g, out, "bike-1") and mqtt_ok(g, out, "bike-1"), "bike-1 after pki crl")
+    g.stop()
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in (psk_as_printed, psk_remove_and_list, group_readable,
-                                 gateway_renewed, revoked_refused, crl_checked)})
+                                 gateway_renewed, revoked_refused, crl_checked,
+                                 crl_past_next_update)})
