@@ -6,8 +6,9 @@
  * side does.)
  *
  * Every file is written whole or not at all (common/file.h), keys mode 0600
- * and certificates 0644, and none is ever replaced: a function that would
- * replace one fails with -EEXIST and writes nothing.
+ * and certificates 0644. pki_init and pki_device never replace a file (they
+ * fail with -EEXIST and write nothing); pki_gateway replaces the gateway pair
+ * keeping the old one beside it, and pki_crl_update replaces DIR/crl.pem.
  */
 #ifndef TANDEM_PKI_H
 #define TANDEM_PKI_H
