@@ -34,6 +34,7 @@ typedef struct gw_dtls_config {
     int port;
     char *psk_file, *cert, *key, *ca;
     bool require_client_cert;
+    char *crl; /* PEM CRLs of the device CA; "" for none */
 } gw_dtls_config_t;
 
 typedef struct gw_coap_config {
@@ -63,6 +64,7 @@ typedef struct gw_listener_config {
     int port;
     char *cert, *key, *ca;
     bool require_client_cert;
+    char *crl; /* as in coap.dtls */
     int max_connections;
     int max_connections_per_identity;
 } gw_listener_config_t;

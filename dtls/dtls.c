@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
 
 #include "log.h"
 #include "tls.h"
@@ -208,10 +210,18 @@ static gnutls_session_t gnutls_of(coap_session_t *session)
 }
 
 /*
+ * The CRLs (coap.dtls.crl) new handshakes check device certificates against:
+ * libcoap 4.3.1's GnuTLS backend takes no CRL, so the certificate callback
+ * checks the serial. NULL when none is configured; replaced by a commit.
+ */
+static tls_crl_t *crl_running;
+
+/*
  * libcoap hands over the device certificate once it has been verified. The
  * key exchange (already chosen; the cipher is not known yet) must be ECDHE,
  * the certificate meant for a TLS client (no extended key usage, or one with
- * clientAuth), and its subject CN an identity. Returning 0 fails the
+ * clientAuth), its subject CN an identity, and it must not be revoked by
+ * coap.dtls.crl. Returning 0 fails the
  * handshake (counted as a failed DTLS handshake).
  */
 static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_t *session,
@@ -245,6 +255,19 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
                        "handshake refused (device certificate CN not acceptable)");
         return 0;
     }
+    int verdict = tls_crl_verdict(crl_running, der, len, time(NULL));
+    if (verdict < 0) {
+        char peer_addr[INET6_ADDRSTRLEN + 8] = "?";
+        const coap_address_t *remote = coap_session_get_addr_remote(session);
+        if (remote)
+            coap_print_addr(remote, (unsigned char *)peer_addr, sizeof(peer_addr));
+        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (%s: \"%s\" from %s)",
+                       verdict == -EKEYREVOKED   ? "certificate revoked"
+                       : verdict == -EKEYEXPIRED ? "coap.dtls.crl is past its next update"
+                                                 : "device certificate does not parse",
+                       subject_cn, peer_addr);
+        return 0;
+    }
     dtls_peer_t *peer = dtls_peer_get(session);
     if (!peer)
         return 0;
@@ -273,6 +296,8 @@ void dtls_release(void)
     char *none[3] = { NULL, NULL, NULL };
     set_paths(none);
     psk_running = NULL;
+    tls_crl_free(crl_running);
+    crl_running = NULL;
 }
 
 struct dtls_creds {
@@ -281,6 +306,7 @@ struct dtls_creds {
     bool pki_on; /* X.509 handshakes: p, with paths */
     coap_dtls_pki_t p;
     char *paths[3]; /* owned until given to libcoap */
+    tls_crl_t *crl; /* coap.dtls.crl, owned until committed; NULL for none */
 };
 
 void dtls_creds_free(dtls_creds_t *c)
@@ -289,6 +315,7 @@ void dtls_creds_free(dtls_creds_t *c)
         return;
     for (int i = 0; i < 3; i++)
         free(c->paths[i]);
+    tls_crl_free(c->crl);
     free(c);
 }
 
@@ -335,6 +362,14 @@ int dtls_prepare(const gw_config_t *cfg, const dtls_psk_store_t *psk, dtls_creds
         p->pki_key.key.pem.public_cert = c->paths[0];
         p->pki_key.key.pem.private_key = c->paths[1];
         p->pki_key.key.pem.ca_file = c->paths[2];
+        if (*cfg->coap.dtls.crl) {
+            char err[512];
+            if (!(c->crl = tls_crl_load(cfg->coap.dtls.crl, err, sizeof(err)))) {
+                gw_err(DTLS, "coap.dtls.crl: %s", err);
+                dtls_creds_free(c);
+                return -EINVAL;
+            }
+        }
     }
     *out = c;
     return 0;
@@ -352,6 +387,9 @@ void dtls_commit(coap_context_t *ctx, dtls_creds_t *c)
         if (coap_context_set_pki(ctx, &c->p)) {
             set_paths(c->paths); /* libcoap reads them at each handshake: kept until the next */
             memset(c->paths, 0, sizeof(c->paths));
+            tls_crl_free(crl_running);
+            crl_running = c->crl;
+            c->crl = NULL;
         } else {
             gw_err(DTLS, "libcoap refused the X.509 credentials from %s; the running ones stay",
                    c->paths[0]);

@@ -61,6 +61,7 @@ static const struct setting schema[] = {
     { "coap.dtls.ca", S_PATH, OFF(coap.dtls.ca), 0, 0, "", NULL, true },
     { "coap.dtls.require_client_cert", S_BOOL, OFF(coap.dtls.require_client_cert), 0, 0, "false",
       NULL, true },
+    { "coap.dtls.crl", S_PATH, OFF(coap.dtls.crl), 0, 0, "", NULL, true },
 
     { "mqtt", S_GROUP, 0, 0, 0, NULL, NULL, false },
     { "mqtt.uri", S_STR, OFF(mqtt.uri), 0, 0, "mqtts://localhost:8883", NULL, false },
@@ -92,6 +93,7 @@ static const struct setting schema[] = {
     { "mqtt_listener.ca", S_PATH, OFF(mqtt_listener.ca), 0, 0, "", NULL, true },
     { "mqtt_listener.require_client_cert", S_BOOL, OFF(mqtt_listener.require_client_cert), 0, 0,
       "true", NULL, true },
+    { "mqtt_listener.crl", S_PATH, OFF(mqtt_listener.crl), 0, 0, "", NULL, true },
     { "mqtt_listener.max_connections", S_INT, OFF(mqtt_listener.max_connections), 1, 100000, "1000",
       NULL, true },
     { "mqtt_listener.max_connections_per_identity", S_INT,
@@ -610,6 +612,9 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
     if (cfg->coap.dtls.require_client_cert && !*cfg->coap.dtls.ca)
         gw_errs_add(errs, f, LINE("coap.dtls.require_client_cert"), "coap.dtls.require_client_cert",
                     "needs coap.dtls.ca to verify devices");
+    if (*cfg->coap.dtls.crl && !*cfg->coap.dtls.ca)
+        gw_errs_add(errs, f, LINE("coap.dtls.crl"), "coap.dtls.crl",
+                    "needs coap.dtls.ca, the CA that signs the CRL and the devices");
     if (!cfg->coap.plain && !*cfg->coap.dtls.psk_file && !*cfg->coap.dtls.cert)
         gw_errs_add(errs, f, LINE("coap.dtls"), "coap.dtls",
                     "neither psk_file nor cert is set, so no device could connect "
@@ -690,6 +695,9 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
                         "would relay devices to itself; give the listener another port or "
                         "mqtt.uri the broker's address",
                         ml->bind, ml->port, cfg->mqtt.uri);
+        if (*ml->crl && !*ml->ca)
+            gw_errs_add(errs, f, LINE("mqtt_listener.crl"), "mqtt_listener.crl",
+                        "needs mqtt_listener.ca, the CA that signs the CRL and the devices");
     }
     gw_listen_t listen;
     const char *why;

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config_file.h"
@@ -59,6 +60,22 @@ static dtls_psk_store_t *check_files(const gw_config_t *cfg, gw_errs_t *errs)
     for (size_t i = 0; i < sizeof(cas) / sizeof(cas[0]); i++)
         if (*cas[i].path && tls_ca_check(cas[i].path, err, sizeof(err)) < 0)
             gw_errs_add(errs, cfg->file, gw_config_line(cfg, cas[i].name), cas[i].name, "%s", err);
+    const struct {
+        const char *name, *path, *ca;
+    } crls[] = { { "coap.dtls.crl", cfg->coap.dtls.crl, cfg->coap.dtls.ca },
+                 { "mqtt_listener.crl", cfg->mqtt_listener.enabled ? cfg->mqtt_listener.crl : "",
+                   cfg->mqtt_listener.ca } };
+    for (size_t i = 0; i < sizeof(crls) / sizeof(crls[0]); i++) {
+        time_t next;
+        if (!*crls[i].path || !*crls[i].ca)
+            continue;
+        if (tls_crl_check(crls[i].path, crls[i].ca, &next, err, sizeof(err)) < 0)
+            gw_errs_add(errs, cfg->file, gw_config_line(cfg, crls[i].name), crls[i].name, "%s",
+                        err);
+        else if ((days = tls_days_left(next, time(NULL))) < TLS_CRL_WARN_DAYS)
+            gw_warn(CONFIG, "%s: %s has its next update in %d days (re-sign it: tandem pki crl)",
+                    crls[i].name, crls[i].path, days);
+    }
     if (*cfg->coap.dtls.psk_file) {
         psk = dtls_psk_load(cfg->coap.dtls.psk_file, "coap.dtls.psk_file", errs);
         if (psk && dtls_psk_count(psk) == 0)

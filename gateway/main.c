@@ -20,7 +20,8 @@ static void usage(FILE *out)
             "Usage: tandem [run] [-c FILE]     run the gateway in the foreground\n"
             "       tandem check [-c FILE]     validate the configuration, print the mappings\n"
             "       tandem stats [-c FILE] [--json|--prometheus] [--watch SECONDS]\n"
-            "       tandem pki init|device|psk ...  certificates and keys (tandem pki --help)\n"
+            "       tandem pki init|device|gateway|revoke|crl|psk ...\n"
+            "                                  certificates, CRLs, keys (tandem pki --help)\n"
             "       tandem --version | --help | COMMAND --help\n"
             "FILE is %s unless -c says otherwise.\n",
             GW_DEFAULT_CONFIG);

@@ -12,7 +12,10 @@
 #include "tls.h"
 
 /* The certificates Tandem presents, by the setting that names them. */
-static const char *const cert_settings[] = { "coap.dtls.cert", "mqtt.cert", "mqtt_listener.cert" };
+static const char *const cert_settings[] = { "coap.dtls.cert", "mqtt.cert", "mqtt_listener.cert",
+                                             "coap.dtls.crl", "mqtt_listener.crl" };
+/* The last ones are CRLs: their "expiry" is their next update. */
+#define FIRST_CRL 3
 #define NCERTS (sizeof(cert_settings) / sizeof(cert_settings[0]))
 
 struct cert {
@@ -101,7 +104,8 @@ static const stats_field_t cert_fields[] = {
       .prom = "expiry",
       .unit = "seconds",
       .scale = 86400,
-      .help = "Time until the certificate expires (whole days; negative once expired)",
+      .help = "Time until the certificate expires, or the CRL's next update (whole days; "
+              "negative once past)",
       .kind = STATS_GAUGE,
       .type = STATS_FN,
       .get = days_left },
@@ -131,14 +135,17 @@ static const stats_section_t cert_section = { .json = "certificates",
 static void read_certs(gw_report_t *r, const gw_config_t *cfg)
 {
     const char *paths[NCERTS] = { cfg->coap.dtls.cert, cfg->mqtt.cert,
-                                  cfg->mqtt_listener.enabled ? cfg->mqtt_listener.cert : "" };
+                                  cfg->mqtt_listener.enabled ? cfg->mqtt_listener.cert : "",
+                                  cfg->coap.dtls.crl,
+                                  cfg->mqtt_listener.enabled ? cfg->mqtt_listener.crl : "" };
     r->ncerts = 0;
     for (size_t i = 0; i < NCERTS; i++) {
         if (!paths[i] || !*paths[i])
             continue;
         struct cert *c = &r->certs[r->ncerts++];
         c->setting = cert_settings[i];
-        if (tls_cert_expiry(paths[i], &c->not_after) < 0)
+        if ((i < FIRST_CRL ? tls_cert_expiry(paths[i], &c->not_after)
+                           : tls_crl_next_update(paths[i], &c->not_after)) < 0)
             c->not_after = 0;
     }
 }

@@ -180,6 +180,26 @@ static int verify_device(gnutls_session_t session)
     if (!certs || n == 0)
         return 0; /* none: refused by GnuTLS when one is required, else anonymous */
     int rc = gnutls_certificate_verify_peers2(session, &status);
+    /* GnuTLS goes on with a CRL past its next update: refused here, as over DTLS. */
+    if (rc >= 0 && c->cred && c->cred->crl_next_update && time(NULL) >= c->cred->crl_next_update)
+        status |= GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED;
+    if (rc >= 0 && (status & (GNUTLS_CERT_REVOKED | GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED))) {
+        /* mqtt_listener.crl lists it, or has passed its next update. */
+        char cn[MAP_IDENTITY_MAX * 2] = "?", peer[INET6_ADDRSTRLEN + 8] = "?";
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        tls_der_cn(certs[0].data, certs[0].size, cn, sizeof(cn));
+        if (getpeername(c->fd, (struct sockaddr *)&ss, &sslen) == 0)
+            inet_ntop(ss.ss_family,
+                      ss.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                                               : (void *)&((struct sockaddr_in *)&ss)->sin_addr,
+                      peer, sizeof(peer));
+        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s: \"%s\" from %s)",
+                       status & GNUTLS_CERT_REVOKED ? "certificate revoked"
+                                                    : "mqtt_listener.crl is past its next update",
+                       cn, peer);
+        return -1;
+    }
     if (rc < 0 || status) {
         gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s)",
                        rc < 0 ? gnutls_strerror(rc) : "does not verify against mqtt_listener.ca");
@@ -226,6 +246,17 @@ static lcred_t *cred_load(const gw_listener_config_t *lc)
             cred_unref(c);
             return NULL;
         }
+    }
+    if (*lc->crl) {
+        rc = gnutls_certificate_set_x509_crl_file(c->cred, lc->crl, GNUTLS_X509_FMT_PEM);
+        if (rc <= 0) {
+            gw_err(TLS, "mqtt_listener: cannot load the CRL %s (%s)", lc->crl,
+                   rc < 0 ? gnutls_strerror(rc) : "no CRL");
+            cred_unref(c);
+            return NULL;
+        }
+        if (tls_crl_next_update(lc->crl, &c->crl_next_update) < 0)
+            c->crl_next_update = 0;
     }
     gnutls_certificate_set_verify_function(c->cred, verify_device);
     return c;

@@ -8,6 +8,7 @@
 #include <gnutls/gnutls.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "link.h"
 #include "listener.h"
@@ -19,6 +20,7 @@
 typedef struct lcred {
     gnutls_certificate_credentials_t cred;
     unsigned refs;
+    time_t crl_next_update; /* mqtt_listener.crl's earliest next update; 0 for no CRL */
 } lcred_t;
 
 /* A byte buffer read into from one side; NULL when empty. */

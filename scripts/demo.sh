@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The quick-start demo: a throw-away CA (tandem pki), Mosquitto with TLS, Tandem with DTLS
-# and its MQTT device listener, a bike reading sent over CoAP/DTLS and another
-# bike's reading sent over MQTT/TLS (mosquitto_pub with its certificate), both
-# arriving on MQTT.
+# and its MQTT device listener, and the reference bikes (examples/): bike-coap's
+# readings over CoAP/DTLS (with a certificate, and with a PSK) and bike-mqtt's over
+# MQTT/TLS (Paho, with its certificate), all arriving on MQTT, and a command from
+# the backend reaching bike-mqtt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,13 +31,16 @@ wait_for() {
 
 echo "== 1. a throw-away CA and certificates with tandem pki (in $dir)"
 tandem=$PWD/build/tandem
+bike_coap=$PWD/build/examples/bike-coap  # the reference bikes (examples/README.md)
+bike_mqtt=$PWD/build/examples/bike-mqtt
 cd "$dir"
 "$tandem" pki init --dir "$dir" --days 30 --hostname localhost --hostname 127.0.0.1
 # bike-7 speaks CoAP, bike-9 MQTT: their certificates' CN is their identity.
 "$tandem" pki device --dir "$dir" --days 30 bike-7
 "$tandem" pki device --dir "$dir" --days 30 bike-9
 # A PSK device would use this key (its hex is the key's bytes).
-echo "bike-8's PSK: $("$tandem" pki psk --file "$dir/psk.txt" bike-8)"
+psk8=$("$tandem" pki psk --file "$dir/psk.txt" bike-8)
+echo "bike-8's PSK: $psk8"
 
 mqtt_port=$(free_port)
 dtls_port=$(free_port)
@@ -81,24 +85,37 @@ mqtt_listener = {
 };
 mappings = (
   { name = "telemetry"; resource = "bikes/{identity}/telemetry";
-    topic = "redback/p1/bikes/{identity}/telemetry"; direction = "up"; qos = 1; }
+    topic = "redback/p1/bikes/{identity}/telemetry"; direction = "up"; qos = 1; },
+  { name = "commands"; resource = "bikes/{identity}/commands";
+    topic = "redback/p1/bikes/{identity}/commands"; direction = "down"; qos = 1; }
 );
 CONF
 "$tandem" check -c tandem.conf
 "$tandem" run -c tandem.conf 2> tandem.log & pids+=($!)
 wait_for tandem.log "mqtt: connected" 15
 
-echo "== 4. bike-7 posts a reading over CoAP/DTLS (its certificate, CN=bike-7)"
-reading='{"bike":"bike-7","heart_rate":142,"cadence":88,"power_w":215}'
-echo "coap-client-gnutls -m post -c bike-7.pem -j bike-7.key -R ca.pem -t json -e '$reading' coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry"
-coap-client-gnutls -v 6 -B 10 -m post -c bike-7.pem -j bike-7.key -R ca.pem -t json -e "$reading" \
-  "coaps://127.0.0.1:$dtls_port/bikes/bike-7/telemetry" 2>&1 | grep -E '^v:1 t:(ACK|CON) c:[245]' || true
+echo "== 4. bike-7 posts readings over CoAP/DTLS (bike-coap, its certificate, CN=bike-7)"
+echo "bike-coap -p $dtls_port -i bike-7 --ca ca.pem --cert bike-7.pem --key bike-7.key -n 3 -I 200 --no-observe"
+"$bike_coap" -p "$dtls_port" -i bike-7 --ca ca.pem --cert bike-7.pem --key bike-7.key \
+  -n 3 -I 200 --no-observe 2>&1 | sed 's/^/   /'
+echo "   and bike-8 with its PSK:"
+echo "bike-coap -p $dtls_port -i bike-8 --psk-hex $psk8 -n 1 --no-observe"
+"$bike_coap" -p "$dtls_port" -i bike-8 --psk-hex "$psk8" -n 1 --no-observe 2>&1 | sed 's/^/   /'
 
-echo "== 5. bike-9 publishes a reading over MQTT/TLS (its certificate, CN=bike-9)"
-reading9='{"bike":"bike-9","heart_rate":131,"cadence":92,"power_w":198}'
-echo "mosquitto_pub -h 127.0.0.1 -p $listener_port --cafile ca.pem --cert bike-9.pem --key bike-9.key -q 1 -t redback/p1/bikes/bike-9/telemetry -m '$reading9'"
-mosquitto_pub -h 127.0.0.1 -p "$listener_port" --cafile ca.pem --cert bike-9.pem --key bike-9.key \
-  -i pi-bike -q 1 -t redback/p1/bikes/bike-9/telemetry -m "$reading9"
+echo "== 5. bike-9 publishes readings over MQTT/TLS (bike-mqtt: Paho, its certificate, CN=bike-9)"
+echo "bike-mqtt -p $listener_port -i bike-9 --ca ca.pem --cert bike-9.pem --key bike-9.key -n 0 -I 500 -c"
+"$bike_mqtt" -p "$listener_port" -i bike-9 --ca ca.pem --cert bike-9.pem --key bike-9.key \
+  --store bike-9-store -n 0 -I 500 -c > bike-9.out 2> bike-9.log & bike9=$!
+pids+=("$bike9")
+wait_for bike-9.log "subscribed to" 15
+echo "   the backend sends bike-9 a command; the bike prints it:"
+pub -q 1 -t redback/p1/bikes/bike-9/commands -m '{"resistance":6}'
+wait_for bike-9.out resistance 10
+sed 's/^/   /' bike-9.out
+wait_for received.txt "redback/p1/bikes/bike-9/telemetry" 10
+kill -TERM "$bike9"
+wait "$bike9" || { echo "demo: bike-mqtt failed" >&2; cat bike-9.log >&2; exit 1; }
+sed 's/^/   /' bike-9.log
 echo "   and tries bike-7's topic (refused: MQTT 5 PUBACK 0x87 Not authorized):"
 mosquitto_pub -V mqttv5 -h 127.0.0.1 -p "$listener_port" --cafile ca.pem --cert bike-9.pem \
   --key bike-9.key -q 1 -t redback/p1/bikes/bike-7/telemetry -m forged 2>&1 | sed 's/^/   /' || true
@@ -106,10 +123,12 @@ mosquitto_pub -V mqttv5 -h 127.0.0.1 -p "$listener_port" --cafile ca.pem --cert 
 echo "== 6. what the backend sees on MQTT"
 wait_for received.txt "redback/p1/bikes/bike-7/telemetry" 10
 wait_for received.txt "redback/p1/bikes/bike-9/telemetry" 10
+wait_for received.txt "redback/p1/bikes/bike-8/telemetry" 10
 grep redback received.txt
 if grep -q forged received.txt; then echo "demo: the forged reading arrived" >&2; exit 1; fi
 echo "   Mosquitto saw bike-9's relayed connection as:"
 grep "as bike-9/" mosquitto.log | sed 's/^/   /'
 echo "== 7. the gateway's log"
 cat tandem.log
-echo "== demo OK: bike-7's reading (CoAP) and bike-9's (MQTT) arrived; the forged one did not"
+echo "== demo OK: bike-7's and bike-8's readings (CoAP) and bike-9's (MQTT) arrived, bike-9 got its"
+echo "   command; the forged reading did not arrive"

@@ -9,6 +9,7 @@
 #include <gnutls/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -204,6 +205,156 @@ int tls_der_client_purpose(const uint8_t *der, size_t len)
         }
     }
 out:
+    gnutls_x509_crt_deinit(crt);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ CRLs */
+
+struct tls_crl {
+    gnutls_x509_crl_t *list;
+    unsigned n;
+    time_t next_update; /* the earliest; (time_t)-1 when none says */
+};
+
+static int load_crls(const char *path, gnutls_x509_crl_t **list, unsigned *n, char *err,
+                     size_t errlen)
+{
+    gnutls_datum_t data = { NULL, 0 };
+    int rc = gnutls_load_file(path, &data);
+    if (rc < 0)
+        return fail(err, errlen, "cannot read %s (%s)", path, strerror(errno ? errno : ENOENT));
+    rc = gnutls_x509_crl_list_import2(list, n, &data, GNUTLS_X509_FMT_PEM, 0);
+    gnutls_free(data.data);
+    if (rc < 0 || *n == 0)
+        return fail(err, errlen, "%s holds no PEM CRL (%s)", path,
+                    rc < 0 ? gnutls_strerror(rc) : "empty");
+    return 0;
+}
+
+static void free_crls(gnutls_x509_crl_t *list, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        gnutls_x509_crl_deinit(list[i]);
+    gnutls_free(list);
+}
+
+static time_t earliest_next(gnutls_x509_crl_t *list, unsigned n)
+{
+    time_t next = (time_t)-1;
+    for (unsigned i = 0; i < n; i++) {
+        time_t t = gnutls_x509_crl_get_next_update(list[i]);
+        if (t != (time_t)-1 && (next == (time_t)-1 || t < next))
+            next = t;
+    }
+    return next;
+}
+
+int tls_crl_check(const char *crl_path, const char *ca_path, time_t *next_update, char *err,
+                  size_t errlen)
+{
+    gnutls_x509_crl_t *crls = NULL;
+    gnutls_x509_crt_t *cas = NULL;
+    unsigned ncrl = 0, nca = 0;
+    time_t now = time(NULL);
+    int rc;
+
+    if ((rc = load_crls(crl_path, &crls, &ncrl, err, errlen)) < 0)
+        return rc;
+    if ((rc = load_chain(ca_path, &cas, &nca, err, errlen)) < 0)
+        goto out;
+    for (unsigned i = 0; i < ncrl; i++) {
+        unsigned status = 0;
+        time_t next = gnutls_x509_crl_get_next_update(crls[i]);
+        /* Its times are told apart from its signature, which GnuTLS's verdict mixes. */
+        if (gnutls_x509_crl_verify(crls[i], cas, nca, 0, &status) < 0 ||
+            (status & ~(unsigned)(GNUTLS_CERT_INVALID | GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED |
+                                  GNUTLS_CERT_REVOCATION_DATA_ISSUED_IN_FUTURE))) {
+            rc = fail(err, errlen, "%s is not signed by a CA of %s", crl_path, ca_path);
+            goto out;
+        }
+        if (gnutls_x509_crl_get_this_update(crls[i]) > now) {
+            rc = fail(err, errlen, "%s is not valid yet (its this update is ahead)", crl_path);
+            goto out;
+        }
+        if (next == (time_t)-1) {
+            rc = fail(err, errlen, "%s has no next update", crl_path);
+            goto out;
+        }
+        if (next <= now) {
+            rc = fail(err, errlen,
+                      "%s has expired (its next update has passed; re-sign it with "
+                      "tandem pki crl)",
+                      crl_path);
+            goto out;
+        }
+    }
+    if (next_update)
+        *next_update = earliest_next(crls, ncrl);
+    rc = 0;
+out:
+    free_crls(crls, ncrl);
+    free_chain(cas, nca);
+    return rc;
+}
+
+int tls_crl_next_update(const char *crl_path, time_t *next_update)
+{
+    gnutls_x509_crl_t *crls = NULL;
+    unsigned n = 0;
+    char err[256];
+    int rc = load_crls(crl_path, &crls, &n, err, sizeof(err));
+    if (rc < 0)
+        return rc;
+    time_t next = earliest_next(crls, n);
+    free_crls(crls, n);
+    if (next == (time_t)-1)
+        return -EINVAL;
+    *next_update = next;
+    return 0;
+}
+
+tls_crl_t *tls_crl_load(const char *crl_path, char *err, size_t errlen)
+{
+    tls_crl_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (load_crls(crl_path, &c->list, &c->n, err, errlen) < 0) {
+        free(c);
+        return NULL;
+    }
+    c->next_update = earliest_next(c->list, c->n);
+    return c;
+}
+
+void tls_crl_free(tls_crl_t *crl)
+{
+    if (!crl)
+        return;
+    free_crls(crl->list, crl->n);
+    free(crl);
+}
+
+int tls_crl_verdict(const tls_crl_t *crl, const uint8_t *der, size_t len, time_t now)
+{
+    gnutls_x509_crt_t crt;
+    gnutls_datum_t d = { (unsigned char *)der, (unsigned)len };
+    int rc;
+
+    if (!crl)
+        return 0;
+    if (gnutls_x509_crt_init(&crt) < 0)
+        return -ENOMEM;
+    if (gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_DER) < 0)
+        rc = -EINVAL;
+    else if (gnutls_x509_crt_check_revocation(crt, crl->list, crl->n) == 1)
+        rc = -EKEYREVOKED;
+    else if (crl->next_update != (time_t)-1 && now >= crl->next_update)
+        rc = -EKEYEXPIRED;
+    else
+        rc = 0;
     gnutls_x509_crt_deinit(crt);
     return rc;
 }

@@ -329,3 +329,277 @@ int pki_device(const char *dir, const char *name, int days, char *err, size_t er
     pair_free(&dev);
     return rc;
 }
+
+/* The names of a certificate's subject alternative names (DNS names and IP addresses) into names. */
+static int read_names(const char *path, char names[][256], size_t *n)
+{
+    gnutls_datum_t d = { 0 };
+    gnutls_x509_crt_t crt = NULL;
+    int rc;
+
+    *n = 0;
+    if ((rc = gnutls_load_file(path, &d)) < 0 || (rc = gnutls_x509_crt_init(&crt)) < 0 ||
+        (rc = gnutls_x509_crt_import(crt, &d, GNUTLS_X509_FMT_PEM)) < 0) {
+        gnutls_free(d.data);
+        if (crt)
+            gnutls_x509_crt_deinit(crt);
+        return -EINVAL;
+    }
+    gnutls_free(d.data);
+    for (unsigned i = 0; *n < PKI_NAMES_MAX; i++) {
+        unsigned char buf[256];
+        size_t size = sizeof(buf) - 1;
+        unsigned critical;
+        rc = gnutls_x509_crt_get_subject_alt_name(crt, i, buf, &size, &critical);
+        if (rc == GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE)
+            break;
+        if (rc == GNUTLS_SAN_DNSNAME) {
+            buf[size] = '\0';
+            snprintf(names[(*n)++], 256, "%s", (char *)buf);
+        } else if (rc == GNUTLS_SAN_IPADDRESS && (size == 4 || size == 16)) {
+            inet_ntop(size == 4 ? AF_INET : AF_INET6, buf, names[(*n)++], 256);
+        }
+    }
+    gnutls_x509_crt_deinit(crt);
+    return *n ? 0 : -ENOENT;
+}
+
+/* Makes dst a hard link to src, replacing dst; nothing when src is missing. */
+static int keep_old(const char *src, const char *dst)
+{
+    if (access(src, F_OK) < 0)
+        return 0;
+    if (unlink(dst) < 0 && errno != ENOENT)
+        return -errno;
+    return link(src, dst) < 0 ? -errno : 0;
+}
+
+int pki_gateway(const char *dir, int days, const char *const *given, size_t ngiven, gid_t group,
+                char *err, size_t errlen)
+{
+    struct pair ca = { 0 }, gw = { 0 };
+    struct out o[2] = { 0 };
+    char keypath[PATH_MAX], pempath[PATH_MAX], oldkey[PATH_MAX], oldpem[PATH_MAX];
+    char found[PKI_NAMES_MAX][256];
+    const char *names[PKI_NAMES_MAX];
+    size_t n = ngiven;
+    struct stat st;
+    int rc;
+
+    if (days < 1 || days > 36500)
+        return fail(err, errlen, -EINVAL, "--days must be 1..36500");
+    if (path_in(keypath, sizeof(keypath), dir, "gateway", ".key") < 0 ||
+        path_in(pempath, sizeof(pempath), dir, "gateway", ".pem") < 0 ||
+        path_in(oldkey, sizeof(oldkey), dir, "gateway", ".key.old") < 0 ||
+        path_in(oldpem, sizeof(oldpem), dir, "gateway", ".pem.old") < 0 ||
+        path_in(o[0].path, sizeof(o[0].path), dir, "gateway", ".key.new") < 0 ||
+        path_in(o[1].path, sizeof(o[1].path), dir, "gateway", ".pem.new") < 0)
+        return fail(err, errlen, -ENAMETOOLONG, "%s: the path is too long", dir);
+    if (n > PKI_NAMES_MAX)
+        return fail(err, errlen, -EINVAL, "give 1 to %d names", PKI_NAMES_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if (!pki_name_ok(given[i]))
+            return fail(err, errlen, -EINVAL, "\"%s\" is neither an IP address nor a DNS name",
+                        given[i]);
+        names[i] = given[i];
+    }
+    if (n == 0) {
+        /* Renewal: the names of the certificate in place. */
+        if (read_names(pempath, found, &n) < 0)
+            return fail(err, errlen, -ENOENT, "%s: no names to renew it for; give --hostname",
+                        pempath);
+        for (size_t i = 0; i < n; i++)
+            names[i] = found[i];
+    }
+    if ((rc = read_ca(&ca, dir, err, errlen)) < 0) {
+        pair_free(&ca);
+        return rc;
+    }
+    /* The new key is readable as the old one was (mode and group), unless a group is given. */
+    unsigned keymode = 0600;
+    gid_t keygid = group;
+    if (stat(keypath, &st) == 0 && group == (gid_t)-1) {
+        keymode = st.st_mode & 0640;
+        keygid = st.st_gid;
+    } else if (group != (gid_t)-1) {
+        keymode = 0640;
+    }
+    o[0].mode = 0600;
+    o[1].mode = 0644;
+    rc = make(&gw, ROLE_SERVER, names[0], days, names, n, &ca);
+    if (rc >= 0 && (rc = export(&o[0], &gw, true)) >= 0)
+        rc = export(&o[1], &gw, false);
+    if (rc < 0) {
+        rc = fail(err, errlen, -EIO, "cannot make the certificate: %s", gnutls_strerror(rc));
+        goto out;
+    }
+    /* Leftovers of an interrupted run are not the pair in place: they go. */
+    unlink(o[0].path);
+    unlink(o[1].path);
+    if ((rc = write_all(o, 2, err, errlen)) < 0)
+        goto out;
+    if (keygid != (gid_t)-1 && keygid != getegid() && chown(o[0].path, (uid_t)-1, keygid) < 0) {
+        rc = fail(err, errlen, -errno, "cannot give %s to group %u: %s", o[0].path,
+                  (unsigned)keygid, strerror(errno));
+        goto undo;
+    }
+    if (chmod(o[0].path, keymode | 0600) < 0) {
+        rc = fail(err, errlen, -errno, "cannot chmod %s: %s", o[0].path, strerror(errno));
+        goto undo;
+    }
+    if ((rc = keep_old(keypath, oldkey)) < 0 || (rc = keep_old(pempath, oldpem)) < 0) {
+        rc = fail(err, errlen, rc, "cannot keep the old pair as %s and %s: %s", oldkey, oldpem,
+                  strerror(-rc));
+        goto undo;
+    }
+    /* The key first: a certificate in place always has its key beside it or in .old. */
+    if (rename(o[0].path, keypath) < 0 || rename(o[1].path, pempath) < 0) {
+        rc = fail(err, errlen, -errno, "cannot put the new pair in place: %s", strerror(errno));
+        if (access(oldkey, F_OK) == 0) {
+            /* Back to the old pair, whole. */
+            unlink(keypath);
+            link(oldkey, keypath);
+        }
+        goto undo;
+    }
+    rc = 0;
+    goto out;
+undo:
+    unlink(o[0].path);
+    unlink(o[1].path);
+out:
+    outs_free(o, 2);
+    pair_free(&ca);
+    pair_free(&gw);
+    return rc;
+}
+
+/* Reads a certificate (PEM). */
+static int read_crt(gnutls_x509_crt_t *crt, const char *path, char *err, size_t errlen)
+{
+    gnutls_datum_t d = { 0 };
+    int rc;
+    if (access(path, R_OK) < 0)
+        return fail(err, errlen, -ENOENT, "%s: %s", path, strerror(errno));
+    if ((rc = gnutls_load_file(path, &d)) < 0 || (rc = gnutls_x509_crt_init(crt)) < 0 ||
+        (rc = gnutls_x509_crt_import(*crt, &d, GNUTLS_X509_FMT_PEM)) < 0) {
+        gnutls_free(d.data);
+        return fail(err, errlen, -EINVAL, "%s: not a PEM certificate (%s)", path,
+                    gnutls_strerror(rc));
+    }
+    gnutls_free(d.data);
+    return 0;
+}
+
+int pki_crl_update(const char *dir, const char *name, int days, char *err, size_t errlen)
+{
+    struct pair ca = { 0 };
+    gnutls_x509_crt_t dev = NULL;
+    gnutls_x509_crl_t old = NULL, crl = NULL;
+    gnutls_datum_t d = { 0 }, pem = { 0 };
+    char path[PATH_MAX], devpath[PATH_MAX];
+    unsigned char serial[64], num[20] = { 0 };
+    size_t serial_len = sizeof(serial), numlen = sizeof(num);
+    time_t now = time(NULL);
+    int rc;
+
+    if (days < 1 || days > 36500)
+        return fail(err, errlen, -EINVAL, "--days must be 1..36500");
+    if (path_in(path, sizeof(path), dir, "crl", ".pem") < 0 ||
+        (name && path_in(devpath, sizeof(devpath), dir, name, ".pem") < 0))
+        return fail(err, errlen, -ENAMETOOLONG, "%s: the path is too long", dir);
+    if ((rc = read_ca(&ca, dir, err, errlen)) < 0)
+        goto out;
+    if (name) {
+        if ((rc = read_crt(&dev, devpath, err, errlen)) < 0)
+            goto out;
+        unsigned status = 0;
+        if (gnutls_x509_crt_verify(dev, &ca.crt, 1, 0, &status) < 0 ||
+            (status & ~(GNUTLS_CERT_EXPIRED | GNUTLS_CERT_INVALID))) {
+            rc = fail(err, errlen, -EINVAL, "%s is not signed by %s/ca.pem", devpath, dir);
+            goto out;
+        }
+        if ((rc = gnutls_x509_crt_get_serial(dev, serial, &serial_len)) < 0) {
+            rc = fail(err, errlen, -EINVAL, "%s: no serial (%s)", devpath, gnutls_strerror(rc));
+            goto out;
+        }
+    }
+    if ((rc = gnutls_x509_crl_init(&crl)) < 0)
+        goto gnutls_fail;
+    if (access(path, F_OK) == 0) {
+        unsigned status = 0;
+        if ((rc = gnutls_load_file(path, &d)) < 0 || (rc = gnutls_x509_crl_init(&old)) < 0 ||
+            (rc = gnutls_x509_crl_import(old, &d, GNUTLS_X509_FMT_PEM)) < 0) {
+            rc = fail(err, errlen, -EINVAL, "%s: not a PEM CRL (%s); nothing was changed", path,
+                      gnutls_strerror(rc));
+            goto out;
+        }
+        /* Expired or not, it must be the CA's: re-signing an expired one is what crl is for. */
+        if (gnutls_x509_crl_verify(old, &ca.crt, 1, 0, &status) < 0 ||
+            (status & ~(unsigned)(GNUTLS_CERT_INVALID | GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED |
+                                  GNUTLS_CERT_REVOCATION_DATA_ISSUED_IN_FUTURE))) {
+            rc = fail(err, errlen, -EINVAL, "%s is not signed by %s/ca.pem; nothing was changed",
+                      path, dir);
+            goto out;
+        }
+        int count = gnutls_x509_crl_get_crt_count(old);
+        for (int i = 0; i < count; i++) {
+            unsigned char s[64];
+            size_t slen = sizeof(s);
+            time_t when;
+            if ((rc = gnutls_x509_crl_get_crt_serial(old, i, s, &slen, &when)) < 0)
+                goto gnutls_fail;
+            if (name && slen == serial_len && !memcmp(s, serial, slen)) {
+                rc = fail(err, errlen, -EALREADY, "%s is already revoked in %s", devpath, path);
+                goto out;
+            }
+            if ((rc = gnutls_x509_crl_set_crt_serial(crl, s, slen, when)) < 0)
+                goto gnutls_fail;
+        }
+        /* The CRL number goes up by one at each signing. */
+        unsigned critical;
+        if (gnutls_x509_crl_get_number(old, num, &numlen, &critical) < 0 || numlen > 19)
+            numlen = 0;
+    } else {
+        numlen = 0;
+    }
+    if (name && (rc = gnutls_x509_crl_set_crt(crl, dev, now)) < 0)
+        goto gnutls_fail;
+    /* num as a big-endian number, plus one. */
+    unsigned char next[20] = { 0 };
+    memcpy(next + sizeof(next) - numlen, num, numlen);
+    for (int i = (int)sizeof(next) - 1; i >= 0 && ++next[i] == 0; i--)
+        ;
+    size_t skip = 0;
+    while (skip < sizeof(next) - 1 && next[skip] == 0 && !(next[skip + 1] & 0x80))
+        skip++;
+    unsigned char id[64];
+    size_t idlen = sizeof(id);
+    if ((rc = gnutls_x509_crl_set_version(crl, 2)) < 0 ||
+        (rc = gnutls_x509_crl_set_this_update(crl, now)) < 0 ||
+        (rc = gnutls_x509_crl_set_next_update(crl, now + (time_t)days * 86400)) < 0 ||
+        (rc = gnutls_x509_crl_set_number(crl, next + skip, sizeof(next) - skip)) < 0 ||
+        (rc = gnutls_x509_crt_get_subject_key_id(ca.crt, id, &idlen, NULL)) < 0 ||
+        (rc = gnutls_x509_crl_set_authority_key_id(crl, id, idlen)) < 0 ||
+        (rc = gnutls_x509_crl_sign2(crl, ca.crt, ca.key, GNUTLS_DIG_SHA256, 0)) < 0 ||
+        (rc = gnutls_x509_crl_export2(crl, GNUTLS_X509_FMT_PEM, &pem)) < 0)
+        goto gnutls_fail;
+    struct iovec iov = { pem.data, pem.size };
+    rc = gw_file_write_mode(path, &iov, 1, GW_FILE_SYNC | GW_FILE_SYNC_DIR, 0644);
+    if (rc < 0)
+        rc = fail(err, errlen, rc, "cannot write %s: %s", path, strerror(-rc));
+    goto out;
+gnutls_fail:
+    rc = fail(err, errlen, -EIO, "cannot make the CRL: %s", gnutls_strerror(rc));
+out:
+    gnutls_free(d.data);
+    gnutls_free(pem.data);
+    if (dev)
+        gnutls_x509_crt_deinit(dev);
+    if (old)
+        gnutls_x509_crl_deinit(old);
+    if (crl)
+        gnutls_x509_crl_deinit(crl);
+    pair_free(&ca);
+    return rc;
+}

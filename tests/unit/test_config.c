@@ -169,6 +169,10 @@ Test(config, rules_between_settings)
                  "not a valid topic");
     gw_errs_clear(&errs);
     expect_error(BASE "gateway = {\n  id = \"a/b\";\n};\n", 3, "gateway.id", "without '/'");
+    gw_errs_clear(&errs);
+    expect_error("coap = {\n  dtls = {\n    cert = \"c.pem\"; key = \"k.pem\";\n"
+                 "    crl = \"crl.pem\";\n  };\n};\n",
+                 4, "coap.dtls.crl", "needs coap.dtls.ca");
 }
 
 Test(config, mqtt_listener_rules)
@@ -186,6 +190,11 @@ Test(config, mqtt_listener_rules)
     expect_error(BASE "mqtt_listener = {\n  enabled = true;\n  bind = \"any\";\n"
                       "  cert = \"c.pem\";\n  key = \"k.pem\";\n  ca = \"ca.pem\";\n};\n",
                  4, "mqtt_listener.bind", "not an IP address");
+    gw_errs_clear(&errs);
+    expect_error(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n"
+                      "  key = \"k.pem\";\n  require_client_cert = false;\n"
+                      "  crl = \"crl.pem\";\n};\n",
+                 7, "mqtt_listener.crl", "needs mqtt_listener.ca");
     gw_errs_clear(&errs);
     gw_config_t *cfg = load_text(BASE "mqtt_listener = {\n  enabled = true;\n  cert = \"c.pem\";\n"
                                       "  key = \"k.pem\";\n  require_client_cert = false;\n"
