@@ -68,7 +68,9 @@ inspect() { # ARCH
   local f
   for f in usr/bin/tandem lib/systemd/system/tandem.service usr/lib/sysusers.d/tandem.conf \
            usr/lib/sysctl.d/60-tandem.conf usr/lib/tmpfiles.d/tandem.conf \
-           etc/tandem/tandem.conf usr/share/man/man8/tandem.8.gz \
+           etc/tandem/tandem.conf usr/share/man/man8/tandem.8.gz usr/share/man/man5/tandem.conf.5.gz \
+           usr/share/doc/tandem/operating.md usr/share/doc/tandem/devices.md \
+           usr/share/doc/tandem/engineering.md \
            usr/share/tandem/certbot-deploy-hook usr/share/doc/tandem/copyright \
            usr/share/tandem/prometheus/tandem-rules.yml usr/share/tandem/grafana/tandem.json; do
     [ -f "$root/$f" ] || fail "$arch: /$f is missing"
@@ -102,6 +104,11 @@ inspect() { # ARCH
   want=$([ "$arch" = amd64 ] && echo x86-64 || echo aarch64)
   file -b "$root/usr/bin/tandem" | grep -q "$want" || fail "$arch: /usr/bin/tandem is not $want"
   zcat "$root/usr/share/man/man8/tandem.8.gz" | grep -q '^\.SH SIGNALS' || fail "$arch: man page"
+  zcat "$root/usr/share/man/man5/tandem.conf.5.gz" | grep -q '^\.B coap\.dtls\.port = ' ||
+    fail "$arch: tandem.conf(5)"
+  grep -q '^Documentation=man:tandem(8) man:tandem.conf(5)' "$root/lib/systemd/system/tandem.service" &&
+    grep -q '^Documentation=file:/usr/share/doc/tandem/operating.md' "$root/lib/systemd/system/tandem.service" ||
+    fail "$arch: the unit does not name its documentation"
   # The packaged configuration passes `tandem check` once `tandem pki` has
   # made the credentials it names (the packaged binary; arm64 under qemu);
   # not as the service user, whom this machine need not have.

@@ -72,8 +72,15 @@ def unit_file_verifies():
         check(needle in text, "the unit lacks %s" % needle)
     unit = os.path.join(d, "tandem.service")
     open(unit, "w").write(text)
+    # Documentation= names manual pages, which verify looks up with man(1): the
+    # repository's, as the package installs them.
+    for page in ("tandem.8", "tandem.conf.5"):
+        section = os.path.join(d, "man", "man" + page[-1])
+        os.makedirs(section, exist_ok=True)
+        shutil.copy(os.path.join(HERE, "..", "..", "doc", page), section)
     out = subprocess.run(["systemd-analyze", "verify", unit], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, timeout=60)
+                         stderr=subprocess.STDOUT, text=True, timeout=60,
+                         env=dict(os.environ, MANPATH=os.path.join(d, "man")))
     check(out.stdout.strip() == "", "systemd-analyze verify:\n" + out.stdout)
 
 
