@@ -14,6 +14,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TABLE = os.path.join(ROOT, "gateway", "config_file.c")
 CONF = os.path.join(ROOT, "etc", "tandem.conf")
 MANUAL = os.path.join(ROOT, "doc", "tandem.conf.5")
+README = os.path.join(ROOT, "README.md")
+UNIT = os.path.join(ROOT, "deploy", "tandem.service")
+INSTALL = os.path.join(ROOT, "deploy", "meson.build")
+README_MAX_LINES = 200
 
 
 def read(path):
@@ -124,8 +128,8 @@ def unroff(s):
     return s
 
 
-TYPE_LINE = re.compile(r'^\.I "(String|Path|Boolean|Integer, (-?\d+) to (-?\d+)|One of ([a-z, ]+)); '
-                       r'(SIGHUP applies it|applied at restart)\."$')
+TYPE_LINE = re.compile(r'^\.I "(String|Path|Boolean|Integer, (-?\d+) to (-?\d+)|'
+                       r'One of ([a-z, ]+)); (SIGHUP applies it|applied at restart)\."$')
 
 
 def parse_manual(text):
@@ -272,5 +276,45 @@ def manual_check_catches_drift():
               % (what, name, diffs))
 
 
+def readme_is_short():
+    """README.md stays a front page: at most 200 lines, its links lead somewhere, and it
+    points at every part of the documentation."""
+    text = read(README)
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    check(lines <= README_MAX_LINES, "README.md has %d lines, more than %d: move the details to "
+          "doc/" % (lines, README_MAX_LINES))
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not re.match(r"https?:", target):
+            check(os.path.exists(os.path.join(ROOT, target)), "README.md links to %s, which is "
+                  "not in the repository" % target)
+    for doc in ("doc/tandem.8", "doc/tandem.conf.5", "doc/operating.md", "doc/devices.md",
+                "doc/engineering.md"):
+        check("(%s)" % doc in text, "README.md does not point at %s" % doc)
+    check("bash scripts/demo.sh " in text and "bash scripts/test.sh " in text,
+          "README.md lost the quick start's commands")
+
+
+def unit_names_the_manual():
+    """The unit's Documentation= names the manual pages and a guide that the build
+    installs."""
+    unit = read(UNIT)
+    docs = " ".join(re.findall(r"^Documentation=(.*)$", unit, re.M)).split()
+    check("man:tandem(8)" in docs and "man:tandem.conf(5)" in docs,
+          "deploy/tandem.service: Documentation= lacks the manual pages: %s" % docs)
+    install = read(INSTALL)
+    for uri in docs:
+        if uri.startswith("man:"):
+            page = re.match(r"man:([\w.]+)\((\d)\)$", uri)
+            check(page, "deploy/tandem.service: %s is not man:PAGE(SECTION)" % uri)
+            name = "%s.%s" % page.groups()
+        else:
+            check(uri.startswith("file:/usr/share/doc/tandem/"), "unexpected %s" % uri)
+            name = os.path.basename(uri)
+        check(os.path.exists(os.path.join(ROOT, "doc", name)), "%s: no doc/%s" % (uri, name))
+        check("'../doc/%s'" % name in install, "%s: deploy/meson.build does not install "
+              "doc/%s" % (uri, name))
+
+
 if __name__ == "__main__":
-    run({f.__name__: f for f in [settings_table_conf_and_manual_agree, manual_check_catches_drift]})
+    run({f.__name__: f for f in [settings_table_conf_and_manual_agree, manual_check_catches_drift,
+                                  readme_is_short, unit_names_the_manual]})
