@@ -1,7 +1,7 @@
-"""MQTT devices over TLS through the gateway's MQTT listener (doc/devices.md, MQTT devices): each
-device relayed on its own upstream connection to a real Mosquitto, held to the
-same mappings as CoAP devices. Devices are mosquitto_pub/mosquitto_sub (MQTT 5
-and 3.1.1), Paho (python3-paho-mqtt), openssl s_client, and raw packets over
+"""MQTT devices over TLS through the gateway's MQTT listener (doc/devices.md, MQTT
+devices): each device relayed on its own upstream connection to a real Mosquitto,
+held to the same mappings as CoAP devices. Devices are mosquitto_pub/mosquitto_sub
+(MQTT 5 and 3.1.1), Paho (python3-paho-mqtt), openssl s_client, and raw packets over
 Python's ssl for what the clients cannot send."""
 
 import os
