@@ -15,7 +15,8 @@ from harness import Broker, Gateway, Pki, Subscriber, check, wait_until, workdir
 
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "16"))
 COUNT = int(os.environ.get("BENCH_COUNT", "500"))
-# Readings per device while the broker is down; they drain slowly (README, Performance).
+# Readings per device while the broker is down; they drain slowly (doc/engineering.md,
+# Performance).
 OFFLINE_COUNT = int(os.environ.get("BENCH_OFFLINE_COUNT", "50"))
 
 MAPPINGS = """
