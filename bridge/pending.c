@@ -52,6 +52,7 @@ pending_slot_t *pending_alloc(pending_t *pt)
             pending_slot_t *p = &pt->pend[i];
             p->used = true;
             p->separate = false;
+            p->seq = 0;
             pt->inflight++;
             return p;
         }

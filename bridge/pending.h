@@ -36,7 +36,8 @@ typedef struct pending_slot {
     uint32_t block1;
     size_t map; /* its mapping's index; SIZE_MAX once it went at a reload */
     uint64_t started_ms, piggyback_ms, deadline_ms;
-    bool stored; /* in the offline buffer: answered at bridge_commit() */
+    bool stored;  /* in the offline buffer: answered at bridge_commit() */
+    uint64_t seq; /* its record in the offline buffer while connected; 0: none */
 } pending_slot_t;
 
 typedef struct pending_table pending_t;
