@@ -82,6 +82,12 @@ struct upstream {
     uint64_t hand_next;
     uint64_t start_at_ms; /* a client made again starts then; 0: started */
     bool remake;          /* the client is to be made again (bridge_tick) */
+    /*
+     * After a good connection is lost, the bridge paces the attempts itself
+     * (from 1 s, doubling), ahead of the client's longer backoff.
+     */
+    bool own_retry;
+    unsigned retry_ms;
     struct {
         bool acked;         /* the broker acknowledged something on this connection */
         unsigned strikes;   /* connections in a row the broker dropped soon */

@@ -29,6 +29,8 @@
  * starts again at 1 s then, and the guard below stands down). ms.
  */
 #define STABLE_MS 10000
+/* The longest wait between connection attempts the bridge paces, ms. */
+#define BACKOFF_MAX_MS 30000
 /* How often bridge_tick needs to run while anything waits, ms. */
 #define TICK_MS 100
 /* Bytes the offline buffer holds at most. */
@@ -92,7 +94,7 @@ int bridge_retry_after_s(const bridge_t *b)
 {
     uint64_t ms = b->mqtt ? mqtt_client_retry_in_ms(b->mqtt) : 0;
     uint64_t now = gw_now_ms();
-    if (b->link.start_at_ms > now)
+    if (b->link.start_at_ms > now && (b->link.remake || ms == 0 || b->link.start_at_ms - now < ms))
         ms = b->link.start_at_ms - now;
     return ms < 1000 ? 1 : (int)((ms + 999) / 1000);
 }
@@ -296,11 +298,19 @@ int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p)
 static void on_connected(void *data, bool session_present)
 {
     bridge_t *b = data;
+    size_t resent = mqtt_client_unacked(b->mqtt);
+    if (!session_present && resent && b->link.ever_connected)
+        gw_warn(MQTT,
+                "the broker had no session for us: %zu messages it had not acknowledged "
+                "are sent again",
+                resent);
     int rc = mqtt_store_set_durable(b->store, false);
     if (rc < 0)
         gw_log_limited(GW_LOG_ERROR, MQTT, "the offline buffer (%s)", gw_strerror(rc));
     set_limits(b, true);
     b->link.connected = true;
+    b->link.own_retry = false;
+    b->link.start_at_ms = 0;
     b->link.connected_at_ms = gw_now_ms();
     b->link.guard.acked = false;
     if (b->link.ever_connected)
@@ -398,8 +408,15 @@ static void on_lost(void *data, int err, const char *why)
 {
     bridge_t *b = data;
     (void)err;
-    if (!b->link.connected)
-        return; /* an attempt that failed: the client said why and tries again */
+    if (!b->link.connected) {
+        /* An attempt that failed: the client said why and tries again. */
+        if (b->link.own_retry) {
+            b->link.retry_ms =
+                b->link.retry_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b->link.retry_ms * 2;
+            b->link.start_at_ms = gw_now_ms() + b->link.retry_ms;
+        }
+        return;
+    }
     if (!strncmp(why, "the broker disconnected", 23))
         b->link.st.broker_disconnects++;
     /*
@@ -419,10 +436,17 @@ static void on_lost(void *data, int err, const char *why)
         gw_log_limited(GW_LOG_ERROR, MQTT, "cannot write the offline buffer (%s)", gw_strerror(rc));
     keep_inflight(b, rc == 0);
     if (refused) {
-        guard_dropped(b);
+        guard_dropped(b); /* and the client's backoff goes on growing */
     } else {
+        /*
+         * A good connection (a broker restarted under load, say): attempts
+         * start again at 1 s, whatever the client's backoff had grown to.
+         */
         b->link.guard.strikes = 0;
         b->link.guard.suspect = 0;
+        b->link.own_retry = true;
+        b->link.retry_ms = 1000;
+        b->link.start_at_ms = gw_now_ms() + b->link.retry_ms;
     }
 }
 
@@ -430,9 +454,11 @@ static void on_acked(void *data, uint64_t id, int reason)
 {
     bridge_t *b = data;
     pending_slot_t *p;
-    b->link.guard.acked = true;
-    if (id == STATUS_ID)
+    if (id == STATUS_ID) {
+        upstream_pump(b); /* it says nothing of the messages a broker drops connections for */
         return;
+    }
+    b->link.guard.acked = true;
     if (id & DIRECT_ID) {
         p = pending_by_id(b->pend, id & ~DIRECT_ID);
     } else {
