@@ -119,6 +119,16 @@ pending_slot_t *pending_by_id(pending_t *pt, uint64_t id)
     return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
 }
 
+size_t pending_index(const pending_t *pt, const pending_slot_t *p)
+{
+    return (size_t)(p - pt->pend);
+}
+
+pending_slot_t *pending_at(pending_t *pt, size_t i)
+{
+    return i < pt->npend && pt->pend[i].used ? &pt->pend[i] : NULL;
+}
+
 pending_slot_t *pending_next(pending_t *pt, pending_slot_t *p)
 {
     for (size_t i = p ? (size_t)(p - pt->pend) + 1 : 0; i < pt->npend; i++)

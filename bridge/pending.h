@@ -61,6 +61,9 @@ void pending_mark_stored(pending_t *pt, pending_slot_t *p);
 uint64_t pending_id(const pending_t *pt, const pending_slot_t *p);
 /* The slot waiting with request id, or NULL (answered already). */
 pending_slot_t *pending_by_id(pending_t *pt, uint64_t id);
+/* The index of p in the table, and the used slot at index i (or NULL). */
+size_t pending_index(const pending_t *pt, const pending_slot_t *p);
+pending_slot_t *pending_at(pending_t *pt, size_t i);
 /* The used slot after p (NULL: the first one), or NULL. */
 pending_slot_t *pending_next(pending_t *pt, pending_slot_t *p);
 

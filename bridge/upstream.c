@@ -36,8 +36,14 @@
 /* Bytes the offline buffer holds at most. */
 #define OFFLINE_BYTES_MAX (64ull << 20)
 
-/* Client ids: a buffer record's is its seq; a publish outside the buffer has this bit and its request's id. */
+/*
+ * Client ids. A buffer record's: its seq in the low SEQ_BITS, and the index
+ * (plus one) of the request slot waiting for it above them, 0 when none. A
+ * publish outside the buffer: DIRECT_ID and its request's id.
+ */
 #define DIRECT_ID (UINT64_C(1) << 63)
+#define SEQ_BITS 44
+#define SEQ_MASK ((UINT64_C(1) << SEQ_BITS) - 1)
 /* The "online" status publish. */
 #define STATUS_ID UINT64_MAX
 
@@ -182,13 +188,21 @@ static uint64_t first_waiting(const bridge_t *b)
                              : mqtt_store_first(b->store);
 }
 
-/* The request waiting for record seq, or NULL. */
-static pending_slot_t *pending_by_seq(bridge_t *b, uint64_t seq)
+/* The client's id for record seq: with the slot waiting for it, when one does. */
+static uint64_t record_id(bridge_t *b, uint64_t seq)
 {
     for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p))
         if (p->seq == seq)
-            return p;
-    return NULL;
+            return seq | (uint64_t)(pending_index(b->pend, p) + 1) << SEQ_BITS;
+    return seq;
+}
+
+/* The request waiting for the record of client id, or NULL. */
+static pending_slot_t *pending_of(bridge_t *b, uint64_t id)
+{
+    size_t slot = (size_t)(id >> SEQ_BITS);
+    pending_slot_t *p = slot ? pending_at(b->pend, slot - 1) : NULL;
+    return p && p->seq == (id & SEQ_MASK) ? p : NULL;
 }
 
 /* How many publishes the client may hold unacknowledged. */
@@ -219,7 +233,7 @@ void upstream_pump(bridge_t *b)
         }
         rc = to_message(&rec.pub, &m);
         if (rc == 0)
-            rc = mqtt_client_publish(b->mqtt, &m, seq);
+            rc = mqtt_client_publish(b->mqtt, &m, record_id(b, seq));
         if (rc == -EINVAL || rc == -EMSGSIZE) {
             /* The broker would refuse it (its limits changed, say): for the operator. */
             b->up.st.unpublishable++;
@@ -229,7 +243,7 @@ void upstream_pump(bridge_t *b)
                            (int)(rec.pub.topic.len > 200 ? 200 : rec.pub.topic.len),
                            rec.pub.topic.p, gw_strerror(rc), b->cfg->gateway.state_dir);
             mqtt_store_set_aside(b->store, seq);
-            pending_slot_t *p = pending_by_seq(b, seq);
+            pending_slot_t *p = pending_of(b, record_id(b, seq));
             if (p)
                 upstream_answer(b, p, rc == -EMSGSIZE ? 413 : 500);
             b->link.hand_next = seq + 1;
@@ -278,17 +292,24 @@ int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p)
     }
     if (!connected)
         return 0;
+    if (seq > SEQ_MASK) {
+        mqtt_store_remove(b->store, seq);
+        return -ENOBUFS; /* not in this store's life */
+    }
+    if (p)
+        p->seq = seq;
     if (first_waiting(b) == seq && mqtt_client_unacked(b->mqtt) < hand_limit(b)) {
         /* Nothing older waits: straight to the client. */
-        rc = mqtt_client_publish(b->mqtt, msg, seq);
+        rc = mqtt_client_publish(
+            b->mqtt, msg, p ? seq | (uint64_t)(pending_index(b->pend, p) + 1) << SEQ_BITS : seq);
         if (rc < 0) {
             mqtt_store_remove(b->store, seq);
+            if (p)
+                p->seq = 0;
             return rc;
         }
         b->link.hand_next = seq + 1;
     }
-    if (p)
-        p->seq = seq;
     upstream_pump(b);
     return 0;
 }
@@ -462,11 +483,11 @@ static void on_acked(void *data, uint64_t id, int reason)
     if (id & DIRECT_ID) {
         p = pending_by_id(b->pend, id & ~DIRECT_ID);
     } else {
-        p = pending_by_seq(b, id);
+        p = pending_of(b, id);
         if (reason >= 0x80)
-            mqtt_store_set_aside(b->store, id);
+            mqtt_store_set_aside(b->store, id & SEQ_MASK);
         else
-            mqtt_store_remove(b->store, id);
+            mqtt_store_remove(b->store, id & SEQ_MASK);
     }
     if (reason >= 0x80) {
         b->link.st.broker_refused++;
@@ -486,12 +507,13 @@ static void on_acked(void *data, uint64_t id, int reason)
 static void on_subscribed(void *data, uint64_t id, size_t n, const uint8_t *codes)
 {
     bridge_t *b = data;
+    /* A refused filter is said and counted; the others' values are served. */
     for (size_t i = 0; i < n; i++) {
         if (codes[i] >= 0x80) {
             down_subscription_failed(
                 b->down,
                 mqtt_reason_text(b->cfg->mqtt.version == 3 ? MQTT_V311 : MQTT_V5, codes[i]));
-            return;
+            break;
         }
     }
     down_subscribed(b->down, id);
