@@ -534,13 +534,13 @@ out:
     gw_control_free(p.control);
     /* Before the loop it is registered with; the report's section over it goes unrendered. */
     listener_free(p.listener);
-    ev_free(p.loop);
     if (p.sfd >= 0)
         close(p.sfd);
     gw_report_free(p.report);
     bridge_remove_stats(p.b, p.stats);
     stats_free(p.stats);
-    bridge_free(p.b);
+    bridge_free(p.b); /* and its MQTT client, before the loop it is registered with */
+    ev_free(p.loop);
     if (p.gate) {
         const dtls_gate_stats_t *st = dtls_gate_stats(p.gate);
         gw_info(DTLS,
