@@ -145,11 +145,11 @@ void up_remap(struct up *u, struct up_map_stats *maps, const size_t *index, size
 int upstream_init(bridge_t *b);
 bool upstream_connected(const bridge_t *b);
 /*
- * Publishes msg for the request of p (NULL: nobody waits, QoS 0 or the
- * client's own). While connected, QoS 1/2 go through the offline buffer (in
- * memory until the connection drops) when there is one; while disconnected
- * into the buffer, durable at bridge_commit(). 0, or the negative code of
- * mqtt_client_publish (-ENOBUFS: the buffer is full; -ENOTCONN: no buffer).
+ * Publishes msg for the request of p (NULL: nobody waits). While connected,
+ * QoS 0 goes to the client and QoS 1/2 through the offline buffer (in memory
+ * until the connection drops); while disconnected into the buffer, durable
+ * at bridge_commit(). 0, or the negative code of mqtt_client_publish
+ * (-ENOBUFS: the buffer is full; -ENOTCONN: disconnected without a buffer).
  */
 int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p);
 /* Hands waiting buffer records to the client, as far as its window allows. */

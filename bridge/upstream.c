@@ -4,11 +4,11 @@
  * offline buffer's commit and drain, the guard against a message the broker
  * drops the connection for, and the timers.
  *
- * With an offline buffer (mqtt.offline_buffer > 0) every QoS 1/2 publish is
- * a record of the buffer first: in memory while the broker is connected (its
- * 2.04 waits for the acknowledgement), written durably the moment the
- * connection drops (the requests waiting are answered 2.04 then), and fsync'ed
- * before its 2.04 while the broker is away. Records go to the client in their
+ * Every QoS 1/2 publish is a record of the offline buffer first: in memory
+ * while the broker is connected (its 2.04 waits for the acknowledgement),
+ * written durably the moment the connection drops (with mqtt.offline_buffer >
+ * 0 the requests waiting are answered 2.04 then), and fsync'ed before its
+ * 2.04 while the broker is away (with mqtt.offline_buffer = 0, 5.03 then). Records go to the client in their
  * order, at most mqtt.max_inflight unacknowledged at a time, each with its seq
  * as the client's id; the acknowledgement removes the record, a refusal sets
  * it aside. The client keeps what it was handed across a connection loss and
@@ -38,10 +38,8 @@
 
 /*
  * Client ids. A buffer record's: its seq in the low SEQ_BITS, and the index
- * (plus one) of the request slot waiting for it above them, 0 when none. A
- * publish outside the buffer: DIRECT_ID and its request's id.
+ * (plus one) of the request slot waiting for it above them, 0 when none.
  */
-#define DIRECT_ID (UINT64_C(1) << 63)
 #define SEQ_BITS 44
 #define SEQ_MASK ((UINT64_C(1) << SEQ_BITS) - 1)
 /* The "online" status publish. */
@@ -76,11 +74,16 @@ static int make_client(bridge_t *b, int max_inflight)
     return 0;
 }
 
-/* The offline buffer's bounds: while connected, room for what waits for the broker too. */
+/*
+ * The offline buffer's bounds: mqtt.offline_buffer messages while the broker
+ * is away; while connected, room for what waits for its acknowledgement too
+ * (with offline_buffer = 0 as well: that is what the poison guard and a
+ * restart find there).
+ */
 static void set_limits(bridge_t *b, bool connected)
 {
     size_t n = (size_t)b->cfg->mqtt.offline_buffer;
-    if (connected && n)
+    if (connected)
         n += (size_t)b->cfg->mqtt.max_inflight;
     mqtt_store_set_limits(b->store, n, OFFLINE_BYTES_MAX);
 }
@@ -265,14 +268,16 @@ int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p)
     bool connected = b->link.connected;
     if (p)
         p->seq = 0;
-    if (connected && (msg->qos == 0 || b->cfg->mqtt.offline_buffer == 0)) {
-        uint64_t id = msg->qos == 0 ? 0 : p ? DIRECT_ID | pending_id(b->pend, p) : STATUS_ID;
-        return mqtt_client_publish(b->mqtt, msg, id);
-    }
-    if (b->cfg->mqtt.offline_buffer == 0)
+    if (connected && msg->qos == 0)
+        return mqtt_client_publish(b->mqtt, msg, 0);
+    if (!connected && b->cfg->mqtt.offline_buffer == 0)
         return -ENOTCONN;
-    if (connected && msg->len > mqtt_client_payload_room(b->mqtt, msg))
-        return -EMSGSIZE;
+    if (connected) {
+        /* 0: it cannot be sent at all; the client says why below. */
+        size_t room = mqtt_client_payload_room(b->mqtt, msg);
+        if (room && msg->len > room)
+            return -EMSGSIZE;
+    }
     mqtt_publish_t pb;
     to_publish(msg, &pb);
     uint64_t seq;
@@ -480,15 +485,11 @@ static void on_acked(void *data, uint64_t id, int reason)
         return;
     }
     b->link.guard.acked = true;
-    if (id & DIRECT_ID) {
-        p = pending_by_id(b->pend, id & ~DIRECT_ID);
-    } else {
-        p = pending_of(b, id);
-        if (reason >= 0x80)
-            mqtt_store_set_aside(b->store, id & SEQ_MASK);
-        else
-            mqtt_store_remove(b->store, id & SEQ_MASK);
-    }
+    p = pending_of(b, id);
+    if (reason >= 0x80)
+        mqtt_store_set_aside(b->store, id & SEQ_MASK);
+    else
+        mqtt_store_remove(b->store, id & SEQ_MASK);
     if (reason >= 0x80) {
         b->link.st.broker_refused++;
         gw_log_limited(GW_LOG_WARNING, MQTT, "publish refused by the broker (%s)",
