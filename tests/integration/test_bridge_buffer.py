@@ -4,7 +4,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Broker, Gateway, Pki, Subscriber, check, coap, run, wait_until, workdir  # noqa: E402
+from harness import (Broker, Gateway, Pki, Subscriber, check, coap, run,  # noqa: E402
+                     wait_until, workdir)
 from test_hostile import Plain, stats_now  # noqa: E402
 
 
@@ -37,7 +38,8 @@ def poison_found_without_offline_buffer():
     kept = os.listdir(refused)
     check(len(kept) == 1 and b"y" * 12000 in open(os.path.join(refused, kept[0]), "rb").read(),
           "set aside: %r" % kept)
-    wait_until(lambda: g.count("messages go at the full rate again") >= 1, "the full rate again", 30)
+    wait_until(lambda: g.count("messages go at the full rate again") >= 1, "the full rate again",
+               30)
     code, _, _ = dev.request("zones/a/after", b"after")
     check(code == "2.04", "after: %s" % code)
     wait_until(lambda: b"after" in [m["payload"] for m in sub.messages], "the reading after", 10)
