@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential meson ninja-build pkg-config
-  libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
+  libcoap3-dev libcoap3-bin libgnutls28-dev libconfig-dev libsystemd-dev
   libjson-c-dev libmicrohttpd-dev
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
