@@ -9,6 +9,7 @@ packages=(
   libjson-c-dev libmicrohttpd-dev
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
+  libpaho-mqtt-dev  # the reference MQTT bike in examples/ (a device, not the gateway)
   python3-paho-mqtt  # a real MQTT device with a session in tests/integration/test_listener.py
   systemd  # systemd-analyze checks the unit in deploy/
   prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
