@@ -20,8 +20,6 @@
 #include "mapping.h"
 #include "tls.h"
 
-/* Bytes of arrived messages the inbox holds at most. */
-#define INBOX_BYTES (16u << 20)
 /* libcoap 4.3 has no context app data: the event handler finds the bridge here. */
 static bridge_t *event_bridge;
 
@@ -82,7 +80,7 @@ static int values_wait_s(void *arg)
     return upstream_connected(b) ? 1 : bridge_retry_after_s(b);
 }
 
-bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
+bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx, ev_loop_t *loop)
 {
     bridge_t *b = calloc(1, sizeof(*b));
 
@@ -90,25 +88,24 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
         return NULL;
     b->cfg = cfg;
     b->ctx = ctx;
+    b->loop = loop;
     b->up.maps = calloc(map_table_count(cfg->maps) + 1, sizeof(*b->up.maps));
-    /* Room for every acknowledgement in flight, connection news and messages. */
-    b->inbox = inbox_new((size_t)cfg->mqtt.max_inflight + 4096, INBOX_BYTES);
-    if (!b->up.maps || !b->inbox)
+    if (!b->up.maps)
         goto fail;
-    b->persist = persist_new(cfg->gateway.state_dir);
-    if (!b->persist) {
-        gw_err(BRIDGE, "cannot keep state in %s/mqtt (%s)", cfg->gateway.state_dir,
+    b->store = mqtt_store_open(cfg->gateway.state_dir, 0, 0);
+    if (!b->store) {
+        gw_err(BRIDGE, "cannot keep the offline buffer in %s/offline (%s)", cfg->gateway.state_dir,
                strerror(errno));
         goto fail;
     }
-    persist_set_durable(b->persist, true); /* not connected yet */
-    if (persist_records(b->persist))
-        gw_info(MQTT, "%u messages kept from before the restart will be delivered",
-                persist_records(b->persist));
-    b->mqtt = mqtt_new(cfg, b->inbox, b->persist);
-    if (!b->mqtt)
+    mqtt_store_set_durable(b->store, true); /* not connected yet */
+    mqtt_store_stats_t st;
+    mqtt_store_stats(b->store, &st);
+    if (st.records)
+        gw_info(MQTT, "%llu messages kept from before the restart will be delivered",
+                (unsigned long long)st.records);
+    if (upstream_init(b) < 0)
         goto fail;
-    upstream_init(&b->link);
     b->started_ms = gw_now_ms();
     b->b1 = b1_pool_new();
     if (!b->b1)
@@ -123,7 +120,7 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx)
     b->res = resources_new(ctx);
     if (!b->res)
         goto fail;
-    b->down = down_new(cfg, ctx, b->res, b->mqtt, b->sessions, values_wait_s, b);
+    b->down = down_new(cfg, ctx, b->res, &b->mqtt, b->sessions, values_wait_s, b);
     if (!b->down)
         goto fail;
     resources_set_handlers(b->res, down_on_get, b->down, bridge_on_request, b);
@@ -147,9 +144,8 @@ void bridge_free(bridge_t *b)
     b1_pool_free(b->b1);
     down_free(b->down);
     resources_free(b->res);
-    mqtt_free(b->mqtt);
-    persist_free(b->persist);
-    inbox_free(b->inbox);
+    mqtt_client_free(b->mqtt);
+    mqtt_store_close(b->store);
     free(b->up.maps);
     bridge_report_free(b->report);
     free(b);
@@ -163,14 +159,14 @@ void bridge_drain(bridge_t *b)
 void bridge_abandon(bridge_t *b)
 {
     /*
-     * With an offline buffer, what is still waiting is in the MQTT client's
-     * store and is sent again after a restart: made durable, it is answered
-     * 2.04. Without one it gets 5.03 and the device sends it again.
+     * With an offline buffer, what is still waiting is in it and is sent
+     * again after a restart: written durably, it is answered 2.04. Without one
+     * it gets 5.03 and the device sends it again.
      */
     bool kept = b->cfg->mqtt.offline_buffer > 0 && pending_inflight(b->pend) &&
-                persist_flush(b->persist) == 0;
+                mqtt_store_set_durable(b->store, true) == 0;
     for (pending_slot_t *p = pending_next(b->pend, NULL); p; p = pending_next(b->pend, p))
-        upstream_answer(b, p, kept ? p->ok_code : 503);
+        upstream_answer(b, p, kept && (p->seq || p->stored) ? p->ok_code : 503);
 }
 
 /* Index in next of the mapping named as mapping i of cur, or SIZE_MAX. */
@@ -230,7 +226,7 @@ void bridge_reload_commit(bridge_t *b, bridge_next_t *n)
     pending_remap(b->pend, n->index, map_table_count(b->cfg->maps));
     sessions_set_max(b->sessions, (size_t)next->coap.max_sessions);
     b->cfg = next;
-    mqtt_set_config(b->mqtt, next);
+    /* The MQTT client keeps its settings: none of them is reloadable (gateway/config_file.c). */
     bridge_next_free(n);
 }
 
@@ -251,11 +247,11 @@ void bridge_publish_stats(bridge_t *b, const char *json, size_t len)
 {
     if (!upstream_connected(b))
         return;
-    mqtt_msg_t msg = { .topic = b->cfg->mqtt.stats_topic,
-                       .payload = json,
-                       .len = len,
-                       .qos = 0,
-                       .content_type = "application/json",
-                       .utf8 = true };
-    mqtt_publish(b->mqtt, &msg, 0);
+    mqtt_message_t msg = { .topic = b->cfg->mqtt.stats_topic,
+                           .payload = json,
+                           .len = len,
+                           .qos = 0,
+                           .content_type = "application/json",
+                           .utf8 = true };
+    mqtt_client_publish(b->mqtt, &msg, 0);
 }

@@ -12,25 +12,21 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "ev.h"
 #include "stats.h"
 
 typedef struct bridge bridge_t;
 
 /*
- * cfg and ctx are borrowed and must outlive the bridge. Registers the request
- * handlers and the session event handler on ctx.
+ * cfg, ctx and loop (where the MQTT client runs) are borrowed and must
+ * outlive the bridge. Opens the offline buffer in gateway.state_dir.
+ * Registers the request handlers and the session event handler on ctx.
  */
-bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx);
+bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx, ev_loop_t *loop);
 void bridge_free(bridge_t *b);
 
 /* Starts the broker connection. */
 int bridge_start(bridge_t *b);
-
-/* The eventfd that becomes readable when the MQTT client has news. */
-int bridge_inbox_fd(const bridge_t *b);
-
-/* Handles what the MQTT client reported. */
-void bridge_process_inbox(bridge_t *b);
 
 /*
  * Makes the readings put into the offline buffer since the last call durable
@@ -49,6 +45,9 @@ void bridge_tick(bridge_t *b);
 
 /* Milliseconds until bridge_tick has work, or -1 for none. */
 int bridge_timeout_ms(const bridge_t *b);
+
+/* Whether requests were answered since the last call (libcoap has work then). */
+bool bridge_take_answered(bridge_t *b);
 
 /* Publishes awaiting a broker acknowledgement. */
 size_t bridge_inflight(const bridge_t *b);

@@ -2,7 +2,8 @@
  * What the bridge's own files share: bridge.c (its life and the glue),
  * up.c (the up direction's handler) and upstream.c (the broker connection).
  * The parts they hold are modules of their own (pending.h, block1.h,
- * down.h, resources.h, session.h, mqtt.h, persist.h, inbox.h); each file
+ * down.h, resources.h, session.h; the MQTT client and its offline store are
+ * mqtt/client.h and mqtt/store.h); each file
  * keeps its own state below and the others ask it through its functions.
  * Not for use outside bridge/.
  */
@@ -19,13 +20,14 @@
 #include "coap_util.h"
 #include "down.h"
 #include "gate.h"
-#include "inbox.h"
-#include "mqtt.h"
+#include "client.h"
+#include "ev.h"
 #include "pending.h"
-#include "persist.h"
 #include "resources.h"
 #include "session.h"
 #include "stats.h"
+/* mqtt/store.h, the offline buffer (bridge/store.h holds the down direction's values). */
+#include "../mqtt/store.h"
 
 /* The up direction's counters (up.c). */
 struct up_stats {
@@ -35,6 +37,7 @@ struct up_stats {
     coap_codes_t responses;    /* answers given by the handler */
     uint64_t published;        /* publishes the MQTT client took while connected */
     uint64_t offline_buffered; /* publishes put into the offline buffer while disconnected */
+    uint64_t buffer_full;      /* publishes refused: the offline buffer was full (5.03) */
     uint64_t unpublishable;    /* messages the broker would refuse, never sent: 5.00 */
 };
 
@@ -60,23 +63,38 @@ struct upstream_stats {
     uint64_t broker_disconnects; /* DISCONNECT packets from the broker */
     uint64_t broker_dropped_for; /* messages set aside: the broker dropped us for them */
     uint64_t kept_offline;       /* publishes waiting at a connection loss, answered once stored */
-    coap_codes_t responses;      /* answers to publishes that waited for the broker */
-    stats_hist_t ack_latency;    /* publish to broker acknowledgement */
+    uint64_t drained;            /* offline buffer records handed to the client once connected */
+    uint64_t store_failures;     /* offline buffer writes that failed (5.03) */
+    mqtt_client_stats_t client_base; /* the counters of the clients made before this one */
+    coap_codes_t responses;          /* answers to publishes that waited for the broker */
+    stats_hist_t ack_latency;        /* publish to broker acknowledgement */
     stats_hist_t answer_latency; /* request to its answer, for answers that waited for the broker */
 };
 
 /* upstream.c's state. */
 struct upstream {
-    bool connected, connecting, ever_connected;
-    uint64_t reconnect_at_ms, connected_at_ms;
+    bool connected, ever_connected;
+    uint64_t connected_at_ms;
+    /*
+     * Records of the offline buffer with a seq below this one are in the
+     * client (handed to it, not yet acknowledged); the others wait their turn.
+     */
+    uint64_t hand_next;
+    uint64_t start_at_ms; /* a client made again starts then; 0: started */
+    bool remake;          /* the client is to be made again (bridge_tick) */
+    /*
+     * After a good connection is lost, the bridge paces the attempts itself
+     * (from 1 s, doubling), ahead of the client's longer backoff.
+     */
+    bool own_retry;
+    unsigned retry_ms;
     struct {
         bool acked;         /* the broker acknowledged something on this connection */
         unsigned strikes;   /* connections in a row the broker dropped soon */
         bool one_at_a_time; /* finding the message it drops them for */
-        char suspect[80];   /* the store record in flight at the last such drop */
+        uint64_t suspect;   /* the buffer record in flight at the last such drop */
         unsigned suspect_strikes;
     } guard; /* see upstream.c, guard_dropped() */
-    unsigned backoff_s;
     uint64_t last_tick_ms, last_second_ms;
     struct upstream_stats st;
 };
@@ -84,9 +102,9 @@ struct upstream {
 struct bridge {
     const gw_config_t *cfg; /* borrowed */
     coap_context_t *ctx;    /* borrowed */
-    bridge_inbox_t *inbox;  /* owned */
-    bridge_mqtt_t *mqtt;    /* owned */
-    persist_t *persist;     /* owned: the MQTT client's store, in state_dir */
+    ev_loop_t *loop;        /* borrowed */
+    mqtt_client_t *mqtt;    /* owned: the broker connection */
+    mqtt_store_t *store;    /* owned: the offline buffer, in state_dir/offline */
     sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
     pending_t *pend;        /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
     b1_pool_t *b1;    /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
@@ -94,6 +112,7 @@ struct bridge {
     down_t *down;     /* owned: the down direction */
 
     bool draining; /* bridge_drain(): new requests are refused */
+    bool answered; /* upstream_answer() answered since bridge_take_answered() */
     uint64_t started_ms;
 
     struct up up;                 /* up.c's */
@@ -122,8 +141,19 @@ void up_remap(struct up *u, struct up_map_stats *maps, const size_t *index, size
 
 /* upstream.c: the broker connection. */
 
-void upstream_init(struct upstream *link);
+/* Makes the MQTT client (b->mqtt) from b->cfg. 0, or -1 (logged). */
+int upstream_init(bridge_t *b);
 bool upstream_connected(const bridge_t *b);
+/*
+ * Publishes msg for the request of p (NULL: nobody waits). While connected,
+ * QoS 0 goes to the client and QoS 1/2 through the offline buffer (in memory
+ * until the connection drops); while disconnected into the buffer, durable
+ * at bridge_commit(). 0, or the negative code of mqtt_client_publish
+ * (-ENOBUFS: the buffer is full; -ENOTCONN: disconnected without a buffer).
+ */
+int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p);
+/* Hands waiting buffer records to the client, as far as its window allows. */
+void upstream_pump(bridge_t *b);
 /* Seconds a device should wait before retrying while the broker is away. */
 int bridge_retry_after_s(const bridge_t *b);
 /* Answers the request of p with code (pending_answer), counted for its mapping. */

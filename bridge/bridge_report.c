@@ -25,12 +25,16 @@ struct snap {
     stats_hist_t answer_latency;
     /* mqtt */
     bool connected;
-    uint64_t reconnects, published, acked, received, timeouts, inflight, inbox_dropped, refused,
+    uint64_t reconnects, published, acked, received, timeouts, inflight, refused,
         broker_disconnects, unpublishable, stored_refused, set_aside, offline_buffered,
         stored_records, stored_bytes;
+    uint64_t buffer_added, buffer_full, buffer_failures, buffer_drained, buffer_refused,
+        buffer_imported, buffer_syncs;
+    uint64_t connect_attempts, connect_failures, connects_refused, connection_losses,
+        broker_malformed, writes, client_waiting;
     stats_hist_t ack_latency;
     /* mqtt_in */
-    uint64_t dropped_inbox_full, dropped_too_large;
+    uint64_t dropped_too_large;
     /* down */
     uint64_t resources, value_bytes, down_received, evicted, dropped_full, dropped_bad_topic,
         down_notifications, confirmations, subscriptions_failed;
@@ -81,18 +85,37 @@ static void gather(const void *obj)
     s->received = ds->received;
     s->timeouts = ls->timeouts;
     s->inflight = pending_inflight(b->pend);
-    s->inbox_dropped = inbox_dropped(b->inbox);
     s->refused = ls->broker_refused;
     s->broker_disconnects = ls->broker_disconnects;
     s->unpublishable = us->unpublishable;
-    s->stored_refused = persist_refused(b->persist);
     s->set_aside = ls->broker_dropped_for;
-    s->offline_buffered = us->offline_buffered + ls->kept_offline;
-    s->stored_records = persist_records(b->persist);
-    s->stored_bytes = persist_bytes(b->persist);
+    mqtt_store_stats_t st;
+    mqtt_store_stats(b->store, &st);
+    s->stored_refused = st.damaged;
+    s->offline_buffered = st.records; /* what the buffer holds now */
+    s->stored_records = st.records;
+    s->stored_bytes = st.bytes;
+    s->buffer_added = us->offline_buffered + ls->kept_offline;
+    s->buffer_full = us->buffer_full;
+    s->buffer_failures = ls->store_failures;
+    s->buffer_drained = ls->drained;
+    s->buffer_refused = st.set_aside;
+    s->buffer_imported = st.imported;
+    s->buffer_syncs = st.syncs;
+    if (b->mqtt) {
+        /* Over every client made (upstream.c's guard may make one again). */
+        const mqtt_client_stats_t *cs = mqtt_client_stats(b->mqtt);
+        s->connect_attempts = ls->client_base.attempts + cs->attempts;
+        s->connect_failures = ls->client_base.failed_attempts + cs->failed_attempts;
+        s->connects_refused = ls->client_base.refused_connects + cs->refused_connects;
+        s->connection_losses = ls->client_base.losses + cs->losses;
+        s->broker_malformed = ls->client_base.malformed + cs->malformed;
+        s->writes = ls->client_base.writes + cs->writes;
+        s->client_waiting = mqtt_client_unacked(b->mqtt);
+    }
     s->ack_latency = ls->ack_latency;
 
-    s->dropped_inbox_full = mqtt_dropped(b->mqtt, &s->dropped_too_large);
+    s->dropped_too_large = ds->dropped_too_large;
 
     s->resources = down_resources(b->down);
     s->value_bytes = down_value_bytes(b->down);
@@ -190,15 +213,30 @@ static const stats_field_t mqtt_fields[] = {
     U64(received, NULL, COUNTER, "Messages received from the broker"),
     U64(timeouts, NULL, COUNTER, "Publishes not acknowledged within mqtt.publish_timeout (5.04)"),
     U64(inflight, NULL, GAUGE, "Publishes waiting for the broker's acknowledgement"),
-    U64(inbox_dropped, NULL, COUNTER, "Events from the MQTT client dropped: inbox full"),
     U64(refused, NULL, COUNTER, "Publishes the broker refused with a reason code (5.02)"),
     U64(broker_disconnects, NULL, COUNTER, "DISCONNECT packets from the broker"),
     U64(unpublishable, NULL, COUNTER, "Messages the broker would refuse, never sent (5.00)"),
     U64(stored_refused, NULL, COUNTER, "Offline store records removed at start as damaged"),
     U64(set_aside, NULL, COUNTER, "Messages set aside: the broker dropped the connection for them"),
-    U64(offline_buffered, NULL, COUNTER, "Publishes put into the offline buffer"),
+    U64(offline_buffered, NULL, GAUGE, "Messages in the offline buffer now"),
     U64(stored_records, NULL, GAUGE, "Messages in the offline store now"),
     BYTES(stored_bytes, "stored", GAUGE, "Size of the offline store now"),
+    U64(buffer_added, NULL, COUNTER,
+        "Publishes put into the offline buffer while disconnected, or kept there at a loss"),
+    U64(buffer_full, NULL, COUNTER, "Publishes refused: the offline buffer was full (5.03)"),
+    U64(buffer_failures, NULL, COUNTER, "Offline buffer writes that failed (5.03)"),
+    U64(buffer_drained, NULL, COUNTER, "Offline buffer records handed to the broker after waiting"),
+    U64(buffer_refused, NULL, COUNTER, "Offline buffer records the broker refused, set aside"),
+    U64(buffer_imported, NULL, COUNTER, "Records imported from the earlier Paho store"),
+    U64(buffer_syncs, NULL, COUNTER, "fsync calls of the offline buffer"),
+    U64(connect_attempts, NULL, COUNTER, "Connection attempts to the broker"),
+    U64(connect_failures, NULL, COUNTER, "Connection attempts that got no CONNACK"),
+    U64(connects_refused, NULL, COUNTER, "CONNACKs that refused the connection"),
+    U64(connection_losses, NULL, COUNTER, "Connections lost after their CONNACK"),
+    U64(broker_malformed, NULL, COUNTER, "Connections closed for what the broker sent"),
+    U64(writes, NULL, COUNTER, "Writes to the broker connection (each turn's packets in one)"),
+    U64(client_waiting, NULL, GAUGE,
+        "Publishes in the MQTT client: unacknowledged or waiting for the broker's window"),
     { .name = "ack_latency_ms",
       .prom = "ack_latency",
       .unit = "seconds",
@@ -209,8 +247,7 @@ static const stats_field_t mqtt_fields[] = {
 };
 
 static const stats_field_t mqtt_in_fields[] = {
-    U64(dropped_inbox_full, NULL, COUNTER, "Broker messages dropped: the inbox was full"),
-    U64(dropped_too_large, NULL, COUNTER, "Broker messages dropped: larger than the inbox takes"),
+    U64(dropped_too_large, NULL, COUNTER, "Broker messages dropped: larger than coap.max_payload"),
 };
 
 #define DOWN(json, field, kind_, help_)                                                            \

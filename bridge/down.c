@@ -47,16 +47,17 @@ struct down_map {
 };
 
 struct down {
-    const gw_config_t *cfg; /* borrowed; the next one from down_reload() */
-    coap_context_t *ctx;    /* borrowed */
-    resources_t *res;       /* borrowed: where the concrete resources are made */
-    bridge_mqtt_t *mqtt;    /* borrowed */
-    sessions_t *sessions;   /* borrowed */
+    const gw_config_t *cfg;     /* borrowed; the next one from down_reload() */
+    coap_context_t *ctx;        /* borrowed */
+    resources_t *res;           /* borrowed: where the concrete resources are made */
+    mqtt_client_t *const *mqtt; /* borrowed: the bridge's client */
+    sessions_t *sessions;       /* borrowed */
     down_wait_fn *wait;
     void *wait_arg;        /* borrowed */
     store_t *store;        /* owned: current values */
     struct down_map *maps; /* owned, one per mapping (and one more) */
     uint64_t sub_gen;      /* the latest set of subscriptions asked for */
+    bool subscribe_due;    /* at the next connection, whatever the broker kept */
     uint64_t ready_at_ms;  /* when the values of the last acknowledged set are served; 0 = said */
     down_stats_t st;
 };
@@ -155,8 +156,9 @@ void down_on_ready(down_t *d, coap_session_t *session, const char *identity)
         create_fixed(d, identity);
 }
 
-down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res, bridge_mqtt_t *mqtt,
-                 sessions_t *sessions, down_wait_fn *wait, void *wait_arg)
+down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res,
+                 mqtt_client_t *const *mqtt, sessions_t *sessions, down_wait_fn *wait,
+                 void *wait_arg)
 {
     down_t *d = calloc(1, sizeof(*d));
     if (!d)
@@ -165,6 +167,7 @@ down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res, 
     d->ctx = ctx;
     d->res = res;
     d->mqtt = mqtt;
+    d->subscribe_due = true;
     d->sessions = sessions;
     d->wait = wait;
     d->wait_arg = wait_arg;
@@ -222,16 +225,43 @@ static bool has_filter(char **v, int n, const char *f)
     return false;
 }
 
-void down_on_connected(down_t *d)
+/* Subscribes to n filters, in SUBSCRIBE packets of at most MQTT_FILTERS_MAX, as generation gen. */
+static void subscribe(down_t *d, char *const *filters, const int *qos, int n, uint64_t gen)
 {
+    for (int i = 0; i < n; i += MQTT_FILTERS_MAX) {
+        int k = n - i < MQTT_FILTERS_MAX ? n - i : MQTT_FILTERS_MAX;
+        int rc = mqtt_client_subscribe(*d->mqtt, (const char *const *)filters + i, qos + i,
+                                       (size_t)k, gen);
+        if (rc < 0)
+            gw_log_limited(GW_LOG_ERROR, MQTT, "cannot subscribe (%s)", strerror(-rc));
+    }
+}
+
+static void unsubscribe(down_t *d, char *const *filters, int n)
+{
+    for (int i = 0; i < n; i += MQTT_FILTERS_MAX) {
+        int k = n - i < MQTT_FILTERS_MAX ? n - i : MQTT_FILTERS_MAX;
+        mqtt_client_unsubscribe(*d->mqtt, (const char *const *)filters + i, (size_t)k);
+    }
+}
+
+void down_on_connected(down_t *d, bool session_present)
+{
+    if (session_present && !d->subscribe_due) {
+        /* The broker kept the subscriptions: their values are served as before. */
+        down_subscribed(d, d->sub_gen);
+        return;
+    }
     size_t n = map_table_count(d->cfg->maps);
     char *filters[n ? n : 1];
     int qos[n ? n : 1];
     int k = filters_of(d->cfg, filters, qos, (int)(n ? n : 1));
     if (k > 0) {
         gw_info(MQTT, "subscribing to %d filter%s", k, k > 1 ? "s" : "");
-        mqtt_subscribe(d->mqtt, filters, qos, k, ++d->sub_gen);
+        subscribe(d, filters, qos, k, ++d->sub_gen);
     }
+    if (k >= 0)
+        d->subscribe_due = false;
     for (int i = 0; i < k; i++)
         free(filters[i]);
 }
@@ -322,9 +352,11 @@ void down_reload(down_t *d, down_next_t *n, const gw_config_t *next, const size_
     n->nw = ng;
     if (connected) {
         if (ng)
-            mqtt_unsubscribe(d->mqtt, n->was, ng);
+            unsubscribe(d, n->was, ng);
         /* Subscribing again to a kept filter is harmless (retained values come again). */
-        mqtt_subscribe(d->mqtt, n->now, n->qos, n->nn, ++d->sub_gen);
+        subscribe(d, n->now, n->qos, n->nn, ++d->sub_gen);
+    } else {
+        d->subscribe_due = true;
     }
     free(d->maps);
     d->maps = maps;
@@ -333,18 +365,25 @@ void down_reload(down_t *d, down_next_t *n, const gw_config_t *next, const size_
     down_next_free(n);
 }
 
-void down_message(down_t *d, inbox_msg_t *msg)
+void down_message(down_t *d, const mqtt_incoming_t *msg)
 {
     char path[MAP_PATH_MAX + 1], identity[MAP_IDENTITY_MAX + 1];
     const map_entry_t *m = NULL;
-    const char *payload = msg->bytes + msg->topic_len;
+    const uint8_t *payload = msg->payload;
 
+    if (msg->len > (size_t)d->cfg->coap.max_payload) {
+        d->st.dropped_too_large++;
+        gw_log_limited(GW_LOG_WARNING, MQTT,
+                       "message on %.*s dropped: %zu bytes, over coap.max_payload",
+                       (int)(msg->topic_len > 200 ? 200 : msg->topic_len), msg->topic, msg->len);
+        return;
+    }
     d->st.received++;
-    if (map_reverse(d->cfg->maps, msg->bytes, msg->topic_len, &m, path, sizeof(path), identity,
+    if (map_reverse(d->cfg->maps, msg->topic, msg->topic_len, &m, path, sizeof(path), identity,
                     sizeof(identity)) != MAP_OK) {
         d->st.dropped_bad_topic++;
         gw_debug(MQTT, "message on %.*s matches no down mapping; dropped", (int)msg->topic_len,
-                 msg->bytes);
+                 msg->topic);
         return;
     }
     size_t map = map_entry_index(m);
@@ -354,8 +393,10 @@ void down_message(down_t *d, inbox_msg_t *msg)
     /* An empty message clears the value, as it clears a retained one. */
     if (msg->len == 0)
         store_clear(d->store, e);
-    int cf = msg->content_type[0] ? bridge_content_format(msg->content_type) : -1;
-    uint64_t expires = msg->expiry_s > 0 ? gw_now_ms() + (uint64_t)msg->expiry_s * 1000 : 0;
+    int cf =
+        msg->content_type && *msg->content_type ? bridge_content_format(msg->content_type) : -1;
+    uint64_t expires =
+        msg->has_expiry && msg->expiry > 0 ? gw_now_ms() + (uint64_t)msg->expiry * 1000 : 0;
     if (msg->len && store_set(d->store, e, payload, msg->len, cf, expires) < 0) {
         d->st.dropped_full++;
         return;

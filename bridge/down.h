@@ -15,8 +15,8 @@
 
 #include "coap_util.h"
 #include "config.h"
-#include "inbox.h"
-#include "mqtt.h"
+#include "client.h"
+#include "packet.h"
 #include "resources.h"
 #include "session.h"
 
@@ -32,6 +32,7 @@ typedef struct down_stats {
     uint64_t bytes_out;            /* payload bytes of the answers and notifications (each block) */
     uint64_t confirmations;        /* confirmable notifications to silent observers */
     uint64_t subscriptions_failed; /* subscriptions the broker refused */
+    uint64_t dropped_too_large;    /* messages larger than coap.max_payload */
 } down_stats_t;
 
 /* One mapping's counters in the down direction. */
@@ -51,12 +52,14 @@ typedef int down_wait_fn(void *arg);
 /*
  * Every pointer is borrowed and must outlive the down direction: cfg (the
  * mappings and the coap section; down_reload() gives the next one), ctx,
- * res (where it makes its resources), mqtt (to subscribe), sessions (Observe
+ * res (where it makes its resources), *mqtt (the client, to subscribe; the
+ * bridge may make it again), sessions (Observe
  * registrations and silent devices). wait(wait_arg) as above. Makes the
  * resources without variables. NULL on ENOMEM.
  */
-down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res, bridge_mqtt_t *mqtt,
-                 sessions_t *sessions, down_wait_fn *wait, void *wait_arg);
+down_t *down_new(const gw_config_t *cfg, coap_context_t *ctx, resources_t *res,
+                 mqtt_client_t *const *mqtt, sessions_t *sessions, down_wait_fn *wait,
+                 void *wait_arg);
 /* Frees the values (the resources belong to the CoAP context). down_free(NULL) does nothing. */
 void down_free(down_t *d);
 
@@ -66,14 +69,18 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap
 /* A device's handshake succeeded: its own resources are made. */
 void down_on_ready(down_t *d, coap_session_t *session, const char *identity);
 
-/* The broker connection is up: subscribes to every down mapping's filter. */
-void down_on_connected(down_t *d);
+/*
+ * The broker connection is up: subscribes to every down mapping's filter at
+ * the first connection, when the broker kept no session for us, or when the
+ * filters changed while disconnected.
+ */
+void down_on_connected(down_t *d, bool session_present);
 /* The broker acknowledged the subscriptions asked for as gen. */
 void down_subscribed(down_t *d, uint64_t gen);
 /* The broker refused a subscription (why: for the log). */
 void down_subscription_failed(down_t *d, const char *why);
 /* A message arrived on a subscription (msg stays the caller's). */
-void down_message(down_t *d, inbox_msg_t *msg);
+void down_message(down_t *d, const mqtt_incoming_t *msg);
 
 /* Says once when acknowledged subscriptions' values are served. */
 void down_check_ready(down_t *d);

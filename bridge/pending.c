@@ -52,6 +52,7 @@ pending_slot_t *pending_alloc(pending_t *pt)
             pending_slot_t *p = &pt->pend[i];
             p->used = true;
             p->separate = false;
+            p->seq = 0;
             pt->inflight++;
             return p;
         }
@@ -116,6 +117,16 @@ pending_slot_t *pending_by_id(pending_t *pt, uint64_t id)
         return NULL;
     pending_slot_t *p = &pt->pend[slot];
     return p->used && p->gen == (uint32_t)(id >> 32) ? p : NULL;
+}
+
+size_t pending_index(const pending_t *pt, const pending_slot_t *p)
+{
+    return (size_t)(p - pt->pend);
+}
+
+pending_slot_t *pending_at(pending_t *pt, size_t i)
+{
+    return i < pt->npend && pt->pend[i].used ? &pt->pend[i] : NULL;
 }
 
 pending_slot_t *pending_next(pending_t *pt, pending_slot_t *p)

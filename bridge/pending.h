@@ -36,7 +36,8 @@ typedef struct pending_slot {
     uint32_t block1;
     size_t map; /* its mapping's index; SIZE_MAX once it went at a reload */
     uint64_t started_ms, piggyback_ms, deadline_ms;
-    bool stored; /* in the offline buffer: answered at bridge_commit() */
+    bool stored;  /* in the offline buffer: answered at bridge_commit() */
+    uint64_t seq; /* its record in the offline buffer while connected; 0: none */
 } pending_slot_t;
 
 typedef struct pending_table pending_t;
@@ -60,6 +61,9 @@ void pending_mark_stored(pending_t *pt, pending_slot_t *p);
 uint64_t pending_id(const pending_t *pt, const pending_slot_t *p);
 /* The slot waiting with request id, or NULL (answered already). */
 pending_slot_t *pending_by_id(pending_t *pt, uint64_t id);
+/* The index of p in the table, and the used slot at index i (or NULL). */
+size_t pending_index(const pending_t *pt, const pending_slot_t *p);
+pending_slot_t *pending_at(pending_t *pt, size_t i);
 /* The used slot after p (NULL: the first one), or NULL. */
 pending_slot_t *pending_next(pending_t *pt, pending_slot_t *p);
 

@@ -19,8 +19,6 @@
 #include "log.h"
 #include "mapping.h"
 
-/* Bytes the offline buffer holds at most, besides mqtt.offline_buffer messages. */
-#define OFFLINE_BYTES_MAX (64ull << 20)
 /* Max-Age of a 5.03 to a new session refused at coap.max_sessions, s. */
 #define SESSIONS_FULL_RETRY_S 5
 
@@ -56,15 +54,15 @@ static sess_t *session_state(bridge_t *b, coap_session_t *session)
 }
 
 /*
- * The answer to a publish the MQTT client did not take (mqtt_publish's
+ * The answer to a publish the MQTT client did not take (upstream_publish's
  * negative code): 5.03 with Max-Age while the broker or the buffer cannot
  * take it, 4.13 with Size1 when the broker's limit is smaller than the body,
  * 5.00 for a message the broker would refuse (never handed over).
  */
-static int publish_refused(bridge_t *b, int rc, const mqtt_msg_t *msg, int *max_age, int *size1)
+static int publish_refused(bridge_t *b, int rc, const mqtt_message_t *msg, int *max_age, int *size1)
 {
     if (rc == -EMSGSIZE) {
-        size_t room = mqtt_payload_room(b->mqtt, msg);
+        size_t room = upstream_connected(b) ? mqtt_client_payload_room(b->mqtt, msg) : SIZE_MAX;
         *size1 = room < (size_t)INT_MAX ? (int)room : INT_MAX;
         return 413;
     }
@@ -236,17 +234,10 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
             break;
         }
     }
-    if (!upstream_connected(b) &&
-        (b->cfg->mqtt.offline_buffer == 0 || persist_bytes(b->persist) + len > OFFLINE_BYTES_MAX)) {
-        code = 503;
-        max_age = bridge_retry_after_s(b);
-        goto refuse;
-    }
-
     bool text = false;
     int cf = bridge_option_uint(req, COAP_OPTION_CONTENT_FORMAT, -1);
     const char *ctype = cf >= 0 ? bridge_content_type(cf, &text) : NULL;
-    mqtt_msg_t msg = {
+    mqtt_message_t msg = {
         .topic = topic,
         .payload = len ? data : (const uint8_t *)"",
         .len = len,
@@ -258,39 +249,10 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
     };
     int ok_code = method == COAP_REQUEST_CODE_DELETE ? 202 : 204;
     size_t mi = map_entry_index(e);
+    bool connected = upstream_connected(b);
 
-    if (!upstream_connected(b)) {
-        /*
-         * Into the offline buffer. The record is written now and fsync'ed
-         * with the others of this turn at bridge_commit(), which answers.
-         */
-        pending_slot_t *p = pending_alloc(b->pend);
-        persist_defer(b->persist, p != NULL);
-        int rc = mqtt_publish(b->mqtt, &msg, UINT64_MAX);
-        persist_defer(b->persist, false);
-        if (rc < 0) {
-            if (p)
-                pending_release(b->pend, p); /* no session held yet: releasing NULL is a no-op */
-            code = publish_refused(b, rc, &msg, &max_age, &size1);
-            goto refuse;
-        }
-        b->up.st.offline_buffered++;
-        if (!p) { /* no slot to wait in: the record was fsync'ed at once */
-            up_count(&b->up, mi, true);
-            bridge_answer(&b->up.st.responses, resp, ok_code, block1, -1, -1);
-            sess_dedup_add(s, identity, mid, ok_code, block1, -1);
-            return;
-        }
-        pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
-                     (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
-        pending_mark_stored(b->pend, p);
-        sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending =
-            pending_id(b->pend, p);
-        coap_pdu_set_type(resp, COAP_MESSAGE_NON); /* dropped: bridge_commit() answers */
-        return;
-    }
-    if (msg.qos == 0) {
-        int rc = mqtt_publish(b->mqtt, &msg, 0);
+    if (connected && msg.qos == 0) {
+        int rc = upstream_publish(b, &msg, NULL);
         if (rc < 0) {
             code = publish_refused(b, rc, &msg, &max_age, &size1);
             goto refuse;
@@ -302,23 +264,44 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
         return;
     }
 
+    /*
+     * Disconnected: into the offline buffer. The record is written now and
+     * fsync'ed with the others of this turn at bridge_commit(), which
+     * answers; without a slot to wait in, it is fsync'ed at once.
+     */
     pending_slot_t *p = pending_alloc(b->pend);
-    if (!p) {
+    if (!p && connected) {
         code = 503;
         max_age = 1;
         goto refuse;
     }
-    pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
-                 (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
-    int rc = mqtt_publish(b->mqtt, &msg, pending_id(b->pend, p));
+    if (p)
+        pending_fill(b->pend, p, session, req, mid, ok_code, block1, mi,
+                     (uint64_t)b->cfg->mqtt.publish_timeout * 1000);
+    int rc = upstream_publish(b, &msg, p);
     if (rc < 0) {
-        pending_release(b->pend, p);
+        if (p)
+            pending_release(b->pend, p);
         code = publish_refused(b, rc, &msg, &max_age, &size1);
         goto refuse;
     }
-    b->up.st.published++;
+    if (!connected) {
+        b->up.st.offline_buffered++;
+        if (!p) {
+            up_count(&b->up, mi, true);
+            bridge_answer(&b->up.st.responses, resp, ok_code, block1, -1, -1);
+            sess_dedup_add(s, identity, mid, ok_code, block1, -1);
+            return;
+        }
+        pending_mark_stored(b->pend, p);
+    } else {
+        b->up.st.published++;
+    }
     sess_dedup_add(s, identity, mid, CODE_PENDING, block1, -1)->pending = pending_id(b->pend, p);
-    /* Nothing for libcoap to send: an empty NON response is dropped. */
+    /*
+     * Nothing for libcoap to send: an empty NON response is dropped;
+     * bridge_commit() or the broker's acknowledgement answers.
+     */
     coap_pdu_set_type(resp, COAP_MESSAGE_NON);
     return;
 

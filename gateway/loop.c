@@ -2,8 +2,8 @@
  * The process's loop: a single thread owns libcoap and all bridge state. The
  * loop is a registry (common/ev.h); its entries here are libcoap's own epoll
  * fd (which carries libcoap's timers), the DTLS socket that the cookie gate
- * (dtls/gate.h) reads ahead of libcoap, the bridge's inbox eventfd and a
- * signalfd, and timers for the statistics, the systemd watchdog, the bridge's
+ * (dtls/gate.h) reads ahead of libcoap, the MQTT client's connection (its
+ * own entries, mqtt/client.h) and a signalfd, and timers for the statistics, the systemd watchdog, the bridge's
  * deadlines and a graceful stop. Other modules (the control socket, /metrics)
  * register their own entries.
  */
@@ -265,15 +265,6 @@ static void on_dtls(ev_loop_t *loop, int fd, unsigned mask, void *data)
         p->coap_due = true;
 }
 
-/* The MQTT client's news; then the answers that acknowledgements released go out. */
-static void on_inbox(ev_loop_t *loop, int fd, unsigned mask, void *data)
-{
-    struct proc *p = data;
-    (void)loop, (void)fd, (void)mask;
-    bridge_process_inbox(p->b);
-    p->coap_due = true;
-}
-
 /* A graceful stop ends when no publish awaits the broker, or at STOP_WAIT_MS. */
 static int64_t on_stop_check(ev_loop_t *loop, uint64_t id, void *data)
 {
@@ -332,7 +323,10 @@ static void after_turn(ev_loop_t *loop, void *data)
      * libcoap's own work (its timers: retransmissions, handshakes, idle
      * sessions) once a turn, not once per entry: each pass walks every
      * session. What libcoap sends in answer to a datagram it sends at once.
+     * Answers the broker's acknowledgements released need it too.
      */
+    if (bridge_take_answered(p->b))
+        p->coap_due = true;
     if (p->coap_due) {
         p->coap_due = false;
         coap_io_process(p->ctx, COAP_IO_NO_WAIT);
@@ -424,7 +418,7 @@ static int listen_coap(struct proc *p, const gw_coap_config_t *c, bool dtls)
     return 0;
 }
 
-/* The loop's entries for libcoap, the cookie gate, the inbox, signals and timers. */
+/* The loop's entries for libcoap, the cookie gate, signals and timers. */
 static int register_entries(struct proc *p, const sigset_t *mask)
 {
     p->sfd = signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -432,7 +426,6 @@ static int register_entries(struct proc *p, const sigset_t *mask)
     if (p->sfd < 0 || p->coap_fd < 0)
         return -1;
     if (ev_add_file(p->loop, p->coap_fd, EV_READABLE, on_coap, p) < 0 ||
-        ev_add_file(p->loop, bridge_inbox_fd(p->b), EV_READABLE, on_inbox, p) < 0 ||
         ev_add_file(p->loop, p->sfd, EV_READABLE, on_signal, p) < 0 ||
         (p->gate && ev_add_file(p->loop, dtls_gate_fd(p->gate), EV_READABLE, on_dtls, p) < 0))
         return -1;
@@ -494,7 +487,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     if (listen_coap(&p, &cfg->coap, dtls) < 0)
         goto out;
 
-    p.b = bridge_new(cfg, p.ctx);
+    p.b = bridge_new(cfg, p.ctx, p.loop);
     if (!p.b) {
         gw_err(BRIDGE, "cannot set up the bridge");
         goto out;
@@ -541,13 +534,13 @@ out:
     gw_control_free(p.control);
     /* Before the loop it is registered with; the report's section over it goes unrendered. */
     listener_free(p.listener);
-    ev_free(p.loop);
     if (p.sfd >= 0)
         close(p.sfd);
     gw_report_free(p.report);
     bridge_remove_stats(p.b, p.stats);
     stats_free(p.stats);
-    bridge_free(p.b);
+    bridge_free(p.b); /* and its MQTT client, before the loop it is registered with */
+    ev_free(p.loop);
     if (p.gate) {
         const dtls_gate_stats_t *st = dtls_gate_stats(p.gate);
         gw_info(DTLS,

@@ -25,8 +25,9 @@ sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 
 # The cross build's libraries, and what the unpacked Criterion needs at run time.
-arm64_packages=(libc6-dev pkg-config libcoap3-dev libpaho-mqtt-dev libgnutls28-dev libconfig-dev
-                libsystemd-dev libjson-c-dev libmicrohttpd-dev libffi8 libgit2-1.5)
+arm64_packages=(libc6-dev pkg-config libcoap3-dev libgnutls28-dev libconfig-dev
+                libsystemd-dev libjson-c-dev libmicrohttpd-dev libffi8 libgit2-1.5
+                libpaho-mqtt-dev)  # the reference MQTT bike (examples/), built with the tests
 # Integration cases run under qemu-user (the whole suite runs natively).
 smoke=(post_psk_gnutls x509 retained_value_and_properties observe_every_message_in_order
        mapping_and_identity_without_restart sigterm_stops_cleanly gateway_from_pki_output

@@ -5,10 +5,11 @@ set -euo pipefail
 
 packages=(
   build-essential meson ninja-build pkg-config
-  libcoap3-dev libcoap3-bin libpaho-mqtt-dev libgnutls28-dev libconfig-dev libsystemd-dev
+  libcoap3-dev libcoap3-bin libgnutls28-dev libconfig-dev libsystemd-dev
   libjson-c-dev libmicrohttpd-dev
   libcriterion-dev
   mosquitto mosquitto-clients openssl python3 coreutils procps
+  libpaho-mqtt-dev  # the reference MQTT bike in examples/ (a device, not the gateway)
   python3-paho-mqtt  # a real MQTT device with a session in tests/integration/test_listener.py
   systemd  # systemd-analyze checks the unit in deploy/
   prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 build=build-fuzz
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(mapping policy config psk record gate coap packet store client)
+[ ${#targets[@]} -gt 0 ] || targets=(mapping policy config psk gate coap packet store client)
 
 # Debian 12's clang is clang 14; libFuzzer and the sanitizers' runtimes are in
 # libclang-rt-14-dev, llvm-symbolizer (readable stack traces) in llvm-14.

@@ -1,10 +1,10 @@
 /*
- * For the CoAP request fuzz target: the MQTT client's interface (bridge/mqtt.h)
- * without a network, so that the fuzzer runs the bridge's own code fast and
- * alone. It answers the way the client does, through the inbox, only when the
- * target says so, and checks what the bridge hands it: every topic is one a
- * broker accepts and one of the target's mappings renders (they all start
- * with "fz/"), or the status topic.
+ * For the CoAP request fuzz target: the MQTT client's interface
+ * (mqtt/client.h) without a network, so that the fuzzer runs the bridge's
+ * own code fast and alone. It calls the bridge back the way the client does,
+ * only when the target says so, and checks what the bridge hands it: every
+ * topic is one a broker accepts and one of the target's mappings renders
+ * (they all start with "fz/"), or the status topic.
  */
 #include "broker_stub.h"
 
@@ -17,186 +17,182 @@
 
 #define ACKS_MAX 64
 
-struct bridge_mqtt {
-    bridge_inbox_t *inbox;  /* borrowed */
-    const gw_config_t *cfg; /* borrowed */
+struct mqtt_client {
+    mqtt_client_handlers_t h;
+    void *data;
+    char *status_topic;
     bool connected;
-    uint64_t acks[ACKS_MAX]; /* request ids waiting for their acknowledgement */
+    uint64_t acks[ACKS_MAX]; /* ids waiting for their acknowledgement */
     size_t nacks;
-    uint64_t published;
+    mqtt_client_stats_t st;
 };
 
-static void push(bridge_mqtt_t *m, enum inbox_type type, uint64_t id, int rc)
+void mqtt_client_options_from_config(mqtt_client_options_t *o, const gw_config_t *cfg)
 {
-    inbox_event_t ev = { .type = type, .id = id, .rc = rc };
-    inbox_push(m->inbox, &ev);
+    *o = (mqtt_client_options_t){ .uri = cfg->mqtt.uri,
+                                  .client_id = cfg->mqtt.client_id,
+                                  .max_inflight = cfg->mqtt.max_inflight,
+                                  .status_topic = cfg->mqtt.status_topic };
 }
 
-bridge_mqtt_t *mqtt_new(const gw_config_t *cfg, bridge_inbox_t *inbox, persist_t *store)
+mqtt_client_t *mqtt_client_new(ev_loop_t *loop, const mqtt_client_options_t *o,
+                               const mqtt_client_handlers_t *h, void *data, char *err,
+                               size_t errlen)
 {
-    (void)store;
-    bridge_mqtt_t *m = calloc(1, sizeof(*m));
-    if (m) {
-        m->cfg = cfg;
-        m->inbox = inbox;
+    (void)loop;
+    mqtt_client_t *c = calloc(1, sizeof(*c));
+    if (c) {
+        c->h = *h;
+        c->data = data;
+        c->status_topic = strdup(o->status_topic ? o->status_topic : "");
     }
-    return m;
+    if (!c || !c->status_topic) {
+        snprintf(err, errlen, "out of memory");
+        mqtt_client_free(c);
+        return NULL;
+    }
+    return c;
 }
 
-void mqtt_free(bridge_mqtt_t *m)
+void mqtt_client_free(mqtt_client_t *c)
 {
-    free(m);
+    if (c)
+        free(c->status_topic);
+    free(c);
 }
 
-int mqtt_connect(bridge_mqtt_t *m)
+int mqtt_client_start(mqtt_client_t *c)
 {
-    m->connected = true;
-    push(m, EV_CONNECTED, 0, 0);
+    c->connected = true;
+    c->st.attempts++;
+    c->st.connects++;
+    if (c->h.connected)
+        c->h.connected(c->data, false);
     return 0;
 }
 
-int mqtt_publish(bridge_mqtt_t *m, const mqtt_msg_t *msg, uint64_t id)
+bool mqtt_client_connected(const mqtt_client_t *c)
+{
+    return c->connected;
+}
+
+uint64_t mqtt_client_retry_in_ms(const mqtt_client_t *c)
+{
+    (void)c;
+    return 0;
+}
+
+int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id)
 {
     size_t tlen = strlen(msg->topic);
     FUZZ_CHECK(map_topic_ok(msg->topic, tlen));
-    FUZZ_CHECK(!strncmp(msg->topic, "fz/", 3) || !strcmp(msg->topic, m->cfg->mqtt.status_topic));
+    FUZZ_CHECK(!strncmp(msg->topic, "fz/", 3) || !strcmp(msg->topic, c->status_topic));
     FUZZ_CHECK(msg->qos >= 0 && msg->qos <= 2);
-    FUZZ_CHECK(msg->len <= (size_t)m->cfg->coap.max_payload);
     FUZZ_CHECK(!msg->device || map_identity_ok(msg->device, strlen(msg->device)));
-    if (!m->connected)
+    if (!c->connected)
         return -ENOTCONN;
-    if (msg->qos > 0 && id != UINT64_MAX) {
-        if (m->nacks == ACKS_MAX)
+    if (msg->qos > 0) {
+        if (c->nacks == ACKS_MAX)
             return -EAGAIN;
-        m->acks[m->nacks++] = id;
+        c->acks[c->nacks++] = id;
     }
-    m->published++;
+    c->st.published++;
     return 0;
 }
 
-size_t mqtt_payload_room(bridge_mqtt_t *m, const mqtt_msg_t *msg)
+void mqtt_client_set_max_inflight(mqtt_client_t *c, int n)
 {
-    (void)m;
+    (void)c;
+    (void)n;
+}
+
+size_t mqtt_client_payload_room(const mqtt_client_t *c, const mqtt_message_t *msg)
+{
+    (void)c;
     (void)msg;
     return SIZE_MAX;
 }
 
-int mqtt_subscribe(bridge_mqtt_t *m, char *const *filters, const int *qos, int n, uint64_t id)
+const mqtt_client_stats_t *mqtt_client_stats(const mqtt_client_t *c)
 {
-    for (int i = 0; i < n; i++)
+    return &c->st;
+}
+
+size_t mqtt_client_unacked(const mqtt_client_t *c)
+{
+    return c->nacks;
+}
+
+int mqtt_client_subscribe(mqtt_client_t *c, const char *const *filters, const int *qos, size_t n,
+                          uint64_t id)
+{
+    uint8_t codes[32] = { 0 };
+    FUZZ_CHECK(n > 0 && n <= 32);
+    for (size_t i = 0; i < n; i++)
         FUZZ_CHECK(qos[i] >= 0 && qos[i] <= 2 && filters[i] && *filters[i]);
-    push(m, EV_SUB_OK, id, 0);
+    if (!c->connected)
+        return -ENOTCONN;
+    if (c->h.subscribed)
+        c->h.subscribed(c->data, id, n, codes);
     return 0;
 }
 
-int mqtt_unsubscribe(bridge_mqtt_t *m, char *const *filters, int n)
+int mqtt_client_unsubscribe(mqtt_client_t *c, const char *const *filters, size_t n)
 {
-    (void)m;
-    (void)filters;
-    (void)n;
-    return 0;
+    FUZZ_CHECK(n > 0 && n <= 32 && filters[0]);
+    return c->connected ? 0 : -ENOTCONN;
 }
 
-void mqtt_set_config(bridge_mqtt_t *m, const gw_config_t *cfg)
+void mqtt_client_shutdown(mqtt_client_t *c, int timeout_ms)
 {
-    m->cfg = cfg;
-}
-
-uint64_t mqtt_dropped(bridge_mqtt_t *m, uint64_t *too_large)
-{
-    (void)m;
-    *too_large = 0;
-    return 0;
-}
-
-void mqtt_shutdown(bridge_mqtt_t *m, int timeout_ms)
-{
-    (void)m;
     (void)timeout_ms;
+    c->connected = false;
 }
 
-void mqtt_kick(bridge_mqtt_t *m, size_t waiting)
+const char *mqtt_reason_text(int version, int code)
 {
-    (void)m;
-    (void)waiting;
+    (void)version;
+    return code >= 0x80 ? "refused" : "success";
 }
 
-void mqtt_trace_settle(bridge_mqtt_t *m)
+void stub_acknowledge(mqtt_client_t *c, int reason)
 {
-    (void)m;
+    /* A callback may publish: acknowledge what waits now, not what it adds. */
+    uint64_t ids[ACKS_MAX];
+    size_t n = c->nacks;
+    memcpy(ids, c->acks, n * sizeof(ids[0]));
+    c->nacks = 0;
+    for (size_t i = 0; i < n; i++) {
+        c->st.acked++;
+        if (c->h.acked)
+            c->h.acked(c->data, ids[i], reason);
+    }
 }
 
-void mqtt_kick_due(bridge_mqtt_t *m)
+void stub_lose_connection(mqtt_client_t *c)
 {
-    (void)m;
+    if (!c->connected)
+        return;
+    c->connected = false;
+    c->nacks = 0;
+    c->st.losses++;
+    if (c->h.lost)
+        c->h.lost(c->data, -ECONNRESET, "the stub dropped it");
 }
 
-int mqtt_kick_wait_ms(const bridge_mqtt_t *m)
-{
-    (void)m;
-    return -1;
-}
-
-void stub_acknowledge(bridge_mqtt_t *m, int reason)
-{
-    for (size_t i = 0; i < m->nacks; i++)
-        push(m, reason >= 0x80 ? EV_PUB_FAILED : EV_PUB_OK, m->acks[i], reason);
-    m->nacks = 0;
-}
-
-void stub_lose_connection(bridge_mqtt_t *m)
-{
-    m->connected = false;
-    m->nacks = 0;
-    push(m, EV_CONN_LOST, 0, 0);
-}
-
-void stub_message(bridge_mqtt_t *m, const char *topic, size_t tlen, const uint8_t *payload,
+void stub_message(mqtt_client_t *c, const char *topic, size_t tlen, const uint8_t *payload,
                   size_t len)
 {
-    inbox_msg_t *im = malloc(sizeof(*im) + tlen + len);
-    if (!im)
-        return;
-    im->topic_len = tlen;
-    im->len = len;
-    im->qos = 0;
-    im->expiry_s = len % 3 == 0 ? (long)len : -1;
-    strcpy(im->content_type, len % 2 ? "application/json" : "");
-    memcpy(im->bytes, topic, tlen);
-    memcpy(im->bytes + tlen, payload, len);
-    inbox_event_t ev = { .type = EV_MESSAGE, .data = im, .bytes = sizeof(*im) + tlen + len };
-    if (inbox_push(m->inbox, &ev) < 0)
-        free(im);
-}
-
-void mqtt_set_one_at_a_time(bridge_mqtt_t *m, bool on)
-{
-    (void)m;
-    (void)on;
-}
-
-int mqtt_republish(bridge_mqtt_t *m, const record_pub_t *pub)
-{
-    FUZZ_CHECK(map_topic_ok(pub->topic, pub->topic_len));
-    m->published++;
-    return 0;
-}
-
-int mqtt_restart(bridge_mqtt_t *m, bool resend_sent)
-{
-    (void)resend_sent;
-    m->nacks = 0;
-    return 0;
-}
-
-int mqtt_disconnect(bridge_mqtt_t *m)
-{
-    stub_lose_connection(m);
-    return 0;
-}
-
-int mqtt_resend_lost(bridge_mqtt_t *m)
-{
-    (void)m;
-    return 0;
+    char t[256];
+    memcpy(t, topic, tlen);
+    t[tlen] = '\0';
+    mqtt_incoming_t m = { .topic = t,
+                          .topic_len = tlen,
+                          .payload = payload,
+                          .len = len,
+                          .content_type = len % 2 ? "application/json" : NULL,
+                          .has_expiry = len % 3 == 0,
+                          .expiry = (uint32_t)len };
+    if (c->h.message && c->connected)
+        c->h.message(c->data, &m);
 }

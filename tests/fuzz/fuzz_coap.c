@@ -72,9 +72,9 @@ static char state[4200];
 
 static void state_remove(void)
 {
-    char mqtt[4300];
-    snprintf(mqtt, sizeof(mqtt), "%s/mqtt", state);
-    rmdir(mqtt);
+    char sub[4300];
+    snprintf(sub, sizeof(sub), "%s/offline", state);
+    rmdir(sub);
     rmdir(state);
 }
 
@@ -100,7 +100,6 @@ static void turn(coap_context_t *ctx, bridge_t *b)
         coap_io_process(ctx, COAP_IO_NO_WAIT);
         bridge_after_io(b);
     }
-    bridge_process_inbox(b);
     coap_io_process(ctx, COAP_IO_NO_WAIT);
     bridge_after_io(b);
     bridge_commit(b);
@@ -154,7 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!ctx || !coap_new_endpoint(ctx, &addr, COAP_PROTO_UDP))
         goto out; /* the port was taken meanwhile */
     coap_context_set_max_idle_sessions(ctx, (unsigned)cfg->coap.max_sessions);
-    b = bridge_new(cfg, ctx);
+    b = bridge_new(cfg, ctx, NULL);
     FUZZ_CHECK(b);
     bridge_start(b);
     turn(ctx, b);
@@ -197,7 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (op == 6) {
             stub_lose_connection(b->mqtt);
             turn(ctx, b);
-            mqtt_connect(b->mqtt);
+            mqtt_client_start(b->mqtt);
         } else {
             bridge_tick(b);
         }

@@ -4,6 +4,7 @@ session counts what arrives."""
 
 import os
 import signal
+import re
 import socket
 import sys
 import threading
@@ -163,7 +164,8 @@ def buffer_full_503():
 def backlog_drains_promptly():
     """1,000 readings buffered while the broker is away reach it within 15 s of
     the reconnection: the MQTT client is not left sending one broker window
-    (Mosquitto: 20 messages) a second."""
+    (Mosquitto: 20 messages) a second. `tandem stats` says what the buffer
+    holds: 1,000 while the broker is away, none once they are delivered."""
     d = workdir()
     pki = Pki(d)
     broker = Broker(d, pki, persistent="at_exit").start()
@@ -182,6 +184,9 @@ def backlog_drains_promptly():
             if mid == i + 1:
                 break
         check(code == "2.04", "reading %d buffered: %s" % (i, code))
+    summary = g.stats().stdout
+    check(re.search(r"^buffer: +1000 in the offline buffer", summary, re.M),
+          "while the broker is away: %s" % summary)
     broker.start()
     g.wait_log("mqtt: connected to", 2)
     sub = counting_sub(broker)
@@ -190,6 +195,8 @@ def backlog_drains_promptly():
         wait_until(lambda: len(got()) == 1000, "the backlog at the broker", timeout=15)
     except AssertionError:
         raise AssertionError("%d of 1000 arrived within 15 s of the reconnection" % len(got()))
+    wait_until(lambda: re.search(r"^buffer: +0 in the offline buffer", g.stats().stdout, re.M),
+               "the summary to say the buffer is empty", 10)
 
 
 def sigterm_during_burst():
