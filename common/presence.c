@@ -24,7 +24,7 @@
 
 struct presence_dev {
     presence_t *p;
-    struct presence_dev *hnext;      /* hash chain */
+    struct presence_dev *hnext;       /* hash chain */
     struct presence_dev *prev, *next; /* every entry, newest first */
     uint64_t hash;
     unsigned live; /* sessions and connections */
@@ -166,9 +166,9 @@ static void format_now(char *out, size_t len)
 /* The document of d's state now. */
 static size_t document(const struct presence_dev *d, char *out, size_t len)
 {
-    int n = snprintf(out, len,
-                     "{\"online\": %s, \"protocol\": \"%s\", \"address\": \"%s\", \"since\": \"%s\"}",
-                     d->live ? "true" : "false", d->protocol, d->address, d->since);
+    int n = snprintf(
+        out, len, "{\"online\": %s, \"protocol\": \"%s\", \"address\": \"%s\", \"since\": \"%s\"}",
+        d->live ? "true" : "false", d->protocol, d->address, d->since);
     return n < 0 || (size_t)n >= len ? 0 : (size_t)n;
 }
 
@@ -391,11 +391,11 @@ char *presence_list(const presence_t *p, bool json, size_t *len)
         if (json) {
             n += (size_t)sprintf(out + n, "%s{\"identity\": ", first ? "" : ", ");
             n += json_string(out + n, d->identity);
-            n += (size_t)sprintf(out + n,
-                                 ", \"protocol\": \"%s\", \"address\": \"%s\", \"since\": \"%s\", "
-                                 "\"requests\": %llu}",
-                                 d->protocol, d->address, d->since,
-                                 (unsigned long long)d->requests);
+            n +=
+                (size_t)sprintf(out + n,
+                                ", \"protocol\": \"%s\", \"address\": \"%s\", \"since\": \"%s\", "
+                                "\"requests\": %llu}",
+                                d->protocol, d->address, d->since, (unsigned long long)d->requests);
         } else {
             n += (size_t)sprintf(out + n, "%-*s  %-8s  %-*s  %-20s  %llu\n", (int)idw, d->identity,
                                  d->protocol, (int)addrw, d->address, d->since,
