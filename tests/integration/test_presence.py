@@ -277,8 +277,31 @@ def devices_command_and_metrics():
     check(not re.search(r"^tandem_devices_\w+\{", text, re.M), "a label per device")
 
 
+def documents_survive_broker_restart():
+    """A device that comes and goes while the broker is away: its documents wait
+    in the offline buffer and reach the broker once it is back (the last state,
+    retained)."""
+    s = Setup()
+    s.sub.stop()
+    s.broker.stop()
+    s.g.wait_log("mqtt: connection to")
+    dev = DtlsDevice(s.g, BIKE1)
+    wait_until(lambda: "bike-1" in s.devices(), "bike-1 listed")
+    dev.close()
+    wait_until(lambda: "bike-1" not in s.devices(), "bike-1 gone")
+    s.broker.start()
+    s.g.wait_log("mqtt: connected to", 2)
+    late = Subscriber(s.broker, TOPIC % "bike-1")
+    msgs = late.wait_for(1, "the retained document")
+    doc = json.loads(msgs[-1]["payload"])
+    check(msgs[-1]["retain"] and doc["online"] is False and doc["protocol"] == "coap",
+          "retained: %r" % msgs)
+    check(s.g.stats_json()["devices"]["presence_failed"] == 0, "a document was lost")
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [coap_device_online_then_offline, mqtt_device_online_then_offline,
                                   graceful_stop_offline_for_all, flapping_is_bounded,
                                   anonymous_devices_none, off_when_empty,
-                                  devices_command_and_metrics]})
+                                  devices_command_and_metrics,
+                                  documents_survive_broker_restart]})
