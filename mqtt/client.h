@@ -7,7 +7,11 @@
  *
  * Publishes keep their order. At most min(the broker's Receive Maximum,
  * max_inflight) QoS 1/2 publishes are unacknowledged at a time; the others
- * wait in the client. Publishes that are ready in one loop turn go out in one
+ * wait in the client. MQTT 3.1.1 has no Receive Maximum, and a broker over
+ * its own window may drop a QoS 2 publish while answering PUBREC, which a
+ * 3.1.1 client cannot tell from an acceptance (Mosquitto's
+ * max_inflight_messages, 20 by default): with 3.1.1 the window is at most
+ * MQTT_V311_INFLIGHT_MAX. Publishes that are ready in one loop turn go out in one
  * write (one TLS record when they fit in one) at the end of that turn.
  *
  * With clean_start false, what is unacknowledged when the connection drops
@@ -32,6 +36,9 @@
 #include "ev.h"
 
 typedef struct mqtt_client mqtt_client_t;
+
+/* QoS 1/2 publishes unacknowledged at a time at most over MQTT 3.1.1 (see above). */
+#define MQTT_V311_INFLIGHT_MAX 20
 
 /* A message to publish; strings borrowed for the call. */
 typedef struct mqtt_message {
@@ -92,11 +99,12 @@ typedef struct mqtt_client_options {
     int keepalive_s; /* 0: none */
     bool clean_start;
     uint32_t session_expiry_s; /* MQTT 5 with clean_start false; 0: the session never expires */
-    int max_inflight; /* QoS 1/2 publishes unacknowledged at a time (and the broker's limit) */
-    const char *status_topic; /* Will "offline" (retained, QoS 1) here; NULL or "": none */
-    size_t max_packet;        /* the largest packet taken from the broker; 0: 1 MiB */
-    size_t max_queued;        /* publishes waiting in the client at most; 0: 65536 */
-    int connect_timeout_ms;   /* link and CONNACK; 0: 10 s */
+    int max_inflight;          /* QoS 1/2 publishes unacknowledged at a time (and the broker's
+                         limit; with 3.1.1 at most MQTT_V311_INFLIGHT_MAX) */
+    const char *status_topic;  /* Will "offline" (retained, QoS 1) here; NULL or "": none */
+    size_t max_packet;         /* the largest packet taken from the broker; 0: 1 MiB */
+    size_t max_queued;         /* publishes waiting in the client at most; 0: 65536 */
+    int connect_timeout_ms;    /* link and CONNACK; 0: 10 s */
     int backoff_min_ms, backoff_max_ms; /* reconnect backoff; 0: 1 s and 30 s */
     int stable_ms; /* a connection that lasted this long resets the backoff; 0: 10 s */
 } mqtt_client_options_t;

@@ -116,6 +116,8 @@ static void pid_write(out_pub_t *p)
 static size_t window(const mqtt_client_t *c)
 {
     size_t w = (size_t)c->max_inflight;
+    if (c->version == MQTT_V311 && w > MQTT_V311_INFLIGHT_MAX)
+        w = MQTT_V311_INFLIGHT_MAX;
     return c->broker_receive_max < w ? c->broker_receive_max : w;
 }
 

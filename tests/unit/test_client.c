@@ -461,6 +461,33 @@ Test(client, max_inflight_bounds_a_generous_broker)
     cr_assert_eq(pkt.u.publish.payload.p[0], 'd');
 }
 
+/* MQTT 3.1.1 cannot learn the broker's window: it keeps within the one brokers have (Mosquitto: 20). */
+Test(client, mqtt_311_keeps_within_the_brokers_window)
+{
+    bversion = MQTT_V311;
+    mqtt_client_options_t o = options();
+    o.max_inflight = 1000;
+    start(&o);
+    connack_with(false, 0, 0);
+    for (int i = 0; i < MQTT_V311_INFLIGHT_MAX + 5; i++)
+        cr_assert_eq(publish("t/w", "x", 2, (uint64_t)i), 0);
+    uint16_t first = 0;
+    for (int i = 0; i < MQTT_V311_INFLIGHT_MAX; i++) {
+        bk_expect(MQTT_PUBLISH);
+        if (i == 0)
+            first = pkt.u.publish.id;
+    }
+    bk_quiet(200);
+    cr_assert_eq(mqtt_client_unacked(cl), MQTT_V311_INFLIGHT_MAX + 5);
+    /* One completed lets one more go. */
+    bk_ack(MQTT_PUBREC, first, 0);
+    bk_expect(MQTT_PUBREL);
+    bk_quiet(50);
+    bk_ack(MQTT_PUBCOMP, first, 0);
+    bk_expect(MQTT_PUBLISH);
+    bk_quiet(50);
+}
+
 Test(client, one_turn_of_publishes_goes_in_one_write)
 {
     mqtt_client_options_t o = options();
