@@ -18,7 +18,9 @@
  * is kept: if the broker still has the session, publishes are sent again
  * with DUP and PUBRELs again; if not, they are sent again as new publishes.
  * Either way nothing handed to mqtt_client_publish is lost while the client
- * lives. An incoming QoS 2 message is delivered once (its packet identifier
+ * lives. Across a restart, the owner keeps what the sent handler told it and
+ * hands such publishes over with mqtt_client_publish_again, their
+ * identifiers kept from new publishes by mqtt_client_reserve_id. An incoming QoS 2 message is delivered once (its packet identifier
  * is remembered until the broker's PUBREL).
  *
  * Everything the broker sends is bounded (max_packet, the codec's property
@@ -88,6 +90,13 @@ typedef struct mqtt_client_handlers {
     /* The SUBACK for mqtt_client_subscribe's id: one code a filter (0x80 and above: refused). */
     void (*subscribed)(void *data, uint64_t id, size_t n, const uint8_t *codes);
     void (*message)(void *data, const mqtt_incoming_t *m);
+    /*
+     * QoS 1/2 publish id was sent with the packet identifier pid (as a new
+     * message: the first time, or again after the broker lost our session).
+     * An owner that keeps publishes across restarts records it, to hand the
+     * publish over again with mqtt_client_publish_again.
+     */
+    void (*sent)(void *data, uint64_t id, uint16_t pid);
 } mqtt_client_handlers_t;
 
 typedef struct mqtt_client_options {
@@ -138,6 +147,25 @@ uint64_t mqtt_client_retry_in_ms(const mqtt_client_t *c);
  * QoS 0, when the connection has not taken what was written); -ENOMEM.
  */
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id);
+
+/*
+ * A publish an earlier client (before a restart) sent with packet identifier
+ * pid and saw no acknowledgement for. When this connection resumed the
+ * broker's session, it goes at once with DUP and pid (the broker may hold pid
+ * for it still: a QoS 2 publish it took and has not seen released), in
+ * flight whatever the window; otherwise, or when pid is taken, it is a new
+ * publish as mqtt_client_publish makes. Returns as mqtt_client_publish.
+ */
+int mqtt_client_publish_again(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id,
+                              uint16_t pid);
+
+/*
+ * Keeps pid from new publishes (before mqtt_client_start: the identifiers of
+ * publishes an earlier client sent, which a resumed session may still hold)
+ * until mqtt_client_publish_again takes it or a CONNACK says the broker has
+ * no session for us.
+ */
+void mqtt_client_reserve_id(mqtt_client_t *c, uint16_t pid);
 
 /*
  * From now on at most n QoS 1/2 publishes unacknowledged at a time (still

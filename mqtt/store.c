@@ -681,6 +681,21 @@ int mqtt_store_mark_sent(mqtt_store_t *s, uint64_t seq, uint16_t id)
         free(data);
         return -EINVAL;
     }
+    if (e->on_disk) {
+        /*
+         * Its file is replaced now (not fsync'ed: a process killed keeps it, a
+         * power cut may not, and the record is then sent as a new message).
+         */
+        char path[4096];
+        path_of(s, seq, path, sizeof(path));
+        struct iovec iov = { data, e->size };
+        if (gw_file_write(path, &iov, 1, 0) == 0) {
+            free(data);
+            free(e->data);
+            e->data = NULL;
+            return 0;
+        }
+    }
     free(e->data);
     e->data = data;
     return 0;

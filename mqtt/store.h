@@ -139,9 +139,11 @@ int mqtt_store_get(mqtt_store_t *s, uint64_t seq, mqtt_store_rec_t *rec);
 
 /*
  * Records that seq was sent with the packet identifier id (1..65535), for a
- * resumed session to send it again with DUP. On disk at the next
- * mqtt_store_set_durable(true) or close (a crash before: sent again as a new
- * message). 0, -ENOENT, -EINVAL, -ENOMEM, or -errno when it cannot be read.
+ * resumed session to send it again with DUP. A record on disk has its file
+ * replaced at once, not fsync'ed (the gateway killed keeps it; a power cut
+ * may lose it, and the record is sent again as a new message); one in memory
+ * only is written at the next mqtt_store_set_durable(true) or close. 0,
+ * -ENOENT, -EINVAL, -ENOMEM, or -errno when it cannot be read.
  */
 int mqtt_store_mark_sent(mqtt_store_t *s, uint64_t seq, uint16_t id);
 
