@@ -37,6 +37,12 @@ ALERTS = """,
 """
 
 
+GYM = """,
+  { name = "gym"; resource = "gym/{room}/temperature";
+    topic = "redback/p1/gym/{room}/temperature"; direction = "down"; qos = 1; }
+"""
+
+
 def url(g, path):
     return "coaps://127.0.0.1:%d/%s" % (g.dtls_port, path)
 
@@ -445,6 +451,117 @@ def both_mapping_put_and_observe():
     o.stop()
 
 
+def observe_before_first_value_without_identity():
+    """A resource whose mapping has no {identity} can be observed before its
+    first value: 2.05 with an empty body and the Observe option, then the value
+    as a notification. A GET without Observe before the first value is 4.04."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, mappings=MAPPINGS + GYM)
+    r = coap(url(g, "gym/room-2/temperature"), method="get", psk=BIKE1)
+    check(r and r.code == "4.04", "GET before the first value: %r" % r)
+    o = Observer(g, "gym/room-1/temperature", BIKE1)
+    try:
+        first = o.wait(1, "the registration")[0]
+        check(first[0] == "2.05" and first[1] is not None and first[2] == "",
+              "registration: %r" % (first,))
+        broker.publish("redback/p1/gym/room-1/temperature", "21.5", "-q", "1")
+        note = o.wait(2, "the first value as a notification")[1]
+        check(note[0] == "2.05" and note[2] == "21.5" and note[1] is not None and
+              note[1] > first[1], "first value: %r after %r" % (note, first))
+        broker.publish("redback/p1/gym/room-1/temperature", "22.0", "-q", "1")
+        note = o.wait(3, "the second value")[2]
+        check(note[2] == "22.0", "second value: %r" % (note,))
+    except AssertionError:
+        print("".join(o.lines))
+        raise
+    o.stop()
+    r = coap(url(g, "gym/room-1/temperature"), method="get", psk=BIKE1)
+    check(r and r.code == "2.05" and "'22.0'" in r.raw, "GET after the values: %r" % r)
+
+
+def plain_get(s, path, mid, token, observe=None):
+    """A confirmable GET on the plain CoAP socket s: (code, options, payload)
+    of its answer, piggybacked or separate (then acknowledged); notifications
+    that come meanwhile are acknowledged and passed over."""
+    s.send(coap_raw(path, mid=mid, token=token, code=0x01, observe=observe))
+    separate = False
+    while True:
+        data = s.recv(2048)
+        typ, code, rmid, tok = coap_decode(data)
+        if typ == 0:
+            s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+        if typ == 2 and rmid == mid and code == "0.00":
+            separate = True
+        elif (typ == 2 and rmid == mid) or (typ in (0, 1) and tok == token and separate):
+            opts, payload = coap_parse(data)
+            return code, opts, payload
+
+
+def observed_made_up_resources_are_bounded():
+    """Observing made-up resources cannot pass coap.max_resources: at the bound
+    the least recently used resource nobody observes goes; when every one is
+    observed, a new registration is refused with 5.03 and Max-Age, counted."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true; max_resources = 10;",
+                      mappings=MAPPINGS + GYM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    mid = iter(range(1, 60000))
+
+    def observe(room, token):
+        return plain_get(s, "gym/%s/temperature" % room, next(mid), token, observe=0)
+
+    for i in range(10):
+        code, opts, body = observe("r%d" % i, b"T%d" % i)
+        check(code == "2.05" and 6 in opts and body == b"",
+              "registration %d: %s %r %r" % (i, code, opts, body))
+    down = g.stats_json()["down"]
+    check(down["resources"] == 10, "resources: %r" % down)
+    code, opts, _ = observe("r10", b"X")
+    check(code == "5.03" and 14 in opts and 6 not in opts,
+          "every resource observed: %s %r" % (code, opts))
+    down = g.stats_json()["down"]
+    check(down["observe_refused"] == 1 and down["resources"] == 10, "refusal: %r" % down)
+    # Deregistered, they may go; new ones take their places (after a refusal the
+    # gateway looks again for room once a second: refused until then).
+    for i in range(5):
+        code, _, _ = plain_get(s, "gym/r%d/temperature" % i, next(mid), b"T%d" % i, observe=1)
+        check(code == "4.04", "deregistration before a value: %s" % code)
+    refused = [1]
+
+    def registered(i):
+        code, opts, _ = observe("r%d" % i, b"T%d" % i)
+        check(code in ("2.05", "5.03"), "registration %d: %s" % (i, code))
+        refused[0] += code == "5.03"
+        return code == "2.05" and 6 in opts
+    for i in range(10, 14):
+        wait_until(lambda: registered(i), "registration %d after others left" % i)
+    # Made-up names observed and left: never more than the bound.
+    for i in range(100, 150):
+        token = b"M%d" % i
+        code, _, _ = observe("m%d" % i, token)
+        check(code == "2.05", "made-up %d: %s" % (i, code))
+        plain_get(s, "gym/m%d/temperature" % i, next(mid), token, observe=1)
+    down = g.stats_json()["down"]
+    check(down["resources"] == 10 and down["evicted"] >= 54 and
+          down["observe_refused"] == refused[0], "bound: %r, %d refusals seen" % (down, refused[0]))
+    # What is observed is still there and notified.
+    broker.publish("redback/p1/gym/r12/temperature", "19.0", "-q", "1")
+    while True:
+        data = s.recv(2048)
+        typ, code, rmid, tok = coap_decode(data)
+        if tok == b"T12" and code == "2.05" and coap_parse(data)[1] == b"19.0":
+            break
+    check(typ == 0 and 6 in coap_parse(data)[0], "notification: type %d" % typ)
+    s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+    # A plain GET of a made-up resource creates nothing.
+    for i in range(20):
+        code, _, _ = plain_get(s, "gym/g%d/temperature" % i, next(mid), b"G")
+        check(code == "4.04", "GET of a made-up resource: %s" % code)
+    check(g.stats_json()["down"]["evicted"] == down["evicted"], "a plain GET evicted something")
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
@@ -452,4 +569,6 @@ if __name__ == "__main__":
                                   observed_resources_are_kept, observer_removed_on_rst,
                                   observer_removed_after_retransmissions,
                                   one_subscription_mqtt5_and_311,
-                                  both_mapping_put_and_observe]})
+                                  both_mapping_put_and_observe,
+                                  observe_before_first_value_without_identity,
+                                  observed_made_up_resources_are_bounded]})
