@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (WAIT, Broker, Failure, Gateway, Pki, Subscriber, check, coap,  # noqa: E402
-                     coap_decode, coap_parse, coap_raw, mqtt_publish_many, proc_rss_kib, run,
-                     spawn, wait_until, workdir)
+                     coap_decode, coap_option, coap_parse, coap_raw, mqtt_publish_many,
+                     proc_rss_kib, run, spawn, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 BIKE2 = ("bike-2", "secret-bike-2")
@@ -479,11 +479,15 @@ def observe_before_first_value_without_identity():
     check(r and r.code == "2.05" and "'22.0'" in r.raw, "GET after the values: %r" % r)
 
 
-def plain_get(s, path, mid, token, observe=None):
+def plain_get(s, path, mid, token, observe=None, block2=None):
     """A confirmable GET on the plain CoAP socket s: (code, options, payload)
     of its answer, piggybacked or separate (then acknowledged); notifications
     that come meanwhile are acknowledged and passed over."""
-    s.send(coap_raw(path, mid=mid, token=token, code=0x01, observe=observe))
+    msg = coap_raw(path, mid=mid, token=token, code=0x01, observe=observe)
+    if block2:  # (num, szx): Block2 (23) after the Uri-Path options (11) and Observe (6)
+        value = (block2[0] << 4 | block2[1]).to_bytes(2 if block2[0] > 15 else 1, "big")
+        msg += coap_option(23, value, 11)
+    s.send(msg)
     separate = False
     while True:
         data = s.recv(2048)
@@ -562,6 +566,59 @@ def observed_made_up_resources_are_bounded():
     check(g.stats_json()["down"]["evicted"] == down["evicted"], "a plain GET evicted something")
 
 
+def large_notification_block2_then_plain_gets():
+    """A value that grows past one block is notified with its first block
+    (Block2 0 with the M bit, Size2, ETag, Observe); the rest is fetched with
+    GETs without Observe on tokens of their own (RFC 7959 §2.6), every block
+    with the same ETag, and the observation goes on."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true;", mappings=MAPPINGS + GYM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    path = "gym/hall/temperature"
+    code, opts, body = plain_get(s, path, 1, b"O", observe=0)
+    check(code == "2.05" and 6 in opts and body == b"", "registration: %s %r" % (code, opts))
+    big = os.urandom(1500).hex().encode()  # 3000 bytes: several blocks at any block size
+
+    def notification(payload_check):
+        while True:
+            data = s.recv(2048)
+            typ, code, rmid, tok = coap_decode(data)
+            if typ == 0:
+                s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+            if tok == b"O" and code == "2.05" and payload_check(coap_parse(data)[1]):
+                return coap_parse(data)
+
+    def uint(b):
+        return int.from_bytes(b, "big")
+    broker.publish("redback/p1/gym/hall/temperature", big.decode(), "-q", "1")
+    opts, first = notification(lambda p: len(p) > 0)
+    check(6 in opts and 23 in opts and 28 in opts and 4 in opts, "notification options %r" % opts)
+    block2 = uint(opts[23][0])
+    num, more, szx = block2 >> 4, (block2 >> 3) & 1, block2 & 7
+    size = 1 << (szx + 4)
+    check(num == 0 and more == 1 and len(first) == size and first == big[:size],
+          "first block: Block2 %d/%d/%d, %d bytes" % (num, more, size, len(first)))
+    check(uint(opts[28][0]) == len(big), "Size2 %d, wanted %d" % (uint(opts[28][0]), len(big)))
+    etag = opts[4][0]
+    got, n = first, 1
+    while more:
+        code, bopts, chunk = plain_get(s, path, 100 + n, b"B%d" % n,
+                                       block2=(n, size.bit_length() - 5))
+        check(code == "2.05" and 6 not in bopts and bopts.get(4) == [etag],
+              "block %d: %s %r" % (n, code, bopts))
+        block2 = uint(bopts[23][0])
+        check(block2 >> 4 == n, "block %d answered as %d" % (n, block2 >> 4))
+        more = (block2 >> 3) & 1
+        got += chunk
+        n += 1
+    check(got == big, "reassembled %d bytes, wanted %d" % (len(got), len(big)))
+    broker.publish("redback/p1/gym/hall/temperature", "after", "-q", "1")
+    opts, after = notification(lambda p: p == b"after")
+    check(6 in opts and 23 not in opts, "the observation went on: %r" % opts)
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
@@ -571,4 +628,5 @@ if __name__ == "__main__":
                                   one_subscription_mqtt5_and_311,
                                   both_mapping_put_and_observe,
                                   observe_before_first_value_without_identity,
-                                  observed_made_up_resources_are_bounded]})
+                                  observed_made_up_resources_are_bounded,
+                                  large_notification_block2_then_plain_gets]})
