@@ -549,7 +549,8 @@ def observed_made_up_resources_are_bounded():
         plain_get(s, "gym/m%d/temperature" % i, next(mid), token, observe=1)
     down = g.stats_json()["down"]
     check(down["resources"] == 10 and down["evicted"] >= 54 and
-          down["observe_refused"] == refused[0], "bound: %r, %d refusals seen" % (down, refused[0]))
+          down["observe_refused"] == refused[0],
+          "bound: %r, %d refusals seen" % (down, refused[0]))
     # What is observed is still there and notified.
     broker.publish("redback/p1/gym/r12/temperature", "19.0", "-q", "1")
     while True:
