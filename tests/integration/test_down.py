@@ -620,6 +620,106 @@ def large_notification_block2_then_plain_gets():
     check(6 in opts and 23 not in opts, "the observation went on: %r" % opts)
 
 
+def node_coap_device(d):
+    """node-coap (the npm package coap, pinned by node/package-lock.json)
+    installed from the npm registry into d; the path of node/device.js there."""
+    import shutil
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+    dst = os.path.join(d, "node")
+    os.makedirs(dst)
+    for f in ("package.json", "package-lock.json", "device.js"):
+        shutil.copy(os.path.join(src, f), dst)
+    r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dst, capture_output=True,
+                       text=True, timeout=300)
+    check(r.returncode == 0, "npm ci: %s" % r.stderr[-2000:])
+    return os.path.join(dst, "device.js")
+
+
+class Relay:
+    """A UDP relay between one CoAP device and the gateway that keeps what
+    passes: (direction "->" or "<-", type, code, token, options, payload)."""
+
+    def __init__(self, port):
+        import select
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.port = self.front.getsockname()[1]
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(("127.0.0.1", port))
+        self.seen, self.device = [], None
+
+        def keep(direction, data):
+            typ, code, _, tok = coap_decode(data)
+            opts, payload = coap_parse(data)
+            self.seen.append((direction, typ, code, tok, opts, payload))
+
+        def relay():
+            while True:
+                ready, _, _ = select.select([self.front, self.back], [], [])
+                if self.front in ready:
+                    data, self.device = self.front.recvfrom(4096)
+                    keep("->", data)
+                    self.back.send(data)
+                if self.back in ready and self.device:
+                    data = self.back.recv(4096)
+                    keep("<-", data)
+                    self.front.sendto(data, self.device)
+        threading.Thread(target=relay, daemon=True).start()
+
+
+def node_coap_loses_observation_past_one_block():
+    """node-coap as a second client library, over plain CoAP: it observes
+    small values and fetches a large one with a plain GET, but its observation
+    of a value that grows past one block is lost. For the next block it sends
+    its registration again (Observe 0, the observation's token) with Block2 1,
+    which libcoap answers 4.00, ending the observation; node-coap drops that
+    answer silently. The README's down section says so; should node-coap
+    change, this case fails and the README must follow."""
+    d, pki, broker = setup()
+    device = node_coap_device(d)
+    g = start_gateway(d, broker, pki, coap="plain = true; max_resources = 20;",
+                      mappings=MAPPINGS + GYM, mqtt="stats_interval = 1;")
+    relay = Relay(g.plain_port)
+    base = "coap://127.0.0.1:%d/" % relay.port
+    big = "B" * 3000
+    broker.publish("redback/p1/gym/big/temperature", big, "-r", "-q", "1")
+    wait_until(lambda: g.stats_json()["down"]["received"] >= 1, "the retained value")
+    r = subprocess.run(["node", device, "get", base + "gym/big/temperature"], text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=WAIT + 10)
+    got = json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else {}
+    check(got.get("code") == "2.05" and got.get("len") == len(big), "node-coap GET: %s" % r.stdout)
+    obs = spawn(["node", device, "observe", base + "gym/hall/temperature"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(line) for line in obs.stdout],
+                     daemon=True).start()
+    try:
+        wait_until(lambda: any('"first":true' in line for line in lines), "the registration")
+        check('"code":"2.05"' in lines[0], "registration: %r" % lines)
+        broker.publish("redback/p1/gym/hall/temperature", "21.5", "-q", "1")
+        wait_until(lambda: any('"len":4' in line for line in lines), "a small notification")
+        notified = g.stats_json()["down"]["notifications"]
+        broker.publish("redback/p1/gym/hall/temperature", big, "-q", "1")
+
+        def refused():
+            return [m for m in relay.seen if m[0] == "<-" and m[2] == "4.00"]
+        wait_until(refused, "the 4.00 to node-coap's request for block 1")
+        asked = [m for m in relay.seen if m[0] == "->" and 23 in m[4] and 6 in m[4]]
+        check(asked and asked[0][4][6] in ([b""], [b"\x00"]) and
+              asked[0][4][23][0][0] >> 4 == 1 and asked[0][3] == refused()[0][3],
+              "node-coap's request for block 1: %r" % (asked[:1],))
+        # The gateway has no observer left: the next value notifies nobody.
+        received = g.stats_json()["down"]["received"]
+        broker.publish("redback/p1/gym/hall/temperature", "after", "-q", "1")
+        wait_until(lambda: g.stats_json()["down"]["received"] >= received + 1, "the next value")
+        check(g.stats_json()["down"]["notifications"] == notified + 1,
+              "notifications after the 4.00: %r" % g.stats_json()["down"])
+        check(not any("after" in line or '"len":3000' in line for line in lines),
+              "node-coap got the value after all: %r" % lines)
+    finally:
+        obs.terminate()
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
@@ -630,4 +730,5 @@ if __name__ == "__main__":
                                   both_mapping_put_and_observe,
                                   observe_before_first_value_without_identity,
                                   observed_made_up_resources_are_bounded,
-                                  large_notification_block2_then_plain_gets]})
+                                  large_notification_block2_then_plain_gets,
+                                  node_coap_loses_observation_past_one_block]})
