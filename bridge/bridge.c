@@ -73,6 +73,33 @@ static void on_ready(void *arg, coap_session_t *session, const char *identity)
     down_on_ready(b->down, session, identity);
 }
 
+/* presence_publish_fn: a presence document, retained, QoS 1, through the offline buffer. */
+static int publish_presence(void *arg, const char *topic, const char *json, size_t len)
+{
+    bridge_t *b = arg;
+    mqtt_message_t msg = { .topic = topic,
+                           .payload = json,
+                           .len = len,
+                           .qos = 1,
+                           .retain = true,
+                           .content_type = "application/json",
+                           .utf8 = true };
+    int rc = upstream_publish(b, &msg, NULL);
+    if (rc == 0)
+        upstream_pump(b);
+    return rc;
+}
+
+presence_t *bridge_presence(bridge_t *b)
+{
+    return b->presence;
+}
+
+void bridge_stop_presence(bridge_t *b)
+{
+    presence_stop(b->presence);
+}
+
 /* down_wait_fn: how long a device waits for values not subscribed yet. */
 static int values_wait_s(void *arg)
 {
@@ -113,6 +140,10 @@ bridge_t *bridge_new(const gw_config_t *cfg, coap_context_t *ctx, ev_loop_t *loo
     b->sessions = sessions_new(ctx, (size_t)cfg->coap.max_sessions, up_free_transfer, on_ready, b);
     if (!b->sessions)
         goto fail;
+    b->presence = presence_new(loop, cfg->mqtt.presence_topic, publish_presence, b);
+    if (!b->presence)
+        goto fail;
+    sessions_set_presence(b->sessions, b->presence);
     b->pend = pending_new((size_t)cfg->mqtt.max_inflight, b->sessions);
     if (!b->pend)
         goto fail;
@@ -140,7 +171,10 @@ void bridge_free(bridge_t *b)
     if (event_bridge == b)
         event_bridge = NULL;
     pending_free(b->pend);
-    sessions_free(b->sessions); /* and their Block1 transfers */
+    if (b->sessions)
+        sessions_set_presence(b->sessions, NULL); /* nothing is published from here on */
+    sessions_free(b->sessions);                   /* and their Block1 transfers */
+    presence_free(b->presence);
     b1_pool_free(b->b1);
     down_free(b->down);
     resources_free(b->res);

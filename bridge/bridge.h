@@ -79,6 +79,17 @@ enum bridge_mqtt_count { BRIDGE_MQTT_UP, BRIDGE_MQTT_DOWN, BRIDGE_MQTT_REFUSED }
  */
 void bridge_count_mqtt(bridge_t *b, size_t map, enum bridge_mqtt_count what);
 
+/*
+ * The registry of connected devices (common/presence.h), for the MQTT
+ * listener's connections, `tandem devices` and the statistics; it lives as
+ * long as the bridge.
+ */
+struct presence;
+struct presence *bridge_presence(bridge_t *b);
+
+/* A graceful stop: every connected device's presence goes "offline" (before bridge_shutdown). */
+void bridge_stop_presence(bridge_t *b);
+
 /* Says "offline" on the status topic and disconnects. */
 void bridge_shutdown(bridge_t *b, int timeout_ms);
 

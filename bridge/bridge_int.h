@@ -23,6 +23,7 @@
 #include "client.h"
 #include "ev.h"
 #include "pending.h"
+#include "presence.h"
 #include "resources.h"
 #include "session.h"
 #include "stats.h"
@@ -107,9 +108,10 @@ struct bridge {
     mqtt_store_t *store;    /* owned: the offline buffer, in state_dir/offline */
     sessions_t *sessions;   /* owned: the bound, duplicates, registrations */
     pending_t *pend;        /* owned: publishes waiting for the broker, cfg->mqtt.max_inflight */
-    b1_pool_t *b1;    /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
-    resources_t *res; /* owned: the catch-all, /.well-known/core, the concrete resources */
-    down_t *down;     /* owned: the down direction */
+    b1_pool_t *b1;        /* owned: every session's Block1 transfer (its sess_t's up) draws on it */
+    resources_t *res;     /* owned: the catch-all, /.well-known/core, the concrete resources */
+    down_t *down;         /* owned: the down direction */
+    presence_t *presence; /* owned: the devices connected, their documents on presence_topic */
 
     bool draining; /* bridge_drain(): new requests are refused */
     bool answered; /* upstream_answer() answered since bridge_take_answered() */

@@ -37,7 +37,7 @@ struct snap {
     uint64_t dropped_too_large;
     /* down */
     uint64_t resources, value_bytes, down_received, evicted, dropped_full, dropped_bad_topic,
-        down_notifications, confirmations, subscriptions_failed;
+        down_notifications, confirmations, subscriptions_failed, observe_refused;
 };
 
 struct bridge_report {
@@ -126,6 +126,7 @@ static void gather(const void *obj)
     s->down_notifications = ds->notifications;
     s->confirmations = ds->confirmations;
     s->subscriptions_failed = ds->subscriptions_failed;
+    s->observe_refused = ds->observe_refused;
 }
 
 /* The per-mapping counters, for the mappings running now (a reload changes them). */
@@ -271,6 +272,9 @@ static const stats_field_t down_fields[] = {
     DOWN(notifications, down_notifications, COUNTER, "Values that notified observers"),
     DOWN(confirmations, confirmations, COUNTER, "Confirmable notifications to silent observers"),
     DOWN(subscriptions_failed, subscriptions_failed, COUNTER, "Subscriptions the broker refused"),
+    DOWN(observe_refused, observe_refused, COUNTER,
+         "Observe registrations refused (5.03): coap.max_resources reached, every resource "
+         "observed"),
 };
 
 #define MAP(f, help_)                                                                              \

@@ -3,13 +3,14 @@
  * Block2 and discovery.
  *
  * libcoap 4.3 cannot observe its unknown-resource handler, so every concrete
- * resource that can be observed is a real coap_resource_t, created ahead of
- * the request: for each identity-bound resource when a device's DTLS session
- * is established (so a device can observe before the first value), for
- * resources without variables at start, and for each new concrete topic when
- * its first message arrives. They are bounded by coap.max_resources and by
- * STORE_BYTES_MAX; at a limit the least recently used resource that nobody
- * observes is dropped.
+ * resource that can be observed is a real coap_resource_t: for each
+ * identity-bound resource when a device's DTLS session is established, for
+ * resources without variables at start, for each new concrete topic when its
+ * first message arrives, and for any other resource a down mapping matches
+ * when a device registers to observe it (observe_first()). They are bounded
+ * by coap.max_resources and by STORE_BYTES_MAX; at a limit the least recently
+ * used resource that nobody observes is dropped, and when every one is
+ * observed a registration that needs a new one is refused (5.03).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -29,11 +30,21 @@
 #define STORE_BYTES_MAX (64u << 20)
 /* Least recently used candidates looked at per eviction before giving up. */
 #define EVICT_TRIES 64
+/*
+ * After a registration found every resource observed, how long the next ones
+ * are refused without looking again, ms: each look notifies the observers of
+ * up to EVICT_TRIES resources (observed()), which a device must not be able
+ * to cause at the rate it sends requests.
+ */
+#define FULL_RECHECK_MS 1000
 /* Discovery lists at most this many bytes of links. */
 #define DISCOVERY_MAX (16u << 10)
 /* How long after a subscription's acknowledgement retained values may still be arriving, ms. */
 #define RETAINED_GRACE_MS 1000
-/* Max-Age of a 4.29 to a session that holds SESS_OBSERVERS_MAX registrations, s. */
+/*
+ * Max-Age of a 4.29 to a session that holds SESS_OBSERVERS_MAX registrations,
+ * and of a 5.03 to a registration that finds every resource observed, s.
+ */
 #define OBSERVE_RETRY_S 60
 /* Silent sessions confirmed per tick. */
 #define CONFIRM_BATCH 16
@@ -59,6 +70,7 @@ struct down {
     uint64_t sub_gen;      /* the latest set of subscriptions asked for */
     bool subscribe_due;    /* at the next connection, whatever the broker kept */
     uint64_t ready_at_ms;  /* when the values of the last acknowledged set are served; 0 = said */
+    uint64_t full_ms;      /* when an Observe registration last found every resource observed */
     down_stats_t st;
 };
 
@@ -103,16 +115,17 @@ static int make_room(down_t *d, size_t need)
 
 /*
  * The entry for a concrete resource, created with its coap_resource_t;
- * identity: the device it belongs to, NULL when any device may read it.
+ * identity: the device it belongs to, NULL when any device may read it. NULL
+ * when there is no room (then *full is counted) or on ENOMEM.
  */
 static store_entry_t *entry_for(down_t *d, const char *path, size_t len, size_t map, size_t need,
-                                const char *identity)
+                                const char *identity, uint64_t *full)
 {
     store_entry_t *e = store_find(d->store, path, len);
     if (e)
         return e;
     if (make_room(d, need) < 0) {
-        d->st.dropped_full++;
+        (*full)++;
         return NULL;
     }
     const map_entry_t *m = map_table_get(d->cfg->maps, map);
@@ -141,7 +154,7 @@ static void create_fixed(down_t *d, const char *identity)
             continue; /* made once, at start */
         int len = map_entry_fixed_resource(m, identity, path, sizeof(path));
         if (len > 0)
-            entry_for(d, path, (size_t)len, i, 0, identity);
+            entry_for(d, path, (size_t)len, i, 0, identity, &d->st.dropped_full);
     }
 }
 
@@ -387,7 +400,8 @@ void down_message(down_t *d, const mqtt_incoming_t *msg)
         return;
     }
     size_t map = map_entry_index(m);
-    store_entry_t *e = entry_for(d, path, strlen(path), map, msg->len, *identity ? identity : NULL);
+    store_entry_t *e = entry_for(d, path, strlen(path), map, msg->len, *identity ? identity : NULL,
+                                 &d->st.dropped_full);
     if (!e)
         return;
     /* An empty message clears the value, as it clears a retained one. */
@@ -561,6 +575,60 @@ static bool values_ready(down_t *d, size_t map, uint64_t now, int *max_age)
     return false;
 }
 
+/*
+ * An Observe registration on a resource that a down mapping matches (m, the
+ * checks passed) but that has no coap_resource_t: its first value has not
+ * arrived and it is not made ahead. libcoap 4.3 cannot observe the catch-all
+ * resource that took the request, so the resource is made now and the
+ * request handed back to libcoap as an asynchronous one due at once
+ * (coap_register_async): libcoap takes it again on its next turn, finds the
+ * new resource and registers the observer as for any other, and
+ * down_on_get() answers 2.05 with an empty body. A confirmable request gets
+ * an empty ACK now and that answer as a separate response (RFC 7252 §5.2.2).
+ * The resource counts in coap.max_resources like a value: when every one
+ * held is observed, the registration is refused with 5.03 and Max-Age.
+ */
+static void observe_first(down_t *d, const map_entry_t *m, coap_session_t *session, sess_t *s,
+                          const coap_pdu_t *req, coap_pdu_t *resp, const char *path, size_t len)
+{
+    coap_bin_const_t token = coap_pdu_get_token(req);
+    if (coap_find_async(session, token)) {
+        /* Handed back once already, and the resource went in between. */
+        if (s)
+            sess_obs_remove(s, token.s, token.length);
+        d->st.observe_refused++;
+        bridge_answer(&d->st.responses, resp, 503, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+        return;
+    }
+    if (s && sess_obs_add(s, token.s, token.length, path) < 0) {
+        bridge_answer(&d->st.responses, resp, 429, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+        return;
+    }
+    const char *owner = map_entry_uses_identity(m) ? dtls_identity(session) : NULL;
+    uint64_t full = d->st.observe_refused, now = gw_now_ms();
+    store_entry_t *e = NULL;
+    if (d->full_ms && now < d->full_ms + FULL_RECHECK_MS && !store_find(d->store, path, len))
+        d->st.observe_refused++;
+    else
+        e = entry_for(d, path, len, map_entry_index(m), 0, owner, &d->st.observe_refused);
+    /* Due in one tick: a delay of 0 would mean "when the application says so". */
+    if (e && coap_register_async(session, req, 1))
+        return; /* no answer now: an empty ACK, or nothing for a non-confirmable request */
+    if (s)
+        sess_obs_remove(s, token.s, token.length);
+    if (full != d->st.observe_refused) {
+        if (!d->full_ms || now >= d->full_ms + FULL_RECHECK_MS)
+            d->full_ms = now;
+        gw_log_limited(GW_LOG_WARNING, COAP,
+                       "Observe on %s refused (coap.max_resources reached, every resource "
+                       "observed)",
+                       path);
+        bridge_answer(&d->st.responses, resp, 503, NO_BLOCK1, OBSERVE_RETRY_S, -1);
+    } else {
+        bridge_answer(&d->st.responses, resp, 500, NO_BLOCK1, -1, -1);
+    }
+}
+
 void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap_session_t *session,
                  const coap_pdu_t *req, coap_pdu_t *resp)
 {
@@ -572,7 +640,10 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap
     int max_age = -1;
     (void)resource;
 
-    d->st.requests++;
+    coap_bin_const_t token = coap_pdu_get_token(req);
+    /* A request observe_first() handed back is counted once, when it came. */
+    if (kind != RES_CONCRETE || !coap_find_async(session, token))
+        d->st.requests++;
     sess_t *s = sess_get(d->sessions, session);
     uint64_t now = gw_now_ms();
     if (s)
@@ -597,8 +668,15 @@ void down_on_get(void *data, enum res_kind kind, coap_resource_t *resource, coap
         store_clear(d->store, e); /* expired (MQTT 5 Message Expiry Interval) */
     if (e)
         store_touch(d->store, e);
-    int observe = kind != RES_CATCH_ALL ? bridge_option_uint(req, COAP_OPTION_OBSERVE, -1) : -1;
-    coap_bin_const_t token = coap_pdu_get_token(req);
+    int observe = bridge_option_uint(req, COAP_OPTION_OBSERVE, -1);
+    if (kind == RES_CATCH_ALL) {
+        if (observe == COAP_OBSERVE_ESTABLISH && !e &&
+            values_ready(d, map_entry_index(m), now, &max_age)) {
+            observe_first(d, m, session, s, req, resp, path, len);
+            return;
+        }
+        observe = -1; /* libcoap cannot observe the catch-all */
+    }
     if (observe == COAP_OBSERVE_CANCEL && s)
         sess_obs_remove(s, token.s, token.length);
     if (observe == COAP_OBSERVE_ESTABLISH && s &&

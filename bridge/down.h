@@ -33,6 +33,7 @@ typedef struct down_stats {
     uint64_t confirmations;        /* confirmable notifications to silent observers */
     uint64_t subscriptions_failed; /* subscriptions the broker refused */
     uint64_t dropped_too_large;    /* messages larger than coap.max_payload */
+    uint64_t observe_refused;      /* registrations refused: every resource held observed */
 } down_stats_t;
 
 /* One mapping's counters in the down direction. */

@@ -46,6 +46,7 @@ struct sessions {
     void (*free_up)(void *up);
     void (*on_ready)(void *arg, coap_session_t *s, const char *identity);
     void *arg;
+    presence_t *presence; /* borrowed; NULL for none */
     struct sessions_stats st;
 };
 
@@ -75,6 +76,11 @@ sessions_t *sessions_new(coap_context_t *ctx, size_t max_sessions, void (*free_u
 void sessions_set_max(sessions_t *ss, size_t max_sessions)
 {
     ss->max = max_sessions;
+}
+
+void sessions_set_presence(sessions_t *ss, presence_t *p)
+{
+    ss->presence = p;
 }
 
 /* Peers no session uses, in the order they were left. */
@@ -165,6 +171,7 @@ static void sess_free(void *app)
     if (!s)
         return;
     sessions_t *ss = s->ss;
+    presence_end(ss->presence, s->presence);
     class_unlink(ss, s);
     if (s->refused)
         refused_forget(ss, s);
@@ -314,6 +321,7 @@ void sess_close(sessions_t *ss, coap_session_t *session)
 void sess_touch(sess_t *s, uint64_t now_ms)
 {
     s->last_ms = now_ms;
+    presence_request(s->presence);
     if (s->ss->newest[s->cls] == s)
         return;
     class_unlink(s->ss, s);
@@ -361,8 +369,11 @@ void sessions_after_io(sessions_t *ss)
         class_unlink(ss, s);
         s->cls = SESS_DTLS;
         class_link_newest(ss, s);
+        const char *identity = dtls_identity(s->session);
+        if (!s->presence)
+            s->presence = presence_begin(ss->presence, identity, "coap", &s->remote.addr.sa);
         if (ss->on_ready)
-            ss->on_ready(ss->arg, s->session, dtls_identity(s->session));
+            ss->on_ready(ss->arg, s->session, identity);
     }
     for (size_t i = 0; i < ss->nrefused;) {
         sess_t *s = ss->refused[i];

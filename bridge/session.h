@@ -34,6 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "presence.h"
+
 /* Answers remembered per peer for duplicate detection (RFC 7252 §4.5). */
 #define DEDUP_SLOTS 16
 /* Code for "no answer yet". */
@@ -82,6 +84,7 @@ typedef struct sess {
     bool refused;               /* over the bound with nothing to evict: goes after this turn */
     bool hello;                 /* DTLS, still in libcoap's cookie exchange: not counted yet */
     struct peer *peer;          /* duplicate detection, from the first request; shared */
+    presence_dev_t *presence;   /* its identity's presence, once its handshake succeeded */
     void *up;                   /* the up path's state of this session, freed with free_up */
     struct obs_reg obs[SESS_OBSERVERS_MAX];
     unsigned nobs;
@@ -98,6 +101,11 @@ sessions_t *sessions_new(coap_context_t *ctx, size_t max_sessions, void (*free_u
 /* Frees the bridge's state of every session (libcoap frees the sessions). */
 void sessions_free(sessions_t *ss);
 void sessions_set_max(sessions_t *ss, size_t max_sessions);
+/*
+ * DTLS sessions with an identity count in p (borrowed) from their handshake
+ * to their end, whatever ends them; NULL: no longer.
+ */
+void sessions_set_presence(sessions_t *ss, presence_t *p);
 
 /* COAP_EVENT_SERVER_SESSION_NEW: counts it, makes room (evicts) or marks it refused. */
 sess_t *sess_open(sessions_t *ss, coap_session_t *session);

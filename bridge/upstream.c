@@ -50,8 +50,10 @@ static void on_lost(void *data, int err, const char *why);
 static void on_acked(void *data, uint64_t id, int reason);
 static void on_subscribed(void *data, uint64_t id, size_t n, const uint8_t *codes);
 static void on_message(void *data, const mqtt_incoming_t *m);
+static void on_sent(void *data, uint64_t id, uint16_t pid);
 
 static const mqtt_client_handlers_t handlers = {
+    .sent = on_sent,
     .connected = on_connected,
     .lost = on_lost,
     .acked = on_acked,
@@ -70,6 +72,12 @@ static int make_client(bridge_t *b, int max_inflight)
     if (!b->mqtt) {
         gw_err(MQTT, "cannot set up the MQTT client (%s)", err);
         return -1;
+    }
+    /* A resumed session may hold what was sent before under its identifiers: not for new ones. */
+    for (uint64_t seq = mqtt_store_first(b->store); seq; seq = mqtt_store_next(b->store, seq)) {
+        mqtt_store_rec_t rec;
+        if (mqtt_store_get(b->store, seq, &rec) == 0 && rec.sent)
+            mqtt_client_reserve_id(b->mqtt, rec.id);
     }
     return 0;
 }
@@ -235,7 +243,11 @@ void upstream_pump(bridge_t *b)
             return; /* tried again at the next acknowledgement or connection */
         }
         rc = to_message(&rec.pub, &m);
-        if (rc == 0)
+        int qos = rec.pub.qos;
+        if (rc == 0 &&
+            rec.sent) /* by an earlier client: again with DUP if the session is resumed */
+            rc = mqtt_client_publish_again(b->mqtt, &m, record_id(b, seq), rec.id);
+        else if (rc == 0)
             rc = mqtt_client_publish(b->mqtt, &m, record_id(b, seq));
         if (rc == -EINVAL || rc == -EMSGSIZE) {
             /* The broker would refuse it (its limits changed, say): for the operator. */
@@ -257,7 +269,7 @@ void upstream_pump(bridge_t *b)
             return; /* not connected any more, or the client is full: later */
         b->link.hand_next = seq + 1;
         b->link.st.drained++;
-        if (rec.pub.qos == 0) /* no acknowledgement comes: the client has it */
+        if (qos == 0) /* no acknowledgement comes: the client has it */
             mqtt_store_remove(b->store, seq);
         seq = next;
     }
@@ -320,6 +332,14 @@ int upstream_publish(bridge_t *b, const mqtt_message_t *msg, pending_slot_t *p)
 }
 
 /* ------------------------------------------------------------------ events */
+
+/* A record went to the broker with pid: kept with it, for a resumed session after a restart. */
+static void on_sent(void *data, uint64_t id, uint16_t pid)
+{
+    bridge_t *b = data;
+    if (id != STATUS_ID)
+        mqtt_store_mark_sent(b->store, id & SEQ_MASK, pid);
+}
 
 static void on_connected(void *data, bool session_present)
 {

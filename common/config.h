@@ -55,6 +55,7 @@ typedef struct gw_mqtt_config {
     bool clean_start;
     int max_inflight, publish_timeout, offline_buffer;
     char *status_topic, *stats_topic;
+    char *presence_topic; /* {gateway} rendered, {identity} left to fill in; "" for none */
     int stats_interval;
 } gw_mqtt_config_t;
 

@@ -82,6 +82,8 @@ static const struct setting schema[] = {
       false },
     { "mqtt.stats_topic", S_STR, OFF(mqtt.stats_topic), 0, 0, "tandem/{gateway}/stats", NULL,
       true },
+    { "mqtt.presence_topic", S_STR, OFF(mqtt.presence_topic), 0, 0,
+      "tandem/{gateway}/devices/{identity}", NULL, false },
     { "mqtt.stats_interval", S_INT, OFF(mqtt.stats_interval), 0, 86400, "60", NULL, true },
 
     { "mqtt_listener", S_GROUP, 0, 0, 0, NULL, NULL, false },
@@ -446,13 +448,26 @@ static void load_mappings(gw_config_t *cfg, config_t *lc, gw_errs_t *errs)
     }
 }
 
-/* Replaces {gateway} in a template setting; any other brace is an error. */
-static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
+/*
+ * Replaces {gateway} in a template setting; keep (NULL for none) is another
+ * placeholder left as it is; any other brace is an error.
+ */
+static void render_template(gw_config_t *cfg, char **field, const char *name, const char *keep,
+                            gw_errs_t *errs)
 {
     const char *src = *field;
     char out[1100];
     size_t pos = 0;
     while (*src) {
+        if (keep && !strncmp(src, keep, strlen(keep))) {
+            size_t l = strlen(keep);
+            if (pos + l >= sizeof(out) - 1)
+                break;
+            memcpy(out + pos, keep, l);
+            pos += l;
+            src += l;
+            continue;
+        }
         if (!strncmp(src, "{gateway}", 9)) {
             size_t l = strlen(cfg->gateway.id);
             if (pos + l >= sizeof(out) - 1)
@@ -464,7 +479,8 @@ static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_
         }
         if (*src == '{' || *src == '}') {
             gw_errs_add(errs, cfg->file, gw_config_line(cfg, name), name,
-                        "only {gateway} may be used here");
+                        "only {gateway}%s%s may be used here", keep ? " and " : "",
+                        keep ? keep : "");
             return;
         }
         if (pos >= sizeof(out) - 1)
@@ -481,6 +497,11 @@ static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_
         free(*field);
         *field = copy;
     }
+}
+
+static void render_gateway(gw_config_t *cfg, char **field, const char *name, gw_errs_t *errs)
+{
+    render_template(cfg, field, name, NULL, errs);
 }
 
 static bool topic_ok(const char *t)
@@ -666,6 +687,31 @@ static void check_rules(gw_config_t *cfg, gw_errs_t *errs)
         gw_errs_add(errs, f, LINE("mqtt.stats_topic"), "mqtt.stats_topic",
                     "is not a valid topic (no '+', '#', leading '$', control characters or "
                     "Unicode noncharacters)");
+    render_template(cfg, &cfg->mqtt.presence_topic, "mqtt.presence_topic", "{identity}", errs);
+    if (*cfg->mqtt.presence_topic) {
+        /* Checked with the longest identity in place of {identity}. */
+        const char *t = cfg->mqtt.presence_topic, *at = strstr(t, "{identity}");
+        char probe[MAP_PATH_MAX + MAP_IDENTITY_MAX + 2];
+        size_t n = 0;
+        for (; *t && n < sizeof(probe) - MAP_IDENTITY_MAX - 1; t++) {
+            if (!strncmp(t, "{identity}", 10)) {
+                memset(probe + n, 'i', MAP_IDENTITY_MAX);
+                n += MAP_IDENTITY_MAX;
+                t += 9;
+            } else {
+                probe[n++] = *t;
+            }
+        }
+        probe[n] = '\0';
+        if (!at)
+            gw_errs_add(errs, f, LINE("mqtt.presence_topic"), "mqtt.presence_topic",
+                        "must contain {identity} (or be \"\" for no presence)");
+        else if (*t || !topic_ok(probe))
+            gw_errs_add(errs, f, LINE("mqtt.presence_topic"), "mqtt.presence_topic",
+                        "is not a valid topic (no '+', '#', leading '$', control characters or "
+                        "Unicode noncharacters; at most %d bytes with the longest identity)",
+                        MAP_PATH_MAX);
+    }
 
     const gw_listener_config_t *ml = &cfg->mqtt_listener;
     if (ml->enabled) {

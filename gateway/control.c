@@ -17,6 +17,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "presence.h"
 
 #define FIELD(n, h, k, t, f)                                                                       \
     {                                                                                              \
@@ -66,8 +67,9 @@ struct client {
 };
 
 struct gw_control {
-    ev_loop_t *loop;      /* borrowed */
-    const stats_t *stats; /* borrowed */
+    ev_loop_t *loop;            /* borrowed */
+    const stats_t *stats;       /* borrowed */
+    const presence_t *presence; /* borrowed; NULL for none */
     char *path;
     int fd;
     uint64_t resume_timer; /* accepting again after running out of descriptors; 0 when none */
@@ -99,6 +101,10 @@ gw_control_req_t gw_control_parse(const char *buf, size_t len, bool eof)
         return GW_CONTROL_STATS_PROMETHEUS;
     if (IS("ping"))
         return GW_CONTROL_PING;
+    if (IS("devices json"))
+        return GW_CONTROL_DEVICES_JSON;
+    if (IS("devices table"))
+        return GW_CONTROL_DEVICES_TABLE;
 #undef IS
     return GW_CONTROL_UNKNOWN;
 }
@@ -172,6 +178,15 @@ static void answer(struct client *c, gw_control_req_t req)
     case GW_CONTROL_STATS_PROMETHEUS:
         body = stats_prometheus(ctl->stats, &len);
         break;
+    case GW_CONTROL_DEVICES_JSON:
+    case GW_CONTROL_DEVICES_TABLE:
+        if (!ctl->presence) {
+            tell(c->fd, "error no devices are followed\n");
+            client_close(c);
+            return;
+        }
+        body = presence_list(ctl->presence, req == GW_CONTROL_DEVICES_JSON, &len);
+        break;
     default:
         body = strdup("pong\n");
         len = body ? 5 : 0;
@@ -229,7 +244,8 @@ static void read_request(struct client *c)
         garbage(c, "request too long");
         return;
     case GW_CONTROL_UNKNOWN:
-        garbage(c, "unknown request (stats json, stats prometheus, ping)");
+        garbage(c, "unknown request (stats json, stats prometheus, devices json, devices table, "
+                   "ping)");
         return;
     case GW_CONTROL_STATS_JSON:
         answer(c, GW_CONTROL_STATS_JSON);
@@ -238,7 +254,9 @@ static void read_request(struct client *c)
         answer(c, GW_CONTROL_STATS_PROMETHEUS);
         return;
     case GW_CONTROL_PING:
-        answer(c, GW_CONTROL_PING);
+    case GW_CONTROL_DEVICES_JSON:
+    case GW_CONTROL_DEVICES_TABLE:
+        answer(c, gw_control_parse(c->in, c->got, eof));
         return;
     }
 }
@@ -483,6 +501,12 @@ gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, const stats_t *s
     }
     gw_info(CONTROL, "listening on %s", path);
     return ctl;
+}
+
+void gw_control_set_presence(gw_control_t *ctl, const presence_t *p)
+{
+    if (ctl)
+        ctl->presence = p;
 }
 
 const gw_control_stats_t *gw_control_stats(const gw_control_t *ctl)

@@ -5,6 +5,8 @@
  *
  *   "stats json\n"        the JSON object of doc/operating.md, Metrics, one line
  *   "stats prometheus\n"  the Prometheus text format
+ *   "devices json\n"      the connected devices (presence.h), one line of JSON
+ *   "devices table\n"     the same as a table with a header
  *   "ping\n"              "pong\n"
  *   anything else         "error REASON\n"
  *
@@ -43,6 +45,12 @@ typedef struct gw_control gw_control_t;
  * borrowed and must outlive the control socket.
  */
 gw_control_t *gw_control_new(ev_loop_t *loop, const char *path, const stats_t *stats);
+/*
+ * The devices listed by "devices ..." (borrowed; NULL: none listed). The
+ * answer holds every connected device, however many: 10,000 make about 1.5 MB.
+ */
+struct presence;
+void gw_control_set_presence(gw_control_t *ctl, const struct presence *p);
 /* Closes every client and the socket, and removes the socket file if it is still ours. */
 void gw_control_free(gw_control_t *ctl);
 
@@ -68,6 +76,8 @@ typedef enum {
     GW_CONTROL_STATS_JSON,
     GW_CONTROL_STATS_PROMETHEUS,
     GW_CONTROL_PING,
+    GW_CONTROL_DEVICES_JSON,
+    GW_CONTROL_DEVICES_TABLE,
     GW_CONTROL_TOO_LONG, /* no end of line within GW_CONTROL_REQUEST_MAX bytes */
     GW_CONTROL_UNKNOWN,  /* a line, but not a request */
 } gw_control_req_t;

@@ -494,6 +494,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     }
     if (cfg->mqtt_listener.enabled && !(p.listener = listener_new(p.loop, cfg, count_mqtt, p.b)))
         goto out;
+    listener_set_presence(p.listener, bridge_presence(p.b));
+    gw_control_set_presence(p.control, bridge_presence(p.b));
     if (register_entries(&p, &mask) < 0) {
         gw_err(GATEWAY, "cannot set up the event loop (%s)", strerror(errno));
         goto out;
@@ -504,6 +506,7 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
         gw_report_add_tail(p.report, &listener_section,
                            p.listener ? (const void *)listener_stats(p.listener)
                                       : (const void *)&p.no_listener) < 0 ||
+        stats_add(p.stats, &presence_section, presence_stats(bridge_presence(p.b))) < 0 ||
         (p.control && stats_add(p.stats, &gw_control_section, gw_control_stats(p.control)) < 0) ||
         (p.metrics && stats_add(p.stats, &gw_metrics_section, gw_metrics_stats(p.metrics)) < 0)) {
         gw_err(GATEWAY, "cannot set up the statistics (out of memory)");
@@ -525,6 +528,8 @@ int gw_run(gw_config_t **cfgp, dtls_psk_store_t **pskp)
     /* Whatever is still waiting gets 5.03: the device will retry elsewhere or later. */
     bridge_abandon(p.b);
     coap_io_process(p.ctx, COAP_IO_NO_WAIT);
+    /* Every device offline before the status topic's "offline". */
+    bridge_stop_presence(p.b);
     bridge_shutdown(p.b, 1000);
     gw_info(GATEWAY, "stopped");
     p.status = GW_EXIT_OK;

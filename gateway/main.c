@@ -20,6 +20,7 @@ static void usage(FILE *out)
             "Usage: tandem [run] [-c FILE]     run the gateway in the foreground\n"
             "       tandem check [-c FILE]     validate the configuration, print the mappings\n"
             "       tandem stats [-c FILE] [--json|--prometheus] [--watch SECONDS]\n"
+            "       tandem devices [-c FILE] [--json]  the connected devices\n"
             "       tandem pki init|device|gateway|revoke|crl|psk ...\n"
             "                                  certificates, CRLs, keys (tandem pki --help)\n"
             "       tandem --version | --help | COMMAND --help\n"
@@ -69,6 +70,7 @@ int main(int argc, char **argv)
         int (*main)(int argc, char **argv);
     } commands[] = {
         { "stats", gw_stats_cmd },
+        { "devices", gw_devices_cmd },
         { "pki", gw_pki_cmd },
     };
     for (size_t i = 0; first == 2 && i < sizeof(commands) / sizeof(commands[0]); i++)

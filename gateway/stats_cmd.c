@@ -32,6 +32,8 @@
 enum format { HUMAN, JSON, PROMETHEUS };
 
 static volatile sig_atomic_t interrupted;
+/* The command, for its messages. */
+static const char *who = "tandem stats";
 
 static void on_signal(int sig)
 {
@@ -67,7 +69,7 @@ static int ask(const char *path, const char *request, char **out)
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        fprintf(stderr, "tandem stats: cannot make a socket (%s)\n", strerror(errno));
+        fprintf(stderr, "%s: cannot make a socket (%s)\n", who, strerror(errno));
         return -1;
     }
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -92,15 +94,15 @@ static int ask(const char *path, const char *request, char **out)
                 stat(path, &st) == 0 || (slash && stat(dir, &st) == 0) ? getgrgid(st.st_gid) : NULL;
             if (gr && st.st_gid != 0)
                 fprintf(stderr,
-                        "tandem stats: cannot connect to %s (%s): join the group %s (usermod -aG "
+                        "%s: cannot connect to %s (%s): join the group %s (usermod -aG "
                         "%s $USER, then log in again) or run it as root\n",
-                        path, strerror(err), gr->gr_name, gr->gr_name);
+                        who, path, strerror(err), gr->gr_name, gr->gr_name);
             else
-                fprintf(stderr, "tandem stats: cannot connect to %s (%s): run it as root\n", path,
+                fprintf(stderr, "%s: cannot connect to %s (%s): run it as root\n", who, path,
                         strerror(err));
             return -1;
         }
-        fprintf(stderr, "tandem stats: no gateway answers on %s (%s)\n", path, strerror(err));
+        fprintf(stderr, "%s: no gateway answers on %s (%s)\n", who, path, strerror(err));
         return -1;
     }
     /*
@@ -114,8 +116,7 @@ static int ask(const char *path, const char *request, char **out)
         close(fd);
         if (send_err == EINTR && interrupted)
             return -EINTR;
-        fprintf(stderr, "tandem stats: cannot ask the gateway on %s (%s)\n", path,
-                strerror(send_err));
+        fprintf(stderr, "%s: cannot ask the gateway on %s (%s)\n", who, path, strerror(send_err));
         return -1;
     }
     for (;;) {
@@ -123,7 +124,7 @@ static int ask(const char *path, const char *request, char **out)
             cap = cap ? cap * 2 : 65536;
             char *b = cap <= ANSWER_MAX + 1 ? realloc(buf, cap) : NULL;
             if (!b) {
-                fprintf(stderr, "tandem stats: the answer from %s is too large\n", path);
+                fprintf(stderr, "%s: the answer from %s is too large\n", who, path);
                 break;
             }
             buf = b;
@@ -141,18 +142,17 @@ static int ask(const char *path, const char *request, char **out)
             close(fd);
             buf[len] = '\0';
             if (!strncmp(buf, "error ", 6)) {
-                fprintf(stderr, "tandem stats: the gateway on %s answered: %.*s\n", path,
+                fprintf(stderr, "%s: the gateway on %s answered: %.*s\n", who, path,
                         (int)strcspn(buf, "\n"), buf);
                 free(buf);
                 return -1;
             }
             if (!len) {
                 if (send_err)
-                    fprintf(stderr, "tandem stats: cannot ask the gateway on %s (%s)\n", path,
+                    fprintf(stderr, "%s: cannot ask the gateway on %s (%s)\n", who, path,
                             strerror(send_err));
                 else
-                    fprintf(stderr, "tandem stats: the gateway on %s closed without answering\n",
-                            path);
+                    fprintf(stderr, "%s: the gateway on %s closed without answering\n", who, path);
                 free(buf);
                 return -1;
             }
@@ -166,7 +166,7 @@ static int ask(const char *path, const char *request, char **out)
         }
         if (errno == EINTR)
             continue;
-        fprintf(stderr, "tandem stats: no answer from %s (%s)\n", path,
+        fprintf(stderr, "%s: no answer from %s (%s)\n", who, path,
                 errno == EAGAIN ? "timed out" : strerror(errno));
         break;
     }
@@ -419,6 +419,86 @@ int gw_stats_cmd(int argc, char **argv)
             break;
         pause_for((unsigned)watch);
     }
+    free(path);
+    return status;
+}
+
+static void devices_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: tandem devices [-c FILE] [--json]\n"
+            "Lists the devices connected to the running gateway (identity, protocol, address,\n"
+            "since, requests) through gateway.control_socket.\n"
+            "  -c, --config FILE   the gateway's configuration (default %s)\n"
+            "      --json          one line of JSON: {\"devices\": [...]}\n",
+            GW_DEFAULT_CONFIG);
+}
+
+int gw_devices_cmd(int argc, char **argv)
+{
+    const char *conf = NULL;
+    bool json = false;
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    who = "tandem devices";
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            conf = optarg;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            devices_usage(stdout);
+            return GW_EXIT_OK;
+        default:
+            devices_usage(stderr);
+            return GW_EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tandem devices: unexpected argument '%s'\n", argv[optind]);
+        devices_usage(stderr);
+        return GW_EXIT_USAGE;
+    }
+    if (!conf && access(GW_DEFAULT_CONFIG, F_OK) == 0)
+        conf = GW_DEFAULT_CONFIG;
+    gw_errs_t errs = { 0 };
+    char *path = gw_config_control_socket(conf, &errs);
+    if (!path) {
+        fputs(errs.text ? errs.text : "tandem devices: cannot read the configuration\n", stderr);
+        gw_errs_clear(&errs);
+        return GW_EXIT_CONFIG;
+    }
+    if (!*path) {
+        fprintf(stderr,
+                "tandem devices: %s sets no gateway.control_socket: there is nothing to ask\n",
+                conf);
+        free(path);
+        return GW_EXIT_RUNTIME;
+    }
+    char *answer;
+    int status = GW_EXIT_OK;
+    if (ask(path, json ? "devices json\n" : "devices table\n", &answer) < 0) {
+        free(path);
+        return GW_EXIT_RUNTIME;
+    }
+    if (!strncmp(answer, "error ", 6)) {
+        fprintf(stderr, "tandem devices: the gateway on %s answers: %s", path, answer + 6);
+        status = GW_EXIT_RUNTIME;
+    } else {
+        fputs(answer, stdout);
+        if (fflush(stdout) == EOF || ferror(stdout))
+            status = GW_EXIT_RUNTIME;
+    }
+    free(answer);
     free(path);
     return status;
 }

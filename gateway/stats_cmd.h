@@ -1,6 +1,7 @@
 /*
  * `tandem stats`: asks the running gateway for its statistics through the
- * control socket (control.h) and prints them.
+ * control socket (control.h) and prints them; `tandem devices` the same for
+ * the connected devices.
  */
 #ifndef TANDEM_STATS_CMD_H
 #define TANDEM_STATS_CMD_H
@@ -10,5 +11,8 @@
 
 /* argv[0] is "stats". Returns an exit status (tandem(8)). */
 int gw_stats_cmd(int argc, char **argv);
+
+/* `tandem devices [-c FILE] [--json]`: the connected devices; argv[0] is "devices". */
+int gw_devices_cmd(int argc, char **argv);
 
 #endif

@@ -46,6 +46,7 @@ struct listener {
     const gw_config_t *cfg; /* borrowed; a reload replaces it */
     listener_count_fn *count;
     void *count_arg;
+    presence_t *presence; /* borrowed; NULL for none */
     int lfd;
     bool accepting;
     lcred_t *cred;          /* for new handshakes; a reference */
@@ -284,9 +285,11 @@ static void close_upstream(lconn_t *c)
     c->up_state = UP_CLOSED;
 }
 
-/* c no longer counts against its identity's relayed connections (it is closing). */
+/* c no longer counts against its identity's relayed connections, nor in its presence (it is closing). */
 static void unclaim(lconn_t *c)
 {
+    presence_end(c->l->presence, c->presence);
+    c->presence = NULL;
     if (c->id_counted && c->id->relayed)
         c->id->relayed--;
     c->id_counted = false;
@@ -352,6 +355,19 @@ void lconn_relayed(lconn_t *c)
     l->st.handshaking = l->handshaking;
     l->st.connections = l->relayed;
     l->st.accepted++;
+    if (!c->anonymous) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        bool known = getpeername(c->fd, (struct sockaddr *)&ss, &len) == 0;
+        c->presence =
+            presence_begin(l->presence, c->identity, "mqtt", known ? (struct sockaddr *)&ss : NULL);
+    }
+}
+
+void listener_set_presence(listener_t *l, presence_t *p)
+{
+    if (l)
+        l->presence = p;
 }
 
 int lconn_send_dev(lconn_t *c, const void *buf, size_t len)

@@ -34,6 +34,7 @@
 
 #include "config.h"
 #include "ev.h"
+#include "presence.h"
 #include "stats.h"
 
 /* A TLS handshake and the device's CONNECT must both be done within this of the accept, ms. */
@@ -125,6 +126,12 @@ typedef struct listener listener_t;
  */
 listener_t *listener_new(ev_loop_t *loop, const gw_config_t *cfg, listener_count_fn *count,
                          void *arg);
+
+/*
+ * Relayed connections of authenticated devices count in p (borrowed; NULL:
+ * no longer) from their accepted CONNECT to their end, whatever ends them.
+ */
+void listener_set_presence(listener_t *l, presence_t *p);
 
 /* Closes every connection and the listening socket. */
 void listener_free(listener_t *l);

@@ -13,6 +13,7 @@
 #include "link.h"
 #include "listener.h"
 #include "mapping.h"
+#include "presence.h"
 #include "slots.h"
 #include "stream.h"
 
@@ -81,7 +82,8 @@ typedef struct lconn {
     lbuf_t uin;
     lbuf_t upq; /* what goes upstream once the link is open (UP_CONNECTING) */
 
-    relay_t *r; /* the MQTT state, from the CONNECT on */
+    relay_t *r;               /* the MQTT state, from the CONNECT on */
+    presence_dev_t *presence; /* its identity's presence while relayed; NULL when anonymous */
 } lconn_t;
 
 /* listener.c for relay.c */

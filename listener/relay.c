@@ -662,6 +662,7 @@ static int on_disconnect(lconn_t *c, mqtt_packet_t *pk, const uint8_t *raw, size
 static int device_packet(lconn_t *c, const uint8_t *raw, size_t len)
 {
     mqtt_packet_t pk;
+    presence_request(c->presence);
     int version = c->r ? c->r->version : MQTT_V5;
     int rc = mqtt_decode(raw, len, version, &pk);
     if (rc < 0)

@@ -553,6 +553,7 @@ static void on_connack(mqtt_client_t *c, const mqtt_connack_t *ca)
         c->keepalive_ms ? ev_add_timer(c->loop, (uint64_t)c->keepalive_ms / 4 + 1, on_tick, c) : 0;
     gw_info(MQTT, "connected to the broker at %s (MQTT %s, %s)", mqtt_link_peer(c->link),
             c->version == MQTT_V5 ? "5" : "3.1.1", session ? "session resumed" : "new session");
+    c->session_resumed = session;
     out_connected(c, session);
     if (c->h.connected)
         c->h.connected(c->data, session);
@@ -781,7 +782,7 @@ void mqtt_client_shutdown(mqtt_client_t *c, int timeout_ms)
             .topic = c->status_topic, .payload = "offline", .len = 7, .qos = 1, .retain = true
         };
         c->offline_acked = false;
-        if (out_publish(c, &off, 0, true) == 0)
+        if (out_publish(c, &off, 0, true, 0) == 0)
             while (c->state == C_UP && !c->offline_acked && gw_now_ms() < deadline)
                 ev_turn(c->loop, (int)(deadline - gw_now_ms()));
     }

@@ -7,14 +7,20 @@
  *
  * Publishes keep their order. At most min(the broker's Receive Maximum,
  * max_inflight) QoS 1/2 publishes are unacknowledged at a time; the others
- * wait in the client. Publishes that are ready in one loop turn go out in one
+ * wait in the client. MQTT 3.1.1 has no Receive Maximum, and a broker over
+ * its own window may drop a QoS 2 publish while answering PUBREC, which a
+ * 3.1.1 client cannot tell from an acceptance (Mosquitto's
+ * max_inflight_messages, 20 by default): with 3.1.1 the window is at most
+ * MQTT_V311_INFLIGHT_MAX. Publishes that are ready in one loop turn go out in one
  * write (one TLS record when they fit in one) at the end of that turn.
  *
  * With clean_start false, what is unacknowledged when the connection drops
  * is kept: if the broker still has the session, publishes are sent again
  * with DUP and PUBRELs again; if not, they are sent again as new publishes.
  * Either way nothing handed to mqtt_client_publish is lost while the client
- * lives. An incoming QoS 2 message is delivered once (its packet identifier
+ * lives. Across a restart, the owner keeps what the sent handler told it and
+ * hands such publishes over with mqtt_client_publish_again, their
+ * identifiers kept from new publishes by mqtt_client_reserve_id. An incoming QoS 2 message is delivered once (its packet identifier
  * is remembered until the broker's PUBREL).
  *
  * Everything the broker sends is bounded (max_packet, the codec's property
@@ -32,6 +38,9 @@
 #include "ev.h"
 
 typedef struct mqtt_client mqtt_client_t;
+
+/* QoS 1/2 publishes unacknowledged at a time at most over MQTT 3.1.1 (see above). */
+#define MQTT_V311_INFLIGHT_MAX 20
 
 /* A message to publish; strings borrowed for the call. */
 typedef struct mqtt_message {
@@ -81,6 +90,13 @@ typedef struct mqtt_client_handlers {
     /* The SUBACK for mqtt_client_subscribe's id: one code a filter (0x80 and above: refused). */
     void (*subscribed)(void *data, uint64_t id, size_t n, const uint8_t *codes);
     void (*message)(void *data, const mqtt_incoming_t *m);
+    /*
+     * QoS 1/2 publish id was sent with the packet identifier pid (as a new
+     * message: the first time, or again after the broker lost our session).
+     * An owner that keeps publishes across restarts records it, to hand the
+     * publish over again with mqtt_client_publish_again.
+     */
+    void (*sent)(void *data, uint64_t id, uint16_t pid);
 } mqtt_client_handlers_t;
 
 typedef struct mqtt_client_options {
@@ -92,11 +108,12 @@ typedef struct mqtt_client_options {
     int keepalive_s; /* 0: none */
     bool clean_start;
     uint32_t session_expiry_s; /* MQTT 5 with clean_start false; 0: the session never expires */
-    int max_inflight; /* QoS 1/2 publishes unacknowledged at a time (and the broker's limit) */
-    const char *status_topic; /* Will "offline" (retained, QoS 1) here; NULL or "": none */
-    size_t max_packet;        /* the largest packet taken from the broker; 0: 1 MiB */
-    size_t max_queued;        /* publishes waiting in the client at most; 0: 65536 */
-    int connect_timeout_ms;   /* link and CONNACK; 0: 10 s */
+    int max_inflight;          /* QoS 1/2 publishes unacknowledged at a time (and the broker's
+                         limit; with 3.1.1 at most MQTT_V311_INFLIGHT_MAX) */
+    const char *status_topic;  /* Will "offline" (retained, QoS 1) here; NULL or "": none */
+    size_t max_packet;         /* the largest packet taken from the broker; 0: 1 MiB */
+    size_t max_queued;         /* publishes waiting in the client at most; 0: 65536 */
+    int connect_timeout_ms;    /* link and CONNACK; 0: 10 s */
     int backoff_min_ms, backoff_max_ms; /* reconnect backoff; 0: 1 s and 30 s */
     int stable_ms; /* a connection that lasted this long resets the backoff; 0: 10 s */
 } mqtt_client_options_t;
@@ -130,6 +147,25 @@ uint64_t mqtt_client_retry_in_ms(const mqtt_client_t *c);
  * QoS 0, when the connection has not taken what was written); -ENOMEM.
  */
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id);
+
+/*
+ * A publish an earlier client (before a restart) sent with packet identifier
+ * pid and saw no acknowledgement for. When this connection resumed the
+ * broker's session, it goes at once with DUP and pid (the broker may hold pid
+ * for it still: a QoS 2 publish it took and has not seen released), in
+ * flight whatever the window; otherwise, or when pid is taken, it is a new
+ * publish as mqtt_client_publish makes. Returns as mqtt_client_publish.
+ */
+int mqtt_client_publish_again(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id,
+                              uint16_t pid);
+
+/*
+ * Keeps pid from new publishes (before mqtt_client_start: the identifiers of
+ * publishes an earlier client sent, which a resumed session may still hold)
+ * until mqtt_client_publish_again takes it or a CONNACK says the broker has
+ * no session for us.
+ */
+void mqtt_client_reserve_id(mqtt_client_t *c, uint16_t pid);
 
 /*
  * From now on at most n QoS 1/2 publishes unacknowledged at a time (still

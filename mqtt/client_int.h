@@ -97,6 +97,8 @@ struct mqtt_client {
     out_list_t queue, inflight;
     out_sub_t *subs;
     uint8_t pid_used[8192]; /* our packet identifiers in use */
+    uint8_t pid_kept[8192]; /* identifiers an earlier client sent with: not for new publishes */
+    bool session_resumed;   /* this connection's CONNACK resumed our session */
     uint8_t qos2_in[8192];  /* the broker's QoS 2 identifiers awaiting PUBREL */
     uint16_t next_pid;
 
@@ -127,7 +129,8 @@ void out_reset_limits(mqtt_client_t *c);
 void out_free_all(mqtt_client_t *c);
 void out_connection_lost(mqtt_client_t *c);
 void out_connected(mqtt_client_t *c, bool session_present);
-int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool internal);
+int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool internal,
+                uint16_t again);
 int out_ack(mqtt_client_t *c, enum mqtt_type type, const mqtt_ack_t *ack);
 void out_suback(mqtt_client_t *c, enum mqtt_type type, const mqtt_suback_t *sa);
 

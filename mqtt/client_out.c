@@ -91,7 +91,7 @@ static uint16_t pid_take(mqtt_client_t *c)
     for (unsigned i = 0; i < 65535; i++) {
         uint16_t pid = (uint16_t)(c->next_pid % 65535 + 1);
         c->next_pid = pid;
-        if (!bit_test(c->pid_used, pid)) {
+        if (!bit_test(c->pid_used, pid) && !bit_test(c->pid_kept, pid)) {
             bit_set(c->pid_used, pid);
             return pid;
         }
@@ -116,6 +116,8 @@ static void pid_write(out_pub_t *p)
 static size_t window(const mqtt_client_t *c)
 {
     size_t w = (size_t)c->max_inflight;
+    if (c->version == MQTT_V311 && w > MQTT_V311_INFLIGHT_MAX)
+        w = MQTT_V311_INFLIGHT_MAX;
     return c->broker_receive_max < w ? c->broker_receive_max : w;
 }
 
@@ -145,7 +147,15 @@ static void pump(mqtt_client_t *c)
         list_remove(&c->queue, p);
         p->state = P_SENT;
         list_push(&c->inflight, p);
+        if (!p->internal && c->h.sent)
+            c->h.sent(c->data, p->id, pid);
     }
+}
+
+void mqtt_client_reserve_id(mqtt_client_t *c, uint16_t pid)
+{
+    if (pid)
+        bit_set(c->pid_kept, pid);
 }
 
 void out_connection_lost(mqtt_client_t *c)
@@ -178,6 +188,7 @@ void out_connected(mqtt_client_t *c, bool session_present)
          * QoS 2 ones. What was in flight goes again as new publishes, first.
          */
         memset(c->qos2_in, 0, sizeof(c->qos2_in));
+        memset(c->pid_kept, 0, sizeof(c->pid_kept));
         for (out_pub_t *p = c->inflight.head; p; p = p->next) {
             pid_give(c, p->pid);
             p->pid = 0;
@@ -224,7 +235,8 @@ static int check_message(const mqtt_client_t *c, const mqtt_message_t *msg)
     return msg->qos;
 }
 
-int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool internal)
+int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool internal,
+                uint16_t again)
 {
     if (c->state != C_UP)
         return -ENOTCONN;
@@ -260,10 +272,28 @@ int out_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id, bool i
         i++;
     size_t header = i + 1;
     p->pid_offset = header + 2 + ((size_t)p->pkt[header] << 8 | p->pkt[header + 1]);
-    list_push(&c->queue, p);
     c->st.published++;
+    if (again && c->session_resumed && !bit_test(c->pid_used, again)) {
+        /* The broker may hold it under again: the same message, with DUP. */
+        bit_clear(c->pid_kept, again);
+        bit_set(c->pid_used, again);
+        p->pid = again;
+        pid_write(p);
+        p->pkt[0] |= DUP_FLAG;
+        p->state = P_SENT;
+        list_push(&c->inflight, p);
+        client_emit_raw(c, p->pkt, p->len); /* out of memory: sent again at the next connection */
+        return 0;
+    }
+    list_push(&c->queue, p);
     pump(c);
     return 0;
+}
+
+int mqtt_client_publish_again(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id,
+                              uint16_t pid)
+{
+    return out_publish(c, msg, id, false, pid);
 }
 
 void mqtt_client_set_max_inflight(mqtt_client_t *c, int n)
@@ -274,7 +304,7 @@ void mqtt_client_set_max_inflight(mqtt_client_t *c, int n)
 
 int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id)
 {
-    return out_publish(c, msg, id, false);
+    return out_publish(c, msg, id, false, 0);
 }
 
 static size_t vbi_size(size_t n)

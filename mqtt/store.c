@@ -453,34 +453,91 @@ mqtt_store_t *mqtt_store_open(const char *state_dir, size_t max_records, uint64_
     return s;
 }
 
-/* Writes every record held in memory to disk, fsync'ed, then the folder. 0 or -errno. */
+/* Writes e's record to "<seq>.rec.tmp" in tmp, not synced. 0 or -errno. */
+static int stage(const mqtt_store_t *s, const struct store_ent *e, char *tmp, size_t len)
+{
+    snprintf(tmp, len, "%s/%016" PRIx64 ".rec.tmp", s->dir, e->seq);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    size_t done = 0;
+    int rc = 0;
+    while (done < e->size) {
+        ssize_t w = write(fd, e->data + done, e->size - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc = w < 0 ? -errno : -EIO;
+            break;
+        }
+        done += (size_t)w;
+    }
+    if (close(fd) < 0 && rc == 0)
+        rc = -errno;
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}
+
+/*
+ * Writes every record held in memory to disk as one group commit: each to
+ * its .tmp file, then one syncfs() for their contents, the renames into
+ * place, and one fsync of the folder; two flushes whatever the number of
+ * records (a connection loss with max_inflight records in flight would
+ * otherwise cost as many fsyncs). 0 or -errno; the records that failed stay
+ * in memory.
+ */
 static int spill(mqtt_store_t *s)
 {
     int rc = 0;
-    bool wrote = false;
+    size_t staged = 0;
+    char path[4096], tmp[4096];
     for (size_t i = s->head; i < s->n; i++) {
         struct store_ent *e = &s->v[i];
+        e->staged = false;
         if (e->gone || !e->data)
             continue;
-        char path[4096];
-        path_of(s, e->seq, path, sizeof(path));
-        struct iovec iov = { e->data, e->size };
-        int w = gw_file_write(path, &iov, 1, GW_FILE_SYNC);
-        s->st.syncs++;
+        int w = stage(s, e, tmp, sizeof(tmp));
         if (w < 0) {
             if (rc == 0)
                 rc = w;
             continue;
         }
-        wrote = true;
-        e->on_disk = true;
-        free(e->data);
-        e->data = NULL;
+        e->staged = true;
+        staged++;
     }
-    if (wrote) {
-        int d = store_sync_dir(s, s->dir);
-        if (rc == 0)
-            rc = d;
+    if (staged) {
+        /* The contents first: a rename must never make a file durable before what it holds. */
+        int fd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int f = fd < 0 ? -errno : syncfs(fd) < 0 ? -errno : 0;
+        if (fd >= 0)
+            close(fd);
+        s->st.syncs++;
+        bool renamed = false;
+        for (size_t i = s->head; i < s->n; i++) {
+            struct store_ent *e = &s->v[i];
+            if (!e->staged)
+                continue;
+            e->staged = false;
+            snprintf(tmp, sizeof(tmp), "%s/%016" PRIx64 ".rec.tmp", s->dir, e->seq);
+            path_of(s, e->seq, path, sizeof(path));
+            int w = f < 0 ? f : rename(tmp, path) < 0 ? -errno : 0;
+            if (w < 0) {
+                unlink(tmp);
+                if (rc == 0)
+                    rc = w;
+                continue;
+            }
+            renamed = true;
+            e->on_disk = true;
+            free(e->data);
+            e->data = NULL;
+        }
+        if (renamed) {
+            int d = store_sync_dir(s, s->dir);
+            if (rc == 0)
+                rc = d;
+        }
     }
     if (rc < 0)
         gw_log_limited(GW_LOG_ERROR, STORE, "offline store not written to %s (%s)", s->dir,
@@ -623,6 +680,21 @@ int mqtt_store_mark_sent(mqtt_store_t *s, uint64_t seq, uint16_t id)
     if (n != (ssize_t)e->size) {
         free(data);
         return -EINVAL;
+    }
+    if (e->on_disk) {
+        /*
+         * Its file is replaced now (not fsync'ed: a process killed keeps it, a
+         * power cut may not, and the record is then sent as a new message).
+         */
+        char path[4096];
+        path_of(s, seq, path, sizeof(path));
+        struct iovec iov = { data, e->size };
+        if (gw_file_write(path, &iov, 1, 0) == 0) {
+            free(data);
+            free(e->data);
+            e->data = NULL;
+            return 0;
+        }
     }
     free(e->data);
     e->data = data;

@@ -21,10 +21,14 @@
  * its packet too, for a resumed session to send it again as the same message;
  * a record never sent has the identifier 1 in its packet, which means nothing.
  *
- * Crash safety: a record is written to "<seq>.rec.tmp", fsync'ed, then
- * renamed into place and the folder fsync'ed. A crash leaves either the old
- * state or the new one, and at most a .tmp file that was never promised
- * (removed at the next open). A record that does not read back whole (torn
+ * Crash safety: a record is written to "<seq>.rec.tmp", its content made
+ * durable, then renamed into place and the folder fsync'ed; only then is it
+ * promised. One record alone is fsync'ed; a batch (the records held in memory
+ * when the connection drops, a group commit) is written whole to its .tmp
+ * files, flushed by one syncfs() of the store's file system, renamed, and the
+ * folder fsync'ed once, so no rename can be durable before its content. A
+ * crash leaves either the old state or the new one, and at most .tmp files
+ * that were never promised (removed at the next open). A record that does not read back whole (torn
  * by a disk, the wrong checksum, a format version this Tandem does not know,
  * a packet the codec refuses, a topic a broker refuses) is set aside in
  * state_dir/mqtt-refused, logged and counted, never sent. A removal is an
@@ -37,8 +41,8 @@
  * connection drops, writes them all durably, and every record added after
  * that is fsync'ed with its folder before mqtt_store_add returns 0. Group
  * commit: between mqtt_store_defer(true) and mqtt_store_sync(), records
- * added are held in memory and written together by mqtt_store_sync(), one
- * folder fsync for the burst; nothing may be promised about them before it
+ * added are held in memory and written together by mqtt_store_sync(), two
+ * flushes for the burst; nothing may be promised about them before it
  * returns 0.
  *
  * The first open after an upgrade imports what Paho's store left in
@@ -69,7 +73,7 @@ typedef struct mqtt_store_stats {
     uint64_t damaged;        /* records found damaged (at open or read), set aside */
     uint64_t set_aside;      /* records the broker refused, set aside */
     uint64_t imported;       /* records imported from Paho's store */
-    uint64_t syncs;          /* fsync calls made (records and folder) */
+    uint64_t syncs;          /* flushes made: fsync and syncfs calls (records and folder) */
 } mqtt_store_stats_t;
 
 /* A stored publish, as mqtt_store_get gives it. */
@@ -135,9 +139,11 @@ int mqtt_store_get(mqtt_store_t *s, uint64_t seq, mqtt_store_rec_t *rec);
 
 /*
  * Records that seq was sent with the packet identifier id (1..65535), for a
- * resumed session to send it again with DUP. On disk at the next
- * mqtt_store_set_durable(true) or close (a crash before: sent again as a new
- * message). 0, -ENOENT, -EINVAL, -ENOMEM, or -errno when it cannot be read.
+ * resumed session to send it again with DUP. A record on disk has its file
+ * replaced at once, not fsync'ed (the gateway killed keeps it; a power cut
+ * may lose it, and the record is sent again as a new message); one in memory
+ * only is written at the next mqtt_store_set_durable(true) or close. 0,
+ * -ENOENT, -EINVAL, -ENOMEM, or -errno when it cannot be read.
  */
 int mqtt_store_mark_sent(mqtt_store_t *s, uint64_t seq, uint16_t id);
 

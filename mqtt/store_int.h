@@ -13,6 +13,7 @@ struct store_ent {
     uint32_t size; /* the record's bytes */
     bool gone;     /* removed: a hole until the array is compacted */
     bool on_disk;  /* a file "<seq>.rec" holds it (or an older version of it) */
+    bool staged;   /* during a group commit: written to "<seq>.rec.tmp", not yet renamed */
     uint8_t *data; /* owned: the record when not on disk or newer than its file; else NULL */
 };
 

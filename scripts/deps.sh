@@ -14,6 +14,7 @@ packages=(
   systemd  # systemd-analyze checks the unit in deploy/
   prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
   strace  # bench/scale.py counts the servers' system calls per request
+  nodejs npm  # node-coap, a second CoAP client library, in tests/integration/test_down.py
   "$@"
 )
 

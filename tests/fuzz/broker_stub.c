@@ -100,6 +100,19 @@ int mqtt_client_publish(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id
     return 0;
 }
 
+int mqtt_client_publish_again(mqtt_client_t *c, const mqtt_message_t *msg, uint64_t id,
+                              uint16_t pid)
+{
+    (void)pid;
+    return mqtt_client_publish(c, msg, id);
+}
+
+void mqtt_client_reserve_id(mqtt_client_t *c, uint16_t pid)
+{
+    (void)c;
+    (void)pid;
+}
+
 void mqtt_client_set_max_inflight(mqtt_client_t *c, int n)
 {
     (void)c;

@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (WAIT, Broker, Failure, Gateway, Pki, Subscriber, check, coap,  # noqa: E402
-                     coap_decode, coap_parse, coap_raw, mqtt_publish_many, proc_rss_kib, run,
-                     spawn, wait_until, workdir)
+                     coap_decode, coap_option, coap_parse, coap_raw, mqtt_publish_many,
+                     proc_rss_kib, run, spawn, wait_until, workdir)
 
 BIKE1 = ("bike-1", "secret-bike-1")
 BIKE2 = ("bike-2", "secret-bike-2")
@@ -34,6 +34,12 @@ MAPPINGS = """
 ALERTS = """,
   { name = "alerts"; resource = "alerts/{alert}"; topic = "redback/p1/alerts/{alert}";
     direction = "down"; qos = 1; }
+"""
+
+
+GYM = """,
+  { name = "gym"; resource = "gym/{room}/temperature";
+    topic = "redback/p1/gym/{room}/temperature"; direction = "down"; qos = 1; }
 """
 
 
@@ -445,6 +451,287 @@ def both_mapping_put_and_observe():
     o.stop()
 
 
+def observe_before_first_value_without_identity():
+    """A resource whose mapping has no {identity} can be observed before its
+    first value: 2.05 with an empty body and the Observe option, then the value
+    as a notification. A GET without Observe before the first value is 4.04."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, mappings=MAPPINGS + GYM)
+    r = coap(url(g, "gym/room-2/temperature"), method="get", psk=BIKE1)
+    check(r and r.code == "4.04", "GET before the first value: %r" % r)
+    o = Observer(g, "gym/room-1/temperature", BIKE1)
+    try:
+        first = o.wait(1, "the registration")[0]
+        check(first[0] == "2.05" and first[1] is not None and first[2] == "",
+              "registration: %r" % (first,))
+        broker.publish("redback/p1/gym/room-1/temperature", "21.5", "-q", "1")
+        note = o.wait(2, "the first value as a notification")[1]
+        check(note[0] == "2.05" and note[2] == "21.5" and note[1] is not None and
+              note[1] > first[1], "first value: %r after %r" % (note, first))
+        broker.publish("redback/p1/gym/room-1/temperature", "22.0", "-q", "1")
+        note = o.wait(3, "the second value")[2]
+        check(note[2] == "22.0", "second value: %r" % (note,))
+    except AssertionError:
+        print("".join(o.lines))
+        raise
+    o.stop()
+    r = coap(url(g, "gym/room-1/temperature"), method="get", psk=BIKE1)
+    check(r and r.code == "2.05" and "'22.0'" in r.raw, "GET after the values: %r" % r)
+
+
+def plain_get(s, path, mid, token, observe=None, block2=None):
+    """A confirmable GET on the plain CoAP socket s: (code, options, payload)
+    of its answer, piggybacked or separate (then acknowledged); notifications
+    that come meanwhile are acknowledged and passed over."""
+    msg = coap_raw(path, mid=mid, token=token, code=0x01, observe=observe)
+    if block2:  # (num, szx): Block2 (23) after the Uri-Path options (11) and Observe (6)
+        value = (block2[0] << 4 | block2[1]).to_bytes(2 if block2[0] > 15 else 1, "big")
+        msg += coap_option(23, value, 11)
+    s.send(msg)
+    separate = False
+    while True:
+        data = s.recv(2048)
+        typ, code, rmid, tok = coap_decode(data)
+        if typ == 0:
+            s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+        if typ == 2 and rmid == mid and code == "0.00":
+            separate = True
+        elif (typ == 2 and rmid == mid) or (typ in (0, 1) and tok == token and separate):
+            opts, payload = coap_parse(data)
+            return code, opts, payload
+
+
+def observed_made_up_resources_are_bounded():
+    """Observing made-up resources cannot pass coap.max_resources: at the bound
+    the least recently used resource nobody observes goes; when every one is
+    observed, a new registration is refused with 5.03 and Max-Age, counted."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true; max_resources = 10;",
+                      mappings=MAPPINGS + GYM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    mid = iter(range(1, 60000))
+
+    def observe(room, token):
+        return plain_get(s, "gym/%s/temperature" % room, next(mid), token, observe=0)
+
+    for i in range(10):
+        code, opts, body = observe("r%d" % i, b"T%d" % i)
+        check(code == "2.05" and 6 in opts and body == b"",
+              "registration %d: %s %r %r" % (i, code, opts, body))
+    down = g.stats_json()["down"]
+    check(down["resources"] == 10, "resources: %r" % down)
+    code, opts, _ = observe("r10", b"X")
+    check(code == "5.03" and 14 in opts and 6 not in opts,
+          "every resource observed: %s %r" % (code, opts))
+    down = g.stats_json()["down"]
+    check(down["observe_refused"] == 1 and down["resources"] == 10, "refusal: %r" % down)
+    # Deregistered, they may go; new ones take their places (after a refusal the
+    # gateway looks again for room once a second: refused until then).
+    for i in range(5):
+        code, _, _ = plain_get(s, "gym/r%d/temperature" % i, next(mid), b"T%d" % i, observe=1)
+        check(code == "4.04", "deregistration before a value: %s" % code)
+    refused = [1]
+
+    def registered(i):
+        code, opts, _ = observe("r%d" % i, b"T%d" % i)
+        check(code in ("2.05", "5.03"), "registration %d: %s" % (i, code))
+        refused[0] += code == "5.03"
+        return code == "2.05" and 6 in opts
+    for i in range(10, 14):
+        wait_until(lambda: registered(i), "registration %d after others left" % i)
+    # Made-up names observed and left: never more than the bound.
+    for i in range(100, 150):
+        token = b"M%d" % i
+        code, _, _ = observe("m%d" % i, token)
+        check(code == "2.05", "made-up %d: %s" % (i, code))
+        plain_get(s, "gym/m%d/temperature" % i, next(mid), token, observe=1)
+    down = g.stats_json()["down"]
+    check(down["resources"] == 10 and down["evicted"] >= 54 and
+          down["observe_refused"] == refused[0],
+          "bound: %r, %d refusals seen" % (down, refused[0]))
+    # What is observed is still there and notified.
+    broker.publish("redback/p1/gym/r12/temperature", "19.0", "-q", "1")
+    while True:  # other notifications (confirmable) are acknowledged as they come
+        data = s.recv(2048)
+        typ, code, rmid, tok = coap_decode(data)
+        if typ == 0:
+            s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+        if tok == b"T12" and code == "2.05" and coap_parse(data)[1] == b"19.0":
+            break
+    check(typ == 0 and 6 in coap_parse(data)[0], "notification: type %d" % typ)
+    # A plain GET of a made-up resource creates nothing.
+    for i in range(20):
+        code, _, _ = plain_get(s, "gym/g%d/temperature" % i, next(mid), b"G")
+        check(code == "4.04", "GET of a made-up resource: %s" % code)
+    check(g.stats_json()["down"]["evicted"] == down["evicted"], "a plain GET evicted something")
+
+
+def large_notification_block2_then_plain_gets():
+    """A value that grows past one block is notified with its first block
+    (Block2 0 with the M bit, Size2, ETag, Observe); the rest is fetched with
+    GETs without Observe on tokens of their own (RFC 7959 §2.6), every block
+    with the same ETag, and the observation goes on."""
+    d, pki, broker = setup()
+    g = start_gateway(d, broker, pki, coap="plain = true;", mappings=MAPPINGS + GYM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", g.plain_port))
+    s.settimeout(WAIT)
+    path = "gym/hall/temperature"
+    code, opts, body = plain_get(s, path, 1, b"O", observe=0)
+    check(code == "2.05" and 6 in opts and body == b"", "registration: %s %r" % (code, opts))
+    big = os.urandom(1500).hex().encode()  # 3000 bytes: several blocks at any block size
+
+    def notification(payload_check):
+        while True:
+            data = s.recv(2048)
+            typ, code, rmid, tok = coap_decode(data)
+            if typ == 0:
+                s.send(bytes([0x60, 0, rmid >> 8, rmid & 0xFF]))
+            if tok == b"O" and code == "2.05" and payload_check(coap_parse(data)[1]):
+                return coap_parse(data)
+
+    def uint(b):
+        return int.from_bytes(b, "big")
+    broker.publish("redback/p1/gym/hall/temperature", big.decode(), "-q", "1")
+    opts, first = notification(lambda p: len(p) > 0)
+    check(6 in opts and 23 in opts and 28 in opts and 4 in opts, "notification options %r" % opts)
+    block2 = uint(opts[23][0])
+    num, more, szx = block2 >> 4, (block2 >> 3) & 1, block2 & 7
+    size = 1 << (szx + 4)
+    check(num == 0 and more == 1 and len(first) == size and first == big[:size],
+          "first block: Block2 %d/%d/%d, %d bytes" % (num, more, size, len(first)))
+    check(uint(opts[28][0]) == len(big), "Size2 %d, wanted %d" % (uint(opts[28][0]), len(big)))
+    etag = opts[4][0]
+    got, n = first, 1
+    while more:
+        code, bopts, chunk = plain_get(s, path, 100 + n, b"B%d" % n,
+                                       block2=(n, size.bit_length() - 5))
+        check(code == "2.05" and 6 not in bopts and bopts.get(4) == [etag],
+              "block %d: %s %r" % (n, code, bopts))
+        block2 = uint(bopts[23][0])
+        check(block2 >> 4 == n, "block %d answered as %d" % (n, block2 >> 4))
+        more = (block2 >> 3) & 1
+        got += chunk
+        n += 1
+    check(got == big, "reassembled %d bytes, wanted %d" % (len(got), len(big)))
+    broker.publish("redback/p1/gym/hall/temperature", "after", "-q", "1")
+    opts, after = notification(lambda p: p == b"after")
+    check(6 in opts and 23 not in opts, "the observation went on: %r" % opts)
+
+
+def node_coap_device(d):
+    """node-coap (the npm package coap, pinned by node/package-lock.json)
+    installed from the npm registry into d; the path of node/device.js there.
+    Without node and npm, or without the registry (a package build has no
+    network), the case is skipped (exit status 77), saying why."""
+    import shutil
+    if not shutil.which("node") or not shutil.which("npm"):
+        print("SKIP: node and npm are needed (scripts/deps.sh installs them)")
+        sys.exit(77)
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+    dst = os.path.join(d, "node")
+    os.makedirs(dst)
+    for f in ("package.json", "package-lock.json", "device.js"):
+        shutil.copy(os.path.join(src, f), dst)
+    r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=dst, capture_output=True,
+                       text=True, timeout=300)
+    unreachable = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ENETUNREACH", "ETIMEDOUT")
+    if r.returncode != 0 and any(e in r.stderr for e in unreachable):
+        print("SKIP: the npm registry is unreachable:\n" + r.stderr[-1000:])
+        sys.exit(77)
+    check(r.returncode == 0, "npm ci: %s" % r.stderr[-2000:])
+    return os.path.join(dst, "device.js")
+
+
+class Relay:
+    """A UDP relay between one CoAP device and the gateway that keeps what
+    passes: (direction "->" or "<-", type, code, token, options, payload)."""
+
+    def __init__(self, port):
+        import select
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.port = self.front.getsockname()[1]
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.connect(("127.0.0.1", port))
+        self.seen, self.device = [], None
+
+        def keep(direction, data):
+            typ, code, _, tok = coap_decode(data)
+            opts, payload = coap_parse(data)
+            self.seen.append((direction, typ, code, tok, opts, payload))
+
+        def relay():
+            while True:
+                ready, _, _ = select.select([self.front, self.back], [], [])
+                if self.front in ready:
+                    data, self.device = self.front.recvfrom(4096)
+                    keep("->", data)
+                    self.back.send(data)
+                if self.back in ready and self.device:
+                    data = self.back.recv(4096)
+                    keep("<-", data)
+                    self.front.sendto(data, self.device)
+        threading.Thread(target=relay, daemon=True).start()
+
+
+def node_coap_loses_observation_past_one_block():
+    """node-coap as a second client library, over plain CoAP: it observes
+    small values and fetches a large one with a plain GET, but its observation
+    of a value that grows past one block is lost. For the next block it sends
+    its registration again (Observe 0, the observation's token) with Block2 1,
+    which libcoap answers 4.00, ending the observation; node-coap drops that
+    answer silently. The README's down section says so; should node-coap
+    change, this case fails and the README must follow."""
+    d = workdir()
+    device = node_coap_device(d)
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = start_gateway(d, broker, pki, coap="plain = true; max_resources = 20;",
+                      mappings=MAPPINGS + GYM, mqtt="stats_interval = 1;")
+    relay = Relay(g.plain_port)
+    base = "coap://127.0.0.1:%d/" % relay.port
+    big = "B" * 3000
+    broker.publish("redback/p1/gym/big/temperature", big, "-r", "-q", "1")
+    wait_until(lambda: g.stats_json()["down"]["received"] >= 1, "the retained value")
+    r = subprocess.run(["node", device, "get", base + "gym/big/temperature"], text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=WAIT + 10)
+    got = json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else {}
+    check(got.get("code") == "2.05" and got.get("len") == len(big), "node-coap GET: %s" % r.stdout)
+    obs = spawn(["node", device, "observe", base + "gym/hall/temperature"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(line) for line in obs.stdout],
+                     daemon=True).start()
+    try:
+        wait_until(lambda: any('"first":true' in line for line in lines), "the registration")
+        check('"code":"2.05"' in lines[0], "registration: %r" % lines)
+        broker.publish("redback/p1/gym/hall/temperature", "21.5", "-q", "1")
+        wait_until(lambda: any('"len":4' in line for line in lines), "a small notification")
+        notified = g.stats_json()["down"]["notifications"]
+        broker.publish("redback/p1/gym/hall/temperature", big, "-q", "1")
+
+        def refused():
+            return [m for m in relay.seen if m[0] == "<-" and m[2] == "4.00"]
+        wait_until(refused, "the 4.00 to node-coap's request for block 1")
+        asked = [m for m in relay.seen if m[0] == "->" and 23 in m[4] and 6 in m[4]]
+        check(asked and asked[0][4][6] in ([b""], [b"\x00"]) and
+              asked[0][4][23][0][0] >> 4 == 1 and asked[0][3] == refused()[0][3],
+              "node-coap's request for block 1: %r" % (asked[:1],))
+        # The gateway has no observer left: the next value notifies nobody.
+        received = g.stats_json()["down"]["received"]
+        broker.publish("redback/p1/gym/hall/temperature", "after", "-q", "1")
+        wait_until(lambda: g.stats_json()["down"]["received"] >= received + 1, "the next value")
+        check(g.stats_json()["down"]["notifications"] == notified + 1,
+              "notifications after the 4.00: %r" % g.stats_json()["down"])
+        check(not any("after" in line or '"len":3000' in line for line in lines),
+              "node-coap got the value after all: %r" % lines)
+    finally:
+        obs.terminate()
+
+
 if __name__ == "__main__":
     run({f.__name__: f for f in [retained_value_and_properties, observe_every_message_in_order,
                                   devices_cannot_see_each_other, large_value_block2,
@@ -452,4 +739,8 @@ if __name__ == "__main__":
                                   observed_resources_are_kept, observer_removed_on_rst,
                                   observer_removed_after_retransmissions,
                                   one_subscription_mqtt5_and_311,
-                                  both_mapping_put_and_observe]})
+                                  both_mapping_put_and_observe,
+                                  observe_before_first_value_without_identity,
+                                  observed_made_up_resources_are_bounded,
+                                  large_notification_block2_then_plain_gets,
+                                  node_coap_loses_observation_past_one_block]})

@@ -87,8 +87,21 @@ static void on_message(void *d, const mqtt_incoming_t *m)
     seen.qos = m->qos;
 }
 
-static const mqtt_client_handlers_t handlers = { on_connected, on_lost, on_acked, on_subscribed,
-                                                 on_message };
+static struct {
+    size_t n;
+    uint64_t id[64];
+    uint16_t pid[64];
+} sent;
+static void on_sent(void *d, uint64_t id, uint16_t pid)
+{
+    (void)d;
+    cr_assert_lt(sent.n, 64);
+    sent.id[sent.n] = id;
+    sent.pid[sent.n++] = pid;
+}
+
+static const mqtt_client_handlers_t handlers = { on_connected,  on_lost,    on_acked,
+                                                 on_subscribed, on_message, on_sent };
 
 static void bk_listen(void)
 {
@@ -105,6 +118,7 @@ static void bk_listen(void)
 static void setup(void)
 {
     memset(&seen, 0, sizeof(seen));
+    memset(&sent, 0, sizeof(sent));
     loop = ev_new();
     cr_assert(loop);
     bk_listen();
@@ -461,6 +475,33 @@ Test(client, max_inflight_bounds_a_generous_broker)
     cr_assert_eq(pkt.u.publish.payload.p[0], 'd');
 }
 
+/* MQTT 3.1.1 cannot learn the broker's window: it keeps within the one brokers have (Mosquitto: 20). */
+Test(client, mqtt_311_keeps_within_the_brokers_window)
+{
+    bversion = MQTT_V311;
+    mqtt_client_options_t o = options();
+    o.max_inflight = 1000;
+    start(&o);
+    connack_with(false, 0, 0);
+    for (int i = 0; i < MQTT_V311_INFLIGHT_MAX + 5; i++)
+        cr_assert_eq(publish("t/w", "x", 2, (uint64_t)i), 0);
+    uint16_t first = 0;
+    for (int i = 0; i < MQTT_V311_INFLIGHT_MAX; i++) {
+        bk_expect(MQTT_PUBLISH);
+        if (i == 0)
+            first = pkt.u.publish.id;
+    }
+    bk_quiet(200);
+    cr_assert_eq(mqtt_client_unacked(cl), MQTT_V311_INFLIGHT_MAX + 5);
+    /* One completed lets one more go. */
+    bk_ack(MQTT_PUBREC, first, 0);
+    bk_expect(MQTT_PUBREL);
+    bk_quiet(50);
+    bk_ack(MQTT_PUBCOMP, first, 0);
+    bk_expect(MQTT_PUBLISH);
+    bk_quiet(50);
+}
+
 Test(client, one_turn_of_publishes_goes_in_one_write)
 {
     mqtt_client_options_t o = options();
@@ -581,6 +622,81 @@ Test(client, no_session_resends_as_new_publishes)
     bk_ack(MQTT_PUBCOMP, b2, 0);
     TURN_UNTIL(seen.nacked == 2);
     cr_assert_eq(mqtt_client_unacked(cl), 0);
+}
+
+/*
+ * A QoS 2 publish PUBREC'd by the broker, then the gateway restarts (a new
+ * client) before the PUBREL went out: the broker holds its identifier. The
+ * new client, told the identifier, sends it again with DUP under it when the
+ * session is resumed, and gives new publishes other identifiers.
+ */
+Test(client, publish_of_an_earlier_client_goes_again_under_its_identifier)
+{
+    mqtt_client_options_t o = options();
+    o.clean_start = false;
+    start(&o);
+    connack_with(false, 0, 0);
+    cr_assert_eq(publish("t/q2", "A", 2, 100), 0);
+    bk_expect(MQTT_PUBLISH);
+    uint16_t held = pkt.u.publish.id;
+    cr_assert_eq(sent.n, 1, "the identifier is told to the owner");
+    cr_assert_eq(sent.id[0], 100);
+    cr_assert_eq(sent.pid[0], held);
+    mqtt_client_free(cl); /* killed: the PUBREC never read */
+    cl = NULL;
+    close(bfd);
+    bfd = -1;
+
+    cl = mqtt_client_new(loop, &o, &handlers, NULL, (char[64]){ 0 }, 64);
+    cr_assert(cl);
+    mqtt_client_reserve_id(cl, held);
+    cr_assert_eq(mqtt_client_start(cl), 0);
+    bk_accept();
+    bk_expect(MQTT_CONNECT);
+    connack_with(true, 0, 0);
+    /* New publishes first: none may take the identifier the broker holds. */
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(publish("t/q2", "new", 2, (uint64_t)(200 + i)), 0);
+    mqtt_message_t m = { .topic = "t/q2", .payload = "A", .len = 1, .qos = 2 };
+    cr_assert_eq(mqtt_client_publish_again(cl, &m, 100, held), 0);
+    for (int i = 0; i < 4; i++) {
+        bk_expect(MQTT_PUBLISH);
+        if (pkt.u.publish.payload.p[0] == 'A') {
+            cr_assert(pkt.u.publish.dup, "sent again with DUP");
+            cr_assert_eq(pkt.u.publish.id, held, "under the identifier the broker holds");
+        } else {
+            cr_assert_neq(pkt.u.publish.id, held, "a new publish under a held identifier");
+            cr_assert_not(pkt.u.publish.dup);
+        }
+    }
+    bk_ack(MQTT_PUBREC, held, 0);
+    bk_expect(MQTT_PUBREL);
+    cr_assert_eq(pkt.u.ack.id, held);
+    bk_ack(MQTT_PUBCOMP, held, 0);
+    TURN_UNTIL(seen.nacked == 1);
+    cr_assert_eq(seen.acked[0], 100);
+}
+
+/* Without the session, the identifiers kept mean nothing: the publish goes as a new one. */
+Test(client, publish_again_without_the_session_is_a_new_publish)
+{
+    mqtt_client_options_t o = options();
+    o.clean_start = false;
+    char err[64];
+    cl = mqtt_client_new(loop, &o, &handlers, NULL, err, sizeof(err));
+    cr_assert(cl);
+    mqtt_client_reserve_id(cl, 1);
+    cr_assert_eq(mqtt_client_start(cl), 0);
+    bk_accept();
+    bk_expect(MQTT_CONNECT);
+    connack_with(false, 0, 0);
+    mqtt_message_t m = { .topic = "t/q2", .payload = "A", .len = 1, .qos = 2 };
+    cr_assert_eq(mqtt_client_publish_again(cl, &m, 100, 7), 0);
+    bk_expect(MQTT_PUBLISH);
+    cr_assert_not(pkt.u.publish.dup);
+    cr_assert_eq(pkt.u.publish.id, 1, "the kept identifiers are free again");
+    cr_assert_eq(sent.n, 1);
+    cr_assert_eq(sent.pid[0], 1);
 }
 
 /* ------------------------------------------------------------------ receiving */

@@ -512,3 +512,24 @@ Test(config, client_id_a_device_could_have)
         gw_config_free(cfg);
     }
 }
+
+Test(config, presence_topic)
+{
+    gw_config_t *cfg = load_text(BASE "gateway = {\n  id = \"edge-1\";\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    cr_assert_str_eq(cfg->mqtt.presence_topic, "tandem/edge-1/devices/{identity}",
+                     "the default, {gateway} rendered, {identity} kept");
+    gw_config_free(cfg);
+
+    cfg = load_text(BASE "mqtt = {\n  presence_topic = \"\";\n};\n");
+    cr_assert_not_null(cfg, "%s", errs.text ? errs.text : "");
+    cr_assert_str_eq(cfg->mqtt.presence_topic, "", "\"\" turns it off");
+    gw_config_free(cfg);
+
+    expect_error(BASE "mqtt = {\n  presence_topic = \"d/{name}/{identity}\";\n};\n", 3,
+                 "mqtt.presence_topic", "only {gateway} and {identity} may be used here");
+    expect_error(BASE "mqtt = {\n  presence_topic = \"d/+/{identity}\";\n};\n", 3,
+                 "mqtt.presence_topic", "is not a valid topic");
+    expect_error(BASE "mqtt = {\n  presence_topic = \"d/all\";\n};\n", 3, "mqtt.presence_topic",
+                 "must contain {identity}");
+}
