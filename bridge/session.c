@@ -313,8 +313,10 @@ void sess_close(sessions_t *ss, coap_session_t *session)
 {
     dtls_peer_t *peer = coap_session_get_app_data(session);
     sess_t *s = peer ? peer->app : NULL;
-    if (s && s->cls == SESS_HANDSHAKE && !s->hello)
+    if (s && s->cls == SESS_HANDSHAKE && !s->hello) {
         ss->st.handshakes_failed++;
+        dtls_log_failure(session, "handshake not completed");
+    }
     dtls_peer_release(session, sess_free);
 }
 
@@ -360,7 +362,7 @@ void sessions_after_io(sessions_t *ss)
             continue;
         const char *why = NULL;
         if (!dtls_suite_ok(s->session, &why)) {
-            gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (%s)", why);
+            dtls_log_failure(s->session, why);
             ss->st.handshakes_failed++;
             evict(s);
             continue;

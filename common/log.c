@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static atomic_int current = GW_LOG_INFO;
@@ -183,6 +185,64 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         kind->suppressed = 0;
     } else {
         kind->suppressed++;
+        all_suppressed++;
+    }
+    pthread_mutex_unlock(&limit_lock);
+    if (!write_it)
+        return;
+    va_start(ap, fmt);
+    emit(level, group, *suffix ? suffix : NULL, fmt, ap);
+    va_end(ap);
+}
+
+#define PEER_SLOTS 256
+
+static struct peer_slot {
+    uint8_t addr[16];
+    uint64_t minute;     /* the minute lines counts */
+    unsigned lines;      /* lines written in that minute */
+    uint64_t suppressed; /* held back since the last line written */
+} peer_slots[PEER_SLOTS];
+
+void gw_log_peer(const struct sockaddr *peer, int level, gw_log_group_t group, const char *fmt, ...)
+{
+    char suffix[64] = "";
+    uint8_t addr[16] = { 0 };
+    va_list ap;
+
+    if (level > atomic_load(&current))
+        return;
+    if (peer && peer->sa_family == AF_INET6)
+        memcpy(addr, &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr, 16);
+    else if (peer && peer->sa_family == AF_INET)
+        memcpy(addr, &((const struct sockaddr_in *)(const void *)peer)->sin_addr, 4);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < sizeof(addr); i++)
+        h = (h ^ addr[i]) * 16777619u;
+    struct peer_slot *slot = &peer_slots[h % PEER_SLOTS];
+    uint64_t now = now_s();
+    pthread_mutex_lock(&limit_lock);
+    if (memcmp(slot->addr, addr, sizeof(addr)) || slot->minute != now / 60) {
+        if (memcmp(slot->addr, addr, sizeof(addr)))
+            slot->suppressed = 0;
+        memcpy(slot->addr, addr, sizeof(addr));
+        slot->minute = now / 60;
+        slot->lines = 0;
+    }
+    if (limit_second != now) {
+        limit_second = now;
+        all_lines = 0;
+    }
+    bool write_it = slot->lines < GW_LOG_PEER_PER_MIN && all_lines < GW_LOG_LIMITED_PER_S;
+    if (write_it) {
+        slot->lines++;
+        all_lines++;
+        if (slot->suppressed)
+            snprintf(suffix, sizeof(suffix), " (%llu similar lines suppressed)",
+                     (unsigned long long)slot->suppressed);
+        slot->suppressed = 0;
+    } else {
+        slot->suppressed++;
         all_suppressed++;
     }
     pthread_mutex_unlock(&limit_lock);

@@ -67,6 +67,18 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         gw_log_rl(&gw_kind_, level, GW_GRP_##grp, __VA_ARGS__);                                    \
     } while (0)
 
+/*
+ * Lines one peer can cause (a failed handshake): at most GW_LOG_PEER_PER_MIN
+ * a minute for each peer address (the port aside), within the limits above;
+ * what is held back is reported by that peer's next line. The table of peers
+ * is bounded: peers that hash alike share one allowance.
+ */
+#define GW_LOG_PEER_PER_MIN 6
+
+struct sockaddr;
+void gw_log_peer(const struct sockaddr *peer, int level, gw_log_group_t group, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Lines held back by gw_log_limited() since the start. */
 uint64_t gw_log_suppressed(void);
 

@@ -59,7 +59,10 @@ static void coap_log_to_gw(coap_log_t level, const char *message)
     char line[512];
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
-    if (level <= LOG_ERR)
+    /* Handshake failures are logged once each, with their cause (dtls_log_failure). */
+    if (strcasestr(line, "tls") || strcasestr(line, "handshake"))
+        gw_log_limited(GW_LOG_DEBUG, COAP, "%s", line);
+    else if (level <= LOG_ERR)
         gw_log_limited(GW_LOG_WARNING, COAP, "%s", line);
     else if (level <= LOG_WARNING)
         gw_log_limited(GW_LOG_INFO, COAP, "%s", line);
