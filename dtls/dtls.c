@@ -226,6 +226,9 @@ static gnutls_session_t gnutls_of(coap_session_t *session)
  */
 static tls_crl_t *crl_running;
 
+/* Whether the running X.509 credentials ask each device for a certificate. */
+static bool cert_asked;
+
 /*
  * libcoap hands over the device certificate once it has been verified. The
  * key exchange (already chosen; the cipher is not known yet) must be ECDHE,
@@ -292,6 +295,13 @@ void dtls_log_failure(coap_session_t *session, const char *fallback)
     const coap_address_t *remote = coap_session_get_addr_remote(session);
     char addr[INET6_ADDRSTRLEN + 8] = "?";
     const char *why = peer && peer->why ? peer->why : fallback;
+
+    /*
+     * Neither credential callback ran: the device offered no PSK identity and
+     * no certificate the gateway's CA list let it send.
+     */
+    if (!(peer && peer->why) && cert_asked && !(peer && *peer->tried))
+        why = "no client certificate signed by the device CA";
 
     if (remote)
         coap_print_addr(remote, (unsigned char *)addr, sizeof(addr));
@@ -417,6 +427,7 @@ void dtls_commit(coap_context_t *ctx, dtls_creds_t *c)
             tls_crl_free(crl_running);
             crl_running = c->crl;
             c->crl = NULL;
+            cert_asked = c->p.verify_peer_cert;
         } else {
             gw_err(DTLS, "libcoap refused the X.509 credentials from %s; the running ones stay",
                    c->paths[0]);

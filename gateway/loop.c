@@ -60,7 +60,7 @@ static void coap_log_to_gw(coap_log_t level, const char *message)
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
     /* Handshake failures are logged once each, with their cause (dtls_log_failure). */
-    if (strcasestr(line, "tls") || strcasestr(line, "handshake"))
+    if (strcasestr(line, "tls") || strcasestr(line, "handshake") || strcasestr(line, "certificate"))
         gw_log_limited(GW_LOG_DEBUG, COAP, "%s", line);
     else if (level <= LOG_ERR)
         gw_log_limited(GW_LOG_WARNING, COAP, "%s", line);

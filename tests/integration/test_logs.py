@@ -57,7 +57,48 @@ def unknown_identity_one_line():
     check(not coap_lines(g), "libcoap's lines at info:\n" + "".join(coap_lines(g)))
 
 
+def wrong_key_flood_is_bounded():
+    """50 wrong-key handshakes from one address: a bounded number of lines,
+    all of them counted."""
+    import concurrent.futures
+    d, pki, broker, g = info_gateway()
+    url = "coaps://127.0.0.1:%d/zones/a/b" % g.dtls_port
+    with concurrent.futures.ThreadPoolExecutor(10) as ex:
+        list(ex.map(lambda i: coap(url, payload="x", psk=("bike-1", "wrong-%d" % i), timeout=3),
+                    range(50)))
+    wait_until(lambda: failures(g), "a handshake failure line")
+    n = len(failures(g))
+    check(1 <= n <= 8, "%d lines for 50 failed handshakes of one peer:\n%s" % (n, g.text()))
+    check(not coap_lines(g), "libcoap's lines at info:\n" + "".join(coap_lines(g)[:10]))
+
+
+def certificate_causes():
+    """A device certificate of another CA (which the device does not send:
+    the gateway's CA list names another), and none: one line each naming the
+    cause."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    cert, key = pki.server
+    g = Gateway(d, broker, pki, log_level="info",
+                dtls='cert = "%s"; key = "%s"; ca = "%s"; require_client_cert = true;'
+                % (cert, key, pki.ca)).start()
+    url = "coaps://127.0.0.1:%d/bikes/bike-7/telemetry" % g.dtls_port
+    foreign = pki.leaf("foreign", "bike-7", ca="other-ca")
+    check(coap(url, payload="x", cert=foreign, ca=pki.ca, timeout=3) is None, "foreign answered")
+    wait_until(lambda: failures(g), "a handshake failure line")
+    check(len(failures(g)) == 1 and "no client certificate signed by the device CA" in failures(g)[0],
+          "other CA:\n" + g.text())
+    check(coap(url, payload="x", ca=pki.ca, timeout=3) is None, "no certificate answered")
+    wait_until(lambda: len(failures(g)) >= 2, "a second handshake failure line")
+    check(len(failures(g)) == 2 and "no client certificate signed by the device CA" in failures(g)[1],
+          "no certificate:\n" + g.text())
+    check(not coap_lines(g), "libcoap's lines at info:\n" + "".join(coap_lines(g)))
+
+
 CASES = {
+    "wrong_key_flood_is_bounded": wrong_key_flood_is_bounded,
+    "certificate_causes": certificate_causes,
     "wrong_key_one_line": wrong_key_one_line,
     "unknown_identity_one_line": unknown_identity_one_line,
 }
