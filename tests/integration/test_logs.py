@@ -96,7 +96,36 @@ def certificate_causes():
     check(not coap_lines(g), "libcoap's lines at info:\n" + "".join(coap_lines(g)))
 
 
+def mqtt_refused(g, cert):
+    from harness import MqttDevice
+    try:
+        dev = MqttDevice(g, cert)
+    except OSError:  # ssl.SSLError included
+        return True
+    try:
+        ack = dev.connect("logs-dev")
+    finally:
+        dev.close()
+    return ack is None
+
+
+def mqtt_certificate_cause():
+    """The MQTT listener: a device certificate of another CA gives one line
+    naming the peer, the certificate's CN and the cause."""
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = Gateway(d, broker, pki, log_level="info", mqtt_listener="").start()
+    check(mqtt_refused(g, pki.device("bike-7", ca="other-ca")), "a foreign certificate let in")
+    mf = lambda: [l for l in list(g.lines) if "MQTT device handshake failed" in l]  # noqa: E731
+    wait_until(mf, "a handshake failure line")
+    check(len(mf()) == 1 and
+          re.search(r'from 127\.0\.0\.1:\d+ \(identity "bike-7": not signed by the device CA\)',
+                    mf()[0]), "other CA:\n" + g.text())
+
+
 CASES = {
+    "mqtt_certificate_cause": mqtt_certificate_cause,
     "wrong_key_flood_is_bounded": wrong_key_flood_is_bounded,
     "certificate_causes": certificate_causes,
     "wrong_key_one_line": wrong_key_one_line,
