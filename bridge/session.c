@@ -362,6 +362,7 @@ void sessions_after_io(sessions_t *ss)
             continue;
         const char *why = NULL;
         if (!dtls_suite_ok(s->session, &why)) {
+            gw_debug(DTLS, "handshake refused (%s)", why);
             dtls_log_failure(s->session, why);
             ss->st.handshakes_failed++;
             evict(s);
