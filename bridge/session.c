@@ -171,7 +171,7 @@ static void sess_free(void *app)
     if (!s)
         return;
     sessions_t *ss = s->ss;
-    presence_end(ss->presence, s->presence);
+    presence_end(ss->presence, s->presence, s->why ? s->why : "session closed");
     class_unlink(ss, s);
     if (s->refused)
         refused_forget(ss, s);
@@ -284,6 +284,7 @@ static void make_room(sessions_t *ss, sess_t *s)
     sess_t *victim = pick_victim(ss, s);
     if (victim) {
         ss->st.evicted++;
+        victim->why = "evicted for a newer session (coap.max_sessions)";
         evict(victim);
         return;
     }

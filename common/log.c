@@ -175,7 +175,8 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         limit_second = now;
         all_lines = 0;
     }
-    bool write_it = kind->lines < GW_LOG_KIND_PER_S && all_lines < GW_LOG_LIMITED_PER_S;
+    unsigned per_s = kind->per_s ? kind->per_s : GW_LOG_KIND_PER_S;
+    bool write_it = kind->lines < per_s && all_lines < GW_LOG_LIMITED_PER_S;
     if (write_it) {
         kind->lines++;
         all_lines++;

@@ -53,6 +53,7 @@ void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
 #define GW_LOG_LIMITED_PER_S 20
 
 typedef struct gw_log_kind {
+    unsigned per_s;      /* lines a second of this kind; 0 for GW_LOG_KIND_PER_S */
     uint64_t second;     /* the second the count is for */
     unsigned lines;      /* lines written in that second */
     uint64_t suppressed; /* held back since the last line written */

@@ -310,7 +310,7 @@ static void close_upstream(lconn_t *c)
 /* c no longer counts against its identity's relayed connections, nor in its presence (it is closing). */
 static void unclaim(lconn_t *c)
 {
-    presence_end(c->l->presence, c->presence);
+    presence_end(c->l->presence, c->presence, "connection closed");
     c->presence = NULL;
     if (c->id_counted && c->id->relayed)
         c->id->relayed--;

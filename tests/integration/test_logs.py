@@ -124,7 +124,29 @@ def mqtt_certificate_cause():
                     mf()[0]), "other CA:\n" + g.text())
 
 
+def device_sessions_begin_and_end():
+    """A CoAP device's DTLS session and an MQTT device's connection: a line
+    when each begins and when it ends, with identity, protocol and address."""
+    from harness import MqttDevice
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    g = Gateway(d, broker, pki, log_level="info", mqtt_listener="").start()
+    r = coap("coaps://127.0.0.1:%d/bikes/bike-1/telemetry" % g.dtls_port, payload="x",
+             psk=("bike-1", "secret-bike-1"))
+    check(r and r.code == "2.04", "bike-1: %r" % r)
+    g.wait_log('device "bike-1" connected (coap from 127.0.0.1:')
+    dev = MqttDevice(g, pki.device("bike-7"))
+    ack = dev.connect("bike-7-logs")
+    check(ack is not None and ack.reason == 0, "bike-7 refused: %r" % ack)
+    g.wait_log('device "bike-7" connected (mqtt from 127.0.0.1:')
+    dev.close()
+    g.wait_log('device "bike-7" disconnected (mqtt from 127.0.0.1:')
+    g.wait_log('device "bike-1" disconnected (coap from 127.0.0.1:')
+
+
 CASES = {
+    "device_sessions_begin_and_end": device_sessions_begin_and_end,
     "mqtt_certificate_cause": mqtt_certificate_cause,
     "wrong_key_flood_is_bounded": wrong_key_flood_is_bounded,
     "certificate_causes": certificate_causes,
