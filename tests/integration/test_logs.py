@@ -145,7 +145,21 @@ def device_sessions_begin_and_end():
     g.wait_log('device "bike-1" disconnected (coap from 127.0.0.1:')
 
 
+def refusal_names_identity_and_path():
+    """A 4.03 (another device's path) and a 4.04: one info line each with the
+    identity, the path and the reason."""
+    d, pki, broker, g = info_gateway()
+    base = "coaps://127.0.0.1:%d/" % g.dtls_port
+    r = coap(base + "bikes/bike-2/telemetry", payload="x", psk=("bike-1", "secret-bike-1"))
+    check(r and r.code == "4.03", "another's path: %r" % r)
+    g.wait_log('request refused with 4.03 (identity "bike-1", path "bikes/bike-2/telemetry": ')
+    r = coap(base + "nowhere/at/all", payload="x", psk=("bike-1", "secret-bike-1"))
+    check(r and r.code == "4.04", "no mapping: %r" % r)
+    g.wait_log('request refused with 4.04 (identity "bike-1", path "nowhere/at/all": no mapping)')
+
+
 CASES = {
+    "refusal_names_identity_and_path": refusal_names_identity_and_path,
     "device_sessions_begin_and_end": device_sessions_begin_and_end,
     "mqtt_certificate_cause": mqtt_certificate_cause,
     "wrong_key_flood_is_bounded": wrong_key_flood_is_bounded,
