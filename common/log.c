@@ -9,9 +9,12 @@
 #include <time.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static atomic_int current = GW_LOG_INFO;
+static atomic_bool stamps;
 static const char *const names[] = { "error", "warning", "info", "debug" };
 static const char *const groups[GW_GRP_COUNT] = {
     [GW_GRP_GATEWAY] = "gateway", [GW_GRP_CONFIG] = "config", [GW_GRP_COAP] = "coap",
@@ -28,6 +31,22 @@ const char *gw_log_group_name(gw_log_group_t group)
 void gw_log_set_level(int level)
 {
     atomic_store(&current, level);
+}
+
+/* Whether stderr is the journal: systemd names its stream in JOURNAL_STREAM ("dev:ino"). */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void gw_log_set_timestamps(int mode)
+{
+    atomic_store(&stamps, mode == 1 || (mode == 0 && !stderr_is_journal()));
 }
 
 int gw_log_level(void)
@@ -122,7 +141,17 @@ static void emit(int level, gw_log_group_t group, const char *suffix, const char
     char line[1024];
     int n;
 
-    n = snprintf(line, sizeof(line), "%s %s: ", names[level], gw_log_group_name(group));
+    n = 0;
+    if (atomic_load(&stamps)) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ ", ts.tv_nsec / 1000000);
+    }
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "%s %s: ", names[level],
+                  gw_log_group_name(group));
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     if (suffix) {
         size_t len = strlen(line);

@@ -32,6 +32,11 @@ typedef enum gw_log_group {
 const char *gw_log_group_name(gw_log_group_t group);
 
 void gw_log_set_level(int level); /* enum gw_log_level */
+/*
+ * Whether each line starts with the time (ISO 8601, UTC, milliseconds):
+ * 0 when stderr is not the journal (JOURNAL_STREAM), 1 always, 2 never.
+ */
+void gw_log_set_timestamps(int mode);
 int gw_log_level(void);
 void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

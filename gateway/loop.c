@@ -198,6 +198,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, listener_t *l, gw_report_t 
         dtls_commit(ctx, dcreds);
     coap_limits(ctx, next);
     gw_log_set_level(next->gateway.log_level);
+    gw_log_set_timestamps(next->gateway.log_timestamps);
     bridge_reload_commit(b, bnext);
     if (l)
         listener_reload_commit(l, next, lcred);

@@ -26,8 +26,8 @@ def failures(g):
 
 def coap_lines(g):
     """libcoap's own lines (and the gateway's CoAP lines but its listening ones) above debug."""
-    return [l for l in list(g.lines) if (l.startswith("info coap:") or
-                                         l.startswith("warning coap:")) and "listening" not in l]
+    return [l for l in list(g.lines)
+            if re.match(r"(\S+Z )?(info|warning) coap:", l) and "listening" not in l]
 
 
 def wrong_key_one_line():
@@ -158,7 +158,49 @@ def refusal_names_identity_and_path():
     g.wait_log('request refused with 4.04 (identity "bike-1", path "nowhere/at/all": no mapping)')
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (error|warning|info|debug) [a-z]+: "
+PLAIN = r"(error|warning|info|debug) [a-z]+: "
+
+
+def timestamps_on_and_off():
+    """gateway.log_timestamps: true stamps every line, false none, "auto"
+    (the default) stamps unless stderr is the journal."""
+    import subprocess
+    import time
+    from harness import TANDEM
+    d = workdir()
+    pki = Pki(d)
+    broker = Broker(d, pki).start()
+    for setting, pattern in (("log_timestamps = true;", STAMP), ("log_timestamps = false;", PLAIN),
+                             ("", STAMP)):
+        g = Gateway(d, broker, pki, log_level="info", gateway=setting).start()
+        g.wait_log("ready")
+        bad = [l for l in list(g.lines) if not re.match(pattern, l)]
+        check(g.lines and not bad, "%r: %r" % (setting, bad[:3]))
+        if pattern == STAMP:
+            t = time.strftime("%Y-%m-%dT", time.gmtime())
+            check(g.lines[0].startswith(t), "not UTC now: %r" % g.lines[0])
+        g.stop()
+    # "auto" with stderr the journal (JOURNAL_STREAM names it): no time.
+    g = Gateway(d, broker, pki, log_level="info")
+    err = os.path.join(d, "journal.log")
+    with open(err, "w") as f:
+        st = os.fstat(f.fileno())
+        env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        p = subprocess.Popen([TANDEM, "run", "-c", g.conf], stdout=subprocess.DEVNULL, stderr=f,
+                             env=env)
+    try:
+        wait_until(lambda: "ready" in open(err).read(), "the gateway ready")
+    finally:
+        p.terminate()
+        p.wait(timeout=15)
+    lines = open(err).read().splitlines()
+    bad = [l for l in lines if not re.match(PLAIN, l)]
+    check(lines and not bad, "to the journal: %r" % bad[:3])
+
+
 CASES = {
+    "timestamps_on_and_off": timestamps_on_and_off,
     "refusal_names_identity_and_path": refusal_names_identity_and_path,
     "device_sessions_begin_and_end": device_sessions_begin_and_end,
     "mqtt_certificate_cause": mqtt_certificate_cause,
