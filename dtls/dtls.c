@@ -282,6 +282,7 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
         peer->why = verdict == -EKEYREVOKED   ? "certificate revoked"
                     : verdict == -EKEYEXPIRED ? "coap.dtls.crl is past its next update"
                                               : "device certificate does not parse";
+        gw_debug(DTLS, "handshake refused (%s: \"%s\")", peer->why, subject_cn);
         return 0;
     }
     snprintf(peer->identity, sizeof(peer->identity), "%s", subject_cn);

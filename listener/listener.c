@@ -193,6 +193,7 @@ static int verify_device(gnutls_session_t session)
         /* mqtt_listener.crl lists it, or has passed its next update. */
         c->why = status & GNUTLS_CERT_REVOKED ? "certificate revoked"
                                               : "mqtt_listener.crl is past its next update";
+        gw_debug(TLS, "MQTT device certificate refused (%s: \"%s\")", c->why, c->tried);
         return -1;
     }
     if (rc < 0 || status) {

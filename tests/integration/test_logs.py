@@ -68,7 +68,8 @@ def wrong_key_flood_is_bounded():
                     range(50)))
     wait_until(lambda: failures(g), "a handshake failure line")
     n = len(failures(g))
-    check(1 <= n <= 8, "%d lines for 50 failed handshakes of one peer:\n%s" % (n, g.text()))
+    # 6 a minute for one address; the test may straddle two minutes.
+    check(1 <= n <= 12, "%d lines for 50 failed handshakes of one peer:\n%s" % (n, g.text()))
     check(not coap_lines(g), "libcoap's lines at info:\n" + "".join(coap_lines(g)[:10]))
 
 
