@@ -12,6 +12,7 @@
  * usage error; 3 no DTLS session; 4 a reading refused or never answered, or
  * the observation refused.
  */
+#include "bike.h"
 #include "reading.h"
 
 #include <coap3/coap.h>
@@ -20,15 +21,11 @@
 #include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum { EXIT_USAGE = 2, EXIT_SESSION = 3, EXIT_UNDELIVERED = 4 };
 
 #define TRIES 3 /* a reading that gets no answer this many times is given up */
 
@@ -77,27 +74,7 @@ struct bike {
     bool closing;               /* the bike is done: a closed session is expected */
 };
 
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
-
 static struct bike *the_bike; /* for libcoap's handlers, which take no argument */
-
-static void note(const struct bike *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void note(const struct bike *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bike-coap %s: ", b->opt->identity);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
 
 static bool same_token(const struct token *t, coap_bin_const_t got)
 {
@@ -160,7 +137,7 @@ static int send_reading(struct bike *b)
     b->pending = true;
     b->tries++;
     if (b->opt->verbose)
-        note(b, "reading %lu: %s", b->seq, payload);
+        bike_note("reading %lu: %s", b->seq, payload);
     return 0;
 }
 
@@ -200,13 +177,13 @@ static void reading_answered(struct bike *b, const coap_pdu_t *got)
     b->pending = false;
     if (code == COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE) {
         unsigned age = max_age(got);
-        note(b, "reading %lu: 5.03, again in %u s", b->seq, age);
+        bike_note("reading %lu: 5.03, again in %u s", b->seq, age);
         b->retry_at = bike_now_ms() + 1000LL * age;
         b->tries = 0;
         return;
     }
     /* 4.xx: this request will never succeed; 5.xx other than 5.03: not ours to wait for. */
-    note(b, "reading %lu refused: %u.%02u", b->seq, cls, detail);
+    bike_note("reading %lu refused: %u.%02u", b->seq, cls, detail);
     b->failed = true;
     b->seq++;
     b->tries = 0;
@@ -218,7 +195,7 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
     if (code == COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE) {
         /* The gateway's subscriptions are not in place yet: ask again. */
         unsigned age = max_age(got);
-        note(b, "observation of %s: 5.03, again in %u s", b->commands, age);
+        bike_note("observation of %s: 5.03, again in %u s", b->commands, age);
         b->observing = false;
         b->observe_again_at = bike_now_ms() + 1000LL * age;
         return;
@@ -226,25 +203,25 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
     if (COAP_RESPONSE_CLASS(code) != 2 && b->observing) {
         /* An observation ends with an error notification, e.g. 4.04 when the
          * gateway stops: register again (at once if a new session comes). */
-        note(b, "observation of %s ended by the gateway: %u.%02u", b->commands,
-             COAP_RESPONSE_CLASS(code), code & 0x1f);
+        bike_note("observation of %s ended by the gateway: %u.%02u", b->commands,
+                  COAP_RESPONSE_CLASS(code), code & 0x1f);
         b->observing = false;
         b->observe_again_at = bike_now_ms() + 5000;
         return;
     }
     if (COAP_RESPONSE_CLASS(code) != 2) {
-        note(b, "observation of %s refused: %u.%02u", b->commands, COAP_RESPONSE_CLASS(code),
-             code & 0x1f);
+        bike_note("observation of %s refused: %u.%02u", b->commands, COAP_RESPONSE_CLASS(code),
+                  code & 0x1f);
         b->observe_refused = true;
         return;
     }
     coap_opt_iterator_t it;
     if (!coap_check_option(got, COAP_OPTION_OBSERVE, &it) && b->observing) {
-        note(b, "observation of %s ended by the gateway", b->commands);
+        bike_note("observation of %s ended by the gateway", b->commands);
         b->observing = false;
     } else if (!b->observing && coap_check_option(got, COAP_OPTION_OBSERVE, &it)) {
         b->observing = true;
-        note(b, "observing %s", b->commands);
+        bike_note("observing %s", b->commands);
     }
     size_t len = 0, offset = 0, total = 0;
     const uint8_t *data = NULL;
@@ -255,7 +232,7 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
         fflush(stdout);
     }
     if (b->opt->verbose)
-        note(b, "command (%zu bytes)", len);
+        bike_note("command (%zu bytes)", len);
 }
 
 /* A DTLS session is up: libcoap 4.3 tells a client of it by the first answer
@@ -263,7 +240,7 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
 static void session_up(struct bike *b)
 {
     if (!b->up && b->ever_up) {
-        note(b, "DTLS session up again");
+        bike_note("DTLS session up again");
         /* A new session has no observation: register again. */
         if (b->opt->observe && !b->observing && !b->observe_refused)
             b->observe_again_at = bike_now_ms();
@@ -300,7 +277,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     (void)mid;
     if (why == COAP_NACK_TLS_FAILED) {
         b->handshake_failed = true;
-        note(b, "DTLS handshake failed");
+        bike_note("DTLS handshake failed");
     }
     if (!sent)
         return;
@@ -308,7 +285,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     if (b->pending && same_token(&b->post, token)) {
         b->pending = false;
         if (why == COAP_NACK_RST) {
-            note(b, "reading %lu refused (RST)", b->seq);
+            bike_note("reading %lu refused (RST)", b->seq);
             b->failed = true;
             b->seq++;
             b->tries = 0;
@@ -317,17 +294,17 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
             b->tries = 0;
             b->retry_at = bike_now_ms() + b->opt->interval_ms;
         } else if (b->tries >= TRIES) {
-            note(b, "reading %lu: no answer, given up after %d tries", b->seq, b->tries);
+            bike_note("reading %lu: no answer, given up after %d tries", b->seq, b->tries);
             b->failed = true;
             b->seq++;
             b->tries = 0;
         } else {
-            note(b, "reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
+            bike_note("reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
             b->retry_at = bike_now_ms() + b->opt->interval_ms;
         }
     } else if (same_token(&b->observe, token)) {
         if (why == COAP_NACK_RST) {
-            note(b, "the observation request was refused (RST)");
+            bike_note("the observation request was refused (RST)");
             b->observe_refused = true;
         } else {
             /* Asked again when a session is up. */
@@ -347,7 +324,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     } else if (event == COAP_EVENT_DTLS_CLOSED) {
         b->observing = false;
         if (b->up && !b->closing)
-            note(b, "DTLS session closed");
+            bike_note("DTLS session closed");
         b->up = false;
     }
     return 0;
@@ -384,17 +361,6 @@ static void usage(FILE *out)
             "  -c, --print-commands     print each command as PATH<TAB>PAYLOAD on stdout\n"
             "      --no-observe         do not observe the commands resource\n"
             "  -v, --verbose            log each reading (and libcoap's notices) on stderr\n");
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int parse_hex(const char *hex, uint8_t *out, size_t cap, size_t *len)
@@ -463,7 +429,7 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->host = optarg;
             break;
         case 'p':
-            if (!parse_long(optarg, 1, 65535, &v))
+            if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = optarg;
             break;
@@ -501,12 +467,12 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->commands = optarg;
             break;
         case 'n':
-            if (!parse_long(optarg, 0, LONG_MAX, &v))
+            if (!bike_parse_long(optarg, 0, LONG_MAX, &v))
                 goto bad;
             o->count = (unsigned long)v;
             break;
         case 'I':
-            if (!parse_long(optarg, 1, 86400000, &v))
+            if (!bike_parse_long(optarg, 1, 86400000, &v))
                 goto bad;
             o->interval_ms = v;
             break;
@@ -591,6 +557,7 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
+    bike_log_as("bike-coap", opt.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct bike b = { .opt = &opt, .seq = 1 };
     the_bike = &b;
@@ -600,10 +567,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    bike_catch_signals();
 
     coap_startup();
     coap_set_log_handler(on_log);
@@ -623,21 +587,21 @@ int main(int argc, char **argv)
     int status = 0;
     b.session = open_session(ctx, &opt);
     if (!b.session) {
-        note(&b, "cannot open a DTLS session to %s:%s", opt.host, opt.port);
-        status = EXIT_SESSION;
+        bike_note("cannot open a DTLS session to %s:%s", opt.host, opt.port);
+        status = EXIT_NO_LINK;
         goto out;
     }
     if (opt.observe && start_observing(&b) < 0) {
-        note(&b, "cannot send the observation request");
+        bike_note("cannot send the observation request");
         status = EXIT_FAILURE;
         goto out;
     }
 
     long long start = bike_now_ms();
-    while (!stop_requested) {
+    while (!bike_stop_requested) {
         if (b.handshake_failed && !b.ever_up) {
-            note(&b, "no DTLS session with %s:%s", opt.host, opt.port);
-            status = EXIT_SESSION;
+            bike_note("no DTLS session with %s:%s", opt.host, opt.port);
+            status = EXIT_NO_LINK;
             break;
         }
         bool finished = opt.count && b.seq > opt.count && !b.pending;
@@ -647,15 +611,15 @@ int main(int argc, char **argv)
         if (b.observe_again_at && now >= b.observe_again_at) {
             b.observe_again_at = 0;
             if (start_observing(&b) < 0)
-                note(&b, "cannot send the observation request");
+                bike_note("cannot send the observation request");
         }
         /* Reading seq is due at start + (seq - 1) * interval; one in flight at a time. */
-        long long due = start + (long long)(b.seq - 1) * opt.interval_ms;
+        long long due = bike_reading_due(start, b.seq, opt.interval_ms);
         if (due < b.retry_at)
             due = b.retry_at;
         if (!b.pending && now >= due) {
             if (send_reading(&b) < 0) {
-                note(&b, "reading %lu not sent", b.seq);
+                bike_note("reading %lu not sent", b.seq);
                 b.failed = true;
                 b.seq++;
             }
@@ -668,7 +632,7 @@ int main(int argc, char **argv)
     }
     if (b.failed || b.observe_refused)
         status = status ? status : EXIT_UNDELIVERED;
-    note(&b, "%lu readings acknowledged", b.acked);
+    bike_note("%lu readings acknowledged", b.acked);
 out:
     b.closing = true;
     if (b.session)

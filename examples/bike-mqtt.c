@@ -14,6 +14,7 @@
  * error; 3 the first connection failed; 4 a reading or the subscription
  * refused, or readings not acknowledged in time.
  */
+#include "bike.h"
 #include "reading.h"
 
 #include <MQTTAsync.h>
@@ -22,8 +23,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,8 +30,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-enum { EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_UNDELIVERED = 4 };
 
 struct options {
     const char *host;
@@ -67,26 +64,6 @@ struct bike {
     unsigned long sent, acked;
 };
 
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
-
-static void note(const struct bike *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void note(const struct bike *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bike-mqtt %s: ", b->opt->identity);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
 static const char *failure_text(const MQTTAsync_failureData5 *r)
 {
     if (!r)
@@ -102,20 +79,20 @@ static void on_subscribed(void *ctx, MQTTAsync_successData5 *r)
 {
     struct bike *b = ctx;
     if (r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
-        note(b, "subscription to %s refused (%s)", b->commands,
-             MQTTReasonCode_toString(r->reasonCode));
+        bike_note("subscription to %s refused (%s)", b->commands,
+                  MQTTReasonCode_toString(r->reasonCode));
         pthread_mutex_lock(&b->lock);
         b->refused = true;
         pthread_mutex_unlock(&b->lock);
         return;
     }
-    note(b, "subscribed to %s", b->commands);
+    bike_note("subscribed to %s", b->commands);
 }
 
 static void on_subscribe_failed(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct bike *b = ctx;
-    note(b, "subscription to %s refused (%s)", b->commands, failure_text(r));
+    bike_note("subscription to %s refused (%s)", b->commands, failure_text(r));
     pthread_mutex_lock(&b->lock);
     b->refused = true;
     pthread_mutex_unlock(&b->lock);
@@ -129,7 +106,7 @@ static void subscribe(struct bike *b)
     ro.context = b;
     int rc = MQTTAsync_subscribe(b->client, b->commands, 1, &ro);
     if (rc != MQTTASYNC_SUCCESS)
-        note(b, "cannot subscribe to %s (%s)", b->commands, MQTTAsync_strerror(rc));
+        bike_note("cannot subscribe to %s (%s)", b->commands, MQTTAsync_strerror(rc));
 }
 
 /* The first connection. */
@@ -137,8 +114,8 @@ static void on_connected(void *ctx, MQTTAsync_successData5 *r)
 {
     struct bike *b = ctx;
     int present = r->alt.connect.sessionPresent;
-    note(b, "connected to %s (session present: %s)", r->alt.connect.serverURI,
-         present ? "yes" : "no");
+    bike_note("connected to %s (session present: %s)", r->alt.connect.serverURI,
+              present ? "yes" : "no");
     pthread_mutex_lock(&b->lock);
     b->connected_once = true;
     pthread_cond_broadcast(&b->changed);
@@ -160,7 +137,7 @@ static void on_connection(void *ctx, char *cause)
     struct bike *b = ctx;
     if (!cause || strcmp(cause, "automatic reconnect"))
         return; /* the first connection: on_connected */
-    note(b, "reconnected");
+    bike_note("reconnected");
     subscribe(b);
 }
 
@@ -174,14 +151,14 @@ static void on_connect_failed(void *ctx, MQTTAsync_failureData5 *r)
         pthread_cond_broadcast(&b->changed);
     }
     pthread_mutex_unlock(&b->lock);
-    note(b, "%s (%s)", first ? "cannot connect" : "reconnect failed, trying again",
-         failure_text(r));
+    bike_note("%s (%s)", first ? "cannot connect" : "reconnect failed, trying again",
+              failure_text(r));
 }
 
 static void on_connection_lost(void *ctx, char *cause)
 {
-    struct bike *b = ctx;
-    note(b, "connection lost (%s), reconnecting", cause ? cause : "closed by the server");
+    (void)ctx;
+    bike_note("connection lost (%s), reconnecting", cause ? cause : "closed by the server");
 }
 
 static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
@@ -194,7 +171,7 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
         fflush(stdout);
     }
     if (b->opt->verbose)
-        note(b, "command on %.*s (%d bytes)", tl, topic, m->payloadlen);
+        bike_note("command on %.*s (%d bytes)", tl, topic, m->payloadlen);
     MQTTAsync_freeMessage(&m);
     MQTTAsync_free(topic);
     return 1;
@@ -214,7 +191,7 @@ static void on_reading_acked(void *ctx, MQTTAsync_successData5 *r)
 static void on_reading_failed(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct bike *b = ctx;
-    note(b, "reading refused (%s)", failure_text(r));
+    bike_note("reading refused (%s)", failure_text(r));
     pthread_mutex_lock(&b->lock);
     b->refused = true;
     b->acked++;
@@ -249,14 +226,14 @@ static int publish_reading(struct bike *b, unsigned long seq)
     int rc = MQTTAsync_sendMessage(b->client, b->telemetry, &m, &ro);
     MQTTProperties_free(&m.properties);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(b, "reading %lu not sent (%s)", seq, MQTTAsync_strerror(rc));
+        bike_note("reading %lu not sent (%s)", seq, MQTTAsync_strerror(rc));
         return -EIO;
     }
     pthread_mutex_lock(&b->lock);
     b->sent++;
     pthread_mutex_unlock(&b->lock);
     if (b->opt->verbose)
-        note(b, "reading %lu: %s", seq, payload);
+        bike_note("reading %lu: %s", seq, payload);
     return 0;
 }
 
@@ -280,7 +257,7 @@ static bool wait_for(struct bike *b, bool (*done)(const struct bike *), long lon
 {
     while (!done(b)) {
         long long left = deadline_ms - bike_now_ms();
-        if (left <= 0 || (stop_on_signal && stop_requested))
+        if (left <= 0 || (stop_on_signal && bike_stop_requested))
             return false;
         struct timespec ts = deadline_after_ms(left < 100 ? left : 100);
         pthread_cond_timedwait(&b->changed, &b->lock, &ts);
@@ -321,17 +298,6 @@ static void usage(FILE *out)
                  "  -c, --print-commands      print each command as TOPIC<TAB>PAYLOAD on stdout\n"
                  "      --no-verify-hostname  do not check the gateway's name in its certificate\n"
                  "  -v, --verbose             log each reading on stderr\n");
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int parse_options(int argc, char **argv, struct options *o)
@@ -395,7 +361,7 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->host = optarg;
             break;
         case 'p':
-            if (!parse_long(optarg, 1, 65535, &v))
+            if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = (int)v;
             break;
@@ -421,12 +387,12 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->commands = optarg;
             break;
         case 'n':
-            if (!parse_long(optarg, 0, LONG_MAX, &v))
+            if (!bike_parse_long(optarg, 0, LONG_MAX, &v))
                 goto bad;
             o->count = (unsigned long)v;
             break;
         case 'I':
-            if (!parse_long(optarg, 1, 86400000, &v))
+            if (!bike_parse_long(optarg, 1, 86400000, &v))
                 goto bad;
             o->interval_ms = v;
             break;
@@ -434,22 +400,22 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->store = optarg;
             break;
         case OPT_EXPIRY:
-            if (!parse_long(optarg, 0, INT32_MAX, &v))
+            if (!bike_parse_long(optarg, 0, INT32_MAX, &v))
                 goto bad;
             o->session_expiry = (int)v;
             break;
         case OPT_KEEPALIVE:
-            if (!parse_long(optarg, 0, 65535, &v))
+            if (!bike_parse_long(optarg, 0, 65535, &v))
                 goto bad;
             o->keepalive = (int)v;
             break;
         case OPT_RETRY_MAX:
-            if (!parse_long(optarg, 1, 3600, &v))
+            if (!bike_parse_long(optarg, 1, 3600, &v))
                 goto bad;
             o->retry_max = (int)v;
             break;
         case OPT_WAIT:
-            if (!parse_long(optarg, 0, 86400, &v))
+            if (!bike_parse_long(optarg, 0, 86400, &v))
                 goto bad;
             o->wait_s = (int)v;
             break;
@@ -488,6 +454,7 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
+    bike_log_as("bike-mqtt", opt.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     struct bike b = { .opt = &opt };
@@ -502,13 +469,10 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    bike_catch_signals();
 
     if (mkdir(opt.store, 0700) < 0 && errno != EEXIST) {
-        note(&b, "cannot make the store %s (%s)", opt.store, strerror(errno));
+        bike_note("cannot make the store %s (%s)", opt.store, strerror(errno));
         return EXIT_FAILURE;
     }
     char uri[512];
@@ -520,7 +484,7 @@ int main(int argc, char **argv)
     int rc = MQTTAsync_createWithOptions(&b.client, uri, opt.client_id,
                                          MQTTCLIENT_PERSISTENCE_DEFAULT, (void *)opt.store, &co);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(&b, "cannot create the MQTT client (%s)", MQTTAsync_strerror(rc));
+        bike_note("cannot create the MQTT client (%s)", MQTTAsync_strerror(rc));
         return EXIT_FAILURE;
     }
     MQTTAsync_setCallbacks(b.client, &b, on_connection_lost, on_message, NULL);
@@ -554,9 +518,9 @@ int main(int argc, char **argv)
     rc = MQTTAsync_connect(b.client, &conn);
     MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(&b, "cannot connect (%s)", MQTTAsync_strerror(rc));
+        bike_note("cannot connect (%s)", MQTTAsync_strerror(rc));
         MQTTAsync_destroy(&b.client);
-        return EXIT_CONNECT;
+        return EXIT_NO_LINK;
     }
 
     int status = 0;
@@ -565,37 +529,36 @@ int main(int argc, char **argv)
     bool failed = b.first_failed || !settled;
     pthread_mutex_unlock(&b.lock);
     if (failed) {
-        if (!stop_requested)
-            note(&b, "no connection to %s", uri);
+        if (!bike_stop_requested)
+            bike_note("no connection to %s", uri);
         MQTTAsync_destroy(&b.client);
-        return stop_requested ? 0 : EXIT_CONNECT;
+        return bike_stop_requested ? 0 : EXIT_NO_LINK;
     }
 
-    long long next = bike_now_ms();
-    for (unsigned long seq = 1; (!opt.count || seq <= opt.count) && !stop_requested; seq++) {
-        long long left;
-        while ((left = next - bike_now_ms()) > 0 && !stop_requested) {
+    long long start = bike_now_ms();
+    for (unsigned long seq = 1; (!opt.count || seq <= opt.count) && !bike_stop_requested; seq++) {
+        long long due = bike_reading_due(start, seq, opt.interval_ms), left;
+        while ((left = due - bike_now_ms()) > 0 && !bike_stop_requested) {
             struct timespec ts = { .tv_sec = 0, .tv_nsec = (left < 100 ? left : 100) * 1000000L };
             nanosleep(&ts, NULL);
         }
-        if (stop_requested)
+        if (bike_stop_requested)
             break;
         if (publish_reading(&b, seq) < 0)
             status = EXIT_UNDELIVERED;
-        next += opt.interval_ms;
     }
 
     /* Every reading acknowledged, or the bound. */
     pthread_mutex_lock(&b.lock);
     bool done = wait_for(&b, all_acked, bike_now_ms() + 1000LL * opt.wait_s, false);
     if (!done) {
-        note(&b, "%lu of %lu readings not acknowledged after %d s", b.sent - b.acked, b.sent,
-             opt.wait_s);
+        bike_note("%lu of %lu readings not acknowledged after %d s", b.sent - b.acked, b.sent,
+                  opt.wait_s);
         status = EXIT_UNDELIVERED;
     }
     if (b.refused)
         status = EXIT_UNDELIVERED;
-    note(&b, "%lu readings sent, %lu acknowledged", b.sent, b.acked);
+    bike_note("%lu readings sent, %lu acknowledged", b.sent, b.acked);
     pthread_mutex_unlock(&b.lock);
 
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
