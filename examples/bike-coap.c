@@ -30,19 +30,12 @@
 #define TRIES 3 /* a reading that gets no answer this many times is given up */
 
 struct options {
-    const char *host;
+    struct bike_options common; /* host, identity, ca, cert, key, topics, count, ... */
     const char *port;
     const char *psk_identity;
     uint8_t psk_key[64];
     size_t psk_key_len;
-    const char *ca, *cert, *key;
-    const char *identity;
-    const char *telemetry, *commands;
-    unsigned long count;
-    long interval_ms;
-    bool print_commands;
     bool observe;
-    bool verbose;
 };
 
 struct token {
@@ -120,7 +113,7 @@ static coap_pdu_t *request(struct bike *b, coap_pdu_code_t code, const char *pat
 static int send_reading(struct bike *b)
 {
     char payload[256];
-    int len = bike_reading(payload, sizeof payload, b->opt->identity, b->seq);
+    int len = bike_reading(payload, sizeof payload, b->opt->common.identity, b->seq);
     if (len < 0)
         return len;
     uint8_t buf[4];
@@ -136,7 +129,7 @@ static int send_reading(struct bike *b)
         return -EIO;
     b->pending = true;
     b->tries++;
-    if (b->opt->verbose)
+    if (b->opt->common.verbose)
         bike_note("reading %lu: %s", b->seq, payload);
     return 0;
 }
@@ -227,11 +220,11 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
     const uint8_t *data = NULL;
     if (!coap_get_data_large(got, &len, &data, &offset, &total) || !len)
         return; /* the registration before any command: no body */
-    if (b->opt->print_commands) {
+    if (b->opt->common.print_commands) {
         printf("%s\t%.*s\n", b->commands, (int)len, (const char *)data);
         fflush(stdout);
     }
-    if (b->opt->verbose)
+    if (b->opt->common.verbose)
         bike_note("command (%zu bytes)", len);
 }
 
@@ -292,7 +285,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
         } else if (why != COAP_NACK_TOO_MANY_RETRIES) {
             /* No session (the gateway is away): the reading waits for one. */
             b->tries = 0;
-            b->retry_at = bike_now_ms() + b->opt->interval_ms;
+            b->retry_at = bike_now_ms() + b->opt->common.interval_ms;
         } else if (b->tries >= TRIES) {
             bike_note("reading %lu: no answer, given up after %d tries", b->seq, b->tries);
             b->failed = true;
@@ -300,7 +293,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
             b->tries = 0;
         } else {
             bike_note("reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
-            b->retry_at = bike_now_ms() + b->opt->interval_ms;
+            b->retry_at = bike_now_ms() + b->opt->common.interval_ms;
         }
     } else if (same_token(&b->observe, token)) {
         if (why == COAP_NACK_RST) {
@@ -334,7 +327,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
 static void on_log(coap_log_t level, const char *message)
 {
     (void)level;
-    fprintf(stderr, "bike-coap %s: libcoap: %s", the_bike->opt->identity, message);
+    fprintf(stderr, "bike-coap %s: libcoap: %s", the_bike->opt->common.identity, message);
     if (!*message || message[strlen(message) - 1] != '\n')
         fputc('\n', stderr);
 }
@@ -381,60 +374,42 @@ static int parse_hex(const char *hex, uint8_t *out, size_t cap, size_t *len)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum {
-        OPT_PSK_ID = 256,
+        OPT_PSK_ID = BIKE_OPT_OWN,
         OPT_PSK_KEY,
         OPT_PSK_HEX,
-        OPT_CA,
-        OPT_CERT,
-        OPT_KEY,
-        OPT_TELEMETRY,
-        OPT_COMMANDS,
         OPT_NO_OBSERVE,
     };
     static const struct option longs[] = {
-        { "host", required_argument, NULL, 'H' },
+        BIKE_LONG_OPTIONS,
         { "port", required_argument, NULL, 'p' },
-        { "identity", required_argument, NULL, 'i' },
         { "psk-identity", required_argument, NULL, OPT_PSK_ID },
         { "psk-key", required_argument, NULL, OPT_PSK_KEY },
         { "psk-hex", required_argument, NULL, OPT_PSK_HEX },
-        { "ca", required_argument, NULL, OPT_CA },
-        { "cert", required_argument, NULL, OPT_CERT },
-        { "key", required_argument, NULL, OPT_KEY },
-        { "telemetry", required_argument, NULL, OPT_TELEMETRY },
-        { "commands", required_argument, NULL, OPT_COMMANDS },
-        { "count", required_argument, NULL, 'n' },
-        { "interval", required_argument, NULL, 'I' },
-        { "print-commands", no_argument, NULL, 'c' },
         { "no-observe", no_argument, NULL, OPT_NO_OBSERVE },
-        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     *o = (struct options){
-        .host = "127.0.0.1",
+        .common = {
+            .host = "127.0.0.1",
+            .telemetry = "bikes/{identity}/telemetry",
+            .commands = "bikes/{identity}/commands",
+            .count = 10,
+            .interval_ms = 1000,
+        },
         .port = "5684",
-        .telemetry = "bikes/{identity}/telemetry",
-        .commands = "bikes/{identity}/commands",
-        .count = 10,
-        .interval_ms = 1000,
         .observe = true,
     };
+    struct bike_options *co = &o->common;
     int c;
     long v;
     bool have_key = false;
-    while ((c = getopt_long(argc, argv, "H:p:i:n:I:cvh", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, BIKE_SHORT_OPTIONS "p:h", longs, NULL)) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
         case 'p':
             if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = optarg;
-            break;
-        case 'i':
-            o->identity = optarg;
             break;
         case OPT_PSK_ID:
             o->psk_identity = optarg;
@@ -451,58 +426,34 @@ static int parse_options(int argc, char **argv, struct options *o)
                 goto bad;
             have_key = true;
             break;
-        case OPT_CA:
-            o->ca = optarg;
-            break;
-        case OPT_CERT:
-            o->cert = optarg;
-            break;
-        case OPT_KEY:
-            o->key = optarg;
-            break;
-        case OPT_TELEMETRY:
-            o->telemetry = optarg;
-            break;
-        case OPT_COMMANDS:
-            o->commands = optarg;
-            break;
-        case 'n':
-            if (!bike_parse_long(optarg, 0, LONG_MAX, &v))
-                goto bad;
-            o->count = (unsigned long)v;
-            break;
-        case 'I':
-            if (!bike_parse_long(optarg, 1, 86400000, &v))
-                goto bad;
-            o->interval_ms = v;
-            break;
-        case 'c':
-            o->print_commands = true;
-            break;
         case OPT_NO_OBSERVE:
             o->observe = false;
-            break;
-        case 'v':
-            o->verbose = true;
             break;
         case 'h':
             usage(stdout);
             exit(0);
-        default:
-            usage(stderr);
-            return -EINVAL;
+        default: /* the options both bikes take */
+            switch (bike_option(c, optarg, co)) {
+            case 1:
+                break;
+            case 0:
+                usage(stderr);
+                return -EINVAL;
+            default:
+                goto bad;
+            }
         }
     }
-    bool pki = o->ca || o->cert || o->key;
-    if (optind != argc || !o->identity || !*o->identity || have_key == pki ||
-        (pki && !(o->ca && o->cert && o->key))) {
+    bool pki = co->ca || co->cert || co->key;
+    if (optind != argc || !co->identity || !*co->identity || have_key == pki ||
+        (pki && !(co->ca && co->cert && co->key))) {
         fprintf(stderr, "bike-coap: -i IDENTITY and either a PSK key or --ca, --cert and "
                         "--key are needed\n");
         usage(stderr);
         return -EINVAL;
     }
     if (!o->psk_identity)
-        o->psk_identity = o->identity;
+        o->psk_identity = co->identity;
     return 0;
 bad:
     fprintf(stderr, "bike-coap: bad value for -%c: %s\n", c < 256 ? c : '-', optarg);
@@ -513,9 +464,9 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(o->host, o->port, &hints, &ai);
+    int rc = getaddrinfo(o->common.host, o->port, &hints, &ai);
     if (rc) {
-        fprintf(stderr, "bike-coap: %s: %s\n", o->host, gai_strerror(rc));
+        fprintf(stderr, "bike-coap: %s: %s\n", o->common.host, gai_strerror(rc));
         return NULL;
     }
     coap_address_t dst;
@@ -525,8 +476,8 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
     freeaddrinfo(ai);
 
     static char sni[256];
-    snprintf(sni, sizeof sni, "%s", o->host);
-    if (o->cert) {
+    snprintf(sni, sizeof sni, "%s", o->common.host);
+    if (o->common.cert) {
         static coap_dtls_pki_t pki;
         memset(&pki, 0, sizeof pki);
         pki.version = COAP_DTLS_PKI_SETUP_VERSION;
@@ -536,9 +487,9 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
         pki.cert_chain_verify_depth = 3;
         pki.client_sni = sni;
         pki.pki_key.key_type = COAP_PKI_KEY_PEM;
-        pki.pki_key.key.pem.ca_file = o->ca;
-        pki.pki_key.key.pem.public_cert = o->cert;
-        pki.pki_key.key.pem.private_key = o->key;
+        pki.pki_key.key.pem.ca_file = o->common.ca;
+        pki.pki_key.key.pem.public_cert = o->common.cert;
+        pki.pki_key.key.pem.private_key = o->common.key;
         return coap_new_client_session_pki(ctx, NULL, &dst, COAP_PROTO_DTLS, &pki);
     }
     static coap_dtls_cpsk_t psk;
@@ -557,12 +508,13 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
-    bike_log_as("bike-coap", opt.identity);
+    bike_log_as("bike-coap", opt.common.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct bike b = { .opt = &opt, .seq = 1 };
     the_bike = &b;
-    if (bike_render(b.telemetry, sizeof b.telemetry, opt.telemetry, opt.identity) < 0 ||
-        bike_render(b.commands, sizeof b.commands, opt.commands, opt.identity) < 0) {
+    if (bike_render(b.telemetry, sizeof b.telemetry, opt.common.telemetry, opt.common.identity) <
+            0 ||
+        bike_render(b.commands, sizeof b.commands, opt.common.commands, opt.common.identity) < 0) {
         fprintf(stderr, "bike-coap: resource path too long\n");
         return EXIT_USAGE;
     }
@@ -571,8 +523,8 @@ int main(int argc, char **argv)
 
     coap_startup();
     coap_set_log_handler(on_log);
-    coap_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
-    coap_dtls_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
+    coap_set_log_level(opt.common.verbose ? LOG_NOTICE : LOG_WARNING);
+    coap_dtls_set_log_level(opt.common.verbose ? LOG_NOTICE : LOG_WARNING);
     coap_context_t *ctx = coap_new_context(NULL);
     if (!ctx) {
         fprintf(stderr, "bike-coap: cannot make a libcoap context\n");
@@ -587,7 +539,7 @@ int main(int argc, char **argv)
     int status = 0;
     b.session = open_session(ctx, &opt);
     if (!b.session) {
-        bike_note("cannot open a DTLS session to %s:%s", opt.host, opt.port);
+        bike_note("cannot open a DTLS session to %s:%s", opt.common.host, opt.port);
         status = EXIT_NO_LINK;
         goto out;
     }
@@ -600,11 +552,11 @@ int main(int argc, char **argv)
     long long start = bike_now_ms();
     while (!bike_stop_requested) {
         if (b.handshake_failed && !b.ever_up) {
-            bike_note("no DTLS session with %s:%s", opt.host, opt.port);
+            bike_note("no DTLS session with %s:%s", opt.common.host, opt.port);
             status = EXIT_NO_LINK;
             break;
         }
-        bool finished = opt.count && b.seq > opt.count && !b.pending;
+        bool finished = opt.common.count && b.seq > opt.common.count && !b.pending;
         if (finished)
             break;
         long long now = bike_now_ms();
@@ -614,7 +566,7 @@ int main(int argc, char **argv)
                 bike_note("cannot send the observation request");
         }
         /* Reading seq is due at start + (seq - 1) * interval; one in flight at a time. */
-        long long due = bike_reading_due(start, b.seq, opt.interval_ms);
+        long long due = bike_reading_due(start, b.seq, opt.common.interval_ms);
         if (due < b.retry_at)
             due = b.retry_at;
         if (!b.pending && now >= due) {

@@ -32,22 +32,15 @@
 #include <time.h>
 
 struct options {
-    const char *host;
+    struct bike_options common; /* host, identity, ca, cert, key, topics, count, ... */
     int port;
-    const char *ca, *cert, *key;
-    const char *identity;
     const char *client_id;
-    const char *telemetry, *commands;
-    unsigned long count;
-    long interval_ms;
     const char *store;
     int session_expiry;
     int keepalive;
     int retry_max;
     int wait_s;
-    bool print_commands;
     bool verify_hostname;
-    bool verbose;
 };
 
 /* What Paho's threads tell the main one, under lock. */
@@ -165,12 +158,12 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
 {
     struct bike *b = ctx;
     int tl = topic_len ? topic_len : (int)strlen(topic);
-    if (b->opt->print_commands) {
+    if (b->opt->common.print_commands) {
         /* One line per command, written whole (stdout is line-buffered). */
         printf("%.*s\t%.*s\n", tl, topic, m->payloadlen, (const char *)m->payload);
         fflush(stdout);
     }
-    if (b->opt->verbose)
+    if (b->opt->common.verbose)
         bike_note("command on %.*s (%d bytes)", tl, topic, m->payloadlen);
     MQTTAsync_freeMessage(&m);
     MQTTAsync_free(topic);
@@ -202,7 +195,7 @@ static void on_reading_failed(void *ctx, MQTTAsync_failureData5 *r)
 static int publish_reading(struct bike *b, unsigned long seq)
 {
     char payload[256];
-    int len = bike_reading(payload, sizeof payload, b->opt->identity, seq);
+    int len = bike_reading(payload, sizeof payload, b->opt->common.identity, seq);
     if (len < 0)
         return len;
     MQTTAsync_message m = MQTTAsync_message_initializer;
@@ -232,7 +225,7 @@ static int publish_reading(struct bike *b, unsigned long seq)
     pthread_mutex_lock(&b->lock);
     b->sent++;
     pthread_mutex_unlock(&b->lock);
-    if (b->opt->verbose)
+    if (b->opt->common.verbose)
         bike_note("reading %lu: %s", seq, payload);
     return 0;
 }
@@ -303,12 +296,7 @@ static void usage(FILE *out)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum {
-        OPT_CA = 256,
-        OPT_CERT,
-        OPT_KEY,
-        OPT_CLIENT_ID,
-        OPT_TELEMETRY,
-        OPT_COMMANDS,
+        OPT_CLIENT_ID = BIKE_OPT_OWN,
         OPT_STORE,
         OPT_EXPIRY,
         OPT_KEEPALIVE,
@@ -317,35 +305,27 @@ static int parse_options(int argc, char **argv, struct options *o)
         OPT_NO_VERIFY,
     };
     static const struct option longs[] = {
-        { "host", required_argument, NULL, 'H' },
+        BIKE_LONG_OPTIONS,
         { "port", required_argument, NULL, 'p' },
-        { "ca", required_argument, NULL, OPT_CA },
-        { "cert", required_argument, NULL, OPT_CERT },
-        { "key", required_argument, NULL, OPT_KEY },
-        { "identity", required_argument, NULL, 'i' },
         { "client-id", required_argument, NULL, OPT_CLIENT_ID },
-        { "telemetry", required_argument, NULL, OPT_TELEMETRY },
-        { "commands", required_argument, NULL, OPT_COMMANDS },
-        { "count", required_argument, NULL, 'n' },
-        { "interval", required_argument, NULL, 'I' },
         { "store", required_argument, NULL, OPT_STORE },
         { "session-expiry", required_argument, NULL, OPT_EXPIRY },
         { "keepalive", required_argument, NULL, OPT_KEEPALIVE },
         { "retry-max", required_argument, NULL, OPT_RETRY_MAX },
         { "wait", required_argument, NULL, OPT_WAIT },
-        { "print-commands", no_argument, NULL, 'c' },
         { "no-verify-hostname", no_argument, NULL, OPT_NO_VERIFY },
-        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     *o = (struct options){
-        .host = "127.0.0.1",
+        .common = {
+            .host = "127.0.0.1",
+            .telemetry = "redback/p1/bikes/{identity}/telemetry",
+            .commands = "redback/p1/bikes/{identity}/commands",
+            .count = 10,
+            .interval_ms = 1000,
+        },
         .port = 8883,
-        .telemetry = "redback/p1/bikes/{identity}/telemetry",
-        .commands = "redback/p1/bikes/{identity}/commands",
-        .count = 10,
-        .interval_ms = 1000,
         .store = "bike-mqtt-store",
         .session_expiry = 3600,
         .keepalive = 30,
@@ -353,48 +333,18 @@ static int parse_options(int argc, char **argv, struct options *o)
         .wait_s = 30,
         .verify_hostname = true,
     };
+    struct bike_options *co = &o->common;
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "H:p:i:n:I:cvh", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, BIKE_SHORT_OPTIONS "p:h", longs, NULL)) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
         case 'p':
             if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = (int)v;
             break;
-        case OPT_CA:
-            o->ca = optarg;
-            break;
-        case OPT_CERT:
-            o->cert = optarg;
-            break;
-        case OPT_KEY:
-            o->key = optarg;
-            break;
-        case 'i':
-            o->identity = optarg;
-            break;
         case OPT_CLIENT_ID:
             o->client_id = optarg;
-            break;
-        case OPT_TELEMETRY:
-            o->telemetry = optarg;
-            break;
-        case OPT_COMMANDS:
-            o->commands = optarg;
-            break;
-        case 'n':
-            if (!bike_parse_long(optarg, 0, LONG_MAX, &v))
-                goto bad;
-            o->count = (unsigned long)v;
-            break;
-        case 'I':
-            if (!bike_parse_long(optarg, 1, 86400000, &v))
-                goto bad;
-            o->interval_ms = v;
             break;
         case OPT_STORE:
             o->store = optarg;
@@ -419,30 +369,31 @@ static int parse_options(int argc, char **argv, struct options *o)
                 goto bad;
             o->wait_s = (int)v;
             break;
-        case 'c':
-            o->print_commands = true;
-            break;
         case OPT_NO_VERIFY:
             o->verify_hostname = false;
-            break;
-        case 'v':
-            o->verbose = true;
             break;
         case 'h':
             usage(stdout);
             exit(0);
-        default:
-            usage(stderr);
-            return -EINVAL;
+        default: /* the options both bikes take */
+            switch (bike_option(c, optarg, co)) {
+            case 1:
+                break;
+            case 0:
+                usage(stderr);
+                return -EINVAL;
+            default:
+                goto bad;
+            }
         }
     }
-    if (optind != argc || !o->identity || !*o->identity || !o->ca || !o->cert || !o->key) {
+    if (optind != argc || !co->identity || !*co->identity || !co->ca || !co->cert || !co->key) {
         fprintf(stderr, "bike-mqtt: -i IDENTITY, --ca, --cert and --key are needed\n");
         usage(stderr);
         return -EINVAL;
     }
     if (!o->client_id)
-        o->client_id = o->identity;
+        o->client_id = co->identity;
     return 0;
 bad:
     fprintf(stderr, "bike-mqtt: bad value for -%c: %s\n", c < 256 ? c : '-', optarg);
@@ -454,7 +405,7 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
-    bike_log_as("bike-mqtt", opt.identity);
+    bike_log_as("bike-mqtt", opt.common.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     struct bike b = { .opt = &opt };
@@ -463,8 +414,9 @@ int main(int argc, char **argv)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&b.changed, &ca);
-    if (bike_render(b.telemetry, sizeof b.telemetry, opt.telemetry, opt.identity) < 0 ||
-        bike_render(b.commands, sizeof b.commands, opt.commands, opt.identity) < 0) {
+    if (bike_render(b.telemetry, sizeof b.telemetry, opt.common.telemetry, opt.common.identity) <
+            0 ||
+        bike_render(b.commands, sizeof b.commands, opt.common.commands, opt.common.identity) < 0) {
         fprintf(stderr, "bike-mqtt: topic too long\n");
         return EXIT_USAGE;
     }
@@ -476,7 +428,7 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     char uri[512];
-    snprintf(uri, sizeof uri, "ssl://%s:%d", opt.host, opt.port);
+    snprintf(uri, sizeof uri, "ssl://%s:%d", opt.common.host, opt.port);
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     co.sendWhileDisconnected = 1;   /* readings taken while disconnected are kept */
     co.maxBufferedMessages = 10000; /* ... up to this many */
@@ -491,9 +443,9 @@ int main(int argc, char **argv)
     MQTTAsync_setConnected(b.client, &b, on_connection);
 
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-    ssl.trustStore = opt.ca;
-    ssl.keyStore = opt.cert;
-    ssl.privateKey = opt.key;
+    ssl.trustStore = opt.common.ca;
+    ssl.keyStore = opt.common.cert;
+    ssl.privateKey = opt.common.key;
     ssl.enableServerCertAuth = 1;
     ssl.verify = opt.verify_hostname;
     ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2; /* 1.2 or newer */
@@ -536,8 +488,9 @@ int main(int argc, char **argv)
     }
 
     long long start = bike_now_ms();
-    for (unsigned long seq = 1; (!opt.count || seq <= opt.count) && !bike_stop_requested; seq++) {
-        long long due = bike_reading_due(start, seq, opt.interval_ms), left;
+    for (unsigned long seq = 1;
+         (!opt.common.count || seq <= opt.common.count) && !bike_stop_requested; seq++) {
+        long long due = bike_reading_due(start, seq, opt.common.interval_ms), left;
         while ((left = due - bike_now_ms()) > 0 && !bike_stop_requested) {
             struct timespec ts = { .tv_sec = 0, .tv_nsec = (left < 100 ? left : 100) * 1000000L };
             nanosleep(&ts, NULL);

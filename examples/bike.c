@@ -1,6 +1,7 @@
 #include "bike.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,4 +54,50 @@ bool bike_parse_long(const char *s, long min, long max, long *out)
 long long bike_reading_due(long long start_ms, unsigned long seq, long interval_ms)
 {
     return start_ms + (long long)(seq - 1) * interval_ms;
+}
+
+int bike_option(int c, const char *arg, struct bike_options *o)
+{
+    long v;
+    switch (c) {
+    case 'H':
+        o->host = arg;
+        return 1;
+    case 'i':
+        o->identity = arg;
+        return 1;
+    case BIKE_OPT_CA:
+        o->ca = arg;
+        return 1;
+    case BIKE_OPT_CERT:
+        o->cert = arg;
+        return 1;
+    case BIKE_OPT_KEY:
+        o->key = arg;
+        return 1;
+    case BIKE_OPT_TELEMETRY:
+        o->telemetry = arg;
+        return 1;
+    case BIKE_OPT_COMMANDS:
+        o->commands = arg;
+        return 1;
+    case 'n':
+        if (!bike_parse_long(arg, 0, LONG_MAX, &v))
+            return -EINVAL;
+        o->count = (unsigned long)v;
+        return 1;
+    case 'I':
+        if (!bike_parse_long(arg, 1, 86400000, &v))
+            return -EINVAL;
+        o->interval_ms = v;
+        return 1;
+    case 'c':
+        o->print_commands = true;
+        return 1;
+    case 'v':
+        o->verbose = true;
+        return 1;
+    default:
+        return 0;
+    }
 }

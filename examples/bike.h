@@ -6,6 +6,7 @@
 #ifndef BIKE_BIKE_H
 #define BIKE_BIKE_H
 
+#include <getopt.h>
 #include <signal.h>
 #include <stdbool.h>
 
@@ -27,6 +28,48 @@ void bike_log_as(const char *program, const char *identity);
 
 /* One line on stderr, prefixed with the program and the identity. */
 void bike_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The options both bikes take (each sets its own defaults). */
+struct bike_options {
+    const char *host;
+    const char *identity;
+    const char *ca, *cert, *key;
+    const char *telemetry, *commands;
+    unsigned long count;
+    long interval_ms;
+    bool print_commands;
+    bool verbose;
+};
+
+/* getopt_long's codes for the shared options that have no letter; a bike's
+ * own such options are numbered from BIKE_OPT_OWN. */
+enum {
+    BIKE_OPT_CA = 256,
+    BIKE_OPT_CERT,
+    BIKE_OPT_KEY,
+    BIKE_OPT_TELEMETRY,
+    BIKE_OPT_COMMANDS,
+    BIKE_OPT_OWN
+};
+
+/* The shared options, for getopt_long's short options and long options table. */
+#define BIKE_SHORT_OPTIONS "H:i:n:I:cv"
+#define BIKE_LONG_OPTIONS                                                                          \
+    { "host", required_argument, NULL, 'H' }, { "identity", required_argument, NULL, 'i' },        \
+        { "ca", required_argument, NULL, BIKE_OPT_CA },                                            \
+        { "cert", required_argument, NULL, BIKE_OPT_CERT },                                        \
+        { "key", required_argument, NULL, BIKE_OPT_KEY },                                          \
+        { "telemetry", required_argument, NULL, BIKE_OPT_TELEMETRY },                              \
+        { "commands", required_argument, NULL, BIKE_OPT_COMMANDS },                                \
+        { "count", required_argument, NULL, 'n' }, { "interval", required_argument, NULL, 'I' },   \
+        { "print-commands", no_argument, NULL, 'c' },                                              \
+    {                                                                                              \
+        "verbose", no_argument, NULL, 'v'                                                          \
+    }
+
+/* Takes option c (getopt_long's answer, with its argument arg) into o: 1 when
+ * it is a shared option, 0 when it is not, -EINVAL for a bad value. */
+int bike_option(int c, const char *arg, struct bike_options *o);
 
 /* Parses s as a whole decimal number in [min, max] into *out; false if it is not one. */
 bool bike_parse_long(const char *s, long min, long max, long *out);
