@@ -54,18 +54,20 @@ enum {
 
 /* The shared options, for getopt_long's short options and long options table. */
 #define BIKE_SHORT_OPTIONS "H:i:n:I:cv"
-#define BIKE_LONG_OPTIONS                                                                          \
-    { "host", required_argument, NULL, 'H' }, { "identity", required_argument, NULL, 'i' },        \
-        { "ca", required_argument, NULL, BIKE_OPT_CA },                                            \
-        { "cert", required_argument, NULL, BIKE_OPT_CERT },                                        \
-        { "key", required_argument, NULL, BIKE_OPT_KEY },                                          \
-        { "telemetry", required_argument, NULL, BIKE_OPT_TELEMETRY },                              \
-        { "commands", required_argument, NULL, BIKE_OPT_COMMANDS },                                \
-        { "count", required_argument, NULL, 'n' }, { "interval", required_argument, NULL, 'I' },   \
-        { "print-commands", no_argument, NULL, 'c' },                                              \
-    {                                                                                              \
-        "verbose", no_argument, NULL, 'v'                                                          \
-    }
+/* clang-format off */
+#define BIKE_LONG_OPTIONS                                          \
+    { "host", required_argument, NULL, 'H' },                      \
+    { "identity", required_argument, NULL, 'i' },                  \
+    { "ca", required_argument, NULL, BIKE_OPT_CA },                \
+    { "cert", required_argument, NULL, BIKE_OPT_CERT },            \
+    { "key", required_argument, NULL, BIKE_OPT_KEY },              \
+    { "telemetry", required_argument, NULL, BIKE_OPT_TELEMETRY },  \
+    { "commands", required_argument, NULL, BIKE_OPT_COMMANDS },    \
+    { "count", required_argument, NULL, 'n' },                     \
+    { "interval", required_argument, NULL, 'I' },                  \
+    { "print-commands", no_argument, NULL, 'c' },                  \
+    { "verbose", no_argument, NULL, 'v' }
+/* clang-format on */
 
 /* Takes option c (getopt_long's answer, with its argument arg) into o: 1 when
  * it is a shared option, 0 when it is not, -EINVAL for a bad value. */
