@@ -187,6 +187,29 @@ static uint64_t now_s(void)
     return (uint64_t)ts.tv_sec;
 }
 
+/* With limit_lock held: decides whether a limited line is written, given its own window's count
+ * (lines, at most limit in the window) and the whole log's per-second budget. A line written
+ * carries in suffix how many were held back since the last one; a line held back is counted. */
+static bool admit_locked(unsigned *lines, unsigned limit, uint64_t *suppressed, uint64_t now,
+                         char *suffix, size_t size)
+{
+    if (limit_second != now) {
+        limit_second = now;
+        all_lines = 0;
+    }
+    if (*lines >= limit || all_lines >= GW_LOG_LIMITED_PER_S) {
+        (*suppressed)++;
+        all_suppressed++;
+        return false;
+    }
+    (*lines)++;
+    all_lines++;
+    if (*suppressed)
+        snprintf(suffix, size, " (%llu similar lines suppressed)", (unsigned long long)*suppressed);
+    *suppressed = 0;
+    return true;
+}
+
 void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char *fmt, ...)
 {
     char suffix[64] = "";
@@ -200,23 +223,9 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         kind->second = now;
         kind->lines = 0;
     }
-    if (limit_second != now) {
-        limit_second = now;
-        all_lines = 0;
-    }
     unsigned per_s = kind->per_s ? kind->per_s : GW_LOG_KIND_PER_S;
-    bool write_it = kind->lines < per_s && all_lines < GW_LOG_LIMITED_PER_S;
-    if (write_it) {
-        kind->lines++;
-        all_lines++;
-        if (kind->suppressed)
-            snprintf(suffix, sizeof(suffix), " (%llu similar lines suppressed)",
-                     (unsigned long long)kind->suppressed);
-        kind->suppressed = 0;
-    } else {
-        kind->suppressed++;
-        all_suppressed++;
-    }
+    bool write_it =
+        admit_locked(&kind->lines, per_s, &kind->suppressed, now, suffix, sizeof(suffix));
     pthread_mutex_unlock(&limit_lock);
     if (!write_it)
         return;
@@ -259,22 +268,8 @@ void gw_log_peer(const struct sockaddr *peer, int level, gw_log_group_t group, c
         slot->minute = now / 60;
         slot->lines = 0;
     }
-    if (limit_second != now) {
-        limit_second = now;
-        all_lines = 0;
-    }
-    bool write_it = slot->lines < GW_LOG_PEER_PER_MIN && all_lines < GW_LOG_LIMITED_PER_S;
-    if (write_it) {
-        slot->lines++;
-        all_lines++;
-        if (slot->suppressed)
-            snprintf(suffix, sizeof(suffix), " (%llu similar lines suppressed)",
-                     (unsigned long long)slot->suppressed);
-        slot->suppressed = 0;
-    } else {
-        slot->suppressed++;
-        all_suppressed++;
-    }
+    bool write_it = admit_locked(&slot->lines, GW_LOG_PEER_PER_MIN, &slot->suppressed, now, suffix,
+                                 sizeof(suffix));
     pthread_mutex_unlock(&limit_lock);
     if (!write_it)
         return;
