@@ -171,7 +171,7 @@ static void sess_free(void *app)
     if (!s)
         return;
     sessions_t *ss = s->ss;
-    presence_end(ss->presence, s->presence);
+    presence_end(ss->presence, s->presence, s->why ? s->why : "session closed");
     class_unlink(ss, s);
     if (s->refused)
         refused_forget(ss, s);
@@ -284,6 +284,7 @@ static void make_room(sessions_t *ss, sess_t *s)
     sess_t *victim = pick_victim(ss, s);
     if (victim) {
         ss->st.evicted++;
+        victim->why = "evicted for a newer session (coap.max_sessions)";
         evict(victim);
         return;
     }
@@ -313,8 +314,10 @@ void sess_close(sessions_t *ss, coap_session_t *session)
 {
     dtls_peer_t *peer = coap_session_get_app_data(session);
     sess_t *s = peer ? peer->app : NULL;
-    if (s && s->cls == SESS_HANDSHAKE && !s->hello)
+    if (s && s->cls == SESS_HANDSHAKE && !s->hello) {
         ss->st.handshakes_failed++;
+        dtls_log_failure(session, "handshake not completed");
+    }
     dtls_peer_release(session, sess_free);
 }
 
@@ -360,7 +363,8 @@ void sessions_after_io(sessions_t *ss)
             continue;
         const char *why = NULL;
         if (!dtls_suite_ok(s->session, &why)) {
-            gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (%s)", why);
+            gw_debug(DTLS, "handshake refused (%s)", why);
+            dtls_log_failure(s->session, why);
             ss->st.handshakes_failed++;
             evict(s);
             continue;

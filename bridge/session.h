@@ -85,6 +85,7 @@ typedef struct sess {
     bool hello;                 /* DTLS, still in libcoap's cookie exchange: not counted yet */
     struct peer *peer;          /* duplicate detection, from the first request; shared */
     presence_dev_t *presence;   /* its identity's presence, once its handshake succeeded */
+    const char *why;            /* why it ends, when the gateway ends it (static text) */
     void *up;                   /* the up path's state of this session, freed with free_up */
     struct obs_reg obs[SESS_OBSERVERS_MAX];
     unsigned nobs;

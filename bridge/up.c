@@ -308,7 +308,21 @@ static void handle_request(bridge_t *b, coap_session_t *session, const coap_pdu_
 refuse:
     if (e)
         up_count(&b->up, map_entry_index(e), false);
-    gw_debug(COAP, "request refused with %d.%02d", code / 100, code % 100);
+    if (code == 401 || code == 403 || code == 404 || code == 405) {
+        coap_string_t *path = coap_get_uri_path(req);
+        gw_log_limited(GW_LOG_INFO, BRIDGE,
+                       "request refused with %d.%02d (%s%s%s, path \"%.*s\": %s)", code / 100,
+                       code % 100, identity ? "identity \"" : "anonymous", identity ? identity : "",
+                       identity ? "\"" : "", path ? (int)path->length : 0,
+                       path ? (const char *)path->s : "",
+                       code == 401   ? "an identity is needed"
+                       : code == 403 ? "not this identity's"
+                       : code == 404 ? "no mapping"
+                                     : "method not allowed");
+        coap_delete_string(path);
+    } else {
+        gw_debug(COAP, "request refused with %d.%02d", code / 100, code % 100);
+    }
     bridge_answer(&b->up.st.responses, resp, code, block1, max_age, size1);
     sess_dedup_add(s, identity, mid, code, block1, max_age);
 }

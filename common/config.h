@@ -26,7 +26,8 @@ void gw_errs_clear(gw_errs_t *e);
 /* Strings are owned by the configuration; paths are already resolved. */
 typedef struct gw_gateway_config {
     char *id;
-    int log_level; /* enum gw_log_level */
+    int log_level;      /* enum gw_log_level */
+    int log_timestamps; /* 0 auto (on unless stderr is the journal), 1 on, 2 off */
     char *control_socket, *state_dir;
 } gw_gateway_config_t;
 

@@ -7,9 +7,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static atomic_int current = GW_LOG_INFO;
+static atomic_bool stamps;
 static const char *const names[] = { "error", "warning", "info", "debug" };
 static const char *const groups[GW_GRP_COUNT] = {
     [GW_GRP_GATEWAY] = "gateway", [GW_GRP_CONFIG] = "config", [GW_GRP_COAP] = "coap",
@@ -26,6 +31,22 @@ const char *gw_log_group_name(gw_log_group_t group)
 void gw_log_set_level(int level)
 {
     atomic_store(&current, level);
+}
+
+/* Whether stderr is the journal: systemd names its stream in JOURNAL_STREAM ("dev:ino"). */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void gw_log_set_timestamps(int mode)
+{
+    atomic_store(&stamps, mode == 1 || (mode == 0 && !stderr_is_journal()));
 }
 
 int gw_log_level(void)
@@ -120,7 +141,17 @@ static void emit(int level, gw_log_group_t group, const char *suffix, const char
     char line[1024];
     int n;
 
-    n = snprintf(line, sizeof(line), "%s %s: ", names[level], gw_log_group_name(group));
+    n = 0;
+    if (atomic_load(&stamps)) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ ", ts.tv_nsec / 1000000);
+    }
+    n += snprintf(line + n, sizeof(line) - (size_t)n, "%s %s: ", names[level],
+                  gw_log_group_name(group));
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     if (suffix) {
         size_t len = strlen(line);
@@ -156,6 +187,29 @@ static uint64_t now_s(void)
     return (uint64_t)ts.tv_sec;
 }
 
+/* With limit_lock held: decides whether a limited line is written, given its own window's count
+ * (lines, at most limit in the window) and the whole log's per-second budget. A line written
+ * carries in suffix how many were held back since the last one; a line held back is counted. */
+static bool admit_locked(unsigned *lines, unsigned limit, uint64_t *suppressed, uint64_t now,
+                         char *suffix, size_t size)
+{
+    if (limit_second != now) {
+        limit_second = now;
+        all_lines = 0;
+    }
+    if (*lines >= limit || all_lines >= GW_LOG_LIMITED_PER_S) {
+        (*suppressed)++;
+        all_suppressed++;
+        return false;
+    }
+    (*lines)++;
+    all_lines++;
+    if (*suppressed)
+        snprintf(suffix, size, " (%llu similar lines suppressed)", (unsigned long long)*suppressed);
+    *suppressed = 0;
+    return true;
+}
+
 void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char *fmt, ...)
 {
     char suffix[64] = "";
@@ -169,22 +223,53 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         kind->second = now;
         kind->lines = 0;
     }
-    if (limit_second != now) {
-        limit_second = now;
-        all_lines = 0;
+    unsigned per_s = kind->per_s ? kind->per_s : GW_LOG_KIND_PER_S;
+    bool write_it =
+        admit_locked(&kind->lines, per_s, &kind->suppressed, now, suffix, sizeof(suffix));
+    pthread_mutex_unlock(&limit_lock);
+    if (!write_it)
+        return;
+    va_start(ap, fmt);
+    emit(level, group, *suffix ? suffix : NULL, fmt, ap);
+    va_end(ap);
+}
+
+#define PEER_SLOTS 256
+
+static struct peer_slot {
+    uint8_t addr[16];
+    uint64_t minute;     /* the minute lines counts */
+    unsigned lines;      /* lines written in that minute */
+    uint64_t suppressed; /* held back since the last line written */
+} peer_slots[PEER_SLOTS];
+
+void gw_log_peer(const struct sockaddr *peer, int level, gw_log_group_t group, const char *fmt, ...)
+{
+    char suffix[64] = "";
+    uint8_t addr[16] = { 0 };
+    va_list ap;
+
+    if (level > atomic_load(&current))
+        return;
+    if (peer && peer->sa_family == AF_INET6)
+        memcpy(addr, &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr, 16);
+    else if (peer && peer->sa_family == AF_INET)
+        memcpy(addr, &((const struct sockaddr_in *)(const void *)peer)->sin_addr, 4);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < sizeof(addr); i++)
+        h = (h ^ addr[i]) * 16777619u;
+    struct peer_slot *slot = &peer_slots[h % PEER_SLOTS];
+    uint64_t now = now_s();
+    pthread_mutex_lock(&limit_lock);
+    if (memcmp(slot->addr, addr, sizeof(addr)) || slot->minute != now / 60) {
+        if (memcmp(slot->addr, addr, sizeof(addr)))
+            slot->suppressed = 0;
+        memcpy(slot->addr, addr, sizeof(addr));
+        slot->minute = now / 60;
+        slot->lines = 0;
     }
-    bool write_it = kind->lines < GW_LOG_KIND_PER_S && all_lines < GW_LOG_LIMITED_PER_S;
-    if (write_it) {
-        kind->lines++;
-        all_lines++;
-        if (kind->suppressed)
-            snprintf(suffix, sizeof(suffix), " (%llu similar lines suppressed)",
-                     (unsigned long long)kind->suppressed);
-        kind->suppressed = 0;
-    } else {
-        kind->suppressed++;
-        all_suppressed++;
-    }
+    bool write_it = admit_locked(&slot->lines, GW_LOG_PEER_PER_MIN, &slot->suppressed, now, suffix,
+                                 sizeof(suffix));
     pthread_mutex_unlock(&limit_lock);
     if (!write_it)
         return;

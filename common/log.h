@@ -32,6 +32,11 @@ typedef enum gw_log_group {
 const char *gw_log_group_name(gw_log_group_t group);
 
 void gw_log_set_level(int level); /* enum gw_log_level */
+/*
+ * Whether each line starts with the time (ISO 8601, UTC, milliseconds):
+ * 0 when stderr is not the journal (JOURNAL_STREAM), 1 always, 2 never.
+ */
+void gw_log_set_timestamps(int mode);
 int gw_log_level(void);
 void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -53,6 +58,7 @@ void gw_log(int level, gw_log_group_t group, const char *fmt, ...)
 #define GW_LOG_LIMITED_PER_S 20
 
 typedef struct gw_log_kind {
+    unsigned per_s;      /* lines a second of this kind; 0 for GW_LOG_KIND_PER_S */
     uint64_t second;     /* the second the count is for */
     unsigned lines;      /* lines written in that second */
     uint64_t suppressed; /* held back since the last line written */
@@ -66,6 +72,18 @@ void gw_log_rl(gw_log_kind_t *kind, int level, gw_log_group_t group, const char 
         static gw_log_kind_t gw_kind_;                                                             \
         gw_log_rl(&gw_kind_, level, GW_GRP_##grp, __VA_ARGS__);                                    \
     } while (0)
+
+/*
+ * Lines one peer can cause (a failed handshake): at most GW_LOG_PEER_PER_MIN
+ * a minute for each peer address (the port aside), within the limits above;
+ * what is held back is reported by that peer's next line. The table of peers
+ * is bounded: peers that hash alike share one allowance.
+ */
+#define GW_LOG_PEER_PER_MIN 6
+
+struct sockaddr;
+void gw_log_peer(const struct sockaddr *peer, int level, gw_log_group_t group, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Lines held back by gw_log_limited() since the start. */
 uint64_t gw_log_suppressed(void);

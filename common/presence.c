@@ -262,11 +262,18 @@ static struct presence_dev *find(const presence_t *p, const char *identity, uint
     return NULL;
 }
 
+/* Device sessions and connections beginning and ending: one kind, 20 lines a second. */
+static gw_log_kind_t device_events = { .per_s = 20 };
+
 presence_dev_t *presence_begin(presence_t *p, const char *identity, const char *protocol,
                                const struct sockaddr *sa)
 {
     if (!p || !identity || !*identity)
         return NULL;
+    char addr[ADDR_MAX];
+    format_address(sa, addr, sizeof(addr));
+    gw_log_rl(&device_events, GW_LOG_INFO, GW_GRP_BRIDGE, "device \"%s\" connected (%s from %s)",
+              identity, protocol, addr);
     uint64_t h = hash_of(identity);
     struct presence_dev *d = find(p, identity, h);
     if (!d) {
@@ -304,10 +311,13 @@ void presence_request(presence_dev_t *d)
         d->requests++;
 }
 
-void presence_end(presence_t *p, presence_dev_t *d)
+void presence_end(presence_t *p, presence_dev_t *d, const char *why)
 {
     if (!p || !d || !d->live)
         return;
+    gw_log_rl(&device_events, GW_LOG_INFO, GW_GRP_BRIDGE,
+              "device \"%s\" disconnected (%s from %s: %s)", d->identity, d->protocol, d->address,
+              why ? why : "session ended");
     if (--d->live)
         return;
     p->st.online--;

@@ -56,15 +56,16 @@ void presence_free(presence_t *p);
 
 /*
  * A session or connection of identity began, from sa (protocol "coap" or
- * "mqtt"). The handle to give presence_end(), or NULL (identity NULL or empty:
+ * "mqtt"). Beginnings and ends are logged at info, at most 20 lines a second
+ * all together. The handle to give presence_end(), or NULL (identity NULL or empty:
  * anonymous; out of memory).
  */
 presence_dev_t *presence_begin(presence_t *p, const char *identity, const char *protocol,
                                const struct sockaddr *sa);
 /* A request (CoAP) or a packet (MQTT) from the device; d may be NULL. */
 void presence_request(presence_dev_t *d);
-/* A session or connection ended; d may be NULL. */
-void presence_end(presence_t *p, presence_dev_t *d);
+/* A session or connection ended, why (may be NULL); d may be NULL. */
+void presence_end(presence_t *p, presence_dev_t *d, const char *why);
 
 /*
  * A graceful stop: every connected device's "offline" goes now, whatever the

@@ -186,18 +186,28 @@ static const coap_bin_const_t *on_psk_identity(coap_bin_const_t *identity, coap_
                                                void *arg)
 {
     const dtls_psk_store_t *st = psk_running;
-    (void)session;
+    dtls_peer_t *peer = dtls_peer_get(session);
     (void)arg;
     if (!identity || !map_identity_ok((const char *)identity->s, identity->length)) {
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (PSK identity not acceptable)");
+        gw_debug(DTLS, "handshake refused (PSK identity not acceptable)");
+        if (peer)
+            peer->why = "identity not acceptable";
         return NULL;
     }
+    if (peer)
+        snprintf(peer->tried, sizeof(peer->tried), "%.*s", (int)identity->length,
+                 (const char *)identity->s);
     const coap_bin_const_t *key = psk_lookup(st, identity->s, identity->length);
     if (!key) {
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (unknown PSK identity \"%.*s\")",
-                       (int)identity->length, (const char *)identity->s);
+        gw_debug(DTLS, "handshake refused (unknown PSK identity \"%.*s\")", (int)identity->length,
+                 (const char *)identity->s);
+        if (peer)
+            peer->why = "unknown identity";
         return NULL;
     }
+    /* Should the handshake fail from here, the device's key was not this one. */
+    if (peer)
+        peer->why = "wrong key";
     return key;
 }
 
@@ -216,6 +226,9 @@ static gnutls_session_t gnutls_of(coap_session_t *session)
  */
 static tls_crl_t *crl_running;
 
+/* Whether the running X.509 credentials ask each device for a certificate. */
+static bool cert_asked;
+
 /*
  * libcoap hands over the device certificate once it has been verified. The
  * key exchange (already chosen; the cipher is not known yet) must be ECDHE,
@@ -232,48 +245,73 @@ static int on_cert(const char *cn, const uint8_t *der, size_t len, coap_session_
     (void)arg;
     if (depth != 0)
         return 1;
+    dtls_peer_t *peer = dtls_peer_get(session);
+    if (!peer)
+        return 0;
+    if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) == 0 &&
+        map_identity_ok(subject_cn, strlen(subject_cn)))
+        snprintf(peer->tried, sizeof(peer->tried), "%s", subject_cn);
+    else
+        subject_cn[0] = '\0';
     if (!validated) {
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (device certificate not verified)");
+        gw_debug(DTLS, "handshake refused (device certificate not verified)");
+        peer->why = "not signed by the device CA";
         return 0;
     }
     gnutls_session_t tls = gnutls_of(session);
     gnutls_kx_algorithm_t kx = tls ? gnutls_kx_get(tls) : GNUTLS_KX_UNKNOWN;
     if (kx != GNUTLS_KX_ECDHE_ECDSA && kx != GNUTLS_KX_ECDHE_RSA) {
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (key exchange %s is not ECDHE)",
-                       gnutls_kx_get_name(kx) ? gnutls_kx_get_name(kx) : "unknown");
+        gw_debug(DTLS, "handshake refused (key exchange %s is not ECDHE)",
+                 gnutls_kx_get_name(kx) ? gnutls_kx_get_name(kx) : "unknown");
+        peer->why = "key exchange not ECDHE";
         return 0;
     }
     if (tls_der_client_purpose(der, len) < 0) {
-        gw_log_limited(GW_LOG_INFO, DTLS,
-                       "handshake refused (device certificate's extended key usage has no "
+        gw_debug(DTLS, "handshake refused (device certificate's extended key usage has no "
                        "clientAuth)");
+        peer->why = "not for client authentication";
         return 0;
     }
-    if (tls_der_cn(der, len, subject_cn, sizeof(subject_cn)) < 0 ||
-        !map_identity_ok(subject_cn, strlen(subject_cn))) {
-        gw_log_limited(GW_LOG_INFO, DTLS,
-                       "handshake refused (device certificate CN not acceptable)");
+    if (!*subject_cn) {
+        gw_debug(DTLS, "handshake refused (device certificate CN not acceptable)");
+        peer->why = "certificate CN not acceptable";
         return 0;
     }
     int verdict = tls_crl_verdict(crl_running, der, len, time(NULL));
     if (verdict < 0) {
-        char peer_addr[INET6_ADDRSTRLEN + 8] = "?";
-        const coap_address_t *remote = coap_session_get_addr_remote(session);
-        if (remote)
-            coap_print_addr(remote, (unsigned char *)peer_addr, sizeof(peer_addr));
-        gw_log_limited(GW_LOG_INFO, DTLS, "handshake refused (%s: \"%s\" from %s)",
-                       verdict == -EKEYREVOKED   ? "certificate revoked"
-                       : verdict == -EKEYEXPIRED ? "coap.dtls.crl is past its next update"
-                                                 : "device certificate does not parse",
-                       subject_cn, peer_addr);
+        peer->why = verdict == -EKEYREVOKED   ? "certificate revoked"
+                    : verdict == -EKEYEXPIRED ? "coap.dtls.crl is past its next update"
+                                              : "device certificate does not parse";
+        gw_debug(DTLS, "handshake refused (%s: \"%s\")", peer->why, subject_cn);
         return 0;
     }
-    dtls_peer_t *peer = dtls_peer_get(session);
-    if (!peer)
-        return 0;
     snprintf(peer->identity, sizeof(peer->identity), "%s", subject_cn);
     peer->has_identity = true;
     return 1;
+}
+
+void dtls_log_failure(coap_session_t *session, const char *fallback)
+{
+    dtls_peer_t *peer = coap_session_get_app_data(session);
+    const coap_address_t *remote = coap_session_get_addr_remote(session);
+    char addr[INET6_ADDRSTRLEN + 8] = "?";
+    const char *why = peer && peer->why ? peer->why : fallback;
+
+    /*
+     * Neither credential callback ran: the device offered no PSK identity and
+     * no certificate the gateway's CA list let it send.
+     */
+    if (!(peer && peer->why) && cert_asked && !(peer && *peer->tried))
+        why = "no client certificate signed by the device CA";
+
+    if (remote)
+        coap_print_addr(remote, (unsigned char *)addr, sizeof(addr));
+    if (peer && *peer->tried)
+        gw_log_peer(remote ? &remote->addr.sa : NULL, GW_LOG_INFO, GW_GRP_DTLS,
+                    "handshake failed from %s (identity \"%s\": %s)", addr, peer->tried, why);
+    else
+        gw_log_peer(remote ? &remote->addr.sa : NULL, GW_LOG_INFO, GW_GRP_DTLS,
+                    "handshake failed from %s (%s)", addr, why);
 }
 
 /*
@@ -390,6 +428,7 @@ void dtls_commit(coap_context_t *ctx, dtls_creds_t *c)
             tls_crl_free(crl_running);
             crl_running = c->crl;
             c->crl = NULL;
+            cert_asked = c->p.verify_peer_cert;
         } else {
             gw_err(DTLS, "libcoap refused the X.509 credentials from %s; the running ones stay",
                    c->paths[0]);

@@ -62,10 +62,20 @@ void dtls_release(void);
 typedef struct dtls_peer {
     char identity[MAP_IDENTITY_MAX + 1];
     bool has_identity;
+    /* What a failed handshake is logged with: the identity offered, the cause. */
+    char tried[MAP_IDENTITY_MAX + 1];
+    const char *why; /* static text, NULL when not known */
     void *app;
     coap_session_t *session;       /* the session this belongs to */
     struct dtls_peer *prev, *next; /* every live peer, for dtls_peers_free */
 } dtls_peer_t;
+
+/*
+ * Logs a failed handshake of session once, rate-limited per peer address:
+ * "handshake failed from ADDR (identity \"ID\": CAUSE)", the cause as the
+ * credential callbacks found it, else fallback.
+ */
+void dtls_log_failure(coap_session_t *session, const char *fallback);
 
 /* The session's peer state, created on first use; NULL on ENOMEM. */
 dtls_peer_t *dtls_peer_get(coap_session_t *session);

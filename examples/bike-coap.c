@@ -12,6 +12,7 @@
  * usage error; 3 no DTLS session; 4 a reading refused or never answered, or
  * the observation refused.
  */
+#include "bike.h"
 #include "reading.h"
 
 #include <coap3/coap.h>
@@ -20,32 +21,21 @@
 #include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { EXIT_USAGE = 2, EXIT_SESSION = 3, EXIT_UNDELIVERED = 4 };
-
 #define TRIES 3 /* a reading that gets no answer this many times is given up */
 
 struct options {
-    const char *host;
+    struct bike_options common; /* host, identity, ca, cert, key, topics, count, ... */
     const char *port;
     const char *psk_identity;
     uint8_t psk_key[64];
     size_t psk_key_len;
-    const char *ca, *cert, *key;
-    const char *identity;
-    const char *telemetry, *commands;
-    unsigned long count;
-    long interval_ms;
-    bool print_commands;
     bool observe;
-    bool verbose;
 };
 
 struct token {
@@ -77,27 +67,7 @@ struct bike {
     bool closing;               /* the bike is done: a closed session is expected */
 };
 
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
-
 static struct bike *the_bike; /* for libcoap's handlers, which take no argument */
-
-static void note(const struct bike *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void note(const struct bike *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bike-coap %s: ", b->opt->identity);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
 
 static bool same_token(const struct token *t, coap_bin_const_t got)
 {
@@ -143,7 +113,7 @@ static coap_pdu_t *request(struct bike *b, coap_pdu_code_t code, const char *pat
 static int send_reading(struct bike *b)
 {
     char payload[256];
-    int len = bike_reading(payload, sizeof payload, b->opt->identity, b->seq);
+    int len = bike_reading(payload, sizeof payload, b->opt->common.identity, b->seq);
     if (len < 0)
         return len;
     uint8_t buf[4];
@@ -159,8 +129,8 @@ static int send_reading(struct bike *b)
         return -EIO;
     b->pending = true;
     b->tries++;
-    if (b->opt->verbose)
-        note(b, "reading %lu: %s", b->seq, payload);
+    if (b->opt->common.verbose)
+        bike_note("reading %lu: %s", b->seq, payload);
     return 0;
 }
 
@@ -200,13 +170,13 @@ static void reading_answered(struct bike *b, const coap_pdu_t *got)
     b->pending = false;
     if (code == COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE) {
         unsigned age = max_age(got);
-        note(b, "reading %lu: 5.03, again in %u s", b->seq, age);
+        bike_note("reading %lu: 5.03, again in %u s", b->seq, age);
         b->retry_at = bike_now_ms() + 1000LL * age;
         b->tries = 0;
         return;
     }
     /* 4.xx: this request will never succeed; 5.xx other than 5.03: not ours to wait for. */
-    note(b, "reading %lu refused: %u.%02u", b->seq, cls, detail);
+    bike_note("reading %lu refused: %u.%02u", b->seq, cls, detail);
     b->failed = true;
     b->seq++;
     b->tries = 0;
@@ -218,7 +188,7 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
     if (code == COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE) {
         /* The gateway's subscriptions are not in place yet: ask again. */
         unsigned age = max_age(got);
-        note(b, "observation of %s: 5.03, again in %u s", b->commands, age);
+        bike_note("observation of %s: 5.03, again in %u s", b->commands, age);
         b->observing = false;
         b->observe_again_at = bike_now_ms() + 1000LL * age;
         return;
@@ -226,36 +196,36 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
     if (COAP_RESPONSE_CLASS(code) != 2 && b->observing) {
         /* An observation ends with an error notification, e.g. 4.04 when the
          * gateway stops: register again (at once if a new session comes). */
-        note(b, "observation of %s ended by the gateway: %u.%02u", b->commands,
-             COAP_RESPONSE_CLASS(code), code & 0x1f);
+        bike_note("observation of %s ended by the gateway: %u.%02u", b->commands,
+                  COAP_RESPONSE_CLASS(code), code & 0x1f);
         b->observing = false;
         b->observe_again_at = bike_now_ms() + 5000;
         return;
     }
     if (COAP_RESPONSE_CLASS(code) != 2) {
-        note(b, "observation of %s refused: %u.%02u", b->commands, COAP_RESPONSE_CLASS(code),
-             code & 0x1f);
+        bike_note("observation of %s refused: %u.%02u", b->commands, COAP_RESPONSE_CLASS(code),
+                  code & 0x1f);
         b->observe_refused = true;
         return;
     }
     coap_opt_iterator_t it;
     if (!coap_check_option(got, COAP_OPTION_OBSERVE, &it) && b->observing) {
-        note(b, "observation of %s ended by the gateway", b->commands);
+        bike_note("observation of %s ended by the gateway", b->commands);
         b->observing = false;
     } else if (!b->observing && coap_check_option(got, COAP_OPTION_OBSERVE, &it)) {
         b->observing = true;
-        note(b, "observing %s", b->commands);
+        bike_note("observing %s", b->commands);
     }
     size_t len = 0, offset = 0, total = 0;
     const uint8_t *data = NULL;
     if (!coap_get_data_large(got, &len, &data, &offset, &total) || !len)
         return; /* the registration before any command: no body */
-    if (b->opt->print_commands) {
+    if (b->opt->common.print_commands) {
         printf("%s\t%.*s\n", b->commands, (int)len, (const char *)data);
         fflush(stdout);
     }
-    if (b->opt->verbose)
-        note(b, "command (%zu bytes)", len);
+    if (b->opt->common.verbose)
+        bike_note("command (%zu bytes)", len);
 }
 
 /* A DTLS session is up: libcoap 4.3 tells a client of it by the first answer
@@ -263,7 +233,7 @@ static void command_notified(struct bike *b, const coap_pdu_t *got)
 static void session_up(struct bike *b)
 {
     if (!b->up && b->ever_up) {
-        note(b, "DTLS session up again");
+        bike_note("DTLS session up again");
         /* A new session has no observation: register again. */
         if (b->opt->observe && !b->observing && !b->observe_refused)
             b->observe_again_at = bike_now_ms();
@@ -300,7 +270,7 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     (void)mid;
     if (why == COAP_NACK_TLS_FAILED) {
         b->handshake_failed = true;
-        note(b, "DTLS handshake failed");
+        bike_note("DTLS handshake failed");
     }
     if (!sent)
         return;
@@ -308,26 +278,26 @@ static void on_nack(coap_session_t *session, const coap_pdu_t *sent, const coap_
     if (b->pending && same_token(&b->post, token)) {
         b->pending = false;
         if (why == COAP_NACK_RST) {
-            note(b, "reading %lu refused (RST)", b->seq);
+            bike_note("reading %lu refused (RST)", b->seq);
             b->failed = true;
             b->seq++;
             b->tries = 0;
         } else if (why != COAP_NACK_TOO_MANY_RETRIES) {
             /* No session (the gateway is away): the reading waits for one. */
             b->tries = 0;
-            b->retry_at = bike_now_ms() + b->opt->interval_ms;
+            b->retry_at = bike_now_ms() + b->opt->common.interval_ms;
         } else if (b->tries >= TRIES) {
-            note(b, "reading %lu: no answer, given up after %d tries", b->seq, b->tries);
+            bike_note("reading %lu: no answer, given up after %d tries", b->seq, b->tries);
             b->failed = true;
             b->seq++;
             b->tries = 0;
         } else {
-            note(b, "reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
-            b->retry_at = bike_now_ms() + b->opt->interval_ms;
+            bike_note("reading %lu: no answer (try %d of %d)", b->seq, b->tries, TRIES);
+            b->retry_at = bike_now_ms() + b->opt->common.interval_ms;
         }
     } else if (same_token(&b->observe, token)) {
         if (why == COAP_NACK_RST) {
-            note(b, "the observation request was refused (RST)");
+            bike_note("the observation request was refused (RST)");
             b->observe_refused = true;
         } else {
             /* Asked again when a session is up. */
@@ -347,7 +317,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
     } else if (event == COAP_EVENT_DTLS_CLOSED) {
         b->observing = false;
         if (b->up && !b->closing)
-            note(b, "DTLS session closed");
+            bike_note("DTLS session closed");
         b->up = false;
     }
     return 0;
@@ -357,7 +327,7 @@ static int on_event(coap_session_t *session, const coap_event_t event)
 static void on_log(coap_log_t level, const char *message)
 {
     (void)level;
-    fprintf(stderr, "bike-coap %s: libcoap: %s", the_bike->opt->identity, message);
+    fprintf(stderr, "bike-coap %s: libcoap: %s", the_bike->opt->common.identity, message);
     if (!*message || message[strlen(message) - 1] != '\n')
         fputc('\n', stderr);
 }
@@ -386,17 +356,6 @@ static void usage(FILE *out)
             "  -v, --verbose            log each reading (and libcoap's notices) on stderr\n");
 }
 
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
 static int parse_hex(const char *hex, uint8_t *out, size_t cap, size_t *len)
 {
     size_t n = strlen(hex);
@@ -415,60 +374,42 @@ static int parse_hex(const char *hex, uint8_t *out, size_t cap, size_t *len)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum {
-        OPT_PSK_ID = 256,
+        OPT_PSK_ID = BIKE_OPT_OWN,
         OPT_PSK_KEY,
         OPT_PSK_HEX,
-        OPT_CA,
-        OPT_CERT,
-        OPT_KEY,
-        OPT_TELEMETRY,
-        OPT_COMMANDS,
         OPT_NO_OBSERVE,
     };
     static const struct option longs[] = {
-        { "host", required_argument, NULL, 'H' },
+        BIKE_LONG_OPTIONS,
         { "port", required_argument, NULL, 'p' },
-        { "identity", required_argument, NULL, 'i' },
         { "psk-identity", required_argument, NULL, OPT_PSK_ID },
         { "psk-key", required_argument, NULL, OPT_PSK_KEY },
         { "psk-hex", required_argument, NULL, OPT_PSK_HEX },
-        { "ca", required_argument, NULL, OPT_CA },
-        { "cert", required_argument, NULL, OPT_CERT },
-        { "key", required_argument, NULL, OPT_KEY },
-        { "telemetry", required_argument, NULL, OPT_TELEMETRY },
-        { "commands", required_argument, NULL, OPT_COMMANDS },
-        { "count", required_argument, NULL, 'n' },
-        { "interval", required_argument, NULL, 'I' },
-        { "print-commands", no_argument, NULL, 'c' },
         { "no-observe", no_argument, NULL, OPT_NO_OBSERVE },
-        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     *o = (struct options){
-        .host = "127.0.0.1",
+        .common = {
+            .host = "127.0.0.1",
+            .telemetry = "bikes/{identity}/telemetry",
+            .commands = "bikes/{identity}/commands",
+            .count = 10,
+            .interval_ms = 1000,
+        },
         .port = "5684",
-        .telemetry = "bikes/{identity}/telemetry",
-        .commands = "bikes/{identity}/commands",
-        .count = 10,
-        .interval_ms = 1000,
         .observe = true,
     };
+    struct bike_options *co = &o->common;
     int c;
     long v;
     bool have_key = false;
-    while ((c = getopt_long(argc, argv, "H:p:i:n:I:cvh", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, BIKE_SHORT_OPTIONS "p:h", longs, NULL)) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
         case 'p':
-            if (!parse_long(optarg, 1, 65535, &v))
+            if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = optarg;
-            break;
-        case 'i':
-            o->identity = optarg;
             break;
         case OPT_PSK_ID:
             o->psk_identity = optarg;
@@ -485,58 +426,34 @@ static int parse_options(int argc, char **argv, struct options *o)
                 goto bad;
             have_key = true;
             break;
-        case OPT_CA:
-            o->ca = optarg;
-            break;
-        case OPT_CERT:
-            o->cert = optarg;
-            break;
-        case OPT_KEY:
-            o->key = optarg;
-            break;
-        case OPT_TELEMETRY:
-            o->telemetry = optarg;
-            break;
-        case OPT_COMMANDS:
-            o->commands = optarg;
-            break;
-        case 'n':
-            if (!parse_long(optarg, 0, LONG_MAX, &v))
-                goto bad;
-            o->count = (unsigned long)v;
-            break;
-        case 'I':
-            if (!parse_long(optarg, 1, 86400000, &v))
-                goto bad;
-            o->interval_ms = v;
-            break;
-        case 'c':
-            o->print_commands = true;
-            break;
         case OPT_NO_OBSERVE:
             o->observe = false;
-            break;
-        case 'v':
-            o->verbose = true;
             break;
         case 'h':
             usage(stdout);
             exit(0);
-        default:
-            usage(stderr);
-            return -EINVAL;
+        default: /* the options both bikes take */
+            switch (bike_option(c, optarg, co)) {
+            case 1:
+                break;
+            case 0:
+                usage(stderr);
+                return -EINVAL;
+            default:
+                goto bad;
+            }
         }
     }
-    bool pki = o->ca || o->cert || o->key;
-    if (optind != argc || !o->identity || !*o->identity || have_key == pki ||
-        (pki && !(o->ca && o->cert && o->key))) {
+    bool pki = co->ca || co->cert || co->key;
+    if (optind != argc || !co->identity || !*co->identity || have_key == pki ||
+        (pki && !(co->ca && co->cert && co->key))) {
         fprintf(stderr, "bike-coap: -i IDENTITY and either a PSK key or --ca, --cert and "
                         "--key are needed\n");
         usage(stderr);
         return -EINVAL;
     }
     if (!o->psk_identity)
-        o->psk_identity = o->identity;
+        o->psk_identity = co->identity;
     return 0;
 bad:
     fprintf(stderr, "bike-coap: bad value for -%c: %s\n", c < 256 ? c : '-', optarg);
@@ -547,9 +464,9 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
 {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
     struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(o->host, o->port, &hints, &ai);
+    int rc = getaddrinfo(o->common.host, o->port, &hints, &ai);
     if (rc) {
-        fprintf(stderr, "bike-coap: %s: %s\n", o->host, gai_strerror(rc));
+        fprintf(stderr, "bike-coap: %s: %s\n", o->common.host, gai_strerror(rc));
         return NULL;
     }
     coap_address_t dst;
@@ -559,8 +476,8 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
     freeaddrinfo(ai);
 
     static char sni[256];
-    snprintf(sni, sizeof sni, "%s", o->host);
-    if (o->cert) {
+    snprintf(sni, sizeof sni, "%s", o->common.host);
+    if (o->common.cert) {
         static coap_dtls_pki_t pki;
         memset(&pki, 0, sizeof pki);
         pki.version = COAP_DTLS_PKI_SETUP_VERSION;
@@ -570,9 +487,9 @@ static coap_session_t *open_session(coap_context_t *ctx, const struct options *o
         pki.cert_chain_verify_depth = 3;
         pki.client_sni = sni;
         pki.pki_key.key_type = COAP_PKI_KEY_PEM;
-        pki.pki_key.key.pem.ca_file = o->ca;
-        pki.pki_key.key.pem.public_cert = o->cert;
-        pki.pki_key.key.pem.private_key = o->key;
+        pki.pki_key.key.pem.ca_file = o->common.ca;
+        pki.pki_key.key.pem.public_cert = o->common.cert;
+        pki.pki_key.key.pem.private_key = o->common.key;
         return coap_new_client_session_pki(ctx, NULL, &dst, COAP_PROTO_DTLS, &pki);
     }
     static coap_dtls_cpsk_t psk;
@@ -591,24 +508,23 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
+    bike_log_as("bike-coap", opt.common.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct bike b = { .opt = &opt, .seq = 1 };
     the_bike = &b;
-    if (bike_render(b.telemetry, sizeof b.telemetry, opt.telemetry, opt.identity) < 0 ||
-        bike_render(b.commands, sizeof b.commands, opt.commands, opt.identity) < 0) {
+    if (bike_render(b.telemetry, sizeof b.telemetry, opt.common.telemetry, opt.common.identity) <
+            0 ||
+        bike_render(b.commands, sizeof b.commands, opt.common.commands, opt.common.identity) < 0) {
         fprintf(stderr, "bike-coap: resource path too long\n");
         return EXIT_USAGE;
     }
 
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    bike_catch_signals();
 
     coap_startup();
     coap_set_log_handler(on_log);
-    coap_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
-    coap_dtls_set_log_level(opt.verbose ? LOG_NOTICE : LOG_WARNING);
+    coap_set_log_level(opt.common.verbose ? LOG_NOTICE : LOG_WARNING);
+    coap_dtls_set_log_level(opt.common.verbose ? LOG_NOTICE : LOG_WARNING);
     coap_context_t *ctx = coap_new_context(NULL);
     if (!ctx) {
         fprintf(stderr, "bike-coap: cannot make a libcoap context\n");
@@ -623,39 +539,39 @@ int main(int argc, char **argv)
     int status = 0;
     b.session = open_session(ctx, &opt);
     if (!b.session) {
-        note(&b, "cannot open a DTLS session to %s:%s", opt.host, opt.port);
-        status = EXIT_SESSION;
+        bike_note("cannot open a DTLS session to %s:%s", opt.common.host, opt.port);
+        status = EXIT_NO_LINK;
         goto out;
     }
     if (opt.observe && start_observing(&b) < 0) {
-        note(&b, "cannot send the observation request");
+        bike_note("cannot send the observation request");
         status = EXIT_FAILURE;
         goto out;
     }
 
     long long start = bike_now_ms();
-    while (!stop_requested) {
+    while (!bike_stop_requested) {
         if (b.handshake_failed && !b.ever_up) {
-            note(&b, "no DTLS session with %s:%s", opt.host, opt.port);
-            status = EXIT_SESSION;
+            bike_note("no DTLS session with %s:%s", opt.common.host, opt.port);
+            status = EXIT_NO_LINK;
             break;
         }
-        bool finished = opt.count && b.seq > opt.count && !b.pending;
+        bool finished = opt.common.count && b.seq > opt.common.count && !b.pending;
         if (finished)
             break;
         long long now = bike_now_ms();
         if (b.observe_again_at && now >= b.observe_again_at) {
             b.observe_again_at = 0;
             if (start_observing(&b) < 0)
-                note(&b, "cannot send the observation request");
+                bike_note("cannot send the observation request");
         }
         /* Reading seq is due at start + (seq - 1) * interval; one in flight at a time. */
-        long long due = start + (long long)(b.seq - 1) * opt.interval_ms;
+        long long due = bike_reading_due(start, b.seq, opt.common.interval_ms);
         if (due < b.retry_at)
             due = b.retry_at;
         if (!b.pending && now >= due) {
             if (send_reading(&b) < 0) {
-                note(&b, "reading %lu not sent", b.seq);
+                bike_note("reading %lu not sent", b.seq);
                 b.failed = true;
                 b.seq++;
             }
@@ -668,7 +584,7 @@ int main(int argc, char **argv)
     }
     if (b.failed || b.observe_refused)
         status = status ? status : EXIT_UNDELIVERED;
-    note(&b, "%lu readings acknowledged", b.acked);
+    bike_note("%lu readings acknowledged", b.acked);
 out:
     b.closing = true;
     if (b.session)

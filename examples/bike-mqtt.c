@@ -14,6 +14,7 @@
  * error; 3 the first connection failed; 4 a reading or the subscription
  * refused, or readings not acknowledged in time.
  */
+#include "bike.h"
 #include "reading.h"
 
 #include <MQTTAsync.h>
@@ -22,8 +23,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,25 +31,16 @@
 #include <sys/stat.h>
 #include <time.h>
 
-enum { EXIT_USAGE = 2, EXIT_CONNECT = 3, EXIT_UNDELIVERED = 4 };
-
 struct options {
-    const char *host;
+    struct bike_options common; /* host, identity, ca, cert, key, topics, count, ... */
     int port;
-    const char *ca, *cert, *key;
-    const char *identity;
     const char *client_id;
-    const char *telemetry, *commands;
-    unsigned long count;
-    long interval_ms;
     const char *store;
     int session_expiry;
     int keepalive;
     int retry_max;
     int wait_s;
-    bool print_commands;
     bool verify_hostname;
-    bool verbose;
 };
 
 /* What Paho's threads tell the main one, under lock. */
@@ -67,26 +57,6 @@ struct bike {
     unsigned long sent, acked;
 };
 
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
-
-static void note(const struct bike *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void note(const struct bike *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bike-mqtt %s: ", b->opt->identity);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
 static const char *failure_text(const MQTTAsync_failureData5 *r)
 {
     if (!r)
@@ -102,20 +72,20 @@ static void on_subscribed(void *ctx, MQTTAsync_successData5 *r)
 {
     struct bike *b = ctx;
     if (r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
-        note(b, "subscription to %s refused (%s)", b->commands,
-             MQTTReasonCode_toString(r->reasonCode));
+        bike_note("subscription to %s refused (%s)", b->commands,
+                  MQTTReasonCode_toString(r->reasonCode));
         pthread_mutex_lock(&b->lock);
         b->refused = true;
         pthread_mutex_unlock(&b->lock);
         return;
     }
-    note(b, "subscribed to %s", b->commands);
+    bike_note("subscribed to %s", b->commands);
 }
 
 static void on_subscribe_failed(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct bike *b = ctx;
-    note(b, "subscription to %s refused (%s)", b->commands, failure_text(r));
+    bike_note("subscription to %s refused (%s)", b->commands, failure_text(r));
     pthread_mutex_lock(&b->lock);
     b->refused = true;
     pthread_mutex_unlock(&b->lock);
@@ -129,7 +99,7 @@ static void subscribe(struct bike *b)
     ro.context = b;
     int rc = MQTTAsync_subscribe(b->client, b->commands, 1, &ro);
     if (rc != MQTTASYNC_SUCCESS)
-        note(b, "cannot subscribe to %s (%s)", b->commands, MQTTAsync_strerror(rc));
+        bike_note("cannot subscribe to %s (%s)", b->commands, MQTTAsync_strerror(rc));
 }
 
 /* The first connection. */
@@ -137,8 +107,8 @@ static void on_connected(void *ctx, MQTTAsync_successData5 *r)
 {
     struct bike *b = ctx;
     int present = r->alt.connect.sessionPresent;
-    note(b, "connected to %s (session present: %s)", r->alt.connect.serverURI,
-         present ? "yes" : "no");
+    bike_note("connected to %s (session present: %s)", r->alt.connect.serverURI,
+              present ? "yes" : "no");
     pthread_mutex_lock(&b->lock);
     b->connected_once = true;
     pthread_cond_broadcast(&b->changed);
@@ -160,7 +130,7 @@ static void on_connection(void *ctx, char *cause)
     struct bike *b = ctx;
     if (!cause || strcmp(cause, "automatic reconnect"))
         return; /* the first connection: on_connected */
-    note(b, "reconnected");
+    bike_note("reconnected");
     subscribe(b);
 }
 
@@ -174,27 +144,27 @@ static void on_connect_failed(void *ctx, MQTTAsync_failureData5 *r)
         pthread_cond_broadcast(&b->changed);
     }
     pthread_mutex_unlock(&b->lock);
-    note(b, "%s (%s)", first ? "cannot connect" : "reconnect failed, trying again",
-         failure_text(r));
+    bike_note("%s (%s)", first ? "cannot connect" : "reconnect failed, trying again",
+              failure_text(r));
 }
 
 static void on_connection_lost(void *ctx, char *cause)
 {
-    struct bike *b = ctx;
-    note(b, "connection lost (%s), reconnecting", cause ? cause : "closed by the server");
+    (void)ctx;
+    bike_note("connection lost (%s), reconnecting", cause ? cause : "closed by the server");
 }
 
 static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
 {
     struct bike *b = ctx;
     int tl = topic_len ? topic_len : (int)strlen(topic);
-    if (b->opt->print_commands) {
+    if (b->opt->common.print_commands) {
         /* One line per command, written whole (stdout is line-buffered). */
         printf("%.*s\t%.*s\n", tl, topic, m->payloadlen, (const char *)m->payload);
         fflush(stdout);
     }
-    if (b->opt->verbose)
-        note(b, "command on %.*s (%d bytes)", tl, topic, m->payloadlen);
+    if (b->opt->common.verbose)
+        bike_note("command on %.*s (%d bytes)", tl, topic, m->payloadlen);
     MQTTAsync_freeMessage(&m);
     MQTTAsync_free(topic);
     return 1;
@@ -214,7 +184,7 @@ static void on_reading_acked(void *ctx, MQTTAsync_successData5 *r)
 static void on_reading_failed(void *ctx, MQTTAsync_failureData5 *r)
 {
     struct bike *b = ctx;
-    note(b, "reading refused (%s)", failure_text(r));
+    bike_note("reading refused (%s)", failure_text(r));
     pthread_mutex_lock(&b->lock);
     b->refused = true;
     b->acked++;
@@ -225,7 +195,7 @@ static void on_reading_failed(void *ctx, MQTTAsync_failureData5 *r)
 static int publish_reading(struct bike *b, unsigned long seq)
 {
     char payload[256];
-    int len = bike_reading(payload, sizeof payload, b->opt->identity, seq);
+    int len = bike_reading(payload, sizeof payload, b->opt->common.identity, seq);
     if (len < 0)
         return len;
     MQTTAsync_message m = MQTTAsync_message_initializer;
@@ -249,14 +219,14 @@ static int publish_reading(struct bike *b, unsigned long seq)
     int rc = MQTTAsync_sendMessage(b->client, b->telemetry, &m, &ro);
     MQTTProperties_free(&m.properties);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(b, "reading %lu not sent (%s)", seq, MQTTAsync_strerror(rc));
+        bike_note("reading %lu not sent (%s)", seq, MQTTAsync_strerror(rc));
         return -EIO;
     }
     pthread_mutex_lock(&b->lock);
     b->sent++;
     pthread_mutex_unlock(&b->lock);
-    if (b->opt->verbose)
-        note(b, "reading %lu: %s", seq, payload);
+    if (b->opt->common.verbose)
+        bike_note("reading %lu: %s", seq, payload);
     return 0;
 }
 
@@ -280,7 +250,7 @@ static bool wait_for(struct bike *b, bool (*done)(const struct bike *), long lon
 {
     while (!done(b)) {
         long long left = deadline_ms - bike_now_ms();
-        if (left <= 0 || (stop_on_signal && stop_requested))
+        if (left <= 0 || (stop_on_signal && bike_stop_requested))
             return false;
         struct timespec ts = deadline_after_ms(left < 100 ? left : 100);
         pthread_cond_timedwait(&b->changed, &b->lock, &ts);
@@ -323,26 +293,10 @@ static void usage(FILE *out)
                  "  -v, --verbose             log each reading on stderr\n");
 }
 
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum {
-        OPT_CA = 256,
-        OPT_CERT,
-        OPT_KEY,
-        OPT_CLIENT_ID,
-        OPT_TELEMETRY,
-        OPT_COMMANDS,
+        OPT_CLIENT_ID = BIKE_OPT_OWN,
         OPT_STORE,
         OPT_EXPIRY,
         OPT_KEEPALIVE,
@@ -351,35 +305,27 @@ static int parse_options(int argc, char **argv, struct options *o)
         OPT_NO_VERIFY,
     };
     static const struct option longs[] = {
-        { "host", required_argument, NULL, 'H' },
+        BIKE_LONG_OPTIONS,
         { "port", required_argument, NULL, 'p' },
-        { "ca", required_argument, NULL, OPT_CA },
-        { "cert", required_argument, NULL, OPT_CERT },
-        { "key", required_argument, NULL, OPT_KEY },
-        { "identity", required_argument, NULL, 'i' },
         { "client-id", required_argument, NULL, OPT_CLIENT_ID },
-        { "telemetry", required_argument, NULL, OPT_TELEMETRY },
-        { "commands", required_argument, NULL, OPT_COMMANDS },
-        { "count", required_argument, NULL, 'n' },
-        { "interval", required_argument, NULL, 'I' },
         { "store", required_argument, NULL, OPT_STORE },
         { "session-expiry", required_argument, NULL, OPT_EXPIRY },
         { "keepalive", required_argument, NULL, OPT_KEEPALIVE },
         { "retry-max", required_argument, NULL, OPT_RETRY_MAX },
         { "wait", required_argument, NULL, OPT_WAIT },
-        { "print-commands", no_argument, NULL, 'c' },
         { "no-verify-hostname", no_argument, NULL, OPT_NO_VERIFY },
-        { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     *o = (struct options){
-        .host = "127.0.0.1",
+        .common = {
+            .host = "127.0.0.1",
+            .telemetry = "redback/p1/bikes/{identity}/telemetry",
+            .commands = "redback/p1/bikes/{identity}/commands",
+            .count = 10,
+            .interval_ms = 1000,
+        },
         .port = 8883,
-        .telemetry = "redback/p1/bikes/{identity}/telemetry",
-        .commands = "redback/p1/bikes/{identity}/commands",
-        .count = 10,
-        .interval_ms = 1000,
         .store = "bike-mqtt-store",
         .session_expiry = 3600,
         .keepalive = 30,
@@ -387,96 +333,67 @@ static int parse_options(int argc, char **argv, struct options *o)
         .wait_s = 30,
         .verify_hostname = true,
     };
+    struct bike_options *co = &o->common;
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "H:p:i:n:I:cvh", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, BIKE_SHORT_OPTIONS "p:h", longs, NULL)) != -1) {
         switch (c) {
-        case 'H':
-            o->host = optarg;
-            break;
         case 'p':
-            if (!parse_long(optarg, 1, 65535, &v))
+            if (!bike_parse_long(optarg, 1, 65535, &v))
                 goto bad;
             o->port = (int)v;
             break;
-        case OPT_CA:
-            o->ca = optarg;
-            break;
-        case OPT_CERT:
-            o->cert = optarg;
-            break;
-        case OPT_KEY:
-            o->key = optarg;
-            break;
-        case 'i':
-            o->identity = optarg;
-            break;
         case OPT_CLIENT_ID:
             o->client_id = optarg;
-            break;
-        case OPT_TELEMETRY:
-            o->telemetry = optarg;
-            break;
-        case OPT_COMMANDS:
-            o->commands = optarg;
-            break;
-        case 'n':
-            if (!parse_long(optarg, 0, LONG_MAX, &v))
-                goto bad;
-            o->count = (unsigned long)v;
-            break;
-        case 'I':
-            if (!parse_long(optarg, 1, 86400000, &v))
-                goto bad;
-            o->interval_ms = v;
             break;
         case OPT_STORE:
             o->store = optarg;
             break;
         case OPT_EXPIRY:
-            if (!parse_long(optarg, 0, INT32_MAX, &v))
+            if (!bike_parse_long(optarg, 0, INT32_MAX, &v))
                 goto bad;
             o->session_expiry = (int)v;
             break;
         case OPT_KEEPALIVE:
-            if (!parse_long(optarg, 0, 65535, &v))
+            if (!bike_parse_long(optarg, 0, 65535, &v))
                 goto bad;
             o->keepalive = (int)v;
             break;
         case OPT_RETRY_MAX:
-            if (!parse_long(optarg, 1, 3600, &v))
+            if (!bike_parse_long(optarg, 1, 3600, &v))
                 goto bad;
             o->retry_max = (int)v;
             break;
         case OPT_WAIT:
-            if (!parse_long(optarg, 0, 86400, &v))
+            if (!bike_parse_long(optarg, 0, 86400, &v))
                 goto bad;
             o->wait_s = (int)v;
-            break;
-        case 'c':
-            o->print_commands = true;
             break;
         case OPT_NO_VERIFY:
             o->verify_hostname = false;
             break;
-        case 'v':
-            o->verbose = true;
-            break;
         case 'h':
             usage(stdout);
             exit(0);
-        default:
-            usage(stderr);
-            return -EINVAL;
+        default: /* the options both bikes take */
+            switch (bike_option(c, optarg, co)) {
+            case 1:
+                break;
+            case 0:
+                usage(stderr);
+                return -EINVAL;
+            default:
+                goto bad;
+            }
         }
     }
-    if (optind != argc || !o->identity || !*o->identity || !o->ca || !o->cert || !o->key) {
+    if (optind != argc || !co->identity || !*co->identity || !co->ca || !co->cert || !co->key) {
         fprintf(stderr, "bike-mqtt: -i IDENTITY, --ca, --cert and --key are needed\n");
         usage(stderr);
         return -EINVAL;
     }
     if (!o->client_id)
-        o->client_id = o->identity;
+        o->client_id = co->identity;
     return 0;
 bad:
     fprintf(stderr, "bike-mqtt: bad value for -%c: %s\n", c < 256 ? c : '-', optarg);
@@ -488,6 +405,7 @@ int main(int argc, char **argv)
     struct options opt;
     if (parse_options(argc, argv, &opt) < 0)
         return EXIT_USAGE;
+    bike_log_as("bike-mqtt", opt.common.identity);
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     struct bike b = { .opt = &opt };
@@ -496,23 +414,21 @@ int main(int argc, char **argv)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&b.changed, &ca);
-    if (bike_render(b.telemetry, sizeof b.telemetry, opt.telemetry, opt.identity) < 0 ||
-        bike_render(b.commands, sizeof b.commands, opt.commands, opt.identity) < 0) {
+    if (bike_render(b.telemetry, sizeof b.telemetry, opt.common.telemetry, opt.common.identity) <
+            0 ||
+        bike_render(b.commands, sizeof b.commands, opt.common.commands, opt.common.identity) < 0) {
         fprintf(stderr, "bike-mqtt: topic too long\n");
         return EXIT_USAGE;
     }
 
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    bike_catch_signals();
 
     if (mkdir(opt.store, 0700) < 0 && errno != EEXIST) {
-        note(&b, "cannot make the store %s (%s)", opt.store, strerror(errno));
+        bike_note("cannot make the store %s (%s)", opt.store, strerror(errno));
         return EXIT_FAILURE;
     }
     char uri[512];
-    snprintf(uri, sizeof uri, "ssl://%s:%d", opt.host, opt.port);
+    snprintf(uri, sizeof uri, "ssl://%s:%d", opt.common.host, opt.port);
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     co.sendWhileDisconnected = 1;   /* readings taken while disconnected are kept */
     co.maxBufferedMessages = 10000; /* ... up to this many */
@@ -520,16 +436,16 @@ int main(int argc, char **argv)
     int rc = MQTTAsync_createWithOptions(&b.client, uri, opt.client_id,
                                          MQTTCLIENT_PERSISTENCE_DEFAULT, (void *)opt.store, &co);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(&b, "cannot create the MQTT client (%s)", MQTTAsync_strerror(rc));
+        bike_note("cannot create the MQTT client (%s)", MQTTAsync_strerror(rc));
         return EXIT_FAILURE;
     }
     MQTTAsync_setCallbacks(b.client, &b, on_connection_lost, on_message, NULL);
     MQTTAsync_setConnected(b.client, &b, on_connection);
 
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
-    ssl.trustStore = opt.ca;
-    ssl.keyStore = opt.cert;
-    ssl.privateKey = opt.key;
+    ssl.trustStore = opt.common.ca;
+    ssl.keyStore = opt.common.cert;
+    ssl.privateKey = opt.common.key;
     ssl.enableServerCertAuth = 1;
     ssl.verify = opt.verify_hostname;
     ssl.sslVersion = MQTT_SSL_VERSION_TLS_1_2; /* 1.2 or newer */
@@ -554,9 +470,9 @@ int main(int argc, char **argv)
     rc = MQTTAsync_connect(b.client, &conn);
     MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
-        note(&b, "cannot connect (%s)", MQTTAsync_strerror(rc));
+        bike_note("cannot connect (%s)", MQTTAsync_strerror(rc));
         MQTTAsync_destroy(&b.client);
-        return EXIT_CONNECT;
+        return EXIT_NO_LINK;
     }
 
     int status = 0;
@@ -565,37 +481,37 @@ int main(int argc, char **argv)
     bool failed = b.first_failed || !settled;
     pthread_mutex_unlock(&b.lock);
     if (failed) {
-        if (!stop_requested)
-            note(&b, "no connection to %s", uri);
+        if (!bike_stop_requested)
+            bike_note("no connection to %s", uri);
         MQTTAsync_destroy(&b.client);
-        return stop_requested ? 0 : EXIT_CONNECT;
+        return bike_stop_requested ? 0 : EXIT_NO_LINK;
     }
 
-    long long next = bike_now_ms();
-    for (unsigned long seq = 1; (!opt.count || seq <= opt.count) && !stop_requested; seq++) {
-        long long left;
-        while ((left = next - bike_now_ms()) > 0 && !stop_requested) {
+    long long start = bike_now_ms();
+    for (unsigned long seq = 1;
+         (!opt.common.count || seq <= opt.common.count) && !bike_stop_requested; seq++) {
+        long long due = bike_reading_due(start, seq, opt.common.interval_ms), left;
+        while ((left = due - bike_now_ms()) > 0 && !bike_stop_requested) {
             struct timespec ts = { .tv_sec = 0, .tv_nsec = (left < 100 ? left : 100) * 1000000L };
             nanosleep(&ts, NULL);
         }
-        if (stop_requested)
+        if (bike_stop_requested)
             break;
         if (publish_reading(&b, seq) < 0)
             status = EXIT_UNDELIVERED;
-        next += opt.interval_ms;
     }
 
     /* Every reading acknowledged, or the bound. */
     pthread_mutex_lock(&b.lock);
     bool done = wait_for(&b, all_acked, bike_now_ms() + 1000LL * opt.wait_s, false);
     if (!done) {
-        note(&b, "%lu of %lu readings not acknowledged after %d s", b.sent - b.acked, b.sent,
-             opt.wait_s);
+        bike_note("%lu of %lu readings not acknowledged after %d s", b.sent - b.acked, b.sent,
+                  opt.wait_s);
         status = EXIT_UNDELIVERED;
     }
     if (b.refused)
         status = EXIT_UNDELIVERED;
-    note(&b, "%lu readings sent, %lu acknowledged", b.sent, b.acked);
+    bike_note("%lu readings sent, %lu acknowledged", b.sent, b.acked);
     pthread_mutex_unlock(&b.lock);
 
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;

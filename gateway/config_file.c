@@ -40,6 +40,8 @@ static const struct setting schema[] = {
     { "gateway.id", S_STR, OFF(gateway.id), 0, 0, "edge-01", NULL, false },
     { "gateway.log_level", S_ENUM, OFF(gateway.log_level), 0, 0, "info", "error|warning|info|debug",
       true },
+    { "gateway.log_timestamps", S_ENUM, OFF(gateway.log_timestamps), 0, 0, "auto",
+      "auto|true|false", true },
     { "gateway.control_socket", S_PATH, OFF(gateway.control_socket), 0, 0,
       "/run/tandem/control.sock", NULL, false },
     { "gateway.state_dir", S_PATH, OFF(gateway.state_dir), 0, 0, "/var/lib/tandem", NULL, false },
@@ -167,7 +169,10 @@ static void store(gw_config_t *cfg, const struct setting *d, config_setting_t *s
     case S_PATH:
     case S_ENUM: {
         const char *v = d->def;
-        if (s) {
+        if (s && d->type == S_ENUM && config_setting_type(s) == CONFIG_TYPE_BOOL &&
+            enum_index(d->values, "true") >= 0) {
+            v = config_setting_get_bool(s) ? "true" : "false"; /* "auto" | true | false */
+        } else if (s) {
             if (config_setting_type(s) != CONFIG_TYPE_STRING) {
                 gw_errs_add(errs, file, line, d->name, "must be a string");
                 return;

@@ -59,7 +59,10 @@ static void coap_log_to_gw(coap_log_t level, const char *message)
     char line[512];
     snprintf(line, sizeof(line), "%s", message);
     line[strcspn(line, "\n")] = '\0';
-    if (level <= LOG_ERR)
+    /* Handshake failures are logged once each, with their cause (dtls_log_failure). */
+    if (strcasestr(line, "tls") || strcasestr(line, "handshake") || strcasestr(line, "certificate"))
+        gw_log_limited(GW_LOG_DEBUG, COAP, "%s", line);
+    else if (level <= LOG_ERR)
         gw_log_limited(GW_LOG_WARNING, COAP, "%s", line);
     else if (level <= LOG_WARNING)
         gw_log_limited(GW_LOG_INFO, COAP, "%s", line);
@@ -195,6 +198,7 @@ static void reload(coap_context_t *ctx, bridge_t *b, listener_t *l, gw_report_t 
         dtls_commit(ctx, dcreds);
     coap_limits(ctx, next);
     gw_log_set_level(next->gateway.log_level);
+    gw_log_set_timestamps(next->gateway.log_timestamps);
     bridge_reload_commit(b, bnext);
     if (l)
         listener_reload_commit(l, next, lcred);

@@ -122,6 +122,7 @@ int main(int argc, char **argv)
         printf("%s: configuration OK\n", path);
     } else {
         gw_log_set_level(cfg->gateway.log_level);
+        gw_log_set_timestamps(cfg->gateway.log_timestamps);
         status = gw_run(&cfg, &psk); /* a reload replaces both */
     }
     dtls_psk_free(psk);

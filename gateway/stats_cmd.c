@@ -314,6 +314,33 @@ static void pause_for(unsigned seconds)
         ;
 }
 
+/* The control socket to ask, in *path (to free): the one conf names, or without -c the default
+ * file's, or without that file the default socket all the same. Returns GW_EXIT_OK, or the exit
+ * status after saying on stderr why there is nothing to ask. */
+static int control_socket(const char *conf, char **path)
+{
+    if (!conf && access(GW_DEFAULT_CONFIG, F_OK) == 0)
+        conf = GW_DEFAULT_CONFIG;
+    gw_errs_t errs = { 0 };
+    *path = gw_config_control_socket(conf, &errs);
+    if (!*path) {
+        if (errs.text)
+            fputs(errs.text, stderr);
+        else
+            fprintf(stderr, "%s: cannot read the configuration\n", who);
+        gw_errs_clear(&errs);
+        return GW_EXIT_CONFIG;
+    }
+    if (!**path) {
+        fprintf(stderr, "%s: %s sets no gateway.control_socket: there is nothing to ask\n", who,
+                conf);
+        free(*path);
+        *path = NULL;
+        return GW_EXIT_RUNTIME;
+    }
+    return GW_EXIT_OK;
+}
+
 int gw_stats_cmd(int argc, char **argv)
 {
     const char *conf = NULL;
@@ -362,22 +389,10 @@ int gw_stats_cmd(int argc, char **argv)
         return GW_EXIT_USAGE;
     }
 
-    /* Without -c and without the default file, the default socket is asked all the same. */
-    if (!conf && access(GW_DEFAULT_CONFIG, F_OK) == 0)
-        conf = GW_DEFAULT_CONFIG;
-    gw_errs_t errs = { 0 };
-    char *path = gw_config_control_socket(conf, &errs);
-    if (!path) {
-        fputs(errs.text ? errs.text : "tandem stats: cannot read the configuration\n", stderr);
-        gw_errs_clear(&errs);
-        return GW_EXIT_CONFIG;
-    }
-    if (!*path) {
-        fprintf(stderr,
-                "tandem stats: %s sets no gateway.control_socket: there is nothing to ask\n", conf);
-        free(path);
-        return GW_EXIT_RUNTIME;
-    }
+    char *path;
+    int status = control_socket(conf, &path);
+    if (status != GW_EXIT_OK)
+        return status;
 
     /* SIGINT (and SIGTERM) end --watch between two answers, with status 0. */
     struct sigaction sa = { .sa_handler = on_signal }; /* no SA_RESTART: waits end early */
@@ -386,7 +401,6 @@ int gw_stats_cmd(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     const char *request = fmt == PROMETHEUS ? "stats prometheus\n" : "stats json\n";
-    int status = GW_EXIT_OK;
     for (unsigned round = 0; !interrupted; round++) {
         char *answer;
         int rc = ask(path, request, &answer);
@@ -468,24 +482,11 @@ int gw_devices_cmd(int argc, char **argv)
         devices_usage(stderr);
         return GW_EXIT_USAGE;
     }
-    if (!conf && access(GW_DEFAULT_CONFIG, F_OK) == 0)
-        conf = GW_DEFAULT_CONFIG;
-    gw_errs_t errs = { 0 };
-    char *path = gw_config_control_socket(conf, &errs);
-    if (!path) {
-        fputs(errs.text ? errs.text : "tandem devices: cannot read the configuration\n", stderr);
-        gw_errs_clear(&errs);
-        return GW_EXIT_CONFIG;
-    }
-    if (!*path) {
-        fprintf(stderr,
-                "tandem devices: %s sets no gateway.control_socket: there is nothing to ask\n",
-                conf);
-        free(path);
-        return GW_EXIT_RUNTIME;
-    }
+    char *path;
+    int status = control_socket(conf, &path);
+    if (status != GW_EXIT_OK)
+        return status;
     char *answer;
-    int status = GW_EXIT_OK;
     if (ask(path, json ? "devices json\n" : "devices table\n", &answer) < 0) {
         free(path);
         return GW_EXIT_RUNTIME;

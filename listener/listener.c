@@ -180,46 +180,69 @@ static int verify_device(gnutls_session_t session)
     const gnutls_datum_t *certs = gnutls_certificate_get_peers(session, &n);
     if (!certs || n == 0)
         return 0; /* none: refused by GnuTLS when one is required, else anonymous */
+    char cn[MAP_IDENTITY_MAX * 2];
+    bool cn_ok = tls_der_cn(certs[0].data, certs[0].size, cn, sizeof(cn)) == 0 &&
+                 map_identity_ok(cn, strlen(cn));
+    if (cn_ok)
+        snprintf(c->tried, sizeof(c->tried), "%s", cn);
     int rc = gnutls_certificate_verify_peers2(session, &status);
     /* GnuTLS goes on with a CRL past its next update: refused here, as over DTLS. */
     if (rc >= 0 && c->cred && c->cred->crl_next_update && time(NULL) >= c->cred->crl_next_update)
         status |= GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED;
     if (rc >= 0 && (status & (GNUTLS_CERT_REVOKED | GNUTLS_CERT_REVOCATION_DATA_SUPERSEDED))) {
         /* mqtt_listener.crl lists it, or has passed its next update. */
-        char cn[MAP_IDENTITY_MAX * 2] = "?", peer[INET6_ADDRSTRLEN + 8] = "?";
-        struct sockaddr_storage ss;
-        socklen_t sslen = sizeof(ss);
-        tls_der_cn(certs[0].data, certs[0].size, cn, sizeof(cn));
-        if (getpeername(c->fd, (struct sockaddr *)&ss, &sslen) == 0)
-            inet_ntop(ss.ss_family,
-                      ss.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
-                                               : (void *)&((struct sockaddr_in *)&ss)->sin_addr,
-                      peer, sizeof(peer));
-        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s: \"%s\" from %s)",
-                       status & GNUTLS_CERT_REVOKED ? "certificate revoked"
-                                                    : "mqtt_listener.crl is past its next update",
-                       cn, peer);
+        c->why = status & GNUTLS_CERT_REVOKED ? "certificate revoked"
+                                              : "mqtt_listener.crl is past its next update";
+        gw_debug(TLS, "MQTT device certificate refused (%s: \"%s\")", c->why, c->tried);
         return -1;
     }
     if (rc < 0 || status) {
-        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (%s)",
-                       rc < 0 ? gnutls_strerror(rc) : "does not verify against mqtt_listener.ca");
+        gw_debug(TLS, "MQTT device certificate refused (%s)",
+                 rc < 0 ? gnutls_strerror(rc) : "does not verify against mqtt_listener.ca");
+        c->why = "not signed by the device CA";
         return -1;
     }
     if (tls_der_client_purpose(certs[0].data, certs[0].size) < 0) {
-        gw_log_limited(
-            GW_LOG_INFO, TLS,
-            "MQTT device certificate refused (its extended key usage has no clientAuth)");
+        gw_debug(TLS, "MQTT device certificate refused (its extended key usage has no clientAuth)");
+        c->why = "not for client authentication";
         return -1;
     }
-    char cn[MAP_IDENTITY_MAX * 2];
-    if (tls_der_cn(certs[0].data, certs[0].size, cn, sizeof(cn)) < 0 ||
-        !map_identity_ok(cn, strlen(cn))) {
-        gw_log_limited(GW_LOG_INFO, TLS, "MQTT device certificate refused (its CN is no identity)");
+    if (!cn_ok) {
+        gw_debug(TLS, "MQTT device certificate refused (its CN is no identity)");
+        c->why = "certificate CN not acceptable";
         return -1;
     }
     memcpy(c->identity, cn, strlen(cn) + 1);
     return 0;
+}
+
+/* One line per failed handshake: the peer, the certificate's CN when known, the cause. */
+static void log_handshake_failure(lconn_t *c, const char *why)
+{
+    char peer[INET6_ADDRSTRLEN + 8] = "?", host[INET6_ADDRSTRLEN] = "?";
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof(ss);
+    const struct sockaddr *sa = NULL;
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &sslen) == 0) {
+        sa = (const struct sockaddr *)&ss;
+        bool v6 = ss.ss_family == AF_INET6;
+        inet_ntop(ss.ss_family,
+                  v6 ? (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                     : (void *)&((struct sockaddr_in *)&ss)->sin_addr,
+                  host, sizeof(host));
+        snprintf(peer, sizeof(peer), v6 ? "[%s]:%u" : "%s:%u", host,
+                 ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                          : ((struct sockaddr_in *)&ss)->sin_port));
+    }
+    if (c->why)
+        why = c->why;
+    if (*c->tried)
+        gw_log_peer(sa, GW_LOG_INFO, GW_GRP_TLS,
+                    "MQTT device handshake failed from %s (identity \"%s\": %s)", peer, c->tried,
+                    why);
+    else
+        gw_log_peer(sa, GW_LOG_INFO, GW_GRP_TLS, "MQTT device handshake failed from %s (%s)", peer,
+                    why);
 }
 
 static lcred_t *cred_load(const gw_listener_config_t *lc)
@@ -288,7 +311,7 @@ static void close_upstream(lconn_t *c)
 /* c no longer counts against its identity's relayed connections, nor in its presence (it is closing). */
 static void unclaim(lconn_t *c)
 {
-    presence_end(c->l->presence, c->presence);
+    presence_end(c->l->presence, c->presence, "connection closed");
     c->presence = NULL;
     if (c->id_counted && c->id->relayed)
         c->id->relayed--;
@@ -727,8 +750,7 @@ static void on_dev(ev_loop_t *loop, int fd, unsigned mask, void *data)
         }
         if (rc < 0 || !identify(c)) {
             c->l->st.handshake_failures++;
-            gw_log_limited(GW_LOG_INFO, TLS, "MQTT device handshake failed (%s)",
-                           rc < 0 ? tls_stream_error(c->dev) : "no valid client certificate");
+            log_handshake_failure(c, rc < 0 ? tls_stream_error(c->dev) : "no client certificate");
             c->dead = true;
             settle(c);
             return;

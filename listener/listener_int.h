@@ -58,6 +58,9 @@ typedef struct lconn {
     unsigned dev_mask;
     lbuf_t din;
     char identity[MAP_IDENTITY_MAX + 1];
+    /* What a failed handshake is logged with: the certificate's CN, the cause. */
+    char tried[MAP_IDENTITY_MAX + 1];
+    const char *why; /* static text, NULL when not known */
     bool anonymous;
     uint64_t deadline_ms;  /* of the current state; 0 for none */
     uint64_t last_rx_ms;   /* last packet from the device */

@@ -14,7 +14,7 @@ packages=(
   systemd  # systemd-analyze checks the unit in deploy/
   prometheus  # promtool checks the /metrics text; tests/integration/test_control.py scrapes it
   strace  # bench/scale.py counts the servers' system calls per request
-  nodejs npm  # node-coap, a second CoAP client library, in tests/integration/test_down.py
+  nodejs  # node-coap, a second CoAP client library, in tests/integration/test_down.py (npm below)
   "$@"
 )
 
@@ -22,6 +22,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q " ok installed" || missing+=("$p")
 done
+# npm: Debian's package, unless the nodejs installed brings its own (NodeSource's
+# does, and conflicts with Debian's npm).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=()

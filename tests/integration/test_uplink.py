@@ -19,6 +19,7 @@ the packets both ways: it counts the publishes in flight, holds the broker's
 acknowledgements, and can add a Receive Maximum to the CONNACK."""
 
 import os
+import queue
 import random
 import re
 import shutil
@@ -262,11 +263,14 @@ class Relay:
     from the gateway (QoS 1 until PUBACK, QoS 2 until PUBCOMP or a failed
     PUBREC) are counted per connection (max_outstanding); receive_maximum adds
     that property to an MQTT 5 CONNACK (or sets it to that value); the broker's
-    packets of the types in hold are kept back (and lost with the connection)."""
+    packets of the types in hold are kept back (and lost with the connection).
+    With delay (seconds), what the broker sends reaches the gateway that long
+    after the relay read it, and is lost if the connection ends meanwhile."""
 
-    def __init__(self, upstream_port, parse=False, receive_maximum=None):
+    def __init__(self, upstream_port, parse=False, receive_maximum=None, delay=0.0):
         self.upstream_port, self.parse, self.receive_maximum = upstream_port, parse, \
             receive_maximum
+        self.delay = delay
         self.port = free_port()
         self.open = True
         self.hold = set()  # packet types kept back
@@ -314,9 +318,11 @@ class Relay:
             except OSError:
                 self._reset(down)
                 continue
-            conn = {"down": down, "up": up, "outstanding": set()}
+            conn = {"down": down, "up": up, "outstanding": set(), "later": queue.Queue()}
             with self.lock:
                 self.conns.append(conn)
+            if self.delay:
+                threading.Thread(target=self._later, args=(conn,), daemon=True).start()
             threading.Thread(target=self._pump, args=(conn, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(conn, False), daemon=True).start()
 
@@ -377,6 +383,7 @@ class Relay:
             if not data:
                 self._reset(dst)
                 self._reset(src)
+                conn["later"].put((0, None))
                 return
             if not self.parse:
                 out = data
@@ -390,11 +397,28 @@ class Relay:
                     kind, body, buf = p
                     out += (self._from_gateway if from_gateway else self._from_broker)(
                         conn, kind, body)
+            if out and not from_gateway and self.delay:
+                conn["later"].put((time.monotonic() + self.delay, out))
+                continue
             try:
                 if out:
                     dst.sendall(out)
             except OSError:
                 self._reset(src)
+                return
+
+    def _later(self, conn):
+        """Sends what the broker sent once its delay has passed."""
+        while True:
+            due, out = conn["later"].get()
+            if out is None:
+                return
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                conn["down"].sendall(out)
+            except OSError:
                 return
 
 
@@ -421,8 +445,13 @@ def broker_flapping(version, memory_bound):
     # No persistence: the relay lets the gateway in only while the subscriber
     # is connected, and with no bound on what Mosquitto has in flight to it
     # everything is on its way to the subscriber before the gateway's PUBACK.
+    # Mosquitto writes a PUBACK before it forwards the message to the
+    # subscriber (in the same turn of its loop, or the next): the relay hands
+    # the broker's packets on 20 ms late, so a PUBACK that the gateway sees was
+    # written well before the kill, and one written just before it is lost
+    # with the connection (the gateway sends that reading again).
     broker = Broker(d, pki, plain=True, extra="max_inflight_messages 0\n").start()
-    relay = Relay(broker.port)
+    relay = Relay(broker.port, delay=0.02)
     sub = Collector(broker, "uplink/#")
     g = Gateway(d, broker, pki, coap="plain = true;", mappings=MAPPINGS, log_level="info",
                 uri="mqtts://127.0.0.1:%d" % relay.port, mqtt="version = %d;" % version).start()

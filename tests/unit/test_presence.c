@@ -72,9 +72,9 @@ Test(presence, online_then_offline)
     /* A second session of the same identity changes nothing. */
     presence_dev_t *d2 = presence_begin(p, "bike-1", "mqtt", (struct sockaddr *)&sa);
     cr_assert_eq(d2, d);
-    presence_end(p, d);
+    presence_end(p, d, NULL);
     cr_assert_eq(presence_stats(p)->online, 1);
-    presence_end(p, d2);
+    presence_end(p, d2, NULL);
     cr_assert_eq(presence_stats(p)->online, 0);
     run_for(PRESENCE_INTERVAL_MS + 200);
     cr_assert_eq(published, 2);
@@ -86,7 +86,7 @@ Test(presence, flapping_is_bounded_and_ends_offline)
 {
     struct sockaddr_in sa = from(5001);
     for (int i = 0; i < 100; i++)
-        presence_end(p, presence_begin(p, "bike-1", "mqtt", (struct sockaddr *)&sa));
+        presence_end(p, presence_begin(p, "bike-1", "mqtt", (struct sockaddr *)&sa), NULL);
     cr_assert_eq(published, 1, "only the first document at once");
     cr_assert_eq(presence_stats(p)->presence_suppressed, 199);
     run_for(3 * PRESENCE_INTERVAL_MS);
@@ -103,7 +103,7 @@ Test(presence, anonymous_devices_have_none)
     struct sockaddr_in sa = from(5002);
     cr_assert_null(presence_begin(p, NULL, "coap", (struct sockaddr *)&sa));
     cr_assert_null(presence_begin(p, "", "mqtt", (struct sockaddr *)&sa));
-    presence_end(p, NULL);
+    presence_end(p, NULL, NULL);
     presence_request(NULL);
     cr_assert_eq(published, 0);
     cr_assert_eq(presence_stats(p)->online, 0);
@@ -116,7 +116,7 @@ Test(presence, stop_publishes_every_device_offline)
     presence_begin(p, "bike-1", "coap", (struct sockaddr *)&sa6);
     cr_assert(strstr(last_doc, "\"address\": \"[2001:db8::7]:53122\"") != NULL, "%s", last_doc);
     presence_dev_t *d = presence_begin(p, "bike-2", "mqtt", (struct sockaddr *)&sa6);
-    presence_end(p, d);
+    presence_end(p, d, NULL);
     presence_begin(p, "bike-2", "mqtt", (struct sockaddr *)&sa6); /* within its window */
     cr_assert_eq(published, 2);
     presence_stop(p);
@@ -137,7 +137,7 @@ Test(presence, off_publishes_nothing_but_lists)
     char *list = presence_list(p, false, &len);
     cr_assert(strstr(list, "bike-1") && strstr(list, "127.0.0.1:5003"), "%s", list);
     free(list);
-    presence_end(p, d);
+    presence_end(p, d, NULL);
     presence_stop(p);
     cr_assert_eq(published, 0);
 }
